@@ -1,0 +1,264 @@
+//! The error type shared by every backend, wrapper and the conformance suite.
+
+use std::time::Duration;
+
+use crate::BlockHash;
+
+/// Result alias used throughout olocus-storage.
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// A boxed error from an engine (RocksDB, SQLite, an object store, ...).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Everything that can go wrong in a storage operation.
+///
+/// Callers should branch on [`StorageError::kind`] rather than on variants: new
+/// variants may be added, but the set of kinds changes only with a major version.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// Stored or received bytes are damaged: a checksum, hash or decode failed.
+    /// Never retried; the data must be repaired from another copy.
+    #[error("corrupted data ({context})")]
+    Corrupted {
+        /// Where the damage was found (backend, key, offset, ...).
+        context: String,
+        /// The low-level decode error, if there was one.
+        #[source]
+        source: Option<BoxError>,
+    },
+
+    /// A different block already occupies this chain index; nothing was written.
+    #[error("index {index} is already occupied by block {existing}; refused block {attempted}")]
+    IndexConflict {
+        /// The contested chain index.
+        index: u64,
+        /// The block already stored at that index.
+        existing: BlockHash,
+        /// The block that was refused.
+        attempted: BlockHash,
+    },
+
+    /// A referenced block does not exist (e.g. `set_chain_head` to an unknown hash).
+    #[error("block {hash} not found")]
+    BlockNotFound {
+        /// The missing block.
+        hash: BlockHash,
+    },
+
+    /// The caller passed something invalid; nothing was changed.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+
+    /// A signature, hash link or chain invariant does not hold.
+    #[error("verification failed at index {index}: {reason}")]
+    Verification {
+        /// Chain index of the offending block.
+        index: u64,
+        /// What does not hold.
+        reason: String,
+    },
+
+    /// A configuration value is unusable.
+    #[error("invalid configuration: {0}")]
+    Configuration(String),
+
+    /// The backend does not support this operation.
+    #[error("{backend} does not support {operation}")]
+    Unsupported {
+        /// The backend's name.
+        backend: String,
+        /// The refused operation.
+        operation: String,
+    },
+
+    /// The store was closed; open it again to continue.
+    #[error("{backend} store is closed")]
+    Closed {
+        /// The backend's name.
+        backend: String,
+    },
+
+    /// A replicated write reached fewer copies than its consistency level needs.
+    #[error("insufficient replicas: {successful} of {required} required copies acknowledged")]
+    InsufficientReplicas {
+        /// Copies needed for the consistency level.
+        required: usize,
+        /// Copies that acknowledged.
+        successful: usize,
+    },
+
+    /// An operation did not finish in time. Transient.
+    #[error("{operation} timed out after {after:?}")]
+    Timeout {
+        /// The operation that timed out.
+        operation: String,
+        /// How long it was given.
+        after: Duration,
+    },
+
+    /// An I/O error, with what was being done and to which path.
+    #[error("i/o error while {context}")]
+    Io {
+        /// What was being done (and on which path).
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// Encoding a value failed (a bug or an unsupported payload).
+    #[error("encoding failed: {0}")]
+    Encoding(String),
+
+    /// An engine-specific failure that fits no other kind.
+    #[error("{name} backend error")]
+    Backend {
+        /// The backend's name.
+        name: String,
+        /// Whether retrying may succeed (busy, unavailable, connection reset).
+        transient: bool,
+        /// The engine's error.
+        #[source]
+        source: BoxError,
+    },
+}
+
+/// The semantic kind of a [`StorageError`], stable across variants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// See [`StorageError::Corrupted`].
+    Corrupted,
+    /// See [`StorageError::IndexConflict`].
+    IndexConflict,
+    /// See [`StorageError::BlockNotFound`].
+    NotFound,
+    /// See [`StorageError::InvalidInput`].
+    InvalidInput,
+    /// See [`StorageError::Verification`].
+    Verification,
+    /// See [`StorageError::Configuration`].
+    Configuration,
+    /// See [`StorageError::Unsupported`].
+    Unsupported,
+    /// See [`StorageError::Closed`].
+    Closed,
+    /// See [`StorageError::InsufficientReplicas`].
+    InsufficientReplicas,
+    /// See [`StorageError::Timeout`].
+    Timeout,
+    /// See [`StorageError::Io`].
+    Io,
+    /// See [`StorageError::Encoding`].
+    Encoding,
+    /// See [`StorageError::Backend`].
+    Backend,
+}
+
+impl StorageError {
+    /// The semantic kind of this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Corrupted { .. } => ErrorKind::Corrupted,
+            Self::IndexConflict { .. } => ErrorKind::IndexConflict,
+            Self::BlockNotFound { .. } => ErrorKind::NotFound,
+            Self::InvalidInput(_) => ErrorKind::InvalidInput,
+            Self::Verification { .. } => ErrorKind::Verification,
+            Self::Configuration(_) => ErrorKind::Configuration,
+            Self::Unsupported { .. } => ErrorKind::Unsupported,
+            Self::Closed { .. } => ErrorKind::Closed,
+            Self::InsufficientReplicas { .. } => ErrorKind::InsufficientReplicas,
+            Self::Timeout { .. } => ErrorKind::Timeout,
+            Self::Io { .. } => ErrorKind::Io,
+            Self::Encoding(_) => ErrorKind::Encoding,
+            Self::Backend { .. } => ErrorKind::Backend,
+        }
+    }
+
+    /// Whether retrying the same call later may succeed.
+    ///
+    /// The replication layer retries and queues repairs only for transient errors;
+    /// permanent ones (conflicts, corruption, bad input) are reported at once.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Timeout { .. } | Self::InsufficientReplicas { .. } => true,
+            Self::Backend { transient, .. } => *transient,
+            Self::Io { source, .. } => matches!(
+                source.kind(),
+                std::io::ErrorKind::Interrupted
+                    | std::io::ErrorKind::WouldBlock
+                    | std::io::ErrorKind::TimedOut
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::NotConnected
+                    | std::io::ErrorKind::BrokenPipe
+            ),
+            _ => false,
+        }
+    }
+
+    /// A [`StorageError::Corrupted`] with context and no source.
+    pub fn corrupted(context: impl Into<String>) -> Self {
+        Self::Corrupted {
+            context: context.into(),
+            source: None,
+        }
+    }
+
+    /// A [`StorageError::Corrupted`] with context and the decode error behind it.
+    pub fn corrupted_by(context: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Self::Corrupted {
+            context: context.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// A [`StorageError::Io`] saying what was being done.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// A [`StorageError::Closed`] for the named backend.
+    pub fn closed(backend: impl Into<String>) -> Self {
+        Self::Closed {
+            backend: backend.into(),
+        }
+    }
+
+    /// A [`StorageError::Unsupported`] for the named backend and operation.
+    pub fn unsupported(backend: impl Into<String>, operation: impl Into<String>) -> Self {
+        Self::Unsupported {
+            backend: backend.into(),
+            operation: operation.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_and_transience() {
+        let e = StorageError::Timeout {
+            operation: "store_block".into(),
+            after: Duration::from_secs(1),
+        };
+        assert_eq!(e.kind(), ErrorKind::Timeout);
+        assert!(e.is_transient());
+        assert!(!StorageError::corrupted("x").is_transient());
+        let io = StorageError::io("reading", std::io::Error::from(std::io::ErrorKind::TimedOut));
+        assert!(io.is_transient());
+        let io = StorageError::io("reading", std::io::Error::from(std::io::ErrorKind::NotFound));
+        assert!(!io.is_transient());
+        assert_eq!(
+            StorageError::closed("memory").to_string(),
+            "memory store is closed"
+        );
+    }
+}

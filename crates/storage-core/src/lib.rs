@@ -1,0 +1,58 @@
+//! Core of olocus-storage: the signed [`Block`] model, the [`WireFormat`], the
+//! object-safe [`StorageBackend`] trait with its query and statistics types, and the
+//! shared [`StorageError`].
+//!
+//! Backends live in their own crates (`storage-memory`, ...) and are checked by the
+//! `storage-conformance` suite.
+//!
+//! ```
+//! use std::time::SystemTime;
+//! use ed25519_dalek::SigningKey;
+//! use serde::{Deserialize, Serialize};
+//! use storage_core::{Block, BlockPayload, WireFormat, verify_chain};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct Reading { celsius: f32 }
+//! impl BlockPayload for Reading { const PAYLOAD_TYPE: &'static str = "example.reading/v1"; }
+//!
+//! let key = SigningKey::from_bytes(&[7; 32]);
+//! let genesis = Block::genesis(&Reading { celsius: 20.5 }, &key, SystemTime::now())?;
+//! let next = Block::next(&genesis, &Reading { celsius: 21.0 }, &key, SystemTime::now())?;
+//! verify_chain(&[genesis.clone(), next.clone()])?;
+//!
+//! let bytes = WireFormat::BINARY.encode(&next)?;
+//! let back = WireFormat::BINARY.decode(&bytes)?;
+//! assert_eq!(back.hash(), next.hash());
+//! assert_eq!(back.decode_payload::<Reading>()?.celsius, 21.0);
+//! # Ok::<(), storage_core::StorageError>(())
+//! ```
+
+mod block;
+mod compression;
+mod error;
+mod ids;
+pub mod trace;
+mod traits;
+mod types;
+mod wire;
+
+pub use block::{
+    Block, BlockParts, BlockPayload, DOMAIN_TAG, MAX_PAYLOAD_BYTES, MAX_PAYLOAD_TYPE_LEN,
+    MAX_TIMESTAMP_NANOS, is_valid_payload_type, system_time_from_unix_nanos, unix_nanos,
+    verify_block, verify_chain,
+};
+pub use compression::CompressionType;
+pub use error::{BoxError, ErrorKind, Result, StorageError};
+pub use ids::{BlockHash, PublicKey, Signature};
+pub use traits::{StorageBackend, StorageBackendExt};
+pub use types::{
+    BackendStats, BlockFilter, BlockMetadata, CompactionStats, ListOptions, SortOrder,
+    StorageStats,
+};
+pub use wire::{
+    CONTENT_TYPE_BINARY, CONTENT_TYPE_JSON, Encoding, MAX_ENCODED_BLOCK_BYTES, WireFormat,
+};
+
+/// Re-exported so users and backends name the same versions.
+pub use async_trait::async_trait;
+pub use ed25519_dalek::{SigningKey, VerifyingKey};

@@ -1,0 +1,225 @@
+//! The storage trait every backend implements, and its typed extension.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use ed25519_dalek::SigningKey;
+
+use crate::{
+    Block, BlockHash, BlockMetadata, BlockPayload, ListOptions, Result, StorageError, StorageStats,
+    verify_chain,
+};
+
+/// A store of signed blocks, addressed by hash and by chain index.
+///
+/// Object-safe: use it as `Arc<dyn StorageBackend>` or `Box<dyn StorageBackend>`.
+/// Every method takes `&self`; implementations synchronise internally and are safe
+/// to call from many tasks at once, on multi-thread and current-thread tokio
+/// runtimes alike. Implementations that touch the disk must not block runtime
+/// workers (use `spawn_blocking` or a dedicated thread).
+///
+/// # One chain per store
+/// A store holds at most one block per index. Blocks need not arrive in order and
+/// the store does not check hash links (use [`verify_chain`]), so a chain can be
+/// filled in from several sources, e.g. by replica repair.
+///
+/// # Contract (checked by the `storage-conformance` suite)
+/// - Every returned block is byte-identical to the stored one: same hash, and its
+///   signature verifies. Damaged data yields [`StorageError::Corrupted`], never a
+///   different block.
+/// - After [`StorageBackend::close`], every call except `close` fails with
+///   [`StorageError::Closed`]; `close` is idempotent.
+/// - A failed write leaves the store unchanged.
+///
+/// There are no default methods: a wrapper must forward each one deliberately.
+#[async_trait]
+pub trait StorageBackend: Send + Sync + std::fmt::Debug + 'static {
+    /// A short name for logs, spans and errors (e.g. `"memory"`, `"rocksdb"`).
+    fn backend_name(&self) -> &str;
+
+    /// Stores a block and returns its hash.
+    ///
+    /// Storing a block that is already stored is an idempotent success (counts and
+    /// sizes do not change). A *different* block at an occupied index fails with
+    /// [`StorageError::IndexConflict`] and nothing is written. Does not move the
+    /// chain head.
+    async fn store_block(&self, block: &Block) -> Result<BlockHash>;
+
+    /// Retrieves a block by hash; `Ok(None)` if it is not stored.
+    async fn retrieve_block(&self, hash: &BlockHash) -> Result<Option<Block>>;
+
+    /// Deletes a block; `Ok(false)` if it was not stored. Deleting the chain head
+    /// clears the head (it becomes `None`); it does not move to another block.
+    async fn delete_block(&self, hash: &BlockHash) -> Result<bool>;
+
+    /// Whether a block is stored.
+    async fn block_exists(&self, hash: &BlockHash) -> Result<bool>;
+
+    /// Stores a batch and returns the hashes in input order.
+    ///
+    /// Same rules per block as [`StorageBackend::store_block`]; identical blocks may
+    /// repeat. Backends with atomic batches store all or nothing: if any block
+    /// conflicts (with the store or with another in the batch) none is stored.
+    async fn store_blocks(&self, blocks: &[Block]) -> Result<Vec<BlockHash>>;
+
+    /// Retrieves many blocks, one result per input hash in input order (`None` for
+    /// misses; repeated hashes give repeated results).
+    async fn retrieve_blocks(&self, hashes: &[BlockHash]) -> Result<Vec<Option<Block>>>;
+
+    /// Lists metadata matching `options` (see [`ListOptions`] for filter, sort, tie
+    /// and pagination rules; [`ListOptions::apply`] is the reference).
+    async fn list_blocks(&self, options: &ListOptions) -> Result<Vec<BlockMetadata>>;
+
+    /// Number of stored blocks, exact.
+    async fn count_blocks(&self) -> Result<u64>;
+
+    /// The chain head, if one has been set and is still stored.
+    async fn get_chain_head(&self) -> Result<Option<BlockHash>>;
+
+    /// Sets the chain head. The block must be stored, otherwise
+    /// [`StorageError::BlockNotFound`] and the head is unchanged.
+    async fn set_chain_head(&self, hash: &BlockHash) -> Result<()>;
+
+    /// Blocks with `start <= index <= end` (both inclusive), ascending by index;
+    /// missing indices are skipped. `start > end` is [`StorageError::InvalidInput`].
+    async fn get_blocks_by_range(&self, start: u64, end: u64) -> Result<Vec<Block>>;
+
+    /// Reorganises storage to reclaim space; every block, the head and the metadata
+    /// stay as they were.
+    async fn compact(&self) -> Result<()>;
+
+    /// Returns free space to the operating system where the engine can; keeps all
+    /// data. Backends that cannot fail with [`StorageError::Unsupported`].
+    async fn vacuum(&self) -> Result<()>;
+
+    /// Statistics; `total_blocks` equals `count_blocks`, `total_size_bytes` is the
+    /// sum of `size_bytes`, and oldest/newest are exact over stored blocks.
+    async fn get_stats(&self) -> Result<StorageStats>;
+
+    /// Flushes and releases the store (files, locks, connections). Afterwards every
+    /// other call fails with [`StorageError::Closed`]. Idempotent.
+    async fn close(&self) -> Result<()>;
+}
+
+/// Forwards every method to the pointee, so `Arc<B>`/`Box<B>` (and
+/// `Arc<dyn StorageBackend>`) are backends too and wrappers can hold either.
+macro_rules! forward_backend {
+    ($($ptr:ident),*) => {$(
+        #[async_trait]
+        impl<T: StorageBackend + ?Sized> StorageBackend for $ptr<T> {
+            fn backend_name(&self) -> &str { (**self).backend_name() }
+            async fn store_block(&self, block: &Block) -> Result<BlockHash> { (**self).store_block(block).await }
+            async fn retrieve_block(&self, hash: &BlockHash) -> Result<Option<Block>> { (**self).retrieve_block(hash).await }
+            async fn delete_block(&self, hash: &BlockHash) -> Result<bool> { (**self).delete_block(hash).await }
+            async fn block_exists(&self, hash: &BlockHash) -> Result<bool> { (**self).block_exists(hash).await }
+            async fn store_blocks(&self, blocks: &[Block]) -> Result<Vec<BlockHash>> { (**self).store_blocks(blocks).await }
+            async fn retrieve_blocks(&self, hashes: &[BlockHash]) -> Result<Vec<Option<Block>>> { (**self).retrieve_blocks(hashes).await }
+            async fn list_blocks(&self, options: &ListOptions) -> Result<Vec<BlockMetadata>> { (**self).list_blocks(options).await }
+            async fn count_blocks(&self) -> Result<u64> { (**self).count_blocks().await }
+            async fn get_chain_head(&self) -> Result<Option<BlockHash>> { (**self).get_chain_head().await }
+            async fn set_chain_head(&self, hash: &BlockHash) -> Result<()> { (**self).set_chain_head(hash).await }
+            async fn get_blocks_by_range(&self, start: u64, end: u64) -> Result<Vec<Block>> { (**self).get_blocks_by_range(start, end).await }
+            async fn compact(&self) -> Result<()> { (**self).compact().await }
+            async fn vacuum(&self) -> Result<()> { (**self).vacuum().await }
+            async fn get_stats(&self) -> Result<StorageStats> { (**self).get_stats().await }
+            async fn close(&self) -> Result<()> { (**self).close().await }
+        }
+    )*};
+}
+forward_backend!(Arc, Box);
+
+/// Typed conveniences over any [`StorageBackend`] (blanket-implemented).
+#[async_trait]
+pub trait StorageBackendExt: StorageBackend {
+    /// Retrieves a block and decodes its payload as `P`.
+    async fn retrieve_payload<P>(&self, hash: &BlockHash) -> Result<Option<(Block, P)>>
+    where
+        P: BlockPayload + Send,
+    {
+        match self.retrieve_block(hash).await? {
+            Some(block) => {
+                let payload = block.decode_payload::<P>()?;
+                Ok(Some((block, payload)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Signs `payload` as the block after the current head (or as genesis when
+    /// there is no head), stores it and makes it the head.
+    ///
+    /// Two concurrent appends race for the same index: one wins, the other gets
+    /// [`StorageError::IndexConflict`].
+    async fn append<P>(&self, payload: &P, key: &SigningKey, timestamp: SystemTime) -> Result<Block>
+    where
+        P: BlockPayload + Sync,
+    {
+        let block = match self.get_chain_head().await? {
+            None => Block::genesis(payload, key, timestamp)?,
+            Some(head) => {
+                let prev = self
+                    .retrieve_block(&head)
+                    .await?
+                    .ok_or(StorageError::BlockNotFound { hash: head })?;
+                Block::next(&prev, payload, key, timestamp)?
+            }
+        };
+        self.store_block(&block).await?;
+        self.set_chain_head(&block.hash()).await?;
+        Ok(block)
+    }
+
+    /// Reads every stored block in index order, `page` blocks at a time, and
+    /// verifies signatures and links. Returns the number of blocks checked; a gap or
+    /// a broken link fails with [`StorageError::Verification`] naming the index.
+    async fn verify_stored_chain(&self, page: u64) -> Result<u64> {
+        let page = page.max(1);
+        let mut start = 0u64;
+        let mut prev: Option<Block> = None;
+        let mut checked = 0u64;
+        loop {
+            let end = start.saturating_add(page - 1);
+            let blocks = self.get_blocks_by_range(start, end).await?;
+            if blocks.is_empty() {
+                // Nothing in this window: find the next stored index, if any.
+                let next = self
+                    .list_blocks(&ListOptions {
+                        limit: Some(1),
+                        filter: Some(crate::BlockFilter {
+                            min_index: Some(start),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    })
+                    .await?;
+                match next.first() {
+                    None => return Ok(checked),
+                    Some(m) if prev.is_none() => {
+                        start = m.index;
+                        continue;
+                    }
+                    Some(m) => {
+                        return Err(StorageError::Verification {
+                            index: m.index,
+                            reason: format!("gap: no block before it since index {}", start - 1),
+                        });
+                    }
+                }
+            }
+            checked += blocks.len() as u64;
+            let mut run = Vec::with_capacity(blocks.len() + 1);
+            run.extend(prev.take());
+            run.extend(blocks);
+            verify_chain(&run)?;
+            let last = run.pop().expect("non-empty run");
+            if last.index() == u64::MAX {
+                return Ok(checked);
+            }
+            start = last.index() + 1;
+            prev = Some(last);
+        }
+    }
+}
+
+impl<T: StorageBackend + ?Sized> StorageBackendExt for T {}
