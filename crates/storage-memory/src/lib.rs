@@ -1,0 +1,478 @@
+//! In-memory [`StorageBackend`]: the fastest backend, for tests, caches and the
+//! reference point of the benchmarks.
+//!
+//! Two representations:
+//! - [`MemoryBackend::new`] keeps decoded [`Block`]s: a retrieve is a clone.
+//! - [`MemoryBackend::with_wire_format`] keeps each block as encoded bytes
+//!   ([`SerializedBlock`], as in the seed) and decodes on every read, checking the
+//!   hash, so damaged bytes surface as [`StorageError::Corrupted`]. The conformance
+//!   suite runs it for all eight wire formats.
+//!
+//! Indexes by chain index and by `(timestamp, index)` let `list_blocks` and
+//! `get_blocks_by_range` walk only what they return instead of sorting everything.
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! use std::time::SystemTime;
+//! use storage_core::{Block, SigningKey, StorageBackend};
+//! use storage_memory::MemoryBackend;
+//!
+//! let store = MemoryBackend::new();
+//! let key = SigningKey::from_bytes(&[1; 32]);
+//! let g = Block::sign_raw(0, SystemTime::now(), None, "example.note/v1", b"hi".to_vec(), &key)?;
+//! let hash = store.store_block(&g).await?;
+//! assert_eq!(store.retrieve_block(&hash).await?, Some(g));
+//! # Ok::<(), storage_core::StorageError>(())
+//! # }).unwrap();
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::mem::size_of;
+use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::SystemTime;
+
+use storage_core::trace::{in_span, op_span, record_count, record_hash, record_index};
+use storage_core::{
+    BackendStats, Block, BlockHash, BlockMetadata, ListOptions, Result, SortOrder, StorageBackend,
+    StorageError, StorageStats, WireFormat, async_trait, system_time_from_unix_nanos,
+};
+
+const NAME: &str = "memory";
+
+/// A block kept as encoded bytes (the seed's representation).
+#[derive(Debug, Clone)]
+pub struct SerializedBlock {
+    /// The encoded block.
+    pub data: Vec<u8>,
+    /// How `data` is encoded.
+    pub format: WireFormat,
+    /// When it was stored.
+    pub stored_at: SystemTime,
+}
+
+#[derive(Debug)]
+enum Stored {
+    Decoded(Block),
+    Serialized(SerializedBlock),
+}
+
+#[derive(Debug)]
+struct Entry {
+    stored: Stored,
+    meta: BlockMetadata,
+    ts: u64,
+    heap: u64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    open: bool,
+    blocks: HashMap<BlockHash, Entry>,
+    by_index: BTreeMap<u64, BlockHash>,
+    /// `(timestamp nanos, index)`: time order with index as tie-breaker.
+    by_time: BTreeSet<(u64, u64)>,
+    head: Option<BlockHash>,
+    total_size: u64,
+    heap: u64,
+}
+
+/// The in-memory backend. Cheap to share behind an `Arc`; all methods take `&self`.
+#[derive(Debug)]
+pub struct MemoryBackend {
+    format: Option<WireFormat>,
+    state: RwLock<State>,
+}
+
+impl Default for MemoryBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryBackend {
+    /// An empty store keeping decoded blocks.
+    pub fn new() -> Self {
+        Self::build(None, 0)
+    }
+
+    /// An empty store with room for `capacity` blocks before its hash map regrows.
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self::build(None, capacity)
+    }
+
+    /// An empty store keeping every block encoded in `format`, decoded and
+    /// hash-checked on each read.
+    pub fn with_wire_format(format: WireFormat) -> Self {
+        Self::build(Some(format), 0)
+    }
+
+    fn build(format: Option<WireFormat>, capacity: usize) -> Self {
+        Self {
+            format,
+            state: RwLock::new(State {
+                open: true,
+                blocks: HashMap::with_capacity(capacity),
+                ..State::default()
+            }),
+        }
+    }
+
+    /// The wire format blocks are kept in, if any.
+    pub fn wire_format(&self) -> Option<WireFormat> {
+        self.format
+    }
+
+    /// Fault injection for tests: lets `f` change the stored bytes of a block kept
+    /// in a wire format. Returns `false` if the block is absent or kept decoded.
+    pub fn tamper_stored_bytes(&self, hash: &BlockHash, f: impl FnOnce(&mut Vec<u8>)) -> bool {
+        let mut st = self.state.write().unwrap_or_else(PoisonError::into_inner);
+        match st.blocks.get_mut(hash).map(|e| &mut e.stored) {
+            Some(Stored::Serialized(s)) => {
+                f(&mut s.data);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn read(&self) -> Result<RwLockReadGuard<'_, State>> {
+        // A panic cannot leave State half-updated: every mutation below is checked
+        // before the first change. So a poisoned lock is safe to reuse.
+        let st = self.state.read().unwrap_or_else(PoisonError::into_inner);
+        if st.open {
+            Ok(st)
+        } else {
+            Err(StorageError::closed(NAME))
+        }
+    }
+
+    fn write(&self) -> Result<RwLockWriteGuard<'_, State>> {
+        let st = self.state.write().unwrap_or_else(PoisonError::into_inner);
+        if st.open {
+            Ok(st)
+        } else {
+            Err(StorageError::closed(NAME))
+        }
+    }
+
+    /// Builds the entry outside the lock (encoding is the expensive part).
+    fn make_entry(&self, block: &Block) -> Result<Entry> {
+        let meta = BlockMetadata::of(block);
+        let (stored, payload_bytes) = match self.format {
+            None => (Stored::Decoded(block.clone()), block.payload().len()),
+            Some(format) => {
+                let data = format.encode(block)?;
+                let len = data.len();
+                (
+                    Stored::Serialized(SerializedBlock {
+                        data,
+                        format,
+                        stored_at: SystemTime::now(),
+                    }),
+                    len,
+                )
+            }
+        };
+        // Estimate: stored bytes, the type string (in block and metadata), the
+        // entry itself and one node in each of the three indexes.
+        let heap = (payload_bytes
+            + 2 * meta.payload_type.len()
+            + size_of::<Entry>()
+            + size_of::<BlockHash>()
+            + size_of::<(u64, BlockHash)>()
+            + size_of::<(u64, u64)>()
+            + 64) as u64;
+        Ok(Entry {
+            stored,
+            ts: block.timestamp_nanos(),
+            meta,
+            heap,
+        })
+    }
+}
+
+impl State {
+    fn check_insert(&self, block: &Block) -> Result<bool> {
+        let hash = block.hash();
+        if self.blocks.contains_key(&hash) {
+            return Ok(false);
+        }
+        match self.by_index.get(&block.index()) {
+            Some(existing) => Err(StorageError::IndexConflict {
+                index: block.index(),
+                existing: *existing,
+                attempted: hash,
+            }),
+            None => Ok(true),
+        }
+    }
+
+    fn insert(&mut self, entry: Entry) {
+        let hash = entry.meta.hash;
+        self.by_index.insert(entry.meta.index, hash);
+        self.by_time.insert((entry.ts, entry.meta.index));
+        self.total_size += entry.meta.size_bytes;
+        self.heap += entry.heap;
+        self.blocks.insert(hash, entry);
+    }
+
+    fn block(&self, hash: &BlockHash) -> Result<Option<Block>> {
+        self.blocks.get(hash).map(|e| e.block(hash)).transpose()
+    }
+}
+
+impl Entry {
+    fn block(&self, hash: &BlockHash) -> Result<Block> {
+        match &self.stored {
+            Stored::Decoded(b) => Ok(b.clone()),
+            Stored::Serialized(s) => s.format.decode_stored(&s.data, hash),
+        }
+    }
+
+    fn matches(&self, opts: &ListOptions, (tlo, thi): (u64, u64)) -> bool {
+        if self.ts < tlo || self.ts > thi {
+            return false;
+        }
+        match &opts.filter {
+            None => true,
+            Some(f) => {
+                f.payload_type
+                    .as_ref()
+                    .is_none_or(|t| *t == self.meta.payload_type)
+                    && f.public_key
+                        .as_ref()
+                        .is_none_or(|k| *k == self.meta.public_key)
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl StorageBackend for MemoryBackend {
+    fn backend_name(&self) -> &str {
+        NAME
+    }
+
+    async fn store_block(&self, block: &Block) -> Result<BlockHash> {
+        let span = op_span(NAME, "store_block");
+        record_hash(&span, &block.hash());
+        in_span(span, || {
+            let entry = self.make_entry(block)?;
+            let mut st = self.write()?;
+            if st.check_insert(block)? {
+                st.insert(entry);
+            }
+            Ok(block.hash())
+        })
+    }
+
+    async fn retrieve_block(&self, hash: &BlockHash) -> Result<Option<Block>> {
+        let span = op_span(NAME, "retrieve_block");
+        record_hash(&span, hash);
+        in_span(span, || self.read()?.block(hash))
+    }
+
+    async fn delete_block(&self, hash: &BlockHash) -> Result<bool> {
+        let span = op_span(NAME, "delete_block");
+        record_hash(&span, hash);
+        in_span(span, || {
+            let mut st = self.write()?;
+            let Some(entry) = st.blocks.remove(hash) else {
+                return Ok(false);
+            };
+            st.by_index.remove(&entry.meta.index);
+            st.by_time.remove(&(entry.ts, entry.meta.index));
+            st.total_size -= entry.meta.size_bytes;
+            st.heap -= entry.heap;
+            if st.head == Some(*hash) {
+                st.head = None;
+            }
+            Ok(true)
+        })
+    }
+
+    async fn block_exists(&self, hash: &BlockHash) -> Result<bool> {
+        let span = op_span(NAME, "block_exists");
+        record_hash(&span, hash);
+        in_span(span, || Ok(self.read()?.blocks.contains_key(hash)))
+    }
+
+    async fn store_blocks(&self, blocks: &[Block]) -> Result<Vec<BlockHash>> {
+        let span = op_span(NAME, "store_blocks");
+        record_count(&span, blocks.len());
+        in_span(span, || {
+            let entries = blocks
+                .iter()
+                .map(|b| self.make_entry(b))
+                .collect::<Result<Vec<_>>>()?;
+            let mut st = self.write()?;
+            // Check the whole batch, against the store and itself, before changing
+            // anything: all or nothing.
+            let mut claimed: HashMap<u64, BlockHash> = HashMap::new();
+            let mut fresh = vec![false; blocks.len()];
+            for (i, block) in blocks.iter().enumerate() {
+                if !st.check_insert(block)? {
+                    continue;
+                }
+                match claimed.get(&block.index()) {
+                    Some(h) if *h == block.hash() => {}
+                    Some(h) => {
+                        return Err(StorageError::IndexConflict {
+                            index: block.index(),
+                            existing: *h,
+                            attempted: block.hash(),
+                        });
+                    }
+                    None => {
+                        claimed.insert(block.index(), block.hash());
+                        fresh[i] = true;
+                    }
+                }
+            }
+            for (entry, new) in entries.into_iter().zip(fresh) {
+                if new {
+                    st.insert(entry);
+                }
+            }
+            Ok(blocks.iter().map(Block::hash).collect())
+        })
+    }
+
+    async fn retrieve_blocks(&self, hashes: &[BlockHash]) -> Result<Vec<Option<Block>>> {
+        let span = op_span(NAME, "retrieve_blocks");
+        record_count(&span, hashes.len());
+        in_span(span, || {
+            let st = self.read()?;
+            hashes.iter().map(|h| st.block(h)).collect()
+        })
+    }
+
+    async fn list_blocks(&self, options: &ListOptions) -> Result<Vec<BlockMetadata>> {
+        let span = op_span(NAME, "list_blocks");
+        in_span(span, || {
+            let st = self.read()?;
+            let (Some(times), Some((lo, hi))) = (options.time_range_nanos(), options.index_range())
+            else {
+                return Ok(Vec::new());
+            };
+            let skip = usize::try_from(options.offset.unwrap_or(0)).unwrap_or(usize::MAX);
+            let take = usize::try_from(options.limit.unwrap_or(u64::MAX)).unwrap_or(usize::MAX);
+            if take == 0 {
+                return Ok(Vec::new());
+            }
+            let entry = |hash: &BlockHash| &st.blocks[hash];
+            let pick = |e: &Entry| e.matches(options, times).then(|| e.meta.clone());
+            let out = match options.order {
+                SortOrder::Ascending | SortOrder::ByIndex => st
+                    .by_index
+                    .range(lo..=hi)
+                    .filter_map(|(_, h)| pick(entry(h)))
+                    .skip(skip)
+                    .take(take)
+                    .collect(),
+                SortOrder::Descending => st
+                    .by_index
+                    .range(lo..=hi)
+                    .rev()
+                    .filter_map(|(_, h)| pick(entry(h)))
+                    .skip(skip)
+                    .take(take)
+                    .collect(),
+                SortOrder::ByTimestamp => st
+                    .by_time
+                    .range((times.0, 0)..=(times.1, u64::MAX))
+                    .filter(|(_, i)| (lo..=hi).contains(i))
+                    .filter_map(|(_, i)| pick(entry(&st.by_index[i])))
+                    .skip(skip)
+                    .take(take)
+                    .collect(),
+            };
+            Ok(out)
+        })
+    }
+
+    async fn count_blocks(&self) -> Result<u64> {
+        in_span(op_span(NAME, "count_blocks"), || {
+            Ok(self.read()?.blocks.len() as u64)
+        })
+    }
+
+    async fn get_chain_head(&self) -> Result<Option<BlockHash>> {
+        in_span(op_span(NAME, "get_chain_head"), || Ok(self.read()?.head))
+    }
+
+    async fn set_chain_head(&self, hash: &BlockHash) -> Result<()> {
+        let span = op_span(NAME, "set_chain_head");
+        record_hash(&span, hash);
+        in_span(span, || {
+            let mut st = self.write()?;
+            if !st.blocks.contains_key(hash) {
+                return Err(StorageError::BlockNotFound { hash: *hash });
+            }
+            st.head = Some(*hash);
+            Ok(())
+        })
+    }
+
+    async fn get_blocks_by_range(&self, start: u64, end: u64) -> Result<Vec<Block>> {
+        let span = op_span(NAME, "get_blocks_by_range");
+        record_index(&span, start);
+        in_span(span, || {
+            if start > end {
+                return Err(StorageError::InvalidInput(format!(
+                    "range start {start} is greater than end {end}"
+                )));
+            }
+            let st = self.read()?;
+            st.by_index
+                .range(start..=end)
+                .map(|(_, h)| st.blocks[h].block(h))
+                .collect()
+        })
+    }
+
+    async fn compact(&self) -> Result<()> {
+        in_span(op_span(NAME, "compact"), || {
+            self.write()?.blocks.shrink_to_fit();
+            Ok(())
+        })
+    }
+
+    async fn vacuum(&self) -> Result<()> {
+        // Memory has no files; vacuum returns spare capacity like compact does.
+        in_span(op_span(NAME, "vacuum"), || {
+            self.write()?.blocks.shrink_to_fit();
+            Ok(())
+        })
+    }
+
+    async fn get_stats(&self) -> Result<StorageStats> {
+        in_span(op_span(NAME, "get_stats"), || {
+            let st = self.read()?;
+            Ok(StorageStats {
+                total_blocks: st.blocks.len() as u64,
+                total_size_bytes: st.total_size,
+                oldest_block: st
+                    .by_time
+                    .first()
+                    .map(|(t, _)| system_time_from_unix_nanos(*t)),
+                newest_block: st
+                    .by_time
+                    .last()
+                    .map(|(t, _)| system_time_from_unix_nanos(*t)),
+                backend_specific: BackendStats::Memory {
+                    heap_usage: st.heap,
+                },
+            })
+        })
+    }
+
+    async fn close(&self) -> Result<()> {
+        in_span(op_span(NAME, "close"), || {
+            let mut st = self.state.write().unwrap_or_else(PoisonError::into_inner);
+            // Memory is gone either way; free it now rather than at drop.
+            *st = State::default();
+            Ok(())
+        })
+    }
+}
