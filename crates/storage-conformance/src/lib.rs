@@ -1,0 +1,372 @@
+//! The conformance suite every olocus-storage backend and wrapper runs against —
+//! ours and third parties'. See the crate README for a walkthrough.
+//!
+//! # Running it for a backend
+//!
+//! 1. Implement [`Fixture`]: `open()` opens the store at the fixture's own, isolated
+//!    location (a fresh temp dir, namespace or in-memory instance) and opens the same
+//!    location again when called again (for the reopen cases). Declare
+//!    [`Capabilities`].
+//! 2. Add a test target with `harness = false` and call [`conformance_main!`] with a
+//!    factory that returns a fresh fixture:
+//!
+//! ```toml
+//! [[test]]
+//! name = "conformance"
+//! harness = false
+//! ```
+//!
+//! ```ignore
+//! storage_conformance::conformance_main! {
+//!     "memory" => || MemoryFixture::new(None),
+//! }
+//! ```
+//!
+//! Each case becomes its own test, named `SUITE::case`, with its own runtime and
+//! fixture, so one failure never hides another and `cargo test memory::pagination`
+//! runs one case. A case the backend lacks a capability for is reported as
+//! `ignored` with the reason, and counted as ignored, never as passed.
+//!
+//! Cases are also plain `pub async fn(&Env) -> CaseResult` in [`cases`], for
+//! callers with their own harness; [`all_cases`] lists them with the capabilities
+//! they need.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use storage_core::{BlockHash, StorageBackend, StorageError, async_trait};
+
+pub mod cases;
+mod check;
+pub mod data;
+
+pub use check::{CaseError, CaseResult};
+
+/// What a backend can do beyond the core contract. Cases that need a capability
+/// the backend lacks are skipped (reported as ignored, with the reason).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Data survives `close` and a drop without `close`; [`Fixture::open`] reopens
+    /// the same location.
+    pub persistent: bool,
+    /// [`Fixture::corrupt`] can damage a stored block's bytes.
+    pub corruption: bool,
+    /// `store_blocks` is all-or-nothing.
+    pub atomic_batches: bool,
+    /// `vacuum` is supported (otherwise it must fail with `Unsupported`).
+    pub vacuum: bool,
+}
+
+/// One capability, as named in skip reasons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Capability {
+    /// See [`Capabilities::persistent`].
+    Persistent,
+    /// See [`Capabilities::corruption`].
+    Corruption,
+    /// See [`Capabilities::atomic_batches`].
+    AtomicBatches,
+}
+
+impl Capabilities {
+    /// Whether `cap` is present.
+    pub fn has(&self, cap: Capability) -> bool {
+        match cap {
+            Capability::Persistent => self.persistent,
+            Capability::Corruption => self.corruption,
+            Capability::AtomicBatches => self.atomic_batches,
+        }
+    }
+}
+
+impl fmt::Display for Capability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Capability::Persistent => "persistent",
+            Capability::Corruption => "corruption",
+            Capability::AtomicBatches => "atomic_batches",
+        })
+    }
+}
+
+/// One isolated store location for one case.
+#[async_trait]
+pub trait Fixture: Send + Sync + 'static {
+    /// What the backend under test can do.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Opens the store at this fixture's location. For persistent backends a second
+    /// call (after `close`, or after every handle was dropped) reopens the same data.
+    async fn open(&self) -> Result<Arc<dyn StorageBackend>, StorageError>;
+
+    /// Damages the stored bytes of block `hash` (capability `corruption`), e.g. by
+    /// flipping a byte in the middle of its record. May close and reopen the store;
+    /// returns the handle to use afterwards.
+    async fn corrupt(
+        &self,
+        store: Arc<dyn StorageBackend>,
+        hash: &BlockHash,
+    ) -> Result<Arc<dyn StorageBackend>, StorageError> {
+        let _ = (store, hash);
+        Err(StorageError::unsupported("fixture", "corrupt"))
+    }
+}
+
+/// Makes a fresh fixture (a new isolated location) each time it is called.
+pub type Factory = Arc<dyn Fn() -> Box<dyn Fixture> + Send + Sync>;
+
+/// What a case runs against: a fixture, and the factory for cases that need more
+/// isolated stores (the model-based test makes one per generated sequence).
+pub struct Env {
+    fixture: Box<dyn Fixture>,
+    factory: Factory,
+}
+
+impl Env {
+    /// An environment with a fresh fixture from `factory`.
+    pub fn new<F: Fixture>(factory: impl Fn() -> F + Send + Sync + 'static) -> Self {
+        Self::from_factory(Arc::new(move || Box::new(factory()) as Box<dyn Fixture>))
+    }
+
+    /// An environment from a boxed factory.
+    pub fn from_factory(factory: Factory) -> Self {
+        Self {
+            fixture: factory(),
+            factory,
+        }
+    }
+
+    /// Another environment with its own fresh fixture.
+    pub fn fresh(&self) -> Self {
+        Self::from_factory(self.factory.clone())
+    }
+
+    /// The factory this environment's fixtures come from.
+    pub fn factory(&self) -> Factory {
+        self.factory.clone()
+    }
+
+    /// The fixture.
+    pub fn fixture(&self) -> &dyn Fixture {
+        &*self.fixture
+    }
+
+    /// The backend's capabilities.
+    pub fn capabilities(&self) -> Capabilities {
+        self.fixture.capabilities()
+    }
+
+    /// Opens (or reopens) the store.
+    pub async fn open(&self) -> Result<Arc<dyn StorageBackend>, CaseError> {
+        self.fixture
+            .open()
+            .await
+            .map_err(|e| CaseError::Failed(format!("opening the store failed: {e}")))
+    }
+
+    /// Skips the case unless the backend has `cap`.
+    pub fn require(&self, cap: Capability) -> CaseResult {
+        if self.capabilities().has(cap) {
+            Ok(())
+        } else {
+            Err(CaseError::Skipped(format!("needs capability `{cap}`")))
+        }
+    }
+}
+
+/// The runtime a case needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// tokio current-thread runtime (most cases: proves nothing blocks or needs a
+    /// second worker).
+    CurrentThread,
+    /// tokio multi-thread runtime with four workers (concurrency cases).
+    MultiThread,
+}
+
+/// A boxed case future.
+pub type CaseFuture<'a> = Pin<Box<dyn Future<Output = CaseResult> + Send + 'a>>;
+
+/// A registered case.
+#[derive(Clone, Copy)]
+pub struct Case {
+    /// Test name (the function's name in [`cases`]).
+    pub name: &'static str,
+    /// Capabilities it needs; without them it is skipped.
+    pub needs: &'static [Capability],
+    /// The runtime it runs on.
+    pub flavor: Flavor,
+    /// The case itself.
+    pub run: for<'a> fn(&'a Env) -> CaseFuture<'a>,
+}
+
+impl fmt::Debug for Case {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Case")
+            .field("name", &self.name)
+            .field("needs", &self.needs)
+            .field("flavor", &self.flavor)
+            .finish()
+    }
+}
+
+/// How long one case may run before it fails as hung.
+pub const CASE_TIMEOUT: Duration = Duration::from_secs(600);
+
+impl Case {
+    /// Runs the case on a runtime of its flavor with a fresh environment from
+    /// `factory`: `Ok(None)` passed, `Ok(Some(reason))` skipped, `Err` failed.
+    pub fn run_with(&self, factory: &Factory) -> Result<Option<String>, String> {
+        let mut builder = match self.flavor {
+            Flavor::CurrentThread => tokio::runtime::Builder::new_current_thread(),
+            Flavor::MultiThread => {
+                let mut b = tokio::runtime::Builder::new_multi_thread();
+                b.worker_threads(4);
+                b
+            }
+        };
+        let rt = builder
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot build runtime: {e}"))?;
+        let env = Env::from_factory(factory.clone());
+        if let Some(missing) = self.needs.iter().find(|c| !env.capabilities().has(**c)) {
+            return Ok(Some(format!("needs capability `{missing}`")));
+        }
+        let outcome = rt.block_on(async {
+            match tokio::time::timeout(CASE_TIMEOUT, (self.run)(&env)).await {
+                Ok(r) => r,
+                Err(_) => Err(CaseError::Failed(format!(
+                    "case did not finish within {CASE_TIMEOUT:?} (hung?)"
+                ))),
+            }
+        });
+        // Drop the fixture (and its temp dir) inside the runtime's context.
+        let _guard = rt.enter();
+        drop(env);
+        match outcome {
+            Ok(()) => Ok(None),
+            Err(CaseError::Skipped(reason)) => Ok(Some(reason)),
+            Err(CaseError::Failed(msg)) => Err(msg),
+        }
+    }
+}
+
+/// One backend's suite: a name and a factory of fresh fixtures.
+pub struct Suite {
+    name: String,
+    factory: Factory,
+}
+
+impl Suite {
+    /// A suite named `name` (the test-name prefix) over fixtures from `factory`.
+    pub fn new<F: Fixture>(
+        name: impl Into<String>,
+        factory: impl Fn() -> F + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            factory: Arc::new(move || Box::new(factory()) as Box<dyn Fixture>),
+        }
+    }
+
+    /// One libtest-mimic trial per case.
+    pub fn trials(&self) -> Vec<libtest_mimic::Trial> {
+        all_cases()
+            .into_iter()
+            .map(|case| {
+                let factory = self.factory.clone();
+                libtest_mimic::Trial::ignorable_test(
+                    format!("{}::{}", self.name, case.name),
+                    move || match case.run_with(&factory) {
+                        Ok(None) => Ok(libtest_mimic::Completion::Completed),
+                        Ok(Some(reason)) => Ok(libtest_mimic::Completion::ignored_with(reason)),
+                        Err(msg) => Err(msg.into()),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// The suite's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// Runs suites under libtest-compatible arguments (filters, `--list`,
+/// `--test-threads`, ...) and returns the process exit code.
+pub fn run_suites(suites: Vec<Suite>) -> ExitCode {
+    let args = libtest_mimic::Arguments::from_args();
+    let trials = suites.iter().flat_map(Suite::trials).collect();
+    libtest_mimic::run(&args, trials).exit_code()
+}
+
+/// Generates `fn main` for a `harness = false` test target that runs the whole
+/// suite for each `"name" => factory` pair. See the crate docs.
+#[macro_export]
+macro_rules! conformance_main {
+    ($($name:expr => $factory:expr),+ $(,)?) => {
+        fn main() -> ::std::process::ExitCode {
+            $crate::run_suites(vec![$($crate::Suite::new($name, $factory)),+])
+        }
+    };
+}
+
+/// The single list of cases: registry, capabilities and runtime flavor come from
+/// here, so no backend's list can drift from the suite.
+macro_rules! registry {
+    ($($module:ident :: $case:ident [$($cap:ident),*] $flavor:ident;)*) => {
+        /// Every case, in a stable order.
+        pub fn all_cases() -> Vec<Case> {
+            vec![$(Case {
+                name: stringify!($case),
+                needs: &[$(Capability::$cap),*],
+                flavor: Flavor::$flavor,
+                run: |env| Box::pin(cases::$module::$case(env)),
+            }),*]
+        }
+    };
+}
+
+registry! {
+    basic::empty_store [] CurrentThread;
+    basic::store_retrieve_round_trip [] CurrentThread;
+    basic::timestamps_keep_nanoseconds [] CurrentThread;
+    basic::retrieve_missing_hash [] CurrentThread;
+    basic::duplicate_store_is_idempotent [] CurrentThread;
+    basic::index_conflict_rejected [] CurrentThread;
+    basic::large_payload_8mib [] CurrentThread;
+    basic::many_small_blocks [] CurrentThread;
+    batch::batch_store_and_retrieve_in_order [] CurrentThread;
+    batch::batch_conflict_is_reported [] CurrentThread;
+    batch::batch_conflict_is_atomic [AtomicBatches] CurrentThread;
+    delete::delete_keeps_views_consistent [] CurrentThread;
+    delete::delete_head_clears_head [] CurrentThread;
+    delete::delete_frees_the_index [] CurrentThread;
+    list::filter_by_payload_type [] CurrentThread;
+    list::filter_by_public_key [] CurrentThread;
+    list::filter_by_index_bounds [] CurrentThread;
+    list::filter_by_time_range [] CurrentThread;
+    list::filters_combined [] CurrentThread;
+    list::sort_orders_and_ties [] CurrentThread;
+    list::pagination_edges [] CurrentThread;
+    list::list_metadata_is_exact [] CurrentThread;
+    range_head::range_bounds_and_gaps [] CurrentThread;
+    range_head::chain_head_set_get_invalid [] CurrentThread;
+    maintenance::stats_agree_with_list [] CurrentThread;
+    maintenance::compact_keeps_data [] CurrentThread;
+    maintenance::vacuum_keeps_data_or_is_unsupported [] CurrentThread;
+    maintenance::close_then_use [] CurrentThread;
+    reopen::reopen_after_close [Persistent] CurrentThread;
+    reopen::reopen_after_drop [Persistent] CurrentThread;
+    concurrency::concurrent_writers_and_readers [] MultiThread;
+    concurrency::concurrent_on_current_thread [] CurrentThread;
+    concurrency::racing_writers_one_winner_per_index [] MultiThread;
+    model::model_based_operations [] MultiThread;
+    corruption::corrupted_block_is_reported [Corruption] CurrentThread;
+}
