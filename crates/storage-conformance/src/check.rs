@@ -40,7 +40,9 @@ pub(crate) trait Ctx<T> {
 
 impl<T> Ctx<T> for Result<T, StorageError> {
     fn ctx(self, what: impl fmt::Display) -> Result<T, CaseError> {
-        self.map_err(|e| CaseError::Failed(format!("{what}: unexpected error ({:?}): {e}", e.kind())))
+        self.map_err(|e| {
+            CaseError::Failed(format!("{what}: unexpected error ({:?}): {e}", e.kind()))
+        })
     }
 }
 
@@ -84,13 +86,19 @@ pub(crate) fn expect_kind<T: Debug>(
             "{what}: expected a {kind:?} error, got {:?}: {e}",
             e.kind()
         ))),
-        Ok(v) => Err(fail(format!("{what}: expected a {kind:?} error, got Ok({v:?})"))),
+        Ok(v) => Err(fail(format!(
+            "{what}: expected a {kind:?} error, got Ok({v:?})"
+        ))),
     }
 }
 
 /// `got` must be byte-identical to `want`: same hash, same canonical encoding, and
 /// its signature verifies.
-pub(crate) fn same_block(got: &Block, want: &Block, what: impl fmt::Display) -> Result<(), CaseError> {
+pub(crate) fn same_block(
+    got: &Block,
+    want: &Block,
+    what: impl fmt::Display,
+) -> Result<(), CaseError> {
     ensure!(
         got.hash() == want.hash(),
         "{what}: got block {} (index {}), want {} (index {})",
@@ -99,15 +107,30 @@ pub(crate) fn same_block(got: &Block, want: &Block, what: impl fmt::Display) -> 
         want.hash(),
         want.index()
     );
-    let (g, w) = (WireFormat::BINARY.encode(got)?, WireFormat::BINARY.encode(want)?);
-    ensure!(g == w, "{what}: block {} is not byte-identical", want.hash());
-    got.verify_signature()
-        .map_err(|e| fail(format!("{what}: signature of {} does not verify: {e}", got.hash())))?;
+    let (g, w) = (
+        WireFormat::BINARY.encode(got)?,
+        WireFormat::BINARY.encode(want)?,
+    );
+    ensure!(
+        g == w,
+        "{what}: block {} is not byte-identical",
+        want.hash()
+    );
+    got.verify_signature().map_err(|e| {
+        fail(format!(
+            "{what}: signature of {} does not verify: {e}",
+            got.hash()
+        ))
+    })?;
     Ok(())
 }
 
 /// `got` must hold exactly `want`, in order, each byte-identical.
-pub(crate) fn same_blocks(got: &[Block], want: &[&Block], what: impl fmt::Display) -> Result<(), CaseError> {
+pub(crate) fn same_blocks(
+    got: &[Block],
+    want: &[&Block],
+    what: impl fmt::Display,
+) -> Result<(), CaseError> {
     ensure_eq!(
         got.iter().map(Block::index).collect::<Vec<_>>(),
         want.iter().map(|b| b.index()).collect::<Vec<_>>(),

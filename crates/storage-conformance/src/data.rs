@@ -97,7 +97,12 @@ fn payload_for(i: u64, note_len: usize) -> (String, Vec<u8>) {
 
 type Cache = Mutex<HashMap<(&'static str, usize, usize), Arc<Vec<Block>>>>;
 
-fn cached(kind: &'static str, len: usize, extra: usize, make: impl FnOnce() -> Vec<Block>) -> Arc<Vec<Block>> {
+fn cached(
+    kind: &'static str,
+    len: usize,
+    extra: usize,
+    make: impl FnOnce() -> Vec<Block>,
+) -> Arc<Vec<Block>> {
     static CACHE: OnceLock<Cache> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
     let mut map = cache.lock().unwrap_or_else(PoisonError::into_inner);
@@ -142,8 +147,15 @@ pub fn scrambled(len: usize) -> Arc<Vec<Block>> {
                 let (ty, payload) = payload_for(i, 8);
                 let key = &keys[usize::from(signer_of(i) - 1)];
                 let prev = (i > 0).then_some(BlockHash([0xa5; 32]));
-                Block::sign_raw(i, at(scrambled_offset(i, len as u64)), prev, ty, payload, key)
-                    .expect("valid test block")
+                Block::sign_raw(
+                    i,
+                    at(scrambled_offset(i, len as u64)),
+                    prev,
+                    ty,
+                    payload,
+                    key,
+                )
+                .expect("valid test block")
             })
             .collect()
     })
@@ -174,7 +186,9 @@ pub fn rival(block: &Block) -> Block {
 
 /// A genesis block with a payload of exactly `bytes` bytes.
 pub fn big_block(bytes: usize) -> Block {
-    let payload: Vec<u8> = (0..bytes).map(|i| (i.wrapping_mul(31) >> 3) as u8).collect();
+    let payload: Vec<u8> = (0..bytes)
+        .map(|i| (i.wrapping_mul(31) >> 3) as u8)
+        .collect();
     Block::sign_raw(0, at(0), None, "conformance.blob/v1", payload, &signer(4))
         .expect("valid big block")
 }

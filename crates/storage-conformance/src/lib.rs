@@ -16,9 +16,26 @@
 //! harness = false
 //! ```
 //!
-//! ```ignore
-//! storage_conformance::conformance_main! {
-//!     "memory" => || MemoryFixture::new(None),
+//! ```no_run
+//! use std::sync::Arc;
+//! use storage_conformance::{Capabilities, Fixture, conformance_main};
+//! use storage_core::{StorageBackend, StorageError, async_trait};
+//! use storage_memory::MemoryBackend;
+//!
+//! struct MemoryFixture;
+//!
+//! #[async_trait]
+//! impl Fixture for MemoryFixture {
+//!     fn capabilities(&self) -> Capabilities {
+//!         Capabilities { atomic_batches: true, vacuum: true, ..Default::default() }
+//!     }
+//!     async fn open(&self) -> Result<Arc<dyn StorageBackend>, StorageError> {
+//!         Ok(Arc::new(MemoryBackend::new()))
+//!     }
+//! }
+//!
+//! conformance_main! {
+//!     "memory" => || MemoryFixture,
 //! }
 //! ```
 //!

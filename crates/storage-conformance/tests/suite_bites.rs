@@ -59,7 +59,11 @@ impl StorageBackend for Broken {
     async fn store_block(&self, block: &Block) -> Result<BlockHash> {
         let existed = self.inner.block_exists(&block.hash()).await?;
         if self.has(Flaw::OverwritesOnConflict)
-            && let Some(old) = self.inner.get_blocks_by_range(block.index(), block.index()).await?.pop()
+            && let Some(old) = self
+                .inner
+                .get_blocks_by_range(block.index(), block.index())
+                .await?
+                .pop()
             && old.hash() != block.hash()
         {
             self.inner.delete_block(&old.hash()).await?;
@@ -75,7 +79,11 @@ impl StorageBackend for Broken {
         let got = self.inner.retrieve_block(hash).await?;
         if self.has(Flaw::WrongBlockForHash)
             && let Some(b) = &got
-            && let Some(next) = self.inner.get_blocks_by_range(b.index() + 1, b.index() + 1).await?.pop()
+            && let Some(next) = self
+                .inner
+                .get_blocks_by_range(b.index() + 1, b.index() + 1)
+                .await?
+                .pop()
         {
             return Ok(Some(next));
         }
@@ -124,7 +132,11 @@ impl StorageBackend for Broken {
         if self.has(Flaw::WrongTieOrder) && opts.order == SortOrder::ByTimestamp {
             let mut all = self
                 .inner
-                .list_blocks(&ListOptions { offset: None, limit: None, ..opts.clone() })
+                .list_blocks(&ListOptions {
+                    offset: None,
+                    limit: None,
+                    ..opts.clone()
+                })
                 .await?;
             all.sort_by(|a, b| a.timestamp.cmp(&b.timestamp).then(b.index.cmp(&a.index)));
             let skip = opts.offset.unwrap_or(0) as usize;
@@ -297,7 +309,10 @@ fn assert_bites(flaw: Flaw, aimed_at: &[&str]) {
     let failed = failing_cases(Some(flaw));
     println!("{flaw:?} fails: {failed:?}");
     for case in aimed_at {
-        assert!(failed.contains(case), "{flaw:?} should fail `{case}`; failed: {failed:?}");
+        assert!(
+            failed.contains(case),
+            "{flaw:?} should fail `{case}`; failed: {failed:?}"
+        );
     }
     assert!(
         failed.contains("model_based_operations"),
@@ -307,22 +322,37 @@ fn assert_bites(flaw: Flaw, aimed_at: &[&str]) {
 
 #[test]
 fn ignoring_offset_is_caught() {
-    assert_bites(Flaw::IgnoresOffset, &["pagination_edges", "filters_combined"]);
+    assert_bites(
+        Flaw::IgnoresOffset,
+        &["pagination_edges", "filters_combined"],
+    );
 }
 
 #[test]
 fn count_not_decremented_on_delete_is_caught() {
-    assert_bites(Flaw::CountKeepsDeleted, &["delete_keeps_views_consistent", "stats_agree_with_list"]);
+    assert_bites(
+        Flaw::CountKeepsDeleted,
+        &["delete_keeps_views_consistent", "stats_agree_with_list"],
+    );
 }
 
 #[test]
 fn wrong_block_for_hash_is_caught() {
-    assert_bites(Flaw::WrongBlockForHash, &["store_retrieve_round_trip", "concurrent_writers_and_readers"]);
+    assert_bites(
+        Flaw::WrongBlockForHash,
+        &[
+            "store_retrieve_round_trip",
+            "concurrent_writers_and_readers",
+        ],
+    );
 }
 
 #[test]
 fn overwrite_on_conflict_is_caught() {
-    assert_bites(Flaw::OverwritesOnConflict, &["index_conflict_rejected", "batch_conflict_is_reported"]);
+    assert_bites(
+        Flaw::OverwritesOnConflict,
+        &["index_conflict_rejected", "batch_conflict_is_reported"],
+    );
 }
 
 #[test]
@@ -332,7 +362,10 @@ fn stale_head_after_delete_is_caught() {
 
 #[test]
 fn truncated_timestamps_are_caught() {
-    assert_bites(Flaw::TruncatesTimestamps, &["timestamps_keep_nanoseconds", "list_metadata_is_exact"]);
+    assert_bites(
+        Flaw::TruncatesTimestamps,
+        &["timestamps_keep_nanoseconds", "list_metadata_is_exact"],
+    );
 }
 
 #[test]

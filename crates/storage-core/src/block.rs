@@ -65,9 +65,8 @@ pub trait BlockPayload: Serialize + DeserializeOwned {
 
     /// Encodes the payload into the bytes that are signed and stored.
     fn to_payload_bytes(&self) -> Result<Vec<u8>> {
-        serde_json::to_vec(self).map_err(|e| {
-            StorageError::Encoding(format!("payload {}: {e}", Self::PAYLOAD_TYPE))
-        })
+        serde_json::to_vec(self)
+            .map_err(|e| StorageError::Encoding(format!("payload {}: {e}", Self::PAYLOAD_TYPE)))
     }
 
     /// Decodes payload bytes produced by [`BlockPayload::to_payload_bytes`].
@@ -141,9 +140,10 @@ impl Block {
         key: &SigningKey,
         timestamp: SystemTime,
     ) -> Result<Self> {
-        let index = prev.index.checked_add(1).ok_or_else(|| {
-            StorageError::InvalidInput("chain index would overflow u64".into())
-        })?;
+        let index = prev
+            .index
+            .checked_add(1)
+            .ok_or_else(|| StorageError::InvalidInput("chain index would overflow u64".into()))?;
         let nanos = unix_nanos(timestamp)?;
         if nanos < prev.timestamp_nanos {
             return Err(StorageError::InvalidInput(format!(
@@ -276,8 +276,11 @@ impl Block {
 
     /// Length of `message ‖ signature`: the block's size on every backend's books.
     pub fn size_bytes(&self) -> u64 {
-        (message_len(self.payload_type.len(), self.payload.len(), self.previous_hash.is_some())
-            + Signature::LEN) as u64
+        (message_len(
+            self.payload_type.len(),
+            self.payload.len(),
+            self.previous_hash.is_some(),
+        ) + Signature::LEN) as u64
     }
 
     /// The canonical signed message (see the module docs).
@@ -315,7 +318,10 @@ impl Block {
         let key = VerifyingKey::from_bytes(self.public_key.as_bytes()).map_err(|e| {
             StorageError::Verification {
                 index: self.index,
-                reason: format!("public key {} is not a valid Ed25519 key: {e}", self.public_key),
+                reason: format!(
+                    "public key {} is not a valid Ed25519 key: {e}",
+                    self.public_key
+                ),
             }
         })?;
         let sig = ed25519_dalek::Signature::from_bytes(self.signature.as_bytes());
@@ -416,9 +422,9 @@ pub fn verify_chain(blocks: &[Block]) -> Result<()> {
 
 /// Nanoseconds since the Unix epoch; errors for times before 1970 or after 2262.
 pub fn unix_nanos(t: SystemTime) -> Result<u64> {
-    let d = t.duration_since(UNIX_EPOCH).map_err(|_| {
-        StorageError::InvalidInput("timestamp precedes the Unix epoch".into())
-    })?;
+    let d = t
+        .duration_since(UNIX_EPOCH)
+        .map_err(|_| StorageError::InvalidInput("timestamp precedes the Unix epoch".into()))?;
     let n = d.as_nanos();
     if n > u128::from(MAX_TIMESTAMP_NANOS) {
         return Err(StorageError::InvalidInput(format!(
@@ -437,8 +443,7 @@ pub fn system_time_from_unix_nanos(nanos: u64) -> SystemTime {
 pub fn is_valid_payload_type(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_PAYLOAD_TYPE_LEN
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._-/:+".contains(&b))
 }
 
@@ -492,7 +497,16 @@ impl<'a> From<&'a BlockParts> for PartsRef<'a> {
 }
 
 fn message_len(type_len: usize, payload_len: usize, has_prev: bool) -> usize {
-    DOMAIN_TAG.len() + 8 + 8 + 32 + 1 + if has_prev { 32 } else { 0 } + 2 + type_len + 4 + payload_len
+    DOMAIN_TAG.len()
+        + 8
+        + 8
+        + 32
+        + 1
+        + if has_prev { 32 } else { 0 }
+        + 2
+        + type_len
+        + 4
+        + payload_len
 }
 
 /// Feeds the canonical message to `sink` piece by piece (no intermediate buffer).
@@ -570,9 +584,15 @@ mod tests {
 
         // Out of order / gaps are reported at the right index.
         let err = verify_chain(&[g.clone(), b2.clone()]).unwrap_err();
-        assert!(matches!(err, StorageError::Verification { index: 2, .. }), "{err}");
+        assert!(
+            matches!(err, StorageError::Verification { index: 2, .. }),
+            "{err}"
+        );
         let err = verify_chain(&[b1, g]).unwrap_err();
-        assert!(matches!(err, StorageError::Verification { index: 0, .. }), "{err}");
+        assert!(
+            matches!(err, StorageError::Verification { index: 0, .. }),
+            "{err}"
+        );
     }
 
     #[test]
@@ -605,7 +625,17 @@ mod tests {
         assert!(Block::sign_raw(1, t(0), None, "x", vec![], &k).is_err());
         assert!(Block::sign_raw(0, t(0), Some(BlockHash([0; 32])), "x", vec![], &k).is_err());
         assert!(Block::sign_raw(0, t(0), None, "x", vec![0; MAX_PAYLOAD_BYTES + 1], &k).is_err());
-        assert!(Block::sign_raw(0, UNIX_EPOCH - Duration::from_secs(1), None, "x", vec![], &k).is_err());
+        assert!(
+            Block::sign_raw(
+                0,
+                UNIX_EPOCH - Duration::from_secs(1),
+                None,
+                "x",
+                vec![],
+                &k
+            )
+            .is_err()
+        );
         let g = Block::sign_raw(0, t(5), None, "x", vec![], &k).unwrap();
         assert!(Block::next(&g, &Reading { celsius: 0.0 }, &k, t(4)).is_err());
         assert!(g.decode_payload::<Reading>().is_err());

@@ -84,10 +84,12 @@ impl CompressionType {
             }
             Self::Lz4 => {
                 // The length prefix is untrusted: check it before lz4_flex allocates it.
-                let prefix: [u8; 4] = data
-                    .get(..4)
-                    .and_then(|p| p.try_into().ok())
-                    .ok_or_else(|| StorageError::corrupted("lz4 data shorter than its length prefix"))?;
+                let prefix: [u8; 4] =
+                    data.get(..4)
+                        .and_then(|p| p.try_into().ok())
+                        .ok_or_else(|| {
+                            StorageError::corrupted("lz4 data shorter than its length prefix")
+                        })?;
                 if u32::from_le_bytes(prefix) as usize > max_len {
                     return Err(too_big());
                 }
@@ -141,7 +143,9 @@ mod tests {
 
     #[test]
     fn round_trips_and_bounds() {
-        let data: Vec<u8> = (0..10_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        let data: Vec<u8> = (0..10_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
         for c in CompressionType::ALL {
             let z = c.compress(&data).unwrap();
             assert_eq!(c.decompress(&z, data.len()).unwrap(), data, "{c}");
@@ -154,7 +158,11 @@ mod tests {
     #[test]
     fn garbage_is_corrupted_not_panic() {
         let garbage = [0xffu8, 0xff, 0xff, 0x7f, 1, 2, 3];
-        for c in [CompressionType::Gzip, CompressionType::Zstd, CompressionType::Lz4] {
+        for c in [
+            CompressionType::Gzip,
+            CompressionType::Zstd,
+            CompressionType::Lz4,
+        ] {
             let err = c.decompress(&garbage, 1 << 20).unwrap_err();
             assert_eq!(err.kind(), crate::ErrorKind::Corrupted, "{c}");
         }

@@ -252,9 +252,15 @@ mod tests {
         assert_eq!(e.kind(), ErrorKind::Timeout);
         assert!(e.is_transient());
         assert!(!StorageError::corrupted("x").is_transient());
-        let io = StorageError::io("reading", std::io::Error::from(std::io::ErrorKind::TimedOut));
+        let io = StorageError::io(
+            "reading",
+            std::io::Error::from(std::io::ErrorKind::TimedOut),
+        );
         assert!(io.is_transient());
-        let io = StorageError::io("reading", std::io::Error::from(std::io::ErrorKind::NotFound));
+        let io = StorageError::io(
+            "reading",
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        );
         assert!(!io.is_transient());
         assert_eq!(
             StorageError::closed("memory").to_string(),

@@ -46,8 +46,7 @@ pub use error::{BoxError, ErrorKind, Result, StorageError};
 pub use ids::{BlockHash, PublicKey, Signature};
 pub use traits::{StorageBackend, StorageBackendExt};
 pub use types::{
-    BackendStats, BlockFilter, BlockMetadata, CompactionStats, ListOptions, SortOrder,
-    StorageStats,
+    BackendStats, BlockFilter, BlockMetadata, CompactionStats, ListOptions, SortOrder, StorageStats,
 };
 pub use wire::{
     CONTENT_TYPE_BINARY, CONTENT_TYPE_JSON, Encoding, MAX_ENCODED_BLOCK_BYTES, WireFormat,

@@ -130,7 +130,9 @@ impl ListOptions {
         }
         match &self.filter {
             Some(f) => {
-                f.payload_type.as_ref().is_none_or(|t| *t == meta.payload_type)
+                f.payload_type
+                    .as_ref()
+                    .is_none_or(|t| *t == meta.payload_type)
                     && f.public_key.as_ref().is_none_or(|k| *k == meta.public_key)
             }
             None => true,
@@ -142,10 +144,7 @@ impl ListOptions {
         match self.order {
             SortOrder::Ascending | SortOrder::ByIndex => a.index.cmp(&b.index),
             SortOrder::Descending => b.index.cmp(&a.index),
-            SortOrder::ByTimestamp => a
-                .timestamp
-                .cmp(&b.timestamp)
-                .then(a.index.cmp(&b.index)),
+            SortOrder::ByTimestamp => a.timestamp.cmp(&b.timestamp).then(a.index.cmp(&b.index)),
         }
     }
 

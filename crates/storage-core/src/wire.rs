@@ -111,12 +111,16 @@ impl WireFormat {
 
     /// Every encoding × compression combination.
     pub fn all() -> impl Iterator<Item = WireFormat> {
-        [Encoding::Binary, Encoding::Json].into_iter().flat_map(|encoding| {
-            CompressionType::ALL.into_iter().map(move |compression| WireFormat {
-                encoding,
-                compression,
+        [Encoding::Binary, Encoding::Json]
+            .into_iter()
+            .flat_map(|encoding| {
+                CompressionType::ALL
+                    .into_iter()
+                    .map(move |compression| WireFormat {
+                        encoding,
+                        compression,
+                    })
             })
-        })
     }
 
     /// Encodes a block.
@@ -218,7 +222,12 @@ impl WireFormat {
     /// Parses a content type produced by [`WireFormat::content_type`]
     /// (case-insensitive; parameters after `;` are ignored).
     pub fn from_content_type(s: &str) -> Result<Self> {
-        let lower = s.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let lower = s
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         let (base, compression) = match lower.rsplit_once('+') {
             Some((base, suffix)) => match suffix {
                 "gzip" | "zstd" | "lz4" => (base, suffix.parse()?),
@@ -334,7 +343,15 @@ mod tests {
         )
         .unwrap();
         let payload = (0..payload_len).map(|i| (i * 7 % 256) as u8).collect();
-        Block::sign_raw(1, g.timestamp(), Some(g.hash()), "test.raw/v1", payload, &key).unwrap()
+        Block::sign_raw(
+            1,
+            g.timestamp(),
+            Some(g.hash()),
+            "test.raw/v1",
+            payload,
+            &key,
+        )
+        .unwrap()
     }
 
     #[test]
@@ -359,7 +376,10 @@ mod tests {
 
     #[test]
     fn content_types() {
-        assert_eq!(WireFormat::BINARY.content_type(), "application/x-olocus-block");
+        assert_eq!(
+            WireFormat::BINARY.content_type(),
+            "application/x-olocus-block"
+        );
         let f: WireFormat = "Application/JSON+zstd; charset=utf-8".parse().unwrap();
         assert_eq!(
             f,

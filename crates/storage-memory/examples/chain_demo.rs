@@ -69,7 +69,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         chain.push(block);
     }
     verify_chain(&chain)?;
-    println!("signed      {n} blocks in {:.1?} (chain verifies)", started.elapsed());
+    println!(
+        "signed      {n} blocks in {:.1?} (chain verifies)",
+        started.elapsed()
+    );
 
     // Store it in batches and set the head.
     let store = MemoryBackend::with_capacity(n as usize);
@@ -79,12 +82,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let head = chain.last().expect("n >= 1").hash();
     store.set_chain_head(&head).await?;
-    println!("stored      {} blocks in {:.1?}", store.count_blocks().await?, started.elapsed());
+    println!(
+        "stored      {} blocks in {:.1?}",
+        store.count_blocks().await?,
+        started.elapsed()
+    );
 
     // Read it back and verify from storage.
     let started = Instant::now();
     let checked = store.verify_stored_chain(1_000).await?;
-    println!("verified    {checked} stored blocks in {:.1?}", started.elapsed());
+    println!(
+        "verified    {checked} stored blocks in {:.1?}",
+        started.elapsed()
+    );
 
     // Queries.
     let (genesis, reading) = store
@@ -112,7 +122,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..Default::default()
     };
     let in_window = store.list_blocks(&window).await?;
-    println!("by time     10 s..20 s after start -> {} blocks", in_window.len());
+    println!(
+        "by time     10 s..20 s after start -> {} blocks",
+        in_window.len()
+    );
     let notes = ListOptions {
         order: SortOrder::Descending,
         limit: Some(3),
@@ -128,14 +141,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .retrieve_payload::<Note>(&meta.hash)
             .await?
             .ok_or("note missing")?;
-        println!("latest note block {} ({} bytes): {}", meta.index, meta.size_bytes, note.text);
+        println!(
+            "latest note block {} ({} bytes): {}",
+            meta.index, meta.size_bytes, note.text
+        );
     }
     let stats = store.get_stats().await?;
     println!(
         "stats       {} blocks, {} bytes, head {}",
         stats.total_blocks,
         stats.total_size_bytes,
-        store.get_chain_head().await?.map(|h| h.to_string()).unwrap_or_default()
+        store
+            .get_chain_head()
+            .await?
+            .map(|h| h.to_string())
+            .unwrap_or_default()
     );
     store.close().await?;
     Ok(())

@@ -60,13 +60,20 @@ impl Fixture for MemoryFixture {
         if flipped {
             Ok(store)
         } else {
-            Err(StorageError::InvalidInput(format!("block {hash} is not stored as bytes")))
+            Err(StorageError::InvalidInput(format!(
+                "block {hash} is not stored as bytes"
+            )))
         }
     }
 }
 
 fn encoded(encoding: Encoding, compression: CompressionType) -> impl Fn() -> MemoryFixture {
-    move || MemoryFixture::new(Some(WireFormat { encoding, compression }))
+    move || {
+        MemoryFixture::new(Some(WireFormat {
+            encoding,
+            compression,
+        }))
+    }
 }
 
 conformance_main! {

@@ -13,19 +13,37 @@ use crate::{CaseResult, Env};
 pub async fn empty_store(env: &Env) -> CaseResult {
     let s = env.open().await?;
     ensure_eq!(s.count_blocks().await?, 0, "count of an empty store");
-    ensure!(s.list_blocks(&ListOptions::default()).await?.is_empty(), "list of an empty store");
+    ensure!(
+        s.list_blocks(&ListOptions::default()).await?.is_empty(),
+        "list of an empty store"
+    );
     ensure_eq!(s.get_chain_head().await?, None, "head of an empty store");
-    ensure!(s.get_blocks_by_range(0, u64::MAX).await?.is_empty(), "range of an empty store");
+    ensure!(
+        s.get_blocks_by_range(0, u64::MAX).await?.is_empty(),
+        "range of an empty store"
+    );
     let stats = s.get_stats().await?;
     ensure_eq!(
-        (stats.total_blocks, stats.total_size_bytes, stats.oldest_block, stats.newest_block),
+        (
+            stats.total_blocks,
+            stats.total_size_bytes,
+            stats.oldest_block,
+            stats.newest_block
+        ),
         (0, 0, None, None),
         "stats of an empty store"
     );
     let h = BlockHash([7; 32]);
-    ensure_eq!(s.retrieve_block(&h).await?, None, "retrieve from an empty store");
+    ensure_eq!(
+        s.retrieve_block(&h).await?,
+        None,
+        "retrieve from an empty store"
+    );
     ensure!(!s.block_exists(&h).await?, "exists in an empty store");
-    ensure!(s.retrieve_blocks(&[]).await?.is_empty(), "retrieve_blocks(&[])");
+    ensure!(
+        s.retrieve_blocks(&[]).await?.is_empty(),
+        "retrieve_blocks(&[])"
+    );
     Ok(())
 }
 
@@ -35,17 +53,27 @@ pub async fn store_retrieve_round_trip(env: &Env) -> CaseResult {
     let s = env.open().await?;
     let chain = data::chain(6);
     for b in chain.iter() {
-        let h = s.store_block(b).await.ctx(format!("store block {}", b.index()))?;
+        let h = s
+            .store_block(b)
+            .await
+            .ctx(format!("store block {}", b.index()))?;
         ensure_eq!(h, b.hash(), "store_block returns the block's hash");
     }
     for b in chain.iter() {
         let got = s.retrieve_block(&b.hash()).await?;
         let got = got.ok_or_else(|| crate::check::fail(format!("block {} missing", b.index())))?;
         same_block(&got, b, format!("retrieve block {}", b.index()))?;
-        ensure!(s.block_exists(&b.hash()).await?, "block {} exists", b.index());
+        ensure!(
+            s.block_exists(&b.hash()).await?,
+            "block {} exists",
+            b.index()
+        );
     }
     let (_, reading) = {
-        let got = s.retrieve_block(&chain[0].hash()).await?.expect("checked above");
+        let got = s
+            .retrieve_block(&chain[0].hash())
+            .await?
+            .expect("checked above");
         let r: Reading = got.decode_payload()?;
         (got, r)
     };
@@ -64,11 +92,21 @@ pub async fn timestamps_keep_nanoseconds(env: &Env) -> CaseResult {
     s.store_blocks(&chain).await?;
     for b in chain.iter() {
         let got = s.retrieve_block(&b.hash()).await?.expect("stored");
-        ensure_eq!(got.timestamp_nanos(), b.timestamp_nanos(), "block {} timestamp", b.index());
+        ensure_eq!(
+            got.timestamp_nanos(),
+            b.timestamp_nanos(),
+            "block {} timestamp",
+            b.index()
+        );
     }
     let listed = s.list_blocks(&ListOptions::default()).await?;
     for (m, b) in listed.iter().zip(chain.iter()) {
-        ensure_eq!(m.timestamp, b.timestamp(), "metadata timestamp of block {}", m.index);
+        ensure_eq!(
+            m.timestamp,
+            b.timestamp(),
+            "metadata timestamp of block {}",
+            m.index
+        );
     }
     let stats = s.get_stats().await?;
     ensure_eq!(stats.oldest_block, Some(chain[0].timestamp()), "oldest");
@@ -80,9 +118,21 @@ pub async fn timestamps_keep_nanoseconds(env: &Env) -> CaseResult {
         end_time: Some(system_time_from_unix_nanos(hi)),
         ..Default::default()
     };
-    ensure_eq!(indices(&s.list_blocks(&window(t, t)).await?), vec![2, 3], "exact instant");
-    ensure_eq!(indices(&s.list_blocks(&window(t + 1, u64::MAX >> 1)).await?), vec![4], "1 ns after");
-    ensure_eq!(indices(&s.list_blocks(&window(0, t - 1)).await?), vec![0, 1], "1 ns before");
+    ensure_eq!(
+        indices(&s.list_blocks(&window(t, t)).await?),
+        vec![2, 3],
+        "exact instant"
+    );
+    ensure_eq!(
+        indices(&s.list_blocks(&window(t + 1, u64::MAX >> 1)).await?),
+        vec![4],
+        "1 ns after"
+    );
+    ensure_eq!(
+        indices(&s.list_blocks(&window(0, t - 1)).await?),
+        vec![0, 1],
+        "1 ns before"
+    );
     Ok(())
 }
 
@@ -92,11 +142,21 @@ pub async fn retrieve_missing_hash(env: &Env) -> CaseResult {
     let chain = data::chain(3);
     s.store_block(&chain[0]).await?;
     let missing = chain[1].hash();
-    ensure_eq!(s.retrieve_block(&missing).await?, None, "retrieve of a missing hash");
+    ensure_eq!(
+        s.retrieve_block(&missing).await?,
+        None,
+        "retrieve of a missing hash"
+    );
     ensure!(!s.block_exists(&missing).await?, "exists of a missing hash");
-    ensure!(!s.delete_block(&missing).await?, "delete of a missing hash returns false");
+    ensure!(
+        !s.delete_block(&missing).await?,
+        "delete of a missing hash returns false"
+    );
     let got = s.retrieve_blocks(&[missing, chain[2].hash()]).await?;
-    ensure!(got.iter().all(Option::is_none), "retrieve_blocks of missing hashes");
+    ensure!(
+        got.iter().all(Option::is_none),
+        "retrieve_blocks of missing hashes"
+    );
     ensure_eq!(s.count_blocks().await?, 1, "count unchanged");
     Ok(())
 }
@@ -107,9 +167,19 @@ pub async fn duplicate_store_is_idempotent(env: &Env) -> CaseResult {
     let chain = data::chain(3);
     s.store_blocks(&chain).await?;
     let before = s.get_stats().await?;
-    ensure_eq!(s.store_block(&chain[1]).await?, chain[1].hash(), "re-store returns the hash");
-    let hashes = s.store_blocks(&[chain[0].clone(), chain[0].clone(), chain[2].clone()]).await?;
-    ensure_eq!(hashes, vec![chain[0].hash(), chain[0].hash(), chain[2].hash()], "batch of duplicates");
+    ensure_eq!(
+        s.store_block(&chain[1]).await?,
+        chain[1].hash(),
+        "re-store returns the hash"
+    );
+    let hashes = s
+        .store_blocks(&[chain[0].clone(), chain[0].clone(), chain[2].clone()])
+        .await?;
+    ensure_eq!(
+        hashes,
+        vec![chain[0].hash(), chain[0].hash(), chain[2].hash()],
+        "batch of duplicates"
+    );
     ensure_eq!(s.count_blocks().await?, 3, "count after duplicates");
     let after = s.get_stats().await?;
     ensure_eq!(
@@ -117,7 +187,11 @@ pub async fn duplicate_store_is_idempotent(env: &Env) -> CaseResult {
         (before.total_blocks, before.total_size_bytes),
         "stats after duplicates"
     );
-    ensure_eq!(s.list_blocks(&ListOptions::default()).await?.len(), 3, "list after duplicates");
+    ensure_eq!(
+        s.list_blocks(&ListOptions::default()).await?.len(),
+        3,
+        "list after duplicates"
+    );
     Ok(())
 }
 
@@ -129,20 +203,50 @@ pub async fn index_conflict_rejected(env: &Env) -> CaseResult {
     s.store_blocks(&chain).await?;
     s.set_chain_head(&chain[1].hash()).await?;
     let rival = data::rival(&chain[1]);
-    let err = expect_kind(s.store_block(&rival).await, ErrorKind::IndexConflict, "store rival")?;
+    let err = expect_kind(
+        s.store_block(&rival).await,
+        ErrorKind::IndexConflict,
+        "store rival",
+    )?;
     match err {
-        StorageError::IndexConflict { index, existing, attempted } => {
-            ensure_eq!((index, existing, attempted), (1, chain[1].hash(), rival.hash()), "conflict details");
+        StorageError::IndexConflict {
+            index,
+            existing,
+            attempted,
+        } => {
+            ensure_eq!(
+                (index, existing, attempted),
+                (1, chain[1].hash(), rival.hash()),
+                "conflict details"
+            );
         }
-        other => return Err(crate::check::fail(format!("conflict reported as {other:?}"))),
+        other => {
+            return Err(crate::check::fail(format!(
+                "conflict reported as {other:?}"
+            )));
+        }
     }
-    ensure!(!s.block_exists(&rival.hash()).await?, "rival must not be stored");
-    let got = s.retrieve_block(&chain[1].hash()).await?.expect("original still stored");
+    ensure!(
+        !s.block_exists(&rival.hash()).await?,
+        "rival must not be stored"
+    );
+    let got = s
+        .retrieve_block(&chain[1].hash())
+        .await?
+        .expect("original still stored");
     same_block(&got, &chain[1], "original after conflict")?;
     ensure_eq!(s.count_blocks().await?, 3, "count after conflict");
-    ensure_eq!(s.get_chain_head().await?, Some(chain[1].hash()), "head after conflict");
+    ensure_eq!(
+        s.get_chain_head().await?,
+        Some(chain[1].hash()),
+        "head after conflict"
+    );
     let range = s.get_blocks_by_range(1, 1).await?;
-    ensure_eq!(range.iter().map(|b| b.hash()).collect::<Vec<_>>(), vec![chain[1].hash()], "range after conflict");
+    ensure_eq!(
+        range.iter().map(|b| b.hash()).collect::<Vec<_>>(),
+        vec![chain[1].hash()],
+        "range after conflict"
+    );
     Ok(())
 }
 
@@ -151,11 +255,22 @@ pub async fn large_payload_8mib(env: &Env) -> CaseResult {
     let s = env.open().await?;
     let big = data::big_block((8 << 20) + 1);
     s.store_block(&big).await.ctx("store an 8 MiB block")?;
-    let got = s.retrieve_block(&big.hash()).await?.ok_or_else(|| crate::check::fail("8 MiB block missing"))?;
+    let got = s
+        .retrieve_block(&big.hash())
+        .await?
+        .ok_or_else(|| crate::check::fail("8 MiB block missing"))?;
     same_block(&got, &big, "8 MiB block")?;
     let listed = s.list_blocks(&ListOptions::default()).await?;
-    ensure_eq!(listed, vec![BlockMetadata::of(&big)], "metadata of the 8 MiB block");
-    ensure_eq!(s.get_stats().await?.total_size_bytes, big.size_bytes(), "size of the 8 MiB block");
+    ensure_eq!(
+        listed,
+        vec![BlockMetadata::of(&big)],
+        "metadata of the 8 MiB block"
+    );
+    ensure_eq!(
+        s.get_stats().await?.total_size_bytes,
+        big.size_bytes(),
+        "size of the 8 MiB block"
+    );
     Ok(())
 }
 
@@ -177,7 +292,13 @@ pub async fn many_small_blocks(env: &Env) -> CaseResult {
     ensure_eq!(s.count_blocks().await?, N as u64, "count");
     let listed = s.list_blocks(&ListOptions::default()).await?;
     ensure_eq!(listed.len(), N, "list length");
-    ensure!(listed.iter().enumerate().all(|(i, m)| m.index == i as u64 && m.hash == chain[i].hash()), "list content");
+    ensure!(
+        listed
+            .iter()
+            .enumerate()
+            .all(|(i, m)| m.index == i as u64 && m.hash == chain[i].hash()),
+        "list content"
+    );
     let range = s.get_blocks_by_range(0, u64::MAX).await?;
     ensure_eq!(range.len(), N, "range length");
     for i in (0..N).step_by(97) {
@@ -187,6 +308,10 @@ pub async fn many_small_blocks(env: &Env) -> CaseResult {
     }
     let stats = s.get_stats().await?;
     ensure_eq!(stats.total_blocks, N as u64, "stats total");
-    ensure_eq!(stats.total_size_bytes, chain.iter().map(|b| b.size_bytes()).sum::<u64>(), "stats size");
+    ensure_eq!(
+        stats.total_size_bytes,
+        chain.iter().map(|b| b.size_bytes()).sum::<u64>(),
+        "stats size"
+    );
     Ok(())
 }

@@ -18,7 +18,11 @@ pub async fn batch_store_and_retrieve_in_order(env: &Env) -> CaseResult {
         chain[1].clone(),
     ];
     let hashes = s.store_blocks(&input).await?;
-    ensure_eq!(hashes, input.iter().map(|b| b.hash()).collect::<Vec<_>>(), "hashes in input order");
+    ensure_eq!(
+        hashes,
+        input.iter().map(|b| b.hash()).collect::<Vec<_>>(),
+        "hashes in input order"
+    );
     ensure!(s.store_blocks(&[]).await?.is_empty(), "empty batch");
     let ask = [
         chain[3].hash(),
@@ -43,7 +47,11 @@ pub async fn batch_store_and_retrieve_in_order(env: &Env) -> CaseResult {
             }
         }
     }
-    ensure_eq!(indices(&s.list_blocks(&ListOptions::default()).await?), vec![0, 1, 3, 5], "listed");
+    ensure_eq!(
+        indices(&s.list_blocks(&ListOptions::default()).await?),
+        vec![0, 1, 3, 5],
+        "listed"
+    );
     Ok(())
 }
 
@@ -59,8 +67,14 @@ pub async fn batch_conflict_is_reported(env: &Env) -> CaseResult {
         ErrorKind::IndexConflict,
         "batch with a block conflicting with the store",
     )?;
-    ensure!(!s.block_exists(&rival.hash()).await?, "rival must not be stored");
-    let got = s.retrieve_block(&chain[1].hash()).await?.expect("original kept");
+    ensure!(
+        !s.block_exists(&rival.hash()).await?,
+        "rival must not be stored"
+    );
+    let got = s
+        .retrieve_block(&chain[1].hash())
+        .await?
+        .expect("original kept");
     same_block(&got, &chain[1], "original after conflicting batch")?;
     Ok(())
 }
@@ -73,21 +87,34 @@ pub async fn batch_conflict_is_atomic(env: &Env) -> CaseResult {
     s.store_block(&chain[2]).await?;
     let before = s.get_stats().await?;
     expect_kind(
-        s.store_blocks(&[chain[0].clone(), data::rival(&chain[2]), chain[4].clone()]).await,
+        s.store_blocks(&[chain[0].clone(), data::rival(&chain[2]), chain[4].clone()])
+            .await,
         ErrorKind::IndexConflict,
         "batch conflicting with the store",
     )?;
     expect_kind(
-        s.store_blocks(&[chain[1].clone(), chain[3].clone(), data::rival(&chain[3])]).await,
+        s.store_blocks(&[chain[1].clone(), chain[3].clone(), data::rival(&chain[3])])
+            .await,
         ErrorKind::IndexConflict,
         "batch conflicting with itself",
     )?;
     for i in [0, 1, 3, 4] {
-        ensure!(!s.block_exists(&chain[i].hash()).await?, "block {i} of a failed batch was stored");
+        ensure!(
+            !s.block_exists(&chain[i].hash()).await?,
+            "block {i} of a failed batch was stored"
+        );
     }
     ensure_eq!(s.count_blocks().await?, 1, "count after failed batches");
     let after = s.get_stats().await?;
-    ensure_eq!(after.total_size_bytes, before.total_size_bytes, "size after failed batches");
-    ensure_eq!(indices(&s.list_blocks(&ListOptions::default()).await?), vec![2], "listed after failed batches");
+    ensure_eq!(
+        after.total_size_bytes,
+        before.total_size_bytes,
+        "size after failed batches"
+    );
+    ensure_eq!(
+        indices(&s.list_blocks(&ListOptions::default()).await?),
+        vec![2],
+        "listed after failed batches"
+    );
     Ok(())
 }

@@ -33,26 +33,45 @@ async fn writers_and_readers(env: &Env, tasks: usize, per_task: usize) -> CaseRe
     while let Some(joined) = set.join_next().await {
         joined.map_err(|e| fail(format!("task panicked or was cancelled: {e}")))??;
     }
-    ensure_eq!(s.count_blocks().await?, n as u64, "count after concurrent writes");
+    ensure_eq!(
+        s.count_blocks().await?,
+        n as u64,
+        "count after concurrent writes"
+    );
     let listed = s.list_blocks(&ListOptions::default()).await?;
     let want: Vec<BlockMetadata> = chain.iter().map(BlockMetadata::of).collect();
     ensure_eq!(listed, want, "list after concurrent writes");
     for b in chain.iter() {
-        let got = s.retrieve_block(&b.hash()).await?.ok_or_else(|| fail(format!("block {} lost", b.index())))?;
+        let got = s
+            .retrieve_block(&b.hash())
+            .await?
+            .ok_or_else(|| fail(format!("block {} lost", b.index())))?;
         same_block(&got, b, "after concurrent writes")?;
     }
-    ensure_eq!(s.get_stats().await?.total_blocks, n as u64, "stats after concurrent writes");
+    ensure_eq!(
+        s.get_stats().await?.total_blocks,
+        n as u64,
+        "stats after concurrent writes"
+    );
     Ok(())
 }
 
-async fn worker(s: Arc<dyn StorageBackend>, chain: Arc<Vec<Block>>, t: usize, tasks: usize) -> CaseResult {
+async fn worker(
+    s: Arc<dyn StorageBackend>,
+    chain: Arc<Vec<Block>>,
+    t: usize,
+    tasks: usize,
+) -> CaseResult {
     let mine: Vec<&Block> = chain.iter().skip(t).step_by(tasks).collect();
     let mut last_count = 0;
     let mut j = 0;
     while j < mine.len() {
         // Every fifth step stores a batch of up to three.
         let step: Vec<Block> = if j % 5 == 0 {
-            mine[j..(j + 3).min(mine.len())].iter().map(|b| (*b).clone()).collect()
+            mine[j..(j + 3).min(mine.len())]
+                .iter()
+                .map(|b| (*b).clone())
+                .collect()
         } else {
             vec![mine[j].clone()]
         };
@@ -62,24 +81,45 @@ async fn worker(s: Arc<dyn StorageBackend>, chain: Arc<Vec<Block>>, t: usize, ta
             s.store_blocks(&step).await?;
         }
         for b in &step {
-            let got = s.retrieve_block(&b.hash()).await?.ok_or_else(|| fail(format!("task {t}: own block {} missing", b.index())))?;
+            let got = s
+                .retrieve_block(&b.hash())
+                .await?
+                .ok_or_else(|| fail(format!("task {t}: own block {} missing", b.index())))?;
             same_block(&got, b, format!("task {t} own block"))?;
         }
         // Read someone else's block: absent or exactly right.
         let other = &chain[(j * 7 + t * 13) % chain.len()];
         if let Some(got) = s.retrieve_block(&other.hash()).await? {
-            same_block(&got, other, format!("task {t} reading block {}", other.index()))?;
+            same_block(
+                &got,
+                other,
+                format!("task {t} reading block {}", other.index()),
+            )?;
         }
         // Listings are sorted and consistent while writes go on.
         let page = s
-            .list_blocks(&ListOptions { offset: Some((j * 3) as u64), limit: Some(10), ..Default::default() })
+            .list_blocks(&ListOptions {
+                offset: Some((j * 3) as u64),
+                limit: Some(10),
+                ..Default::default()
+            })
             .await?;
-        ensure!(page.windows(2).all(|w| w[0].index < w[1].index), "task {t}: listing out of order");
+        ensure!(
+            page.windows(2).all(|w| w[0].index < w[1].index),
+            "task {t}: listing out of order"
+        );
         for m in &page {
-            ensure_eq!(*m, BlockMetadata::of(&chain[m.index as usize]), "task {t}: listed metadata");
+            ensure_eq!(
+                *m,
+                BlockMetadata::of(&chain[m.index as usize]),
+                "task {t}: listed metadata"
+            );
         }
         let count = s.count_blocks().await?;
-        ensure!(count >= last_count, "task {t}: count went back from {last_count} to {count}");
+        ensure!(
+            count >= last_count,
+            "task {t}: count went back from {last_count} to {count}"
+        );
         last_count = count;
         j += step.len();
         tokio::task::yield_now().await;
@@ -114,8 +154,15 @@ pub async fn racing_writers_one_winner_per_index(env: &Env) -> CaseResult {
                 };
                 match r {
                     Ok(()) => results.push((i, b.hash(), true)),
-                    Err(e) if e.kind() == ErrorKind::IndexConflict => results.push((i, b.hash(), false)),
-                    Err(e) => return Err(fail(format!("task {t}, index {i}: {:?} error: {e}", e.kind()))),
+                    Err(e) if e.kind() == ErrorKind::IndexConflict => {
+                        results.push((i, b.hash(), false))
+                    }
+                    Err(e) => {
+                        return Err(fail(format!(
+                            "task {t}, index {i}: {:?} error: {e}",
+                            e.kind()
+                        )));
+                    }
                 }
                 tokio::task::yield_now().await;
             }
@@ -134,7 +181,11 @@ pub async fn racing_writers_one_winner_per_index(env: &Env) -> CaseResult {
             winner == chain[i].hash() || winner == rivals[i].hash(),
             "index {i} holds a block nobody stored"
         );
-        ensure_eq!(ok, hash == winner, "index {i}: attempt with {hash} succeeded={ok} but winner is {winner}");
+        ensure_eq!(
+            ok,
+            hash == winner,
+            "index {i}: attempt with {hash} succeeded={ok} but winner is {winner}"
+        );
     }
     ensure_eq!(s.count_blocks().await?, N as u64, "count after the race");
     Ok(())

@@ -19,7 +19,11 @@ pub async fn corrupted_block_is_reported(env: &Env) -> CaseResult {
         .await
         .map_err(|e| fail(format!("fixture could not corrupt block 3: {e}")))?;
 
-    expect_kind(s.retrieve_block(&victim.hash()).await, ErrorKind::Corrupted, "retrieve of the damaged block")?;
+    expect_kind(
+        s.retrieve_block(&victim.hash()).await,
+        ErrorKind::Corrupted,
+        "retrieve of the damaged block",
+    )?;
     for b in chain.iter().filter(|b| b.index() != 3) {
         // Neighbours sharing a damaged page may fail too, but only as Corrupted.
         check_read(s.retrieve_block(&b.hash()).await, b, "neighbour")?;
@@ -30,7 +34,11 @@ pub async fn corrupted_block_is_reported(env: &Env) -> CaseResult {
                 same_block(got, &chain[got.index() as usize], "range read after damage")?;
             }
         }
-        Err(e) => ensure!(e.kind() == ErrorKind::Corrupted, "range read failed with {:?}: {e}", e.kind()),
+        Err(e) => ensure!(
+            e.kind() == ErrorKind::Corrupted,
+            "range read failed with {:?}: {e}",
+            e.kind()
+        ),
     }
     match s.retrieve_blocks(&[chain[2].hash(), victim.hash()]).await {
         Ok(got) => {
@@ -39,18 +47,33 @@ pub async fn corrupted_block_is_reported(env: &Env) -> CaseResult {
                     same_block(g, w, "retrieve_blocks after damage")?;
                 }
             }
-            ensure!(got[1].is_none() || got[1].as_ref() == Some(victim), "damaged block returned");
+            ensure!(
+                got[1].is_none() || got[1].as_ref() == Some(victim),
+                "damaged block returned"
+            );
         }
-        Err(e) => ensure!(e.kind() == ErrorKind::Corrupted, "retrieve_blocks failed with {:?}: {e}", e.kind()),
+        Err(e) => ensure!(
+            e.kind() == ErrorKind::Corrupted,
+            "retrieve_blocks failed with {:?}: {e}",
+            e.kind()
+        ),
     }
     Ok(())
 }
 
-fn check_read(got: Result<Option<Block>, StorageError>, want: &Block, what: &str) -> Result<(), CaseError> {
+fn check_read(
+    got: Result<Option<Block>, StorageError>,
+    want: &Block,
+    what: &str,
+) -> Result<(), CaseError> {
     match got {
         Ok(Some(b)) => same_block(&b, want, format!("{what} {}", want.index())),
         Ok(None) => Err(fail(format!("{what} {} vanished", want.index()))),
         Err(e) if e.kind() == ErrorKind::Corrupted => Ok(()),
-        Err(e) => Err(fail(format!("{what} {}: {:?} error: {e}", want.index(), e.kind()))),
+        Err(e) => Err(fail(format!(
+            "{what} {}: {:?} error: {e}",
+            want.index(),
+            e.kind()
+        ))),
     }
 }

@@ -3,9 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use storage_core::{
-    BlockFilter, BlockMetadata, ListOptions, PublicKey, SortOrder, StorageBackend,
-};
+use storage_core::{BlockFilter, BlockMetadata, ListOptions, PublicKey, SortOrder, StorageBackend};
 
 use crate::check::{ensure_eq, indices};
 use crate::data::{self, EVENT, READING};
@@ -33,20 +31,54 @@ async fn twelve(env: &Env) -> Result<std::sync::Arc<dyn StorageBackend>, crate::
 /// Filter by payload type.
 pub async fn filter_by_payload_type(env: &Env) -> CaseResult {
     let s = twelve(env).await?;
-    let by = |t: &str| filtered(BlockFilter { payload_type: Some(t.into()), ..Default::default() });
-    ensure_eq!(indices(&s.list_blocks(&by(EVENT)).await?), vec![3, 7, 11], "events");
-    ensure_eq!(indices(&s.list_blocks(&by(READING)).await?), vec![0, 1, 2, 4, 5, 6, 8, 9, 10], "readings");
-    ensure_eq!(indices(&s.list_blocks(&by("no.such/type")).await?), Vec::<u64>::new(), "unknown type");
+    let by = |t: &str| {
+        filtered(BlockFilter {
+            payload_type: Some(t.into()),
+            ..Default::default()
+        })
+    };
+    ensure_eq!(
+        indices(&s.list_blocks(&by(EVENT)).await?),
+        vec![3, 7, 11],
+        "events"
+    );
+    ensure_eq!(
+        indices(&s.list_blocks(&by(READING)).await?),
+        vec![0, 1, 2, 4, 5, 6, 8, 9, 10],
+        "readings"
+    );
+    ensure_eq!(
+        indices(&s.list_blocks(&by("no.such/type")).await?),
+        Vec::<u64>::new(),
+        "unknown type"
+    );
     Ok(())
 }
 
 /// Filter by signer.
 pub async fn filter_by_public_key(env: &Env) -> CaseResult {
     let s = twelve(env).await?;
-    let by = |k: PublicKey| filtered(BlockFilter { public_key: Some(k), ..Default::default() });
-    ensure_eq!(indices(&s.list_blocks(&by(key(2))).await?), vec![2, 5, 8, 11], "signer 2");
-    ensure_eq!(indices(&s.list_blocks(&by(key(1))).await?), vec![0, 1, 3, 4, 6, 7, 9, 10], "signer 1");
-    ensure_eq!(indices(&s.list_blocks(&by(key(9))).await?), Vec::<u64>::new(), "unknown signer");
+    let by = |k: PublicKey| {
+        filtered(BlockFilter {
+            public_key: Some(k),
+            ..Default::default()
+        })
+    };
+    ensure_eq!(
+        indices(&s.list_blocks(&by(key(2))).await?),
+        vec![2, 5, 8, 11],
+        "signer 2"
+    );
+    ensure_eq!(
+        indices(&s.list_blocks(&by(key(1))).await?),
+        vec![0, 1, 3, 4, 6, 7, 9, 10],
+        "signer 1"
+    );
+    ensure_eq!(
+        indices(&s.list_blocks(&by(key(9))).await?),
+        Vec::<u64>::new(),
+        "unknown signer"
+    );
     Ok(())
 }
 
@@ -54,15 +86,47 @@ pub async fn filter_by_public_key(env: &Env) -> CaseResult {
 pub async fn filter_by_index_bounds(env: &Env) -> CaseResult {
     let s = twelve(env).await?;
     let by = |min: Option<u64>, max: Option<u64>| {
-        filtered(BlockFilter { min_index: min, max_index: max, ..Default::default() })
+        filtered(BlockFilter {
+            min_index: min,
+            max_index: max,
+            ..Default::default()
+        })
     };
-    ensure_eq!(indices(&s.list_blocks(&by(Some(9), None)).await?), vec![9, 10, 11], "min 9");
-    ensure_eq!(indices(&s.list_blocks(&by(None, Some(2))).await?), vec![0, 1, 2], "max 2");
-    ensure_eq!(indices(&s.list_blocks(&by(Some(4), Some(6))).await?), vec![4, 5, 6], "4..=6");
-    ensure_eq!(indices(&s.list_blocks(&by(Some(5), Some(5))).await?), vec![5], "5..=5");
-    ensure_eq!(indices(&s.list_blocks(&by(Some(7), Some(3))).await?), Vec::<u64>::new(), "min > max");
-    ensure_eq!(indices(&s.list_blocks(&by(Some(12), None)).await?), Vec::<u64>::new(), "min past the end");
-    ensure_eq!(indices(&s.list_blocks(&by(Some(0), Some(u64::MAX))).await?).len(), 12, "0..=MAX");
+    ensure_eq!(
+        indices(&s.list_blocks(&by(Some(9), None)).await?),
+        vec![9, 10, 11],
+        "min 9"
+    );
+    ensure_eq!(
+        indices(&s.list_blocks(&by(None, Some(2))).await?),
+        vec![0, 1, 2],
+        "max 2"
+    );
+    ensure_eq!(
+        indices(&s.list_blocks(&by(Some(4), Some(6))).await?),
+        vec![4, 5, 6],
+        "4..=6"
+    );
+    ensure_eq!(
+        indices(&s.list_blocks(&by(Some(5), Some(5))).await?),
+        vec![5],
+        "5..=5"
+    );
+    ensure_eq!(
+        indices(&s.list_blocks(&by(Some(7), Some(3))).await?),
+        Vec::<u64>::new(),
+        "min > max"
+    );
+    ensure_eq!(
+        indices(&s.list_blocks(&by(Some(12), None)).await?),
+        Vec::<u64>::new(),
+        "min past the end"
+    );
+    ensure_eq!(
+        indices(&s.list_blocks(&by(Some(0), Some(u64::MAX))).await?).len(),
+        12,
+        "0..=MAX"
+    );
     Ok(())
 }
 
@@ -75,16 +139,47 @@ pub async fn filter_by_time_range(env: &Env) -> CaseResult {
         end_time: end,
         ..Default::default()
     };
-    ensure_eq!(indices(&s.list_blocks(&by(Some(t(4)), None)).await?), vec![4, 5, 6, 7, 8, 9, 10, 11], "from block 4's time");
-    ensure_eq!(indices(&s.list_blocks(&by(None, Some(t(5)))).await?), vec![0, 1, 2, 3, 4, 5], "until block 5's time");
-    ensure_eq!(indices(&s.list_blocks(&by(Some(t(2)), Some(t(3)))).await?), vec![2, 3], "one instant, two blocks");
+    ensure_eq!(
+        indices(&s.list_blocks(&by(Some(t(4)), None)).await?),
+        vec![4, 5, 6, 7, 8, 9, 10, 11],
+        "from block 4's time"
+    );
+    ensure_eq!(
+        indices(&s.list_blocks(&by(None, Some(t(5)))).await?),
+        vec![0, 1, 2, 3, 4, 5],
+        "until block 5's time"
+    );
+    ensure_eq!(
+        indices(&s.list_blocks(&by(Some(t(2)), Some(t(3)))).await?),
+        vec![2, 3],
+        "one instant, two blocks"
+    );
     let just_after = t(3) + Duration::from_nanos(1);
     let just_before_next = t(4) - Duration::from_nanos(1);
-    ensure_eq!(indices(&s.list_blocks(&by(Some(just_after), Some(just_before_next))).await?), Vec::<u64>::new(), "between steps");
-    ensure_eq!(indices(&s.list_blocks(&by(Some(t(6)), Some(t(2)))).await?), Vec::<u64>::new(), "start after end");
+    ensure_eq!(
+        indices(
+            &s.list_blocks(&by(Some(just_after), Some(just_before_next)))
+                .await?
+        ),
+        Vec::<u64>::new(),
+        "between steps"
+    );
+    ensure_eq!(
+        indices(&s.list_blocks(&by(Some(t(6)), Some(t(2)))).await?),
+        Vec::<u64>::new(),
+        "start after end"
+    );
     let before_1970 = SystemTime::UNIX_EPOCH - Duration::from_secs(1);
-    ensure_eq!(indices(&s.list_blocks(&by(Some(before_1970), Some(t(1)))).await?), vec![0, 1], "start before 1970");
-    ensure_eq!(indices(&s.list_blocks(&by(None, Some(before_1970))).await?), Vec::<u64>::new(), "end before 1970");
+    ensure_eq!(
+        indices(&s.list_blocks(&by(Some(before_1970), Some(t(1)))).await?),
+        vec![0, 1],
+        "start before 1970"
+    );
+    ensure_eq!(
+        indices(&s.list_blocks(&by(None, Some(before_1970))).await?),
+        Vec::<u64>::new(),
+        "end before 1970"
+    );
     Ok(())
 }
 
@@ -104,12 +199,24 @@ pub async fn filters_combined(env: &Env) -> CaseResult {
         ..Default::default()
     };
     // signer 1 ∩ readings ∩ 1..=10 ∩ time(2..=11) = 4, 6, 9, 10.
-    ensure_eq!(indices(&s.list_blocks(&opts).await?), vec![10, 9, 6, 4], "combined, descending");
+    ensure_eq!(
+        indices(&s.list_blocks(&opts).await?),
+        vec![10, 9, 6, 4],
+        "combined, descending"
+    );
     opts.offset = Some(1);
     opts.limit = Some(2);
-    ensure_eq!(indices(&s.list_blocks(&opts).await?), vec![9, 6], "combined, paged");
+    ensure_eq!(
+        indices(&s.list_blocks(&opts).await?),
+        vec![9, 6],
+        "combined, paged"
+    );
     opts.order = SortOrder::ByTimestamp;
-    ensure_eq!(indices(&s.list_blocks(&opts).await?), vec![6, 9], "combined, by time, paged");
+    ensure_eq!(
+        indices(&s.list_blocks(&opts).await?),
+        vec![6, 9],
+        "combined, by time, paged"
+    );
     Ok(())
 }
 
@@ -117,12 +224,27 @@ pub async fn filters_combined(env: &Env) -> CaseResult {
 pub async fn sort_orders_and_ties(env: &Env) -> CaseResult {
     let s = env.open().await?;
     s.store_blocks(&data::scrambled(12)).await?;
-    let by = |order| ListOptions { order, ..Default::default() };
+    let by = |order| ListOptions {
+        order,
+        ..Default::default()
+    };
     let asc: Vec<u64> = (0..12).collect();
     let desc: Vec<u64> = (0..12).rev().collect();
-    ensure_eq!(indices(&s.list_blocks(&by(SortOrder::Ascending)).await?), asc, "Ascending");
-    ensure_eq!(indices(&s.list_blocks(&by(SortOrder::ByIndex)).await?), asc, "ByIndex");
-    ensure_eq!(indices(&s.list_blocks(&by(SortOrder::Descending)).await?), desc, "Descending");
+    ensure_eq!(
+        indices(&s.list_blocks(&by(SortOrder::Ascending)).await?),
+        asc,
+        "Ascending"
+    );
+    ensure_eq!(
+        indices(&s.list_blocks(&by(SortOrder::ByIndex)).await?),
+        asc,
+        "ByIndex"
+    );
+    ensure_eq!(
+        indices(&s.list_blocks(&by(SortOrder::Descending)).await?),
+        desc,
+        "Descending"
+    );
     // Timestamps (see data::scrambled_offset): 0,7 | 2,9 | 4,11 | 1,6 | 3,8 | 5,10;
     // ties by index, lowest first.
     ensure_eq!(
@@ -153,17 +275,36 @@ pub async fn pagination_edges(env: &Env) -> CaseResult {
         (page(Some(100), Some(5), asc), vec![], "offset past the end"),
         (page(Some(3), Some(2), asc), vec![3, 4], "offset 3 limit 2"),
         (page(Some(9), Some(5), asc), vec![9], "limit past the end"),
-        (page(Some(2), Some(3), SortOrder::Descending), vec![7, 6, 5], "descending page"),
-        (page(Some(1), Some(2), SortOrder::ByTimestamp), vec![1, 2], "by-time page"),
-        (page(None, Some(u64::MAX), asc), (0..10).collect(), "limit u64::MAX"),
+        (
+            page(Some(2), Some(3), SortOrder::Descending),
+            vec![7, 6, 5],
+            "descending page",
+        ),
+        (
+            page(Some(1), Some(2), SortOrder::ByTimestamp),
+            vec![1, 2],
+            "by-time page",
+        ),
+        (
+            page(None, Some(u64::MAX), asc),
+            (0..10).collect(),
+            "limit u64::MAX",
+        ),
         (page(Some(u64::MAX), None, asc), vec![], "offset u64::MAX"),
     ];
     for (opts, want, what) in cases {
         ensure_eq!(indices(&s.list_blocks(&opts).await?), want, "{what}");
     }
-    let mut events = filtered(BlockFilter { payload_type: Some(EVENT.into()), ..Default::default() });
+    let mut events = filtered(BlockFilter {
+        payload_type: Some(EVENT.into()),
+        ..Default::default()
+    });
     events.offset = Some(1);
-    ensure_eq!(indices(&s.list_blocks(&events).await?), vec![7], "offset applies after the filter");
+    ensure_eq!(
+        indices(&s.list_blocks(&events).await?),
+        vec![7],
+        "offset applies after the filter"
+    );
     Ok(())
 }
 
@@ -172,10 +313,25 @@ pub async fn list_metadata_is_exact(env: &Env) -> CaseResult {
     let s = env.open().await?;
     let blocks = data::scrambled(12);
     s.store_blocks(&blocks).await?;
-    for order in [SortOrder::Ascending, SortOrder::Descending, SortOrder::ByTimestamp, SortOrder::ByIndex] {
-        let listed = s.list_blocks(&ListOptions { order, ..Default::default() }).await?;
+    for order in [
+        SortOrder::Ascending,
+        SortOrder::Descending,
+        SortOrder::ByTimestamp,
+        SortOrder::ByIndex,
+    ] {
+        let listed = s
+            .list_blocks(&ListOptions {
+                order,
+                ..Default::default()
+            })
+            .await?;
         for m in &listed {
-            ensure_eq!(*m, BlockMetadata::of(&blocks[m.index as usize]), "metadata of block {} ({order:?})", m.index);
+            ensure_eq!(
+                *m,
+                BlockMetadata::of(&blocks[m.index as usize]),
+                "metadata of block {} ({order:?})",
+                m.index
+            );
         }
         ensure_eq!(listed.len(), 12, "entries ({order:?})");
     }

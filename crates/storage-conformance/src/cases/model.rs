@@ -32,8 +32,15 @@ fn pool() -> Arc<Vec<Block>> {
         for i in [2, 7, 11, 13] {
             out.push(data::rival(&base[i]));
         }
-        let far = Block::sign_raw(40, data::at(3_500), Some(BlockHash([1; 32])), READING, b"{}".to_vec(), &data::signer(2))
-            .expect("valid block");
+        let far = Block::sign_raw(
+            40,
+            data::at(3_500),
+            Some(BlockHash([1; 32])),
+            READING,
+            b"{}".to_vec(),
+            &data::signer(2),
+        )
+        .expect("valid block");
         out.push(far);
         Arc::new(out)
     })
@@ -92,17 +99,19 @@ fn op_strategy(n: usize) -> impl Strategy<Value = Op> {
         weighted(0.2, 0u64..16),
         weighted(0.2, 0u64..42),
     )
-        .prop_map(|(limit, offset, start, end, order, payload_type, key, min, max)| ListSpec {
-            limit,
-            offset,
-            start,
-            end,
-            order,
-            payload_type,
-            key,
-            min,
-            max,
-        });
+        .prop_map(
+            |(limit, offset, start, end, order, payload_type, key, min, max)| ListSpec {
+                limit,
+                offset,
+                start,
+                end,
+                order,
+                payload_type,
+                key,
+                min,
+                max,
+            },
+        );
     prop_oneof![
         4 => i.clone().prop_map(Op::Store),
         3 => i.clone().prop_map(Op::Append),
@@ -126,11 +135,19 @@ fn op_strategy(n: usize) -> impl Strategy<Value = Op> {
 impl ListSpec {
     fn options(&self, pool: &[Block]) -> ListOptions {
         let time = |(i, d): (usize, i8)| {
-            system_time_from_unix_nanos(pool[i].timestamp_nanos().saturating_add_signed(i64::from(d)))
+            system_time_from_unix_nanos(
+                pool[i]
+                    .timestamp_nanos()
+                    .saturating_add_signed(i64::from(d)),
+            )
         };
         let filter = BlockFilter {
-            payload_type: self.payload_type.map(|e| if e { EVENT } else { READING }.to_string()),
-            public_key: self.key.map(|k| PublicKey::from(&data::signer(k).verifying_key())),
+            payload_type: self
+                .payload_type
+                .map(|e| if e { EVENT } else { READING }.to_string()),
+            public_key: self
+                .key
+                .map(|k| PublicKey::from(&data::signer(k).verifying_key())),
             min_index: self.min,
             max_index: self.max,
         };
@@ -139,8 +156,12 @@ impl ListSpec {
             offset: self.offset,
             start_time: self.start.map(time),
             end_time: self.end.map(time),
-            order: [SortOrder::Ascending, SortOrder::Descending, SortOrder::ByTimestamp, SortOrder::ByIndex]
-                [usize::from(self.order)],
+            order: [
+                SortOrder::Ascending,
+                SortOrder::Descending,
+                SortOrder::ByTimestamp,
+                SortOrder::ByIndex,
+            ][usize::from(self.order)],
             filter: (filter != BlockFilter::default()).then_some(filter),
         }
     }
@@ -212,7 +233,12 @@ impl Model {
         if a > b {
             return Err(ErrorKind::InvalidInput);
         }
-        let mut out: Vec<Block> = self.blocks.values().filter(|x| (a..=b).contains(&x.index())).cloned().collect();
+        let mut out: Vec<Block> = self
+            .blocks
+            .values()
+            .filter(|x| (a..=b).contains(&x.index()))
+            .cloned()
+            .collect();
         out.sort_by_key(Block::index);
         Ok(out)
     }
@@ -227,7 +253,12 @@ impl Model {
     }
 }
 
-fn agree<T: PartialEq + Debug>(step: usize, op: &Op, got: Result<T, StorageError>, want: Expect<T>) -> Result<(), CaseError> {
+fn agree<T: PartialEq + Debug>(
+    step: usize,
+    op: &Op,
+    got: Result<T, StorageError>,
+    want: Expect<T>,
+) -> Result<(), CaseError> {
     let same = match (&got, &want) {
         (Ok(g), Ok(w)) => g == w,
         (Err(g), Err(w)) => g.kind() == *w,
@@ -274,7 +305,12 @@ async fn run_sequence(env: &Env, ops: &[Op], caps: Capabilities) -> CaseResult {
             }
             Op::Retrieve(i) => {
                 let h = pool[*i].hash();
-                agree(step, op, s.retrieve_block(&h).await, Ok(m.blocks.get(&h).cloned()))?
+                agree(
+                    step,
+                    op,
+                    s.retrieve_block(&h).await,
+                    Ok(m.blocks.get(&h).cloned()),
+                )?
             }
             Op::RetrieveMany(is) => {
                 let hs: Vec<BlockHash> = is.iter().map(|i| pool[*i].hash()).collect();
@@ -283,7 +319,12 @@ async fn run_sequence(env: &Env, ops: &[Op], caps: Capabilities) -> CaseResult {
             }
             Op::Exists(i) => {
                 let h = pool[*i].hash();
-                agree(step, op, s.block_exists(&h).await, Ok(m.blocks.contains_key(&h)))?
+                agree(
+                    step,
+                    op,
+                    s.block_exists(&h).await,
+                    Ok(m.blocks.contains_key(&h)),
+                )?
             }
             Op::SetHead(i) => {
                 let h = pool[*i].hash();
@@ -301,12 +342,21 @@ async fn run_sequence(env: &Env, ops: &[Op], caps: Capabilities) -> CaseResult {
                 agree(step, op, s.list_blocks(&opts).await, Ok(m.list(&opts)))?
             }
             Op::Count => agree(step, op, s.count_blocks().await, Ok(m.blocks.len() as u64))?,
-            Op::Range(a, b) => agree(step, op, s.get_blocks_by_range(*a, *b).await, m.range(*a, *b))?,
+            Op::Range(a, b) => agree(
+                step,
+                op,
+                s.get_blocks_by_range(*a, *b).await,
+                m.range(*a, *b),
+            )?,
             Op::Stats => {
-                let got = s
-                    .get_stats()
-                    .await
-                    .map(|st| (st.total_blocks, st.total_size_bytes, st.oldest_block, st.newest_block));
+                let got = s.get_stats().await.map(|st| {
+                    (
+                        st.total_blocks,
+                        st.total_size_bytes,
+                        st.oldest_block,
+                        st.newest_block,
+                    )
+                });
                 agree(step, op, got, Ok(m.stats()))?
             }
             Op::Compact => agree(step, op, s.compact().await, Ok(()))?,
@@ -328,8 +378,14 @@ async fn run_sequence(env: &Env, ops: &[Op], caps: Capabilities) -> CaseResult {
 
 /// Random sequences of every operation agree with the reference model.
 pub async fn model_based_operations(env: &Env) -> CaseResult {
-    let cases: u32 = std::env::var("OLOCUS_MODEL_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(64);
-    let seed: u64 = std::env::var("OLOCUS_MODEL_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x0105_0c05);
+    let cases: u32 = std::env::var("OLOCUS_MODEL_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
+    let seed: u64 = std::env::var("OLOCUS_MODEL_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0x0105_0c05);
     let caps = env.capabilities();
     let factory = env.factory();
     let handle = tokio::runtime::Handle::current();

@@ -15,14 +15,46 @@ pub async fn range_bounds_and_gaps(env: &Env) -> CaseResult {
     batch.reverse();
     s.store_blocks(&batch).await?;
     let pick = |idx: &[usize]| idx.iter().map(|&i| &chain[i]).collect::<Vec<_>>();
-    same_blocks(&s.get_blocks_by_range(0, 9).await?, &pick(&stored), "range 0..=9")?;
-    same_blocks(&s.get_blocks_by_range(3, 4).await?, &pick(&[]), "range inside a gap")?;
-    same_blocks(&s.get_blocks_by_range(2, 5).await?, &pick(&[2, 5]), "range 2..=5 across a gap")?;
-    same_blocks(&s.get_blocks_by_range(9, 9).await?, &pick(&[9]), "range 9..=9")?;
-    same_blocks(&s.get_blocks_by_range(5, 5).await?, &pick(&[5]), "single index")?;
-    same_blocks(&s.get_blocks_by_range(10, u64::MAX).await?, &pick(&[]), "past the end")?;
-    same_blocks(&s.get_blocks_by_range(0, u64::MAX).await?, &pick(&stored), "0..=u64::MAX")?;
-    expect_kind(s.get_blocks_by_range(5, 2).await, ErrorKind::InvalidInput, "range 5..=2")?;
+    same_blocks(
+        &s.get_blocks_by_range(0, 9).await?,
+        &pick(&stored),
+        "range 0..=9",
+    )?;
+    same_blocks(
+        &s.get_blocks_by_range(3, 4).await?,
+        &pick(&[]),
+        "range inside a gap",
+    )?;
+    same_blocks(
+        &s.get_blocks_by_range(2, 5).await?,
+        &pick(&[2, 5]),
+        "range 2..=5 across a gap",
+    )?;
+    same_blocks(
+        &s.get_blocks_by_range(9, 9).await?,
+        &pick(&[9]),
+        "range 9..=9",
+    )?;
+    same_blocks(
+        &s.get_blocks_by_range(5, 5).await?,
+        &pick(&[5]),
+        "single index",
+    )?;
+    same_blocks(
+        &s.get_blocks_by_range(10, u64::MAX).await?,
+        &pick(&[]),
+        "past the end",
+    )?;
+    same_blocks(
+        &s.get_blocks_by_range(0, u64::MAX).await?,
+        &pick(&stored),
+        "0..=u64::MAX",
+    )?;
+    expect_kind(
+        s.get_blocks_by_range(5, 2).await,
+        ErrorKind::InvalidInput,
+        "range 5..=2",
+    )?;
     Ok(())
 }
 
@@ -32,16 +64,36 @@ pub async fn chain_head_set_get_invalid(env: &Env) -> CaseResult {
     let s = env.open().await?;
     let chain = data::chain(3);
     ensure_eq!(s.get_chain_head().await?, None, "initial head");
-    expect_kind(s.set_chain_head(&chain[0].hash()).await, ErrorKind::NotFound, "head to an unstored block")?;
+    expect_kind(
+        s.set_chain_head(&chain[0].hash()).await,
+        ErrorKind::NotFound,
+        "head to an unstored block",
+    )?;
     ensure_eq!(s.get_chain_head().await?, None, "head after failed set");
     s.store_blocks(&chain).await?;
     s.set_chain_head(&chain[1].hash()).await?;
     ensure_eq!(s.get_chain_head().await?, Some(chain[1].hash()), "head set");
     s.set_chain_head(&chain[2].hash()).await?;
-    ensure_eq!(s.get_chain_head().await?, Some(chain[2].hash()), "head moved");
+    ensure_eq!(
+        s.get_chain_head().await?,
+        Some(chain[2].hash()),
+        "head moved"
+    );
     s.set_chain_head(&chain[0].hash()).await?;
-    ensure_eq!(s.get_chain_head().await?, Some(chain[0].hash()), "head may move back");
-    expect_kind(s.set_chain_head(&BlockHash([3; 32])).await, ErrorKind::NotFound, "head to an unknown hash")?;
-    ensure_eq!(s.get_chain_head().await?, Some(chain[0].hash()), "head kept after failed set");
+    ensure_eq!(
+        s.get_chain_head().await?,
+        Some(chain[0].hash()),
+        "head may move back"
+    );
+    expect_kind(
+        s.set_chain_head(&BlockHash([3; 32])).await,
+        ErrorKind::NotFound,
+        "head to an unknown hash",
+    )?;
+    ensure_eq!(
+        s.get_chain_head().await?,
+        Some(chain[0].hash()),
+        "head kept after failed set"
+    );
     Ok(())
 }

@@ -24,9 +24,10 @@ pub async fn reopen_after_close(env: &Env) -> CaseResult {
     let s = env.open().await?;
     ensure_eq!(snapshot(&*s).await?, before, "store after close and reopen");
     for b in chain[..25].iter().filter(|b| b.index() != 7) {
-        let got = s.retrieve_block(&b.hash()).await?.ok_or_else(|| {
-            crate::check::fail(format!("block {} lost across reopen", b.index()))
-        })?;
+        let got = s
+            .retrieve_block(&b.hash())
+            .await?
+            .ok_or_else(|| crate::check::fail(format!("block {} lost across reopen", b.index())))?;
         same_block(&got, b, format!("block {} after reopen", b.index()))?;
     }
     s.store_blocks(&chain[25..]).await?;
@@ -36,7 +37,11 @@ pub async fn reopen_after_close(env: &Env) -> CaseResult {
 
     let s = env.open().await?;
     ensure_eq!(s.count_blocks().await?, 29, "count after the second reopen");
-    ensure_eq!(s.get_chain_head().await?, Some(chain[29].hash()), "head after the second reopen");
+    ensure_eq!(
+        s.get_chain_head().await?,
+        Some(chain[29].hash()),
+        "head after the second reopen"
+    );
     s.close().await?;
     Ok(())
 }
