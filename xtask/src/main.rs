@@ -1,1 +1,145 @@
-fn main() {}
+//! Project automation, run as `cargo xtask <command>`.
+//!
+//! - `ci`: everything CI checks, in order, failing fast: formatting, clippy with
+//!   warnings denied, every test (unit, conformance, doc), rustdoc with warnings
+//!   denied, and the out-of-workspace third-party backend (fmt, clippy, suite).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "olocus-storage project automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run every CI check: fmt, clippy, tests, docs, third-party suite.
+    Ci {
+        /// Skip the third-party example crate (it has its own dependency build).
+        #[arg(long)]
+        skip_third_party: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    let result = match cli.command {
+        Cmd::Ci { skip_third_party } => ci(&root, skip_third_party),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("xtask: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    // xtask lives one level below the workspace root.
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask has a parent directory")
+        .to_path_buf()
+}
+
+fn ci(root: &Path, skip_third_party: bool) -> Result<(), String> {
+    let started = Instant::now();
+    step(root, "format", &["fmt", "--all", "--", "--check"], &[])?;
+    step(
+        root,
+        "clippy",
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--locked",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &[],
+    )?;
+    step(root, "tests", &["test", "--workspace", "--locked"], &[])?;
+    step(
+        root,
+        "docs",
+        &["doc", "--workspace", "--no-deps", "--locked"],
+        &[("RUSTDOCFLAGS", "-D warnings")],
+    )?;
+    if !skip_third_party {
+        let manifest = root.join("examples/third-party-backend/Cargo.toml");
+        let manifest = manifest.to_str().ok_or("non-UTF-8 path")?;
+        // Its own target dir: its lock file resolves separately, and sharing the
+        // workspace's would rebuild shared dependencies back and forth.
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join("target"))
+            .join("third-party");
+        let target = target.to_str().ok_or("non-UTF-8 path")?;
+        let tp = |sub: &str| vec![sub.to_string(), "--manifest-path".into(), manifest.into()];
+        let mut fmt = tp("fmt");
+        fmt.extend(["--".into(), "--check".into()]);
+        step_owned(root, "third-party format", fmt, &[])?;
+        let mut clippy = tp("clippy");
+        clippy.extend(
+            [
+                "--all-targets",
+                "--locked",
+                "--target-dir",
+                target,
+                "--",
+                "-D",
+                "warnings",
+            ]
+            .map(String::from),
+        );
+        step_owned(root, "third-party clippy", clippy, &[])?;
+        let mut test = tp("test");
+        test.extend(["--locked", "--target-dir", target].map(String::from));
+        step_owned(root, "third-party conformance", test, &[])?;
+    }
+    println!("xtask ci: all checks passed in {:.0?}", started.elapsed());
+    Ok(())
+}
+
+fn step(root: &Path, name: &str, args: &[&str], env: &[(&str, &str)]) -> Result<(), String> {
+    step_owned(
+        root,
+        name,
+        args.iter().map(|s| s.to_string()).collect(),
+        env,
+    )
+}
+
+fn step_owned(
+    root: &Path,
+    name: &str,
+    args: Vec<String>,
+    env: &[(&str, &str)],
+) -> Result<(), String> {
+    println!("==> {name}: cargo {}", args.join(" "));
+    let started = Instant::now();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(&args)
+        .envs(env.iter().copied())
+        .current_dir(root)
+        .status()
+        .map_err(|e| format!("{name}: cannot run cargo: {e}"))?;
+    if !status.success() {
+        return Err(format!(
+            "{name} failed ({status}) after {:.0?}",
+            started.elapsed()
+        ));
+    }
+    println!("<== {name}: ok in {:.0?}", started.elapsed());
+    Ok(())
+}
