@@ -42,6 +42,8 @@ struct Broken {
     flaw: Option<Flaw>,
     /// For `CountKeepsDeleted`: blocks ever stored.
     ever: std::sync::atomic::AtomicU64,
+    /// For `HeadSurvivesDelete`: the deleted head still reported.
+    stale_head: std::sync::Mutex<Option<BlockHash>>,
 }
 
 impl Broken {
@@ -91,7 +93,12 @@ impl StorageBackend for Broken {
     }
 
     async fn delete_block(&self, hash: &BlockHash) -> Result<bool> {
-        self.inner.delete_block(hash).await
+        let head = self.inner.get_chain_head().await?;
+        let deleted = self.inner.delete_block(hash).await?;
+        if self.has(Flaw::HeadSurvivesDelete) && deleted && head == Some(*hash) {
+            *self.stale_head.lock().unwrap() = Some(*hash);
+        }
+        Ok(deleted)
     }
 
     async fn block_exists(&self, hash: &BlockHash) -> Result<bool> {
@@ -161,11 +168,16 @@ impl StorageBackend for Broken {
     }
 
     async fn get_chain_head(&self) -> Result<Option<BlockHash>> {
-        self.inner.get_chain_head().await
+        match self.inner.get_chain_head().await? {
+            None => Ok(*self.stale_head.lock().unwrap()),
+            some => Ok(some),
+        }
     }
 
     async fn set_chain_head(&self, hash: &BlockHash) -> Result<()> {
-        self.inner.set_chain_head(hash).await
+        self.inner.set_chain_head(hash).await?;
+        *self.stale_head.lock().unwrap() = None;
+        Ok(())
     }
 
     async fn get_blocks_by_range(&self, start: u64, end: u64) -> Result<Vec<Block>> {
@@ -196,14 +208,6 @@ impl StorageBackend for Broken {
     }
 }
 
-/// `HeadSurvivesDelete` needs the head to stay set after the inner delete cleared
-/// it; a thin second wrapper restores it.
-#[derive(Debug)]
-struct StaleHead {
-    inner: Broken,
-    stale: std::sync::Mutex<Option<BlockHash>>,
-}
-
 struct BrokenFixture(Option<Flaw>);
 
 #[async_trait]
@@ -218,80 +222,12 @@ impl Fixture for BrokenFixture {
     }
 
     async fn open(&self) -> Result<Arc<dyn StorageBackend>> {
-        let inner = Broken {
+        Ok(Arc::new(Broken {
             inner: MemoryBackend::new(),
             flaw: self.0,
             ever: Default::default(),
-        };
-        if self.0 == Some(Flaw::HeadSurvivesDelete) {
-            return Ok(Arc::new(StaleHead {
-                inner,
-                stale: Default::default(),
-            }));
-        }
-        Ok(Arc::new(inner))
-    }
-}
-
-#[async_trait]
-impl StorageBackend for StaleHead {
-    fn backend_name(&self) -> &str {
-        "broken-head"
-    }
-    async fn store_block(&self, block: &Block) -> Result<BlockHash> {
-        self.inner.store_block(block).await
-    }
-    async fn retrieve_block(&self, hash: &BlockHash) -> Result<Option<Block>> {
-        self.inner.retrieve_block(hash).await
-    }
-    async fn delete_block(&self, hash: &BlockHash) -> Result<bool> {
-        let head = self.inner.get_chain_head().await?;
-        let deleted = self.inner.delete_block(hash).await?;
-        if deleted && head == Some(*hash) {
-            *self.stale.lock().unwrap() = Some(*hash);
-        }
-        Ok(deleted)
-    }
-    async fn block_exists(&self, hash: &BlockHash) -> Result<bool> {
-        self.inner.block_exists(hash).await
-    }
-    async fn store_blocks(&self, blocks: &[Block]) -> Result<Vec<BlockHash>> {
-        self.inner.store_blocks(blocks).await
-    }
-    async fn retrieve_blocks(&self, hashes: &[BlockHash]) -> Result<Vec<Option<Block>>> {
-        self.inner.retrieve_blocks(hashes).await
-    }
-    async fn list_blocks(&self, options: &ListOptions) -> Result<Vec<BlockMetadata>> {
-        self.inner.list_blocks(options).await
-    }
-    async fn count_blocks(&self) -> Result<u64> {
-        self.inner.count_blocks().await
-    }
-    async fn get_chain_head(&self) -> Result<Option<BlockHash>> {
-        match self.inner.get_chain_head().await? {
-            None => Ok(*self.stale.lock().unwrap()),
-            some => Ok(some),
-        }
-    }
-    async fn set_chain_head(&self, hash: &BlockHash) -> Result<()> {
-        self.inner.set_chain_head(hash).await?;
-        *self.stale.lock().unwrap() = None;
-        Ok(())
-    }
-    async fn get_blocks_by_range(&self, start: u64, end: u64) -> Result<Vec<Block>> {
-        self.inner.get_blocks_by_range(start, end).await
-    }
-    async fn compact(&self) -> Result<()> {
-        self.inner.compact().await
-    }
-    async fn vacuum(&self) -> Result<()> {
-        self.inner.vacuum().await
-    }
-    async fn get_stats(&self) -> Result<StorageStats> {
-        self.inner.get_stats().await
-    }
-    async fn close(&self) -> Result<()> {
-        self.inner.close().await
+            stale_head: Default::default(),
+        }))
     }
 }
 
