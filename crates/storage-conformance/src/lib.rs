@@ -309,6 +309,28 @@ impl Suite {
             .collect()
     }
 
+    /// One line: how many cases run and which are skipped for which capability.
+    pub fn summary(&self) -> String {
+        let caps = (self.factory)().capabilities();
+        let cases = all_cases();
+        let skipped: Vec<String> = cases
+            .iter()
+            .filter_map(|c| {
+                let missing = c.needs.iter().find(|n| !caps.has(**n))?;
+                Some(format!("{} (needs {missing})", c.name))
+            })
+            .collect();
+        format!(
+            "conformance suite `{}`: {} cases, {} to run, {} skipped{}{}",
+            self.name,
+            cases.len(),
+            cases.len() - skipped.len(),
+            skipped.len(),
+            if skipped.is_empty() { "" } else { ": " },
+            skipped.join(", ")
+        )
+    }
+
     /// The suite's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -319,6 +341,12 @@ impl Suite {
 /// `--test-threads`, ...) and returns the process exit code.
 pub fn run_suites(suites: Vec<Suite>) -> ExitCode {
     let args = libtest_mimic::Arguments::from_args();
+    // `--list` output is parsed by tools (cargo-nextest): keep it clean.
+    if !args.list {
+        for suite in &suites {
+            println!("{}", suite.summary());
+        }
+    }
     let trials = suites.iter().flat_map(Suite::trials).collect();
     libtest_mimic::run(&args, trials).exit_code()
 }
