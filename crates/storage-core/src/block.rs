@@ -30,6 +30,7 @@
 //! ([`crate::WireFormat::decode_stored`]). Every `Block` value therefore carries a valid
 //! signature, and backends need not re-verify on store.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
@@ -81,8 +82,14 @@ pub trait BlockPayload: Serialize + DeserializeOwned {
 }
 
 /// A signed block of an Olocus chain. Immutable; see the module docs for its layout.
+///
+/// Cloning is one reference-count increment: the fields are shared, so a backend
+/// can hand out copies of a block without copying its payload.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Block {
+pub struct Block(Arc<BlockInner>);
+
+#[derive(PartialEq, Eq)]
+struct BlockInner {
     index: u64,
     timestamp_nanos: u64,
     public_key: PublicKey,
@@ -140,21 +147,21 @@ impl Block {
         key: &SigningKey,
         timestamp: SystemTime,
     ) -> Result<Self> {
-        let index = prev
-            .index
-            .checked_add(1)
-            .ok_or_else(|| StorageError::InvalidInput("chain index would overflow u64".into()))?;
+        let index =
+            prev.0.index.checked_add(1).ok_or_else(|| {
+                StorageError::InvalidInput("chain index would overflow u64".into())
+            })?;
         let nanos = unix_nanos(timestamp)?;
-        if nanos < prev.timestamp_nanos {
+        if nanos < prev.0.timestamp_nanos {
             return Err(StorageError::InvalidInput(format!(
                 "timestamp of block {index} precedes that of block {}",
-                prev.index
+                prev.0.index
             )));
         }
         Self::sign_raw(
             index,
             timestamp,
-            Some(prev.hash),
+            Some(prev.0.hash),
             P::PAYLOAD_TYPE,
             payload.to_payload_bytes()?,
             key,
@@ -217,7 +224,7 @@ impl Block {
             payload,
             signature,
         } = parts;
-        Self {
+        Self(Arc::new(BlockInner {
             index,
             timestamp_nanos,
             public_key,
@@ -226,60 +233,60 @@ impl Block {
             payload,
             signature,
             hash,
-        }
+        }))
     }
 
     /// The block's hash: `SHA-256(signed message ‖ signature)`.
     pub fn hash(&self) -> BlockHash {
-        self.hash
+        self.0.hash
     }
 
     /// Chain index (0 for genesis).
     pub fn index(&self) -> u64 {
-        self.index
+        self.0.index
     }
 
     /// Creation time, to the nanosecond.
     pub fn timestamp(&self) -> SystemTime {
-        system_time_from_unix_nanos(self.timestamp_nanos)
+        system_time_from_unix_nanos(self.0.timestamp_nanos)
     }
 
     /// Creation time in nanoseconds since the Unix epoch.
     pub fn timestamp_nanos(&self) -> u64 {
-        self.timestamp_nanos
+        self.0.timestamp_nanos
     }
 
     /// The signer's public key.
     pub fn public_key(&self) -> &PublicKey {
-        &self.public_key
+        &self.0.public_key
     }
 
     /// Hash of the previous block; `None` for genesis.
     pub fn previous_hash(&self) -> Option<&BlockHash> {
-        self.previous_hash.as_ref()
+        self.0.previous_hash.as_ref()
     }
 
     /// Stable payload-type identifier.
     pub fn payload_type(&self) -> &str {
-        &self.payload_type
+        &self.0.payload_type
     }
 
     /// The signed payload bytes, exactly as signed.
     pub fn payload(&self) -> &[u8] {
-        &self.payload
+        &self.0.payload
     }
 
     /// The Ed25519 signature.
     pub fn signature(&self) -> &Signature {
-        &self.signature
+        &self.0.signature
     }
 
     /// Length of `message ‖ signature`: the block's size on every backend's books.
     pub fn size_bytes(&self) -> u64 {
         (message_len(
-            self.payload_type.len(),
-            self.payload.len(),
-            self.previous_hash.is_some(),
+            self.0.payload_type.len(),
+            self.0.payload.len(),
+            self.0.previous_hash.is_some(),
         ) + Signature::LEN) as u64
     }
 
@@ -291,67 +298,67 @@ impl Block {
     /// The block's parts, for encoders.
     pub fn to_parts(&self) -> BlockParts {
         BlockParts {
-            index: self.index,
-            timestamp_nanos: self.timestamp_nanos,
-            public_key: self.public_key,
-            previous_hash: self.previous_hash,
-            payload_type: self.payload_type.clone(),
-            payload: self.payload.clone(),
-            signature: self.signature,
+            index: self.0.index,
+            timestamp_nanos: self.0.timestamp_nanos,
+            public_key: self.0.public_key,
+            previous_hash: self.0.previous_hash,
+            payload_type: self.0.payload_type.clone(),
+            payload: self.0.payload.clone(),
+            signature: self.0.signature,
         }
     }
 
     /// A borrowed view of the parts, for hashing and message building without copies.
     fn parts_ref(&self) -> PartsRef<'_> {
         PartsRef {
-            index: self.index,
-            timestamp_nanos: self.timestamp_nanos,
-            public_key: &self.public_key,
-            previous_hash: self.previous_hash.as_ref(),
-            payload_type: &self.payload_type,
-            payload: &self.payload,
+            index: self.0.index,
+            timestamp_nanos: self.0.timestamp_nanos,
+            public_key: &self.0.public_key,
+            previous_hash: self.0.previous_hash.as_ref(),
+            payload_type: &self.0.payload_type,
+            payload: &self.0.payload,
         }
     }
 
     /// Checks the Ed25519 signature (strict verification: no malleable encodings).
     pub fn verify_signature(&self) -> Result<()> {
-        let key = VerifyingKey::from_bytes(self.public_key.as_bytes()).map_err(|e| {
+        let key = VerifyingKey::from_bytes(self.0.public_key.as_bytes()).map_err(|e| {
             StorageError::Verification {
-                index: self.index,
+                index: self.0.index,
                 reason: format!(
                     "public key {} is not a valid Ed25519 key: {e}",
-                    self.public_key
+                    self.0.public_key
                 ),
             }
         })?;
-        let sig = ed25519_dalek::Signature::from_bytes(self.signature.as_bytes());
+        let sig = ed25519_dalek::Signature::from_bytes(self.0.signature.as_bytes());
         key.verify_strict(&self.signed_message(), &sig)
             .map_err(|_| StorageError::Verification {
-                index: self.index,
-                reason: format!("signature does not verify under key {}", self.public_key),
+                index: self.0.index,
+                reason: format!("signature does not verify under key {}", self.0.public_key),
             })
     }
 
     /// Decodes the payload as `P`, checking that the payload type matches.
     pub fn decode_payload<P: BlockPayload>(&self) -> Result<P> {
-        if self.payload_type != P::PAYLOAD_TYPE {
+        if self.0.payload_type != P::PAYLOAD_TYPE {
             return Err(StorageError::InvalidInput(format!(
                 "block {} carries payload type {:?}, not {:?}",
-                self.index,
-                self.payload_type,
+                self.0.index,
+                self.0.payload_type,
                 P::PAYLOAD_TYPE
             )));
         }
-        P::from_payload_bytes(&self.payload)
+        P::from_payload_bytes(&self.0.payload)
     }
 
     /// The payload as a JSON value (payloads use JSON unless their type overrides
     /// [`BlockPayload::to_payload_bytes`]). The signed bytes are unaffected.
     pub fn payload_json(&self) -> Result<serde_json::Value> {
-        serde_json::from_slice(&self.payload).map_err(|e| {
+        serde_json::from_slice(&self.0.payload).map_err(|e| {
             StorageError::InvalidInput(format!(
                 "payload of block {} ({}) is not JSON: {e}",
-                self.index, self.payload_type
+                self.0.index, self.0.payload_type
             ))
         })
     }
@@ -360,13 +367,13 @@ impl Block {
 impl std::fmt::Debug for Block {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Block")
-            .field("index", &self.index)
-            .field("hash", &self.hash)
-            .field("timestamp_nanos", &self.timestamp_nanos)
-            .field("public_key", &self.public_key)
-            .field("previous_hash", &self.previous_hash)
-            .field("payload_type", &self.payload_type)
-            .field("payload_len", &self.payload.len())
+            .field("index", &self.0.index)
+            .field("hash", &self.0.hash)
+            .field("timestamp_nanos", &self.0.timestamp_nanos)
+            .field("public_key", &self.0.public_key)
+            .field("previous_hash", &self.0.previous_hash)
+            .field("payload_type", &self.0.payload_type)
+            .field("payload_len", &self.0.payload.len())
             .finish_non_exhaustive()
     }
 }
@@ -376,33 +383,33 @@ impl std::fmt::Debug for Block {
 pub fn verify_block(block: &Block, prev: Option<&Block>) -> Result<()> {
     block.verify_signature()?;
     let fail = |reason: String| StorageError::Verification {
-        index: block.index,
+        index: block.0.index,
         reason,
     };
-    if (block.index == 0) != block.previous_hash.is_none() {
-        return Err(fail(if block.index == 0 {
+    if (block.0.index == 0) != block.0.previous_hash.is_none() {
+        return Err(fail(if block.0.index == 0 {
             "genesis block has a previous hash".into()
         } else {
             "non-genesis block has no previous hash".into()
         }));
     }
     if let Some(prev) = prev {
-        if prev.index.checked_add(1) != Some(block.index) {
+        if prev.0.index.checked_add(1) != Some(block.0.index) {
             return Err(fail(format!(
                 "index does not follow previous block's index {}",
-                prev.index
+                prev.0.index
             )));
         }
-        if block.previous_hash != Some(prev.hash) {
+        if block.0.previous_hash != Some(prev.0.hash) {
             return Err(fail(format!(
                 "previous hash does not match block {} ({})",
-                prev.index, prev.hash
+                prev.0.index, prev.0.hash
             )));
         }
-        if block.timestamp_nanos < prev.timestamp_nanos {
+        if block.0.timestamp_nanos < prev.0.timestamp_nanos {
             return Err(fail(format!(
                 "timestamp precedes that of block {}",
-                prev.index
+                prev.0.index
             )));
         }
     }

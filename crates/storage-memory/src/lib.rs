@@ -56,19 +56,33 @@ enum Stored {
     Serialized(SerializedBlock),
 }
 
+/// What a hash leads to: the block itself.
 #[derive(Debug)]
-struct Entry {
+struct Slot {
     stored: Stored,
+    index: u64,
+    heap: u64,
+}
+
+/// What an index leads to: the metadata, kept in the ordered map itself so that
+/// listings walk B-tree nodes in order and never touch the hash map.
+#[derive(Debug)]
+struct Indexed {
     meta: BlockMetadata,
     ts: u64,
-    heap: u64,
+}
+
+/// A block ready to insert, built outside the lock.
+struct Entry {
+    slot: Slot,
+    indexed: Indexed,
 }
 
 #[derive(Debug, Default)]
 struct State {
     open: bool,
-    blocks: HashMap<BlockHash, Entry>,
-    by_index: BTreeMap<u64, BlockHash>,
+    blocks: HashMap<BlockHash, Slot>,
+    by_index: BTreeMap<u64, Indexed>,
     /// `(timestamp nanos, index)`: time order with index as tie-breaker.
     by_time: BTreeSet<(u64, u64)>,
     head: Option<BlockHash>,
@@ -126,7 +140,7 @@ impl MemoryBackend {
     /// in a wire format. Returns `false` if the block is absent or kept decoded.
     pub fn tamper_stored_bytes(&self, hash: &BlockHash, f: impl FnOnce(&mut Vec<u8>)) -> bool {
         let mut st = self.state.write().unwrap_or_else(PoisonError::into_inner);
-        match st.blocks.get_mut(hash).map(|e| &mut e.stored) {
+        match st.blocks.get_mut(hash).map(|slot| &mut slot.stored) {
             Some(Stored::Serialized(s)) => {
                 f(&mut s.data);
                 true
@@ -173,20 +187,24 @@ impl MemoryBackend {
                 )
             }
         };
-        // Estimate: stored bytes, the type string (in block and metadata), the
-        // entry itself and one node in each of the three indexes.
+        // Estimate: stored bytes, the type string (in block and metadata), and
+        // one entry in each of the three maps plus their per-entry overhead.
         let heap = (payload_bytes
             + 2 * meta.payload_type.len()
-            + size_of::<Entry>()
-            + size_of::<BlockHash>()
-            + size_of::<(u64, BlockHash)>()
+            + size_of::<(BlockHash, Slot)>()
+            + size_of::<(u64, Indexed)>()
             + size_of::<(u64, u64)>()
             + 64) as u64;
         Ok(Entry {
-            stored,
-            ts: block.timestamp_nanos(),
-            meta,
-            heap,
+            slot: Slot {
+                stored,
+                index: block.index(),
+                heap,
+            },
+            indexed: Indexed {
+                ts: block.timestamp_nanos(),
+                meta,
+            },
         })
     }
 }
@@ -200,35 +218,40 @@ impl State {
         match self.by_index.get(&block.index()) {
             Some(existing) => Err(StorageError::IndexConflict {
                 index: block.index(),
-                existing: *existing,
+                existing: existing.meta.hash,
                 attempted: hash,
             }),
             None => Ok(true),
         }
     }
 
-    fn insert(&mut self, entry: Entry) {
-        let hash = entry.meta.hash;
-        self.by_index.insert(entry.meta.index, hash);
-        self.by_time.insert((entry.ts, entry.meta.index));
-        self.total_size += entry.meta.size_bytes;
-        self.heap += entry.heap;
-        self.blocks.insert(hash, entry);
+    fn insert(&mut self, Entry { slot, indexed }: Entry) {
+        let (hash, index) = (indexed.meta.hash, indexed.meta.index);
+        self.by_time.insert((indexed.ts, index));
+        self.total_size += indexed.meta.size_bytes;
+        self.heap += slot.heap;
+        self.by_index.insert(index, indexed);
+        self.blocks.insert(hash, slot);
     }
 
     fn block(&self, hash: &BlockHash) -> Result<Option<Block>> {
-        self.blocks.get(hash).map(|e| e.block(hash)).transpose()
+        self.blocks
+            .get(hash)
+            .map(|slot| slot.block(hash))
+            .transpose()
     }
 }
 
-impl Entry {
+impl Slot {
     fn block(&self, hash: &BlockHash) -> Result<Block> {
         match &self.stored {
             Stored::Decoded(b) => Ok(b.clone()),
             Stored::Serialized(s) => s.format.decode_stored(&s.data, hash),
         }
     }
+}
 
+impl Indexed {
     fn matches(&self, opts: &ListOptions, (tlo, thi): (u64, u64)) -> bool {
         if self.ts < tlo || self.ts > thi {
             return false;
@@ -277,13 +300,16 @@ impl StorageBackend for MemoryBackend {
         record_hash(&span, hash);
         in_span(span, || {
             let mut st = self.write()?;
-            let Some(entry) = st.blocks.remove(hash) else {
+            let Some(slot) = st.blocks.remove(hash) else {
                 return Ok(false);
             };
-            st.by_index.remove(&entry.meta.index);
-            st.by_time.remove(&(entry.ts, entry.meta.index));
-            st.total_size -= entry.meta.size_bytes;
-            st.heap -= entry.heap;
+            let indexed = st
+                .by_index
+                .remove(&slot.index)
+                .expect("every stored block is indexed");
+            st.by_time.remove(&(indexed.ts, slot.index));
+            st.total_size -= indexed.meta.size_bytes;
+            st.heap -= slot.heap;
             if st.head == Some(*hash) {
                 st.head = None;
             }
@@ -360,13 +386,12 @@ impl StorageBackend for MemoryBackend {
             if take == 0 {
                 return Ok(Vec::new());
             }
-            let entry = |hash: &BlockHash| &st.blocks[hash];
-            let pick = |e: &Entry| e.matches(options, times).then(|| e.meta.clone());
+            let pick = |e: &Indexed| e.matches(options, times).then(|| e.meta.clone());
             let out = match options.order {
                 SortOrder::Ascending | SortOrder::ByIndex => st
                     .by_index
                     .range(lo..=hi)
-                    .filter_map(|(_, h)| pick(entry(h)))
+                    .filter_map(|(_, e)| pick(e))
                     .skip(skip)
                     .take(take)
                     .collect(),
@@ -374,7 +399,7 @@ impl StorageBackend for MemoryBackend {
                     .by_index
                     .range(lo..=hi)
                     .rev()
-                    .filter_map(|(_, h)| pick(entry(h)))
+                    .filter_map(|(_, e)| pick(e))
                     .skip(skip)
                     .take(take)
                     .collect(),
@@ -382,7 +407,7 @@ impl StorageBackend for MemoryBackend {
                     .by_time
                     .range((times.0, 0)..=(times.1, u64::MAX))
                     .filter(|(_, i)| (lo..=hi).contains(i))
-                    .filter_map(|(_, i)| pick(entry(&st.by_index[i])))
+                    .filter_map(|(_, i)| pick(&st.by_index[i]))
                     .skip(skip)
                     .take(take)
                     .collect(),
@@ -426,7 +451,7 @@ impl StorageBackend for MemoryBackend {
             let st = self.read()?;
             st.by_index
                 .range(start..=end)
-                .map(|(_, h)| st.blocks[h].block(h))
+                .map(|(_, e)| st.blocks[&e.meta.hash].block(&e.meta.hash))
                 .collect()
         })
     }
