@@ -46,6 +46,9 @@ pub const DOMAIN_TAG: &[u8; 16] = b"olocus-block-v1\0";
 pub const MAX_PAYLOAD_BYTES: usize = 16 << 20;
 /// Longest payload-type identifier, in bytes.
 pub const MAX_PAYLOAD_TYPE_LEN: usize = 128;
+/// Highest chain index: below 2^63 so every engine can store it as a signed 64-bit
+/// integer (SQLite uses it as the rowid).
+pub const MAX_INDEX: u64 = i64::MAX as u64;
 /// Latest representable timestamp, in nanoseconds since the Unix epoch (year 2262):
 /// kept below 2^63 so every engine can store it as a signed 64-bit integer.
 pub const MAX_TIMESTAMP_NANOS: u64 = i64::MAX as u64;
@@ -467,6 +470,12 @@ fn check_parts(p: &BlockParts) -> Result<()> {
             p.payload.len()
         )));
     }
+    if p.index > MAX_INDEX {
+        return Err(StorageError::InvalidInput(format!(
+            "index {} is beyond the supported range (2^63 - 1)",
+            p.index
+        )));
+    }
     if p.timestamp_nanos > MAX_TIMESTAMP_NANOS {
         return Err(StorageError::InvalidInput(
             "timestamp is beyond the supported range (2^63 ns)".into(),
@@ -630,6 +639,9 @@ mod tests {
         assert!(Block::sign_raw(0, t(0), None, "", vec![], &k).is_err());
         assert!(Block::sign_raw(0, t(0), None, "bad type", vec![], &k).is_err());
         assert!(Block::sign_raw(1, t(0), None, "x", vec![], &k).is_err());
+        let prev = Some(BlockHash([0; 32]));
+        assert!(Block::sign_raw(MAX_INDEX, t(0), prev, "x", vec![], &k).is_ok());
+        assert!(Block::sign_raw(MAX_INDEX + 1, t(0), prev, "x", vec![], &k).is_err());
         assert!(Block::sign_raw(0, t(0), Some(BlockHash([0; 32])), "x", vec![], &k).is_err());
         assert!(Block::sign_raw(0, t(0), None, "x", vec![0; MAX_PAYLOAD_BYTES + 1], &k).is_err());
         assert!(

@@ -37,9 +37,9 @@ mod types;
 mod wire;
 
 pub use block::{
-    Block, BlockParts, BlockPayload, DOMAIN_TAG, MAX_PAYLOAD_BYTES, MAX_PAYLOAD_TYPE_LEN,
-    MAX_TIMESTAMP_NANOS, is_valid_payload_type, system_time_from_unix_nanos, unix_nanos,
-    verify_block, verify_chain,
+    Block, BlockParts, BlockPayload, DOMAIN_TAG, MAX_INDEX, MAX_PAYLOAD_BYTES,
+    MAX_PAYLOAD_TYPE_LEN, MAX_TIMESTAMP_NANOS, is_valid_payload_type, system_time_from_unix_nanos,
+    unix_nanos, verify_block, verify_chain,
 };
 pub use compression::CompressionType;
 pub use error::{BoxError, ErrorKind, Result, StorageError};
