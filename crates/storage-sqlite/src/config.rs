@@ -1,0 +1,207 @@
+//! Configuration of the SQLite backend.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use storage_core::{Result, StorageError};
+
+/// How the SQLite backend opens and tunes its database.
+///
+/// The defaults (WAL, `synchronous = NORMAL`) survive a process crash without losing
+/// an acknowledged write; see the crate docs for what each mode survives.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SQLiteConfig {
+    /// Database file; its directory is created if missing.
+    pub database_path: String,
+    /// Read connections in the pool (writes use one more, dedicated connection).
+    pub max_connections: u32,
+    /// Journal mode; must be `WAL` exactly when `enable_wal` is set.
+    pub journal_mode: JournalMode,
+    /// When SQLite waits for the disk (see the crate docs).
+    pub synchronous: SynchronousMode,
+    /// Page cache per connection: positive = pages, negative = KiB (SQLite's rule).
+    pub cache_size: i64,
+    /// Where temporary tables and indices live.
+    pub temp_store: TempStore,
+    /// Write-ahead logging (readers never block the writer); also sets
+    /// `wal_autocheckpoint = 1000` pages.
+    pub enable_wal: bool,
+    /// How long a connection waits on a lock before failing with a transient error.
+    pub busy_timeout: Duration,
+}
+
+impl Default for SQLiteConfig {
+    fn default() -> Self {
+        Self {
+            database_path: "./olocus.db".into(),
+            max_connections: 4,
+            journal_mode: JournalMode::WAL,
+            synchronous: SynchronousMode::Normal,
+            cache_size: -64 * 1024,
+            temp_store: TempStore::Memory,
+            enable_wal: true,
+            busy_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl SQLiteConfig {
+    /// The default configuration for a database at `path`.
+    pub fn at(path: impl Into<PathBuf>) -> Self {
+        Self {
+            database_path: path.into().to_string_lossy().into_owned(),
+            ..Self::default()
+        }
+    }
+
+    /// Checks that the settings make sense together.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(StorageError::Configuration(m));
+        let path = self.database_path.trim();
+        if path.is_empty() {
+            return bad("sqlite: database_path is empty".into());
+        }
+        if path == ":memory:" || path.starts_with("file::memory:") {
+            return bad(
+                "sqlite: an in-memory database cannot be shared by the writer and the read \
+                 pool; use the memory backend, or a file path"
+                    .into(),
+            );
+        }
+        if self.max_connections == 0 {
+            return bad("sqlite: max_connections must be at least 1".into());
+        }
+        if self.enable_wal != (self.journal_mode == JournalMode::WAL) {
+            return bad(format!(
+                "sqlite: enable_wal = {} conflicts with journal_mode = {}; set both to WAL/true \
+                 or neither",
+                self.enable_wal, self.journal_mode
+            ));
+        }
+        if self.busy_timeout.is_zero() {
+            return bad("sqlite: busy_timeout must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// SQLite `journal_mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JournalMode {
+    /// Rollback journal, deleted after each transaction.
+    Delete,
+    /// Rollback journal, truncated after each transaction.
+    Truncate,
+    /// Rollback journal, header zeroed after each transaction.
+    Persist,
+    /// Rollback journal in memory: a crash mid-transaction can corrupt the database.
+    Memory,
+    /// Write-ahead log.
+    WAL,
+}
+
+/// SQLite `synchronous`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SynchronousMode {
+    /// Never waits for the disk.
+    Off,
+    /// Waits at critical moments (with WAL: at checkpoints only).
+    Normal,
+    /// Waits at every commit.
+    Full,
+    /// Like `Full`, and also syncs the directory after deleting a rollback journal.
+    Extra,
+}
+
+/// SQLite `temp_store`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TempStore {
+    /// The compile-time default.
+    Default,
+    /// Temporary files.
+    File,
+    /// Memory.
+    Memory,
+}
+
+impl fmt::Display for JournalMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Delete => "DELETE",
+            Self::Truncate => "TRUNCATE",
+            Self::Persist => "PERSIST",
+            Self::Memory => "MEMORY",
+            Self::WAL => "WAL",
+        })
+    }
+}
+
+impl fmt::Display for SynchronousMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Off => "OFF",
+            Self::Normal => "NORMAL",
+            Self::Full => "FULL",
+            Self::Extra => "EXTRA",
+        })
+    }
+}
+
+impl fmt::Display for TempStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Default => "DEFAULT",
+            Self::File => "FILE",
+            Self::Memory => "MEMORY",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation() {
+        assert!(SQLiteConfig::default().validate().is_ok());
+        let bad = [
+            SQLiteConfig {
+                database_path: " ".into(),
+                ..Default::default()
+            },
+            SQLiteConfig {
+                database_path: ":memory:".into(),
+                ..Default::default()
+            },
+            SQLiteConfig {
+                max_connections: 0,
+                ..Default::default()
+            },
+            SQLiteConfig {
+                journal_mode: JournalMode::Delete,
+                ..Default::default()
+            },
+            SQLiteConfig {
+                enable_wal: false,
+                ..Default::default()
+            },
+            SQLiteConfig {
+                busy_timeout: Duration::ZERO,
+                ..Default::default()
+            },
+        ];
+        for c in bad {
+            let e = c.validate().unwrap_err();
+            assert_eq!(e.kind(), storage_core::ErrorKind::Configuration, "{c:?}");
+        }
+        let rollback = SQLiteConfig {
+            journal_mode: JournalMode::Delete,
+            enable_wal: false,
+            ..Default::default()
+        };
+        assert!(rollback.validate().is_ok());
+    }
+}

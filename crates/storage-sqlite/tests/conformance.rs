@@ -1,0 +1,86 @@
+//! The whole conformance suite for the SQLite backend, in WAL mode (the default)
+//! and with a rollback journal and `synchronous = FULL`.
+
+use std::sync::Arc;
+
+use storage_conformance::{Capabilities, Fixture, conformance_main};
+use storage_core::{BlockHash, StorageBackend, StorageError, async_trait};
+use storage_sqlite::{JournalMode, SQLiteBackend, SQLiteConfig, SynchronousMode};
+
+struct SqliteFixture {
+    dir: tempfile::TempDir,
+    wal: bool,
+}
+
+impl SqliteFixture {
+    fn new(wal: bool) -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("temp dir"),
+            wal,
+        }
+    }
+
+    fn config(&self) -> SQLiteConfig {
+        let mut c = SQLiteConfig::at(self.dir.path().join("blocks.db"));
+        if !self.wal {
+            c.journal_mode = JournalMode::Delete;
+            c.enable_wal = false;
+            c.synchronous = SynchronousMode::Full;
+        }
+        c
+    }
+}
+
+#[async_trait]
+impl Fixture for SqliteFixture {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            persistent: true,
+            corruption: true,
+            atomic_batches: true,
+            vacuum: true,
+        }
+    }
+
+    async fn open(&self) -> Result<Arc<dyn StorageBackend>, StorageError> {
+        Ok(Arc::new(SQLiteBackend::new(self.config()).await?))
+    }
+
+    /// Flips one byte in the middle of the block's payload inside the database file.
+    async fn corrupt(
+        &self,
+        store: Arc<dyn StorageBackend>,
+        hash: &BlockHash,
+    ) -> Result<Arc<dyn StorageBackend>, StorageError> {
+        let block = store
+            .retrieve_block(hash)
+            .await?
+            .ok_or(StorageError::BlockNotFound { hash: *hash })?;
+        store.close().await?;
+        drop(store);
+        let path = self.dir.path().join("blocks.db");
+        let mut bytes = std::fs::read(&path).map_err(|e| StorageError::io("reading db", e))?;
+        let needle = block.payload();
+        let hits: Vec<usize> = bytes
+            .windows(needle.len())
+            .enumerate()
+            .filter(|(_, w)| *w == needle)
+            .map(|(i, _)| i)
+            .collect();
+        if hits.is_empty() {
+            return Err(StorageError::InvalidInput(
+                "payload not found in the db file".into(),
+            ));
+        }
+        for at in hits {
+            bytes[at + needle.len() / 2] ^= 0x01;
+        }
+        std::fs::write(&path, bytes).map_err(|e| StorageError::io("writing db", e))?;
+        self.open().await
+    }
+}
+
+conformance_main! {
+    "sqlite_wal" => || SqliteFixture::new(true),
+    "sqlite_rollback" => || SqliteFixture::new(false),
+}
