@@ -40,7 +40,7 @@ async fn four_writers_eight_readers_no_busy_errors() {
                 // Alternate single stores and batches of 10; once this writer's new
                 // blocks run out, keep the write path busy with idempotent re-stores.
                 let fresh = i < mine.len();
-                let n = if ops % 2 == 0 { 1 } else { 10 };
+                let n = if ops.is_multiple_of(2) { 1 } else { 10 };
                 let batch = if fresh {
                     &mine[i..(i + n).min(mine.len())]
                 } else {
@@ -70,10 +70,10 @@ async fn four_writers_eight_readers_no_busy_errors() {
                 let b = &chain[(ops as usize * 7919 + r * 104_729) % BLOCKS];
                 let fail =
                     |e: storage_core::StorageError| format!("reader {r}: {:?}: {e}", e.kind());
-                if let Some(got) = store.retrieve_block(&b.hash()).await.map_err(fail)? {
-                    if got != *b {
-                        return Err(format!("reader {r}: wrong block for {}", b.hash()));
-                    }
+                if let Some(got) = store.retrieve_block(&b.hash()).await.map_err(fail)?
+                    && got != *b
+                {
+                    return Err(format!("reader {r}: wrong block for {}", b.hash()));
                 }
                 let page = store
                     .list_blocks(&ListOptions {
@@ -87,7 +87,7 @@ async fn four_writers_eight_readers_no_busy_errors() {
                     return Err(format!("reader {r}: listing out of order"));
                 }
                 store.count_blocks().await.map_err(fail)?;
-                if ops % 16 == 0 {
+                if ops.is_multiple_of(16) {
                     store.get_stats().await.map_err(fail)?;
                 }
                 ops += 1;
