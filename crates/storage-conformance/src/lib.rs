@@ -60,6 +60,7 @@ use storage_core::{BlockHash, StorageBackend, StorageError, async_trait};
 pub mod cases;
 mod check;
 pub mod data;
+pub mod fault;
 
 pub use check::{CaseError, CaseResult};
 

@@ -58,24 +58,10 @@ impl Fixture for SqliteFixture {
             .ok_or(StorageError::BlockNotFound { hash: *hash })?;
         store.close().await?;
         drop(store);
-        let path = self.dir.path().join("blocks.db");
-        let mut bytes = std::fs::read(&path).map_err(|e| StorageError::io("reading db", e))?;
-        let needle = block.payload();
-        let hits: Vec<usize> = bytes
-            .windows(needle.len())
-            .enumerate()
-            .filter(|(_, w)| *w == needle)
-            .map(|(i, _)| i)
-            .collect();
-        if hits.is_empty() {
-            return Err(StorageError::InvalidInput(
-                "payload not found in the db file".into(),
-            ));
-        }
-        for at in hits {
-            bytes[at + needle.len() / 2] ^= 0x01;
-        }
-        std::fs::write(&path, bytes).map_err(|e| StorageError::io("writing db", e))?;
+        storage_conformance::fault::flip_in_file(
+            &self.dir.path().join("blocks.db"),
+            block.payload(),
+        )?;
         self.open().await
     }
 }

@@ -1,0 +1,115 @@
+//! The whole conformance suite for the cache, around the memory backend and around
+//! SQLite, in write-through and write-around modes, and with a budget so small
+//! that entries are evicted all the time (LFU, prefetch on).
+
+use std::sync::Arc;
+
+use storage_cache::{CacheConfig, CachedStorageBackend, EvictionPolicy};
+use storage_conformance::{Capabilities, Fixture, conformance_main};
+use storage_core::{BlockHash, StorageBackend, StorageError, async_trait};
+use storage_memory::MemoryBackend;
+use storage_sqlite::{SQLiteBackend, SQLiteConfig};
+
+enum Inner {
+    Memory,
+    Sqlite(tempfile::TempDir),
+}
+
+struct CachedFixture {
+    inner: Inner,
+    config: CacheConfig,
+}
+
+impl CachedFixture {
+    fn new(sqlite: bool, config: CacheConfig) -> Self {
+        let inner = if sqlite {
+            Inner::Sqlite(tempfile::tempdir().expect("temp dir"))
+        } else {
+            Inner::Memory
+        };
+        Self { inner, config }
+    }
+
+    async fn open_inner(&self) -> Result<Arc<dyn StorageBackend>, StorageError> {
+        Ok(match &self.inner {
+            Inner::Memory => Arc::new(MemoryBackend::new()),
+            Inner::Sqlite(dir) => {
+                Arc::new(SQLiteBackend::new(SQLiteConfig::at(dir.path().join("blocks.db"))).await?)
+            }
+        })
+    }
+
+    fn wrap(
+        &self,
+        inner: Arc<dyn StorageBackend>,
+    ) -> Result<Arc<dyn StorageBackend>, StorageError> {
+        Ok(Arc::new(CachedStorageBackend::new(
+            inner,
+            self.config.clone(),
+        )?))
+    }
+}
+
+#[async_trait]
+impl Fixture for CachedFixture {
+    fn capabilities(&self) -> Capabilities {
+        let sqlite = matches!(self.inner, Inner::Sqlite(_));
+        Capabilities {
+            persistent: sqlite,
+            corruption: sqlite,
+            atomic_batches: true,
+            vacuum: true,
+        }
+    }
+
+    async fn open(&self) -> Result<Arc<dyn StorageBackend>, StorageError> {
+        self.wrap(self.open_inner().await?)
+    }
+
+    /// Damages the block in the SQLite file, then reopens behind a fresh cache (a
+    /// cache holding a verified copy would rightly keep serving it).
+    async fn corrupt(
+        &self,
+        store: Arc<dyn StorageBackend>,
+        hash: &BlockHash,
+    ) -> Result<Arc<dyn StorageBackend>, StorageError> {
+        let Inner::Sqlite(dir) = &self.inner else {
+            return Err(StorageError::unsupported("memory", "corrupt"));
+        };
+        let block = store
+            .retrieve_block(hash)
+            .await?
+            .ok_or(StorageError::BlockNotFound { hash: *hash })?;
+        store.close().await?;
+        drop(store);
+        storage_conformance::fault::flip_in_file(&dir.path().join("blocks.db"), block.payload())?;
+        self.open().await
+    }
+}
+
+fn config(write_through: bool) -> CacheConfig {
+    CacheConfig {
+        write_through,
+        ..CacheConfig::default()
+    }
+}
+
+fn tiny() -> CacheConfig {
+    CacheConfig {
+        block_cache_size: 16 << 10,
+        metadata_cache_size: 4 << 10,
+        eviction_policy: EvictionPolicy::LFU,
+        prefetch_enabled: true,
+        prefetch_size: 8,
+        ..CacheConfig::default()
+    }
+}
+
+conformance_main! {
+    "cache_memory_write_through" => || CachedFixture::new(false, config(true)),
+    "cache_memory_write_around" => || CachedFixture::new(false, config(false)),
+    "cache_memory_tiny_lfu_prefetch" => || CachedFixture::new(false, tiny()),
+    "cache_sqlite_write_through" => || CachedFixture::new(true, config(true)),
+    "cache_sqlite_write_around" => || CachedFixture::new(true, config(false)),
+    "cache_sqlite_tiny_lfu_prefetch" => || CachedFixture::new(true, tiny()),
+}
