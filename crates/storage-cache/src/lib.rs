@@ -8,7 +8,7 @@
 //! | `block_exists` | `true` from either cache, otherwise asks the inner backend |
 //! | `store_block(s)` | write-through: fills the cache after the inner write succeeded; write-around: does not |
 //! | `get_blocks_by_range` | reads the inner backend, fills the cache with the result |
-//! | `list_blocks` | reads the inner backend, fills the metadata cache |
+//! | `list_blocks` | reads the inner backend, fills the metadata cache (which answers `block_exists` for listed blocks) |
 //! | `delete_block` | deletes in the inner backend, then drops the block from both caches |
 //! | `compact`, `vacuum`, `close` | run on the inner backend, then empty both caches |
 //! | `count_blocks`, `get_chain_head`, `set_chain_head`, `get_stats` | pass through (nothing cached, so nothing stale) |
@@ -394,9 +394,10 @@ impl<B: StorageBackend> Shared<B> {
             return;
         }
         let caches = self.caches();
+        // Only the block: `block_exists` consults both caches, so a metadata copy
+        // would cost a second insert per miss for nothing.
         for b in blocks {
             caches.blocks.insert(b.hash(), b.clone());
-            caches.meta.insert(b.hash(), BlockMetadata::of(b));
         }
     }
 
