@@ -1,4 +1,5 @@
-//! Fault-injection helpers for fixtures.
+//! Fault injection: damage bytes in files ([`flip_in_file`]) and make calls fail,
+//! hang or recover ([`FaultyBackend`]).
 
 use std::path::Path;
 
@@ -32,4 +33,168 @@ pub fn flip_in_file(path: &Path, needle: &[u8]) -> Result<usize, StorageError> {
     std::fs::write(path, bytes)
         .map_err(|e| StorageError::io(format!("writing {}", path.display()), e))?;
     Ok(hits.len())
+}
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use storage_core::{
+    Block, BlockHash, BlockMetadata, ListOptions, Result, StorageBackend, StorageStats, async_trait,
+};
+
+/// How a [`FaultyBackend`] behaves right now.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum FaultMode {
+    /// Every call goes through.
+    Healthy,
+    /// Every call fails with a transient backend error ("down").
+    FailAll,
+    /// This fraction of calls (0.0..=1.0) fails, chosen by a seeded generator.
+    FailFraction(f64),
+    /// Every call waits forever (until the caller's timeout gives up).
+    Hang,
+}
+
+/// A wrapper that injects failures into any backend: fail everything, fail a
+/// fraction of calls, hang, and come back — switched at run time with
+/// [`FaultyBackend::set_mode`]. Injected errors are transient `Backend` errors.
+#[derive(Debug)]
+pub struct FaultyBackend {
+    inner: Arc<dyn StorageBackend>,
+    mode: Mutex<FaultMode>,
+    rng: AtomicU64,
+    injected: AtomicU64,
+}
+
+impl FaultyBackend {
+    /// Wraps `inner`, initially healthy; `seed` drives `FailFraction`.
+    pub fn new(inner: Arc<dyn StorageBackend>, seed: u64) -> Self {
+        Self {
+            inner,
+            mode: Mutex::new(FaultMode::Healthy),
+            rng: AtomicU64::new(seed | 1),
+            injected: AtomicU64::new(0),
+        }
+    }
+
+    /// Switches behaviour; takes effect for calls that start afterwards.
+    pub fn set_mode(&self, mode: FaultMode) {
+        *self
+            .mode
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = mode;
+    }
+
+    /// The wrapped backend (bypasses fault injection).
+    pub fn inner(&self) -> &Arc<dyn StorageBackend> {
+        &self.inner
+    }
+
+    /// How many calls failed or hung by injection so far.
+    pub fn injected(&self) -> u64 {
+        self.injected.load(Ordering::SeqCst)
+    }
+
+    async fn gate(&self, op: &str) -> Result<()> {
+        let mode = *self
+            .mode
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let fail = match mode {
+            FaultMode::Healthy => false,
+            FaultMode::FailAll => true,
+            FaultMode::FailFraction(p) => {
+                // xorshift64*: deterministic per seed, shared across calls.
+                let mut x = self.rng.load(Ordering::SeqCst);
+                x ^= x >> 12;
+                x ^= x << 25;
+                x ^= x >> 27;
+                self.rng.store(x, Ordering::SeqCst);
+                let r = (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64;
+                r < p
+            }
+            FaultMode::Hang => {
+                self.injected.fetch_add(1, Ordering::SeqCst);
+                std::future::pending::<()>().await;
+                unreachable!("pending never completes")
+            }
+        };
+        if fail {
+            self.injected.fetch_add(1, Ordering::SeqCst);
+            return Err(StorageError::Backend {
+                name: "faulty".into(),
+                transient: true,
+                source: format!("injected fault in {op}").into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl StorageBackend for FaultyBackend {
+    fn backend_name(&self) -> &str {
+        self.inner.backend_name()
+    }
+    async fn store_block(&self, block: &Block) -> Result<BlockHash> {
+        self.gate("store_block").await?;
+        self.inner.store_block(block).await
+    }
+    async fn retrieve_block(&self, hash: &BlockHash) -> Result<Option<Block>> {
+        self.gate("retrieve_block").await?;
+        self.inner.retrieve_block(hash).await
+    }
+    async fn delete_block(&self, hash: &BlockHash) -> Result<bool> {
+        self.gate("delete_block").await?;
+        self.inner.delete_block(hash).await
+    }
+    async fn block_exists(&self, hash: &BlockHash) -> Result<bool> {
+        self.gate("block_exists").await?;
+        self.inner.block_exists(hash).await
+    }
+    async fn store_blocks(&self, blocks: &[Block]) -> Result<Vec<BlockHash>> {
+        self.gate("store_blocks").await?;
+        self.inner.store_blocks(blocks).await
+    }
+    async fn retrieve_blocks(&self, hashes: &[BlockHash]) -> Result<Vec<Option<Block>>> {
+        self.gate("retrieve_blocks").await?;
+        self.inner.retrieve_blocks(hashes).await
+    }
+    async fn list_blocks(&self, options: &ListOptions) -> Result<Vec<BlockMetadata>> {
+        self.gate("list_blocks").await?;
+        self.inner.list_blocks(options).await
+    }
+    async fn count_blocks(&self) -> Result<u64> {
+        self.gate("count_blocks").await?;
+        self.inner.count_blocks().await
+    }
+    async fn get_chain_head(&self) -> Result<Option<BlockHash>> {
+        self.gate("get_chain_head").await?;
+        self.inner.get_chain_head().await
+    }
+    async fn set_chain_head(&self, hash: &BlockHash) -> Result<()> {
+        self.gate("set_chain_head").await?;
+        self.inner.set_chain_head(hash).await
+    }
+    async fn get_blocks_by_range(&self, start: u64, end: u64) -> Result<Vec<Block>> {
+        self.gate("get_blocks_by_range").await?;
+        self.inner.get_blocks_by_range(start, end).await
+    }
+    async fn compact(&self) -> Result<()> {
+        self.gate("compact").await?;
+        self.inner.compact().await
+    }
+    async fn vacuum(&self) -> Result<()> {
+        self.gate("vacuum").await?;
+        self.inner.vacuum().await
+    }
+    async fn get_stats(&self) -> Result<StorageStats> {
+        self.gate("get_stats").await?;
+        self.inner.get_stats().await
+    }
+    async fn close(&self) -> Result<()> {
+        self.gate("close").await?;
+        self.inner.close().await
+    }
 }

@@ -1,0 +1,105 @@
+//! The whole conformance suite for the replication manager: three memory copies
+//! (Quorum, synchronous writes; All, asynchronous writes) and a mixed manager
+//! (SQLite primary, SQLite and memory replicas) that persists through its primary.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use storage_cache::{CacheConfig, CachedStorageBackend};
+use storage_conformance::{Capabilities, Fixture, conformance_main};
+use storage_core::{StorageBackend, StorageError, async_trait};
+use storage_memory::MemoryBackend;
+use storage_replica::{ConsistencyLevel, StorageManager, StorageManagerConfig};
+use storage_sqlite::{SQLiteBackend, SQLiteConfig};
+
+struct ManagerFixture {
+    /// Wrap the manager in the cache layer.
+    cached: bool,
+    level: ConsistencyLevel,
+    sync_writes: bool,
+    /// `Some`: SQLite primary and first replica live here.
+    dir: Option<tempfile::TempDir>,
+}
+
+impl ManagerFixture {
+    fn memory(level: ConsistencyLevel, sync_writes: bool) -> Self {
+        Self {
+            cached: false,
+            level,
+            sync_writes,
+            dir: None,
+        }
+    }
+
+    fn mixed() -> Self {
+        Self {
+            cached: false,
+            level: ConsistencyLevel::Quorum,
+            sync_writes: true,
+            dir: Some(tempfile::tempdir().expect("temp dir")),
+        }
+    }
+}
+
+#[async_trait]
+impl Fixture for ManagerFixture {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            // Reads come from the primary, which is SQLite in the mixed manager.
+            persistent: self.dir.is_some(),
+            corruption: false,
+            atomic_batches: true,
+            vacuum: true,
+        }
+    }
+
+    async fn open(&self) -> Result<Arc<dyn StorageBackend>, StorageError> {
+        let (primary, replicas): (Arc<dyn StorageBackend>, Vec<Arc<dyn StorageBackend>>) =
+            match &self.dir {
+                None => (
+                    Arc::new(MemoryBackend::new()),
+                    vec![
+                        Arc::new(MemoryBackend::new()),
+                        Arc::new(MemoryBackend::new()),
+                    ],
+                ),
+                Some(dir) => (
+                    Arc::new(
+                        SQLiteBackend::new(SQLiteConfig::at(dir.path().join("primary.db"))).await?,
+                    ),
+                    vec![
+                        Arc::new(
+                            SQLiteBackend::new(SQLiteConfig::at(dir.path().join("replica.db")))
+                                .await?,
+                        ),
+                        Arc::new(MemoryBackend::new()),
+                    ],
+                ),
+            };
+        let config = StorageManagerConfig {
+            replication_factor: 3,
+            consistency_level: self.level,
+            sync_writes: self.sync_writes,
+            replica_timeout: Duration::from_secs(10),
+            ..StorageManagerConfig::default()
+        };
+        let manager = StorageManager::from_arcs(primary, replicas, config)?;
+        if self.cached {
+            return Ok(Arc::new(CachedStorageBackend::new(
+                manager,
+                CacheConfig::default(),
+            )?));
+        }
+        Ok(Arc::new(manager))
+    }
+}
+
+conformance_main! {
+    "replica_memory_quorum_sync" => || ManagerFixture::memory(ConsistencyLevel::Quorum, true),
+    "replica_memory_all_async" => || ManagerFixture::memory(ConsistencyLevel::All, false),
+    "replica_mixed_sqlite_quorum" => ManagerFixture::mixed,
+    "cache_over_replica_memory_quorum" => || ManagerFixture {
+        cached: true,
+        ..ManagerFixture::memory(ConsistencyLevel::Quorum, true)
+    },
+}
