@@ -28,6 +28,7 @@
 //! ```
 
 mod block;
+pub mod blocking;
 mod compression;
 mod error;
 mod ids;

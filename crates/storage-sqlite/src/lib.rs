@@ -254,24 +254,8 @@ impl SQLiteBackend {
     }
 }
 
-/// Runs a blocking SQLite call without stalling the async runtime.
-///
-/// On a multi-thread runtime, `block_in_place` hands this worker's queue to another
-/// thread and runs the call here: no thread hop (measured here: 36 ns against
-/// 31 µs for a `spawn_blocking` round trip). A current-thread runtime has no other
-/// thread to hand work to, so the call goes to the blocking pool.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    if Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread) {
-        return tokio::task::block_in_place(f);
-    }
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| StorageError::Backend {
-            name: NAME.into(),
-            transient: false,
-            source: format!("blocking task failed: {e}").into(),
-        })?
+    storage_core::blocking::run_blocking(NAME, f).await
 }
 
 fn sql_err(context: &str, e: rusqlite::Error) -> StorageError {
