@@ -582,18 +582,26 @@ impl StorageManager {
         self.check_open()?;
         let timeout = self.shared.config.replica_timeout;
         let failover = self.shared.config.auto_failover;
+        // Healthy copies first (primary first among them); copies marked unhealthy
+        // only as a last resort. Without failover, only the primary.
+        let copies = &self.shared.copies;
+        let order: Vec<usize> = if failover {
+            let (well, ill): (Vec<usize>, Vec<usize>) =
+                (0..copies.len()).partition(|&i| copies[i].healthy.load(SeqCst));
+            well.into_iter().chain(ill).collect()
+        } else {
+            vec![0]
+        };
         let mut last = None;
-        for (i, copy) in self.shared.copies.iter().enumerate() {
-            if i > 0 && !failover {
-                break;
-            }
-            if failover && !copy.healthy.load(SeqCst) && i + 1 < self.shared.copies.len() {
-                continue;
-            }
+        for i in order {
+            let copy = &copies[i];
             match with_timeout(timeout, op, call(copy.backend.clone())).await {
                 Ok(v) => return Ok(v),
                 Err(e) if failover && worth_failing_over(&e) => {
-                    copy.healthy.store(false, SeqCst);
+                    // A damaged block is not a sick copy; an unreachable one is.
+                    if e.kind() != ErrorKind::Corrupted {
+                        copy.healthy.store(false, SeqCst);
+                    }
                     last = Some(e);
                 }
                 Err(e) => return Err(e),
