@@ -1,0 +1,902 @@
+//! RocksDB [`StorageBackend`]: column families, one atomic `WriteBatch` per write,
+//! index seeks instead of scans.
+//!
+//! # Layout
+//! All integers big-endian, so byte order is numeric order.
+//!
+//! | column family | key | value |
+//! |---|---|---|
+//! | `blocks` | hash (32) | the block, bincode wire format (RocksDB compresses) |
+//! | `metadata` | hash (32) | index (8) |
+//! | `index` | index (8) | hash (32), timestamp ns (8), size (8), public key (32), type length (1), type |
+//! | `by_time` | timestamp ns (8), index (8) | — |
+//! | `by_key` | public key (32), index (8) | — |
+//! | `by_type` | type, `0x00`, index (8) | — |
+//! | `chain` | `head`, `count`, `size`, `deletions` | hash / u64 counters |
+//!
+//! Every store, batch, delete and head change is one `WriteBatch` covering the
+//! block, all its index entries, the head and the counters: a crash never leaves a
+//! block without its index or an index entry without its block. Writes are
+//! serialised by one mutex (conflict checks read before they write). `list_blocks`
+//! seeks the index that fits the query (`by_time` for time order, `by_key` or
+//! `by_type` for those filters, `index` otherwise) under one snapshot and stops
+//! after `offset + limit` matches; `count_blocks` and the totals in `get_stats`
+//! come from the counters.
+//!
+//! # Durability
+//! The write-ahead log is always on, with point-in-time recovery.
+//! - `sync_writes = false` (default): a write is acknowledged once it is in the WAL
+//!   in the OS page cache. A **process crash** loses nothing acknowledged; a
+//!   **power loss or OS crash** can lose the writes since the last sync (RocksDB
+//!   syncs on flushes and when the WAL rotates), never part of a batch.
+//! - `sync_writes = true`: each write batch is fsynced before it is acknowledged;
+//!   a power loss loses nothing acknowledged.
+//!
+//! RocksDB checksums every SST block; a checksum failure, like a stored block whose
+//! bytes no longer hash to its key, is reported as [`StorageError::Corrupted`].
+//!
+//! ```no_run
+//! # async fn demo() -> storage_core::Result<()> {
+//! use storage_rocksdb::{RocksDBBackend, RocksDBConfig};
+//! let store = RocksDBBackend::new(RocksDBConfig { path: "./data/rocks".into(), ..Default::default() })?;
+//! # Ok(()) }
+//! ```
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use rocksdb::{
+    BlockBasedOptions, BottommostLevelCompaction, ColumnFamily, ColumnFamilyDescriptor,
+    CompactOptions, DB, DBCompressionType, DBRecoveryMode, Direction, IteratorMode, Options,
+    WriteBatch, WriteOptions,
+};
+use serde::{Deserialize, Serialize};
+use storage_core::blocking::run_blocking;
+use storage_core::trace::{in_span_async, op_span, record_count, record_hash, record_index};
+use storage_core::{
+    BackendStats, Block, BlockHash, BlockMetadata, CompactionStats, CompressionType, ListOptions,
+    PublicKey, Result, SortOrder, StorageBackend, StorageError, StorageStats, WireFormat,
+    async_trait, system_time_from_unix_nanos,
+};
+
+const NAME: &str = "rocksdb";
+const CF_BLOCKS: &str = "blocks";
+const CF_METADATA: &str = "metadata";
+const CF_INDEX: &str = "index";
+const CF_BY_TIME: &str = "by_time";
+const CF_BY_KEY: &str = "by_key";
+const CF_BY_TYPE: &str = "by_type";
+const CF_CHAIN: &str = "chain";
+const ALL_CFS: [&str; 7] = [
+    CF_BLOCKS,
+    CF_METADATA,
+    CF_INDEX,
+    CF_BY_TIME,
+    CF_BY_KEY,
+    CF_BY_TYPE,
+    CF_CHAIN,
+];
+
+/// RocksDB settings (the seed's, plus `sync_writes`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RocksDBConfig {
+    /// Database directory (created if missing).
+    pub path: String,
+    /// Compression of SST files. `Gzip` is refused: this build has zstd and lz4.
+    pub compression: CompressionType,
+    /// Block cache, bytes (0: RocksDB's default).
+    pub cache_size: usize,
+    /// Memtable size, bytes.
+    pub write_buffer_size: usize,
+    /// Memtables kept before writes stall.
+    pub max_write_buffer_number: i32,
+    /// Background flush and compaction threads.
+    pub max_background_jobs: i32,
+    /// Bloom filters on SST blocks (faster misses).
+    pub enable_bloom_filter: bool,
+    /// Bloom filter bits per key.
+    pub bloom_filter_bits: f64,
+    /// fsync every write batch before acknowledging it (see the crate docs).
+    pub sync_writes: bool,
+}
+
+impl Default for RocksDBConfig {
+    fn default() -> Self {
+        Self {
+            path: "./olocus_rocksdb".into(),
+            compression: CompressionType::Zstd,
+            cache_size: 64 * 1024 * 1024,
+            write_buffer_size: 16 * 1024 * 1024,
+            max_write_buffer_number: 3,
+            max_background_jobs: 4,
+            enable_bloom_filter: true,
+            bloom_filter_bits: 10.0,
+            sync_writes: false,
+        }
+    }
+}
+
+impl RocksDBConfig {
+    fn options(&self) -> Result<(Options, Options)> {
+        let bad = |m: String| Err(StorageError::Configuration(format!("rocksdb: {m}")));
+        if self.path.trim().is_empty() {
+            return bad("path is empty".into());
+        }
+        if self.write_buffer_size == 0
+            || self.max_write_buffer_number < 1
+            || self.max_background_jobs < 1
+        {
+            return bad("write_buffer_size, max_write_buffer_number and max_background_jobs must be positive".into());
+        }
+        if self.enable_bloom_filter
+            && !(self.bloom_filter_bits > 0.0 && self.bloom_filter_bits <= 64.0)
+        {
+            return bad(format!(
+                "bloom_filter_bits {} must be in (0, 64]",
+                self.bloom_filter_bits
+            ));
+        }
+        let compression = match self.compression {
+            CompressionType::None => DBCompressionType::None,
+            CompressionType::Zstd => DBCompressionType::Zstd,
+            CompressionType::Lz4 => DBCompressionType::Lz4,
+            CompressionType::Gzip => {
+                return bad("gzip is not built into this RocksDB (use zstd, lz4 or none)".into());
+            }
+        };
+        let mut cf = Options::default();
+        cf.set_compression_type(compression);
+        cf.set_write_buffer_size(self.write_buffer_size);
+        cf.set_max_write_buffer_number(self.max_write_buffer_number);
+        let mut table = BlockBasedOptions::default();
+        if self.cache_size > 0 {
+            table.set_block_cache(&rocksdb::Cache::new_lru_cache(self.cache_size));
+        }
+        if self.enable_bloom_filter {
+            table.set_bloom_filter(self.bloom_filter_bits, false);
+        }
+        cf.set_block_based_table_factory(&table);
+        let mut db = cf.clone();
+        db.create_if_missing(true);
+        db.create_missing_column_families(true);
+        db.set_max_background_jobs(self.max_background_jobs);
+        db.set_wal_recovery_mode(DBRecoveryMode::PointInTime);
+        db.set_paranoid_checks(true);
+        Ok((db, cf))
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Counters {
+    count: u64,
+    size: u64,
+    deletions: u64,
+}
+
+struct Inner {
+    db: DB,
+    sync: bool,
+    /// Serialises writers; holds the counters they update.
+    writer: Mutex<Counters>,
+    compaction: Mutex<CompactionStats>,
+}
+
+/// The RocksDB backend. Cheap to share behind an `Arc`; all methods take `&self`.
+pub struct RocksDBBackend {
+    path: PathBuf,
+    inner: RwLock<Option<Arc<Inner>>>,
+}
+
+impl std::fmt::Debug for RocksDBBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RocksDBBackend")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn db_err(context: &str, e: rocksdb::Error) -> StorageError {
+    use rocksdb::ErrorKind as K;
+    match e.kind() {
+        K::Corruption => StorageError::corrupted_by(format!("rocksdb: {context}"), e),
+        kind => StorageError::Backend {
+            name: NAME.into(),
+            transient: matches!(kind, K::Busy | K::TryAgain | K::TimedOut | K::Incomplete),
+            source: format!("{context}: {e}").into(),
+        },
+    }
+}
+
+fn cf<'a>(db: &'a DB, name: &str) -> Result<&'a ColumnFamily> {
+    db.cf_handle(name)
+        .ok_or_else(|| StorageError::corrupted(format!("rocksdb: column family {name} is missing")))
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> Option<u64> {
+    bytes
+        .get(at..at + 8)
+        .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
+}
+
+/// The `index` CF record of a block.
+fn index_record(b: &Block) -> Vec<u8> {
+    let ty = b.payload_type().as_bytes();
+    let mut v = Vec::with_capacity(32 + 8 + 8 + 32 + 1 + ty.len());
+    v.extend_from_slice(b.hash().as_bytes());
+    v.extend_from_slice(&b.timestamp_nanos().to_be_bytes());
+    v.extend_from_slice(&b.size_bytes().to_be_bytes());
+    v.extend_from_slice(b.public_key().as_bytes());
+    v.push(ty.len() as u8); // payload types are at most 128 bytes
+    v.extend_from_slice(ty);
+    v
+}
+
+fn parse_record(index: u64, v: &[u8]) -> Result<BlockMetadata> {
+    let bad = || {
+        StorageError::corrupted(format!(
+            "rocksdb: index record of block {index} is malformed"
+        ))
+    };
+    let hash = BlockHash::from_slice(v.get(..32).ok_or_else(bad)?).map_err(|_| bad())?;
+    let ts = u64_at(v, 32).ok_or_else(bad)?;
+    let size = u64_at(v, 40).ok_or_else(bad)?;
+    let key = PublicKey::from_slice(v.get(48..80).ok_or_else(bad)?).map_err(|_| bad())?;
+    let len = *v.get(80).ok_or_else(bad)? as usize;
+    let ty = v
+        .get(81..81 + len)
+        .filter(|_| v.len() == 81 + len)
+        .ok_or_else(bad)?;
+    Ok(BlockMetadata {
+        hash,
+        index,
+        timestamp: system_time_from_unix_nanos(ts),
+        payload_type: String::from_utf8(ty.to_vec()).map_err(|_| bad())?,
+        public_key: key,
+        size_bytes: size,
+    })
+}
+
+fn key2(a: &[u8], index: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(a.len() + 8);
+    k.extend_from_slice(a);
+    k.extend_from_slice(&index.to_be_bytes());
+    k
+}
+
+fn type_key(ty: &str, index: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(ty.len() + 9);
+    k.extend_from_slice(ty.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&index.to_be_bytes());
+    k
+}
+
+impl Inner {
+    fn get_u64(&self, key: &str) -> Result<u64> {
+        match self
+            .db
+            .get_cf(cf(&self.db, CF_CHAIN)?, key)
+            .map_err(|e| db_err("reading counters", e))?
+        {
+            None => Ok(0),
+            Some(v) => u64_at(&v, 0).filter(|_| v.len() == 8).ok_or_else(|| {
+                StorageError::corrupted(format!("rocksdb: counter {key} is malformed"))
+            }),
+        }
+    }
+
+    fn write(&self, batch: WriteBatch) -> Result<()> {
+        let mut opts = WriteOptions::default();
+        opts.set_sync(self.sync);
+        self.db
+            .write_opt(batch, &opts)
+            .map_err(|e| db_err("writing a batch", e))
+    }
+
+    fn put_counters(&self, batch: &mut WriteBatch, c: &Counters) -> Result<()> {
+        let chain = cf(&self.db, CF_CHAIN)?;
+        batch.put_cf(chain, "count", c.count.to_be_bytes());
+        batch.put_cf(chain, "size", c.size.to_be_bytes());
+        batch.put_cf(chain, "deletions", c.deletions.to_be_bytes());
+        Ok(())
+    }
+
+    fn store(&self, blocks: &[Block]) -> Result<()> {
+        let mut counters = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let db = &self.db;
+        let (cf_blocks, cf_meta, cf_index) =
+            (cf(db, CF_BLOCKS)?, cf(db, CF_METADATA)?, cf(db, CF_INDEX)?);
+        let (cf_time, cf_key, cf_type) =
+            (cf(db, CF_BY_TIME)?, cf(db, CF_BY_KEY)?, cf(db, CF_BY_TYPE)?);
+        let mut batch = WriteBatch::default();
+        let mut next = *counters;
+        let mut claimed: std::collections::HashMap<u64, BlockHash> = Default::default();
+        for b in blocks {
+            let idx = b.index().to_be_bytes();
+            // A hash covers its index: same index + same hash = already stored.
+            let existing = match claimed.get(&b.index()) {
+                Some(h) => Some(*h),
+                None => db
+                    .get_pinned_cf(cf_index, idx)
+                    .map_err(|e| db_err("checking an index", e))?
+                    .map(|v| parse_record(b.index(), &v).map(|m| m.hash))
+                    .transpose()?,
+            };
+            match existing {
+                Some(h) if h == b.hash() => continue,
+                Some(h) => {
+                    return Err(StorageError::IndexConflict {
+                        index: b.index(),
+                        existing: h,
+                        attempted: b.hash(),
+                    });
+                }
+                None => {}
+            }
+            claimed.insert(b.index(), b.hash());
+            let hash = b.hash();
+            batch.put_cf(cf_blocks, hash.as_bytes(), WireFormat::BINARY.encode(b)?);
+            batch.put_cf(cf_meta, hash.as_bytes(), idx);
+            batch.put_cf(cf_index, idx, index_record(b));
+            batch.put_cf(
+                cf_time,
+                key2(&b.timestamp_nanos().to_be_bytes(), b.index()),
+                [],
+            );
+            batch.put_cf(cf_key, key2(b.public_key().as_bytes(), b.index()), []);
+            batch.put_cf(cf_type, type_key(b.payload_type(), b.index()), []);
+            next.count += 1;
+            next.size += b.size_bytes();
+        }
+        if next.count == counters.count {
+            return Ok(());
+        }
+        self.put_counters(&mut batch, &next)?;
+        self.write(batch)?;
+        *counters = next;
+        Ok(())
+    }
+
+    fn delete(&self, hash: &BlockHash) -> Result<bool> {
+        let mut counters = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let db = &self.db;
+        let Some(idx) = db
+            .get_cf(cf(db, CF_METADATA)?, hash.as_bytes())
+            .map_err(|e| db_err("looking up a block", e))?
+        else {
+            return Ok(false);
+        };
+        let index = u64_at(&idx, 0).filter(|_| idx.len() == 8).ok_or_else(|| {
+            StorageError::corrupted(format!("rocksdb: metadata of {hash} is malformed"))
+        })?;
+        let record = db
+            .get_cf(cf(db, CF_INDEX)?, idx.as_slice())
+            .map_err(|e| db_err("reading an index record", e))?
+            .ok_or_else(|| {
+                StorageError::corrupted(format!("rocksdb: block {hash} has no index record"))
+            })?;
+        let meta = parse_record(index, &record)?;
+        let ts = system_time_nanos(meta.timestamp);
+        let mut batch = WriteBatch::default();
+        batch.delete_cf(cf(db, CF_BLOCKS)?, hash.as_bytes());
+        batch.delete_cf(cf(db, CF_METADATA)?, hash.as_bytes());
+        batch.delete_cf(cf(db, CF_INDEX)?, idx.as_slice());
+        batch.delete_cf(cf(db, CF_BY_TIME)?, key2(&ts.to_be_bytes(), index));
+        batch.delete_cf(cf(db, CF_BY_KEY)?, key2(meta.public_key.as_bytes(), index));
+        batch.delete_cf(cf(db, CF_BY_TYPE)?, type_key(&meta.payload_type, index));
+        let chain = cf(db, CF_CHAIN)?;
+        if db
+            .get_pinned_cf(chain, "head")
+            .map_err(|e| db_err("reading the head", e))?
+            .as_deref()
+            == Some(hash.as_bytes().as_slice())
+        {
+            batch.delete_cf(chain, "head");
+        }
+        let next = Counters {
+            count: counters.count - 1,
+            size: counters.size - meta.size_bytes,
+            deletions: counters.deletions + 1,
+        };
+        self.put_counters(&mut batch, &next)?;
+        self.write(batch)?;
+        *counters = next;
+        Ok(true)
+    }
+
+    fn retrieve(&self, hash: &BlockHash) -> Result<Option<Block>> {
+        match self
+            .db
+            .get_pinned_cf(cf(&self.db, CF_BLOCKS)?, hash.as_bytes())
+            .map_err(|e| db_err(&format!("reading block {hash}"), e))?
+        {
+            Some(bytes) => WireFormat::BINARY.decode_stored(&bytes, hash).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn list(&self, o: &ListOptions) -> Result<Vec<BlockMetadata>> {
+        let (Some((tlo, thi)), Some((ilo, ihi))) = (o.time_range_nanos(), o.index_range()) else {
+            return Ok(Vec::new());
+        };
+        let skip = usize::try_from(o.offset.unwrap_or(0)).unwrap_or(usize::MAX);
+        let take = usize::try_from(o.limit.unwrap_or(u64::MAX)).unwrap_or(usize::MAX);
+        if take == 0 {
+            return Ok(Vec::new());
+        }
+        let snap = self.db.snapshot();
+        let cf_index = cf(&self.db, CF_INDEX)?;
+        let filter = o.filter.clone().unwrap_or_default();
+        let accept = |m: &BlockMetadata| {
+            let ts = system_time_nanos(m.timestamp);
+            ts >= tlo
+                && ts <= thi
+                && (ilo..=ihi).contains(&m.index)
+                && filter
+                    .payload_type
+                    .as_ref()
+                    .is_none_or(|t| *t == m.payload_type)
+                && filter
+                    .public_key
+                    .as_ref()
+                    .is_none_or(|k| *k == m.public_key)
+        };
+        let lookup = |index: u64| -> Result<Option<BlockMetadata>> {
+            match snap
+                .get_cf(cf_index, index.to_be_bytes())
+                .map_err(|e| db_err("reading an index record", e))?
+            {
+                Some(v) => parse_record(index, &v).map(Some),
+                None => Ok(None), // deleted between the secondary index and here
+            }
+        };
+        let mut out = Vec::new();
+        let mut skipped = 0usize;
+        let mut push = |m: BlockMetadata| -> bool {
+            if !accept(&m) {
+                return true;
+            }
+            if skipped < skip {
+                skipped += 1;
+                return true;
+            }
+            out.push(m);
+            out.len() < take
+        };
+        let descending = o.order == SortOrder::Descending;
+        // Pick the index that fits: time order, then signer, then type, then index.
+        let (cf_name, prefix, lo, hi): (&str, Vec<u8>, Vec<u8>, Vec<u8>) =
+            if o.order == SortOrder::ByTimestamp {
+                (
+                    CF_BY_TIME,
+                    Vec::new(),
+                    key2(&tlo.to_be_bytes(), 0),
+                    key2(&thi.to_be_bytes(), u64::MAX),
+                )
+            } else if let Some(k) = &filter.public_key {
+                (
+                    CF_BY_KEY,
+                    k.as_bytes().to_vec(),
+                    key2(k.as_bytes(), ilo),
+                    key2(k.as_bytes(), ihi),
+                )
+            } else if let Some(t) = &filter.payload_type {
+                let mut p = t.as_bytes().to_vec();
+                p.push(0);
+                (CF_BY_TYPE, p, type_key(t, ilo), type_key(t, ihi))
+            } else {
+                (
+                    CF_INDEX,
+                    Vec::new(),
+                    ilo.to_be_bytes().to_vec(),
+                    ihi.to_be_bytes().to_vec(),
+                )
+            };
+        let mode = if descending {
+            IteratorMode::From(&hi, Direction::Reverse)
+        } else {
+            IteratorMode::From(&lo, Direction::Forward)
+        };
+        for item in snap.iterator_cf(cf(&self.db, cf_name)?, mode) {
+            let (k, v) = item.map_err(|e| db_err("scanning an index", e))?;
+            if k.as_ref() < lo.as_slice() || k.as_ref() > hi.as_slice() {
+                break;
+            }
+            let meta = if cf_name == CF_INDEX {
+                let index = u64_at(&k, 0)
+                    .ok_or_else(|| StorageError::corrupted("rocksdb: short index key"))?;
+                Some(parse_record(index, &v)?)
+            } else {
+                let index = k
+                    .len()
+                    .checked_sub(8)
+                    .filter(|at| *at >= prefix.len())
+                    .and_then(|at| u64_at(&k, at))
+                    .ok_or_else(|| StorageError::corrupted("rocksdb: short secondary key"))?;
+                lookup(index)?
+            };
+            if let Some(m) = meta
+                && !push(m)
+            {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    fn range(&self, start: u64, end: u64) -> Result<Vec<Block>> {
+        let snap = self.db.snapshot();
+        let (cf_index, cf_blocks) = (cf(&self.db, CF_INDEX)?, cf(&self.db, CF_BLOCKS)?);
+        let mut out = Vec::new();
+        let from = start.to_be_bytes();
+        for item in snap.iterator_cf(cf_index, IteratorMode::From(&from, Direction::Forward)) {
+            let (k, v) = item.map_err(|e| db_err("scanning the index", e))?;
+            let index =
+                u64_at(&k, 0).ok_or_else(|| StorageError::corrupted("rocksdb: short index key"))?;
+            if index > end {
+                break;
+            }
+            let meta = parse_record(index, &v)?;
+            let bytes = snap
+                .get_cf(cf_blocks, meta.hash.as_bytes())
+                .map_err(|e| db_err(&format!("reading block {}", meta.hash), e))?
+                .ok_or_else(|| {
+                    StorageError::corrupted(format!("rocksdb: index entry {index} has no block"))
+                })?;
+            out.push(WireFormat::BINARY.decode_stored(&bytes, &meta.hash)?);
+        }
+        Ok(out)
+    }
+
+    fn time_edge(&self, direction: Direction) -> Result<Option<SystemTime>> {
+        let mode = match direction {
+            Direction::Forward => IteratorMode::Start,
+            Direction::Reverse => IteratorMode::End,
+        };
+        match self.db.iterator_cf(cf(&self.db, CF_BY_TIME)?, mode).next() {
+            Some(item) => {
+                let (k, _) = item.map_err(|e| db_err("reading the time index", e))?;
+                Ok(Some(system_time_from_unix_nanos(
+                    u64_at(&k, 0)
+                        .ok_or_else(|| StorageError::corrupted("rocksdb: short time key"))?,
+                )))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn property(&self, name: &str) -> Result<u64> {
+        let mut total = 0;
+        for cf_name in ALL_CFS {
+            total += self
+                .db
+                .property_int_value_cf(cf(&self.db, cf_name)?, name)
+                .map_err(|e| db_err(name, e))?
+                .unwrap_or(0);
+        }
+        Ok(total)
+    }
+
+    /// Flushes every column family's memtable (`DB::flush` covers only the
+    /// default one).
+    fn flush_all(&self) -> Result<()> {
+        for cf_name in ALL_CFS {
+            self.db
+                .flush_cf(cf(&self.db, cf_name)?)
+                .map_err(|e| db_err(&format!("flushing {cf_name}"), e))?;
+        }
+        Ok(())
+    }
+
+    fn compact(&self, force_bottommost: bool) -> Result<()> {
+        let started = Instant::now();
+        let before = self.property("rocksdb.total-sst-files-size")?;
+        self.flush_all()?;
+        let mut opts = CompactOptions::default();
+        if force_bottommost {
+            opts.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
+        }
+        for cf_name in ALL_CFS {
+            self.db.compact_range_cf_opt(
+                cf(&self.db, cf_name)?,
+                None::<&[u8]>,
+                None::<&[u8]>,
+                &opts,
+            );
+        }
+        let after = self.property("rocksdb.total-sst-files-size")?;
+        *self
+            .compaction
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = CompactionStats {
+            bytes_read: before,
+            bytes_written: after,
+            compaction_time: started.elapsed(),
+            last_compaction: Some(SystemTime::now()),
+        };
+        Ok(())
+    }
+}
+
+fn system_time_nanos(t: SystemTime) -> u64 {
+    storage_core::unix_nanos(t).unwrap_or(u64::MAX)
+}
+
+impl RocksDBBackend {
+    /// Opens (creating if needed) the database at `config.path`. Blocking: call it
+    /// from `spawn_blocking` if opening a large store inside a runtime.
+    pub fn new(config: RocksDBConfig) -> Result<Self> {
+        let (db_opts, cf_opts) = config.options()?;
+        let path = PathBuf::from(config.path.trim());
+        let descriptors = ALL_CFS.map(|name| ColumnFamilyDescriptor::new(name, cf_opts.clone()));
+        let db = DB::open_cf_descriptors(&db_opts, &path, descriptors)
+            .map_err(|e| db_err(&format!("opening {}", path.display()), e))?;
+        let mut inner = Inner {
+            db,
+            sync: config.sync_writes,
+            writer: Mutex::new(Counters::default()),
+            compaction: Mutex::new(CompactionStats::default()),
+        };
+        let counters = Counters {
+            count: inner.get_u64("count")?,
+            size: inner.get_u64("size")?,
+            deletions: inner.get_u64("deletions")?,
+        };
+        *inner
+            .writer
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner) = counters;
+        Ok(Self {
+            path,
+            inner: RwLock::new(Some(Arc::new(inner))),
+        })
+    }
+
+    /// The database directory.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    fn inner(&self) -> Result<Arc<Inner>> {
+        self.inner
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or_else(|| StorageError::closed(NAME))
+    }
+
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Inner) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let inner = self.inner()?;
+        run_blocking(NAME, move || f(&inner)).await
+    }
+}
+
+#[async_trait]
+impl StorageBackend for RocksDBBackend {
+    fn backend_name(&self) -> &str {
+        NAME
+    }
+
+    async fn store_block(&self, block: &Block) -> Result<BlockHash> {
+        let span = op_span(NAME, "store_block");
+        record_hash(&span, &block.hash());
+        let b = block.clone();
+        in_span_async(
+            span,
+            self.with(move |i| i.store(std::slice::from_ref(&b)).map(|_| b.hash())),
+        )
+        .await
+    }
+
+    async fn retrieve_block(&self, hash: &BlockHash) -> Result<Option<Block>> {
+        let span = op_span(NAME, "retrieve_block");
+        record_hash(&span, hash);
+        let h = *hash;
+        in_span_async(span, self.with(move |i| i.retrieve(&h))).await
+    }
+
+    async fn delete_block(&self, hash: &BlockHash) -> Result<bool> {
+        let span = op_span(NAME, "delete_block");
+        record_hash(&span, hash);
+        let h = *hash;
+        in_span_async(span, self.with(move |i| i.delete(&h))).await
+    }
+
+    async fn block_exists(&self, hash: &BlockHash) -> Result<bool> {
+        let span = op_span(NAME, "block_exists");
+        record_hash(&span, hash);
+        let h = *hash;
+        in_span_async(
+            span,
+            self.with(move |i| {
+                Ok(i.db
+                    .get_pinned_cf(cf(&i.db, CF_METADATA)?, h.as_bytes())
+                    .map_err(|e| db_err("checking a block", e))?
+                    .is_some())
+            }),
+        )
+        .await
+    }
+
+    async fn store_blocks(&self, blocks: &[Block]) -> Result<Vec<BlockHash>> {
+        let span = op_span(NAME, "store_blocks");
+        record_count(&span, blocks.len());
+        let owned = blocks.to_vec();
+        in_span_async(
+            span,
+            self.with(move |i| {
+                i.store(&owned)?;
+                Ok(owned.iter().map(Block::hash).collect())
+            }),
+        )
+        .await
+    }
+
+    async fn retrieve_blocks(&self, hashes: &[BlockHash]) -> Result<Vec<Option<Block>>> {
+        let span = op_span(NAME, "retrieve_blocks");
+        record_count(&span, hashes.len());
+        let hs = hashes.to_vec();
+        in_span_async(
+            span,
+            self.with(move |i| hs.iter().map(|h| i.retrieve(h)).collect()),
+        )
+        .await
+    }
+
+    async fn list_blocks(&self, options: &ListOptions) -> Result<Vec<BlockMetadata>> {
+        let o = options.clone();
+        in_span_async(op_span(NAME, "list_blocks"), self.with(move |i| i.list(&o))).await
+    }
+
+    async fn count_blocks(&self) -> Result<u64> {
+        let inner = self.inner()?;
+        let count = inner
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .count;
+        Ok(count)
+    }
+
+    async fn get_chain_head(&self) -> Result<Option<BlockHash>> {
+        in_span_async(
+            op_span(NAME, "get_chain_head"),
+            self.with(|i| {
+                match i
+                    .db
+                    .get_cf(cf(&i.db, CF_CHAIN)?, "head")
+                    .map_err(|e| db_err("reading the head", e))?
+                {
+                    Some(v) => BlockHash::from_slice(&v)
+                        .map(Some)
+                        .map_err(|_| StorageError::corrupted("rocksdb: head is malformed")),
+                    None => Ok(None),
+                }
+            }),
+        )
+        .await
+    }
+
+    async fn set_chain_head(&self, hash: &BlockHash) -> Result<()> {
+        let span = op_span(NAME, "set_chain_head");
+        record_hash(&span, hash);
+        let h = *hash;
+        in_span_async(
+            span,
+            self.with(move |i| {
+                // Under the writer lock, so a concurrent delete cannot slip between.
+                let _writer = i.writer.lock().unwrap_or_else(PoisonError::into_inner);
+                let stored =
+                    i.db.get_pinned_cf(cf(&i.db, CF_METADATA)?, h.as_bytes())
+                        .map_err(|e| db_err("checking a block", e))?
+                        .is_some();
+                if !stored {
+                    return Err(StorageError::BlockNotFound { hash: h });
+                }
+                let mut batch = WriteBatch::default();
+                batch.put_cf(cf(&i.db, CF_CHAIN)?, "head", h.as_bytes());
+                i.write(batch)
+            }),
+        )
+        .await
+    }
+
+    async fn get_blocks_by_range(&self, start: u64, end: u64) -> Result<Vec<Block>> {
+        let span = op_span(NAME, "get_blocks_by_range");
+        record_index(&span, start);
+        in_span_async(span, async {
+            if start > end {
+                return Err(StorageError::InvalidInput(format!(
+                    "range start {start} is greater than end {end}"
+                )));
+            }
+            self.with(move |i| i.range(start, end)).await
+        })
+        .await
+    }
+
+    async fn compact(&self) -> Result<()> {
+        in_span_async(op_span(NAME, "compact"), self.with(|i| i.compact(false))).await
+    }
+
+    async fn vacuum(&self) -> Result<()> {
+        // Rewrites the bottommost level too, dropping deletion tombstones and
+        // returning their space.
+        in_span_async(op_span(NAME, "vacuum"), self.with(|i| i.compact(true))).await
+    }
+
+    async fn get_stats(&self) -> Result<StorageStats> {
+        in_span_async(
+            op_span(NAME, "get_stats"),
+            self.with(|i| {
+                let c = *i.writer.lock().unwrap_or_else(PoisonError::into_inner);
+                Ok(StorageStats {
+                    total_blocks: c.count,
+                    total_size_bytes: c.size,
+                    oldest_block: i.time_edge(Direction::Forward)?,
+                    newest_block: i.time_edge(Direction::Reverse)?,
+                    backend_specific: BackendStats::RocksDB {
+                        live_data_size: i.property("rocksdb.estimate-live-data-size")?,
+                        total_data_size: i.property("rocksdb.total-sst-files-size")?,
+                        num_entries: i.property("rocksdb.estimate-num-keys")?,
+                        num_deletions: c.deletions,
+                        compaction_stats: i
+                            .compaction
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .clone(),
+                    },
+                })
+            }),
+        )
+        .await
+    }
+
+    async fn close(&self) -> Result<()> {
+        let Some(inner) = self
+            .inner
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        else {
+            return Ok(());
+        };
+        in_span_async(
+            op_span(NAME, "close"),
+            run_blocking(NAME, move || {
+                // Wait (briefly) for calls still holding the database, so the lock
+                // file is released when close returns and the path can reopen.
+                let mut inner = inner;
+                let deadline = Instant::now() + Duration::from_secs(30);
+                let owned = loop {
+                    match Arc::try_unwrap(inner) {
+                        Ok(owned) => break owned,
+                        Err(shared) if Instant::now() < deadline => {
+                            inner = shared;
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                        Err(_) => {
+                            return Err(StorageError::Timeout {
+                                operation: "rocksdb close (calls still running)".into(),
+                                after: Duration::from_secs(30),
+                            });
+                        }
+                    }
+                };
+                owned.flush_all()?;
+                owned
+                    .db
+                    .flush_wal(true)
+                    .map_err(|e| db_err("syncing the WAL on close", e))?;
+                drop(owned);
+                Ok(())
+            }),
+        )
+        .await
+    }
+}

@@ -1,0 +1,91 @@
+//! The whole conformance suite for RocksDB: uncompressed (with a corruption hook
+//! that damages the block inside the SST files), zstd, and synced writes.
+
+use std::sync::Arc;
+
+use storage_conformance::{Capabilities, Fixture, conformance_main};
+use storage_core::{BlockHash, CompressionType, StorageBackend, StorageError, async_trait};
+use storage_rocksdb::{RocksDBBackend, RocksDBConfig};
+
+struct RocksFixture {
+    dir: tempfile::TempDir,
+    compression: CompressionType,
+    sync_writes: bool,
+}
+
+impl RocksFixture {
+    fn new(compression: CompressionType, sync_writes: bool) -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("temp dir"),
+            compression,
+            sync_writes,
+        }
+    }
+}
+
+#[async_trait]
+impl Fixture for RocksFixture {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            persistent: true,
+            // Payload bytes can only be found in uncompressed SST files.
+            corruption: self.compression == CompressionType::None,
+            atomic_batches: true,
+            vacuum: true,
+        }
+    }
+
+    async fn open(&self) -> Result<Arc<dyn StorageBackend>, StorageError> {
+        let config = RocksDBConfig {
+            path: self.dir.path().join("db").to_string_lossy().into_owned(),
+            compression: self.compression,
+            cache_size: 8 << 20,
+            write_buffer_size: 4 << 20,
+            max_background_jobs: 2,
+            sync_writes: self.sync_writes,
+            ..RocksDBConfig::default()
+        };
+        // Opening reads files: keep it off the runtime thread.
+        let store = tokio::task::spawn_blocking(move || RocksDBBackend::new(config))
+            .await
+            .expect("open task")?;
+        Ok(Arc::new(store))
+    }
+
+    /// Closes (flushing the block into SST files), flips a byte of its payload in
+    /// every file that holds it, and reopens.
+    async fn corrupt(
+        &self,
+        store: Arc<dyn StorageBackend>,
+        hash: &BlockHash,
+    ) -> Result<Arc<dyn StorageBackend>, StorageError> {
+        let block = store
+            .retrieve_block(hash)
+            .await?
+            .ok_or(StorageError::BlockNotFound { hash: *hash })?;
+        store.close().await?;
+        drop(store);
+        let mut damaged = 0;
+        for entry in std::fs::read_dir(self.dir.path().join("db"))
+            .map_err(|e| StorageError::io("listing db", e))?
+        {
+            let path = entry.map_err(|e| StorageError::io("listing db", e))?.path();
+            if path.extension().is_some_and(|e| e == "sst") {
+                damaged +=
+                    storage_conformance::fault::flip_in_file(&path, block.payload()).unwrap_or(0);
+            }
+        }
+        if damaged == 0 {
+            return Err(StorageError::InvalidInput(
+                "payload not found in any SST file".into(),
+            ));
+        }
+        self.open().await
+    }
+}
+
+conformance_main! {
+    "rocksdb_plain" => || RocksFixture::new(CompressionType::None, false),
+    "rocksdb_zstd" => || RocksFixture::new(CompressionType::Zstd, false),
+    "rocksdb_lz4_sync" => || RocksFixture::new(CompressionType::Lz4, true),
+}
