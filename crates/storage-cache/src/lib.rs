@@ -580,18 +580,27 @@ impl<B: StorageBackend> StorageBackend for CachedStorageBackend<B> {
     }
 
     async fn count_blocks(&self) -> Result<u64> {
-        self.check_open()?;
-        self.shared.inner.count_blocks().await
+        in_span_async(op_span(NAME, "count_blocks"), async {
+            self.check_open()?;
+            self.shared.inner.count_blocks().await
+        })
+        .await
     }
 
     async fn get_chain_head(&self) -> Result<Option<BlockHash>> {
-        self.check_open()?;
-        self.shared.inner.get_chain_head().await
+        in_span_async(op_span(NAME, "get_chain_head"), async {
+            self.check_open()?;
+            self.shared.inner.get_chain_head().await
+        })
+        .await
     }
 
     async fn set_chain_head(&self, hash: &BlockHash) -> Result<()> {
-        self.check_open()?;
-        self.shared.inner.set_chain_head(hash).await
+        in_span_async(op_span(NAME, "set_chain_head"), async {
+            self.check_open()?;
+            self.shared.inner.set_chain_head(hash).await
+        })
+        .await
     }
 
     async fn get_blocks_by_range(&self, start: u64, end: u64) -> Result<Vec<Block>> {
@@ -606,27 +615,39 @@ impl<B: StorageBackend> StorageBackend for CachedStorageBackend<B> {
     }
 
     async fn compact(&self) -> Result<()> {
-        self.check_open()?;
-        let result = self.shared.inner.compact().await;
-        self.shared.invalidate_all();
-        result
+        in_span_async(op_span(NAME, "compact"), async {
+            self.check_open()?;
+            let result = self.shared.inner.compact().await;
+            self.shared.invalidate_all();
+            result
+        })
+        .await
     }
 
     async fn vacuum(&self) -> Result<()> {
-        self.check_open()?;
-        let result = self.shared.inner.vacuum().await;
-        self.shared.invalidate_all();
-        result
+        in_span_async(op_span(NAME, "vacuum"), async {
+            self.check_open()?;
+            let result = self.shared.inner.vacuum().await;
+            self.shared.invalidate_all();
+            result
+        })
+        .await
     }
 
     async fn get_stats(&self) -> Result<StorageStats> {
-        self.check_open()?;
-        self.shared.inner.get_stats().await
+        in_span_async(op_span(NAME, "get_stats"), async {
+            self.check_open()?;
+            self.shared.inner.get_stats().await
+        })
+        .await
     }
 
     async fn close(&self) -> Result<()> {
-        self.shared.closed.store(true, SeqCst);
-        self.shared.invalidate_all();
-        self.shared.inner.close().await
+        in_span_async(op_span(NAME, "close"), async {
+            self.shared.closed.store(true, SeqCst);
+            self.shared.invalidate_all();
+            self.shared.inner.close().await
+        })
+        .await
     }
 }

@@ -1,5 +1,5 @@
-//! The whole conformance suite for the cache, around the memory backend and around
-//! SQLite, in write-through and write-around modes, and with a budget so small
+//! The whole conformance suite for the cache, around the memory backend, SQLite and
+//! RocksDB, in write-through and write-around modes, and with a budget so small
 //! that entries are evicted all the time (LFU, prefetch on).
 
 use std::sync::Arc;
@@ -8,11 +8,13 @@ use storage_cache::{CacheConfig, CachedStorageBackend, EvictionPolicy};
 use storage_conformance::{Capabilities, Fixture, conformance_main};
 use storage_core::{BlockHash, StorageBackend, StorageError, async_trait};
 use storage_memory::MemoryBackend;
+use storage_rocksdb::{RocksDBBackend, RocksDBConfig};
 use storage_sqlite::{SQLiteBackend, SQLiteConfig};
 
 enum Inner {
     Memory,
     Sqlite(tempfile::TempDir),
+    Rocks(tempfile::TempDir),
 }
 
 struct CachedFixture {
@@ -30,11 +32,31 @@ impl CachedFixture {
         Self { inner, config }
     }
 
+    fn rocks(config: CacheConfig) -> Self {
+        Self {
+            inner: Inner::Rocks(tempfile::tempdir().expect("temp dir")),
+            config,
+        }
+    }
+
     async fn open_inner(&self) -> Result<Arc<dyn StorageBackend>, StorageError> {
         Ok(match &self.inner {
             Inner::Memory => Arc::new(MemoryBackend::new()),
             Inner::Sqlite(dir) => {
                 Arc::new(SQLiteBackend::new(SQLiteConfig::at(dir.path().join("blocks.db"))).await?)
+            }
+            Inner::Rocks(dir) => {
+                let config = RocksDBConfig {
+                    path: dir.path().join("db").to_string_lossy().into_owned(),
+                    cache_size: 8 << 20,
+                    write_buffer_size: 4 << 20,
+                    ..RocksDBConfig::default()
+                };
+                Arc::new(
+                    tokio::task::spawn_blocking(move || RocksDBBackend::new(config))
+                        .await
+                        .expect("open task")?,
+                )
             }
         })
     }
@@ -55,7 +77,7 @@ impl Fixture for CachedFixture {
     fn capabilities(&self) -> Capabilities {
         let sqlite = matches!(self.inner, Inner::Sqlite(_));
         Capabilities {
-            persistent: sqlite,
+            persistent: !matches!(self.inner, Inner::Memory),
             corruption: sqlite,
             atomic_batches: true,
             vacuum: true,
@@ -112,4 +134,6 @@ conformance_main! {
     "cache_sqlite_write_through" => || CachedFixture::new(true, config(true)),
     "cache_sqlite_write_around" => || CachedFixture::new(true, config(false)),
     "cache_sqlite_tiny_lfu_prefetch" => || CachedFixture::new(true, tiny()),
+    "cache_rocksdb_write_through" => || CachedFixture::rocks(config(true)),
+    "cache_rocksdb_tiny_lfu_prefetch" => || CachedFixture::rocks(tiny()),
 }

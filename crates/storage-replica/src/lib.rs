@@ -776,9 +776,12 @@ impl StorageBackend for StorageManager {
     }
 
     async fn block_exists(&self, hash: &BlockHash) -> Result<bool> {
-        let h = *hash;
-        self.read("block_exists", move |s| {
-            Box::pin(async move { s.block_exists(&h).await })
+        in_span_async(op_span(NAME, "block_exists"), async {
+            let h = *hash;
+            self.read("block_exists", move |s| {
+                Box::pin(async move { s.block_exists(&h).await })
+            })
+            .await
         })
         .await
     }
@@ -806,33 +809,45 @@ impl StorageBackend for StorageManager {
     }
 
     async fn retrieve_blocks(&self, hashes: &[BlockHash]) -> Result<Vec<Option<Block>>> {
-        let hs: Arc<Vec<BlockHash>> = Arc::new(hashes.to_vec());
-        self.read("retrieve_blocks", move |s| {
-            let hs = hs.clone();
-            Box::pin(async move { s.retrieve_blocks(&hs).await })
+        in_span_async(op_span(NAME, "retrieve_blocks"), async {
+            let hs: Arc<Vec<BlockHash>> = Arc::new(hashes.to_vec());
+            self.read("retrieve_blocks", move |s| {
+                let hs = hs.clone();
+                Box::pin(async move { s.retrieve_blocks(&hs).await })
+            })
+            .await
         })
         .await
     }
 
     async fn list_blocks(&self, options: &ListOptions) -> Result<Vec<BlockMetadata>> {
-        let o = options.clone();
-        self.read("list_blocks", move |s| {
-            let o = o.clone();
-            Box::pin(async move { s.list_blocks(&o).await })
+        in_span_async(op_span(NAME, "list_blocks"), async {
+            let o = options.clone();
+            self.read("list_blocks", move |s| {
+                let o = o.clone();
+                Box::pin(async move { s.list_blocks(&o).await })
+            })
+            .await
         })
         .await
     }
 
     async fn count_blocks(&self) -> Result<u64> {
-        self.read("count_blocks", |s| {
-            Box::pin(async move { s.count_blocks().await })
+        in_span_async(op_span(NAME, "count_blocks"), async {
+            self.read("count_blocks", |s| {
+                Box::pin(async move { s.count_blocks().await })
+            })
+            .await
         })
         .await
     }
 
     async fn get_chain_head(&self) -> Result<Option<BlockHash>> {
-        self.read("get_chain_head", |s| {
-            Box::pin(async move { s.get_chain_head().await })
+        in_span_async(op_span(NAME, "get_chain_head"), async {
+            self.read("get_chain_head", |s| {
+                Box::pin(async move { s.get_chain_head().await })
+            })
+            .await
         })
         .await
     }
@@ -865,34 +880,46 @@ impl StorageBackend for StorageManager {
     }
 
     async fn compact(&self) -> Result<()> {
-        self.on_every_copy("compact", |s| Box::pin(async move { s.compact().await }))
-            .await
+        in_span_async(op_span(NAME, "compact"), async {
+            self.on_every_copy("compact", |s| Box::pin(async move { s.compact().await }))
+                .await
+        })
+        .await
     }
 
     async fn vacuum(&self) -> Result<()> {
-        self.on_every_copy("vacuum", |s| Box::pin(async move { s.vacuum().await }))
-            .await
+        in_span_async(op_span(NAME, "vacuum"), async {
+            self.on_every_copy("vacuum", |s| Box::pin(async move { s.vacuum().await }))
+                .await
+        })
+        .await
     }
 
     async fn get_stats(&self) -> Result<StorageStats> {
-        self.read("get_stats", |s| {
-            Box::pin(async move { s.get_stats().await })
+        in_span_async(op_span(NAME, "get_stats"), async {
+            self.read("get_stats", |s| {
+                Box::pin(async move { s.get_stats().await })
+            })
+            .await
         })
         .await
     }
 
     async fn close(&self) -> Result<()> {
-        if self.shared.closed.swap(true, SeqCst) {
-            return Ok(());
-        }
-        let _writes = self.shared.write_lock.lock().await;
-        let mut first_err = None;
-        for copy in &self.shared.copies {
-            if let Err(e) = copy.backend.close().await {
-                first_err.get_or_insert(e);
+        in_span_async(op_span(NAME, "close"), async {
+            if self.shared.closed.swap(true, SeqCst) {
+                return Ok(());
             }
-        }
-        first_err.map_or(Ok(()), Err)
+            let _writes = self.shared.write_lock.lock().await;
+            let mut first_err = None;
+            for copy in &self.shared.copies {
+                if let Err(e) = copy.backend.close().await {
+                    first_err.get_or_insert(e);
+                }
+            }
+            first_err.map_or(Ok(()), Err)
+        })
+        .await
     }
 }
 

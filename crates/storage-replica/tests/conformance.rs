@@ -1,6 +1,6 @@
 //! The whole conformance suite for the replication manager: three memory copies
 //! (Quorum, synchronous writes; All, asynchronous writes) and a mixed manager
-//! (SQLite primary, SQLite and memory replicas) that persists through its primary.
+//! (SQLite primary, RocksDB and memory replicas) that persists through its primary.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +10,7 @@ use storage_conformance::{Capabilities, Fixture, conformance_main};
 use storage_core::{StorageBackend, StorageError, async_trait};
 use storage_memory::MemoryBackend;
 use storage_replica::{ConsistencyLevel, StorageManager, StorageManagerConfig};
+use storage_rocksdb::{RocksDBBackend, RocksDBConfig};
 use storage_sqlite::{SQLiteBackend, SQLiteConfig};
 
 struct ManagerFixture {
@@ -17,7 +18,7 @@ struct ManagerFixture {
     cached: bool,
     level: ConsistencyLevel,
     sync_writes: bool,
-    /// `Some`: SQLite primary and first replica live here.
+    /// `Some`: the SQLite primary and the RocksDB replica live here.
     dir: Option<tempfile::TempDir>,
 }
 
@@ -68,10 +69,7 @@ impl Fixture for ManagerFixture {
                         SQLiteBackend::new(SQLiteConfig::at(dir.path().join("primary.db"))).await?,
                     ),
                     vec![
-                        Arc::new(
-                            SQLiteBackend::new(SQLiteConfig::at(dir.path().join("replica.db")))
-                                .await?,
-                        ),
+                        Arc::new(open_rocks(dir.path().join("replica_rocks")).await?),
                         Arc::new(MemoryBackend::new()),
                     ],
                 ),
@@ -92,6 +90,18 @@ impl Fixture for ManagerFixture {
         }
         Ok(Arc::new(manager))
     }
+}
+
+async fn open_rocks(path: std::path::PathBuf) -> Result<RocksDBBackend, StorageError> {
+    let config = RocksDBConfig {
+        path: path.to_string_lossy().into_owned(),
+        cache_size: 8 << 20,
+        write_buffer_size: 4 << 20,
+        ..RocksDBConfig::default()
+    };
+    tokio::task::spawn_blocking(move || RocksDBBackend::new(config))
+        .await
+        .expect("open task")
 }
 
 conformance_main! {

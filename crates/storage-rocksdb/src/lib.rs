@@ -754,13 +754,16 @@ impl StorageBackend for RocksDBBackend {
     }
 
     async fn count_blocks(&self) -> Result<u64> {
-        let inner = self.inner()?;
-        let count = inner
-            .writer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .count;
-        Ok(count)
+        in_span_async(op_span(NAME, "count_blocks"), async {
+            let inner = self.inner()?;
+            let count = inner
+                .writer
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .count;
+            Ok(count)
+        })
+        .await
     }
 
     async fn get_chain_head(&self) -> Result<Option<BlockHash>> {
