@@ -57,9 +57,9 @@ use rusqlite::{
 };
 use storage_core::trace::{in_span_async, op_span, record_count, record_hash, record_index};
 use storage_core::{
-    BackendStats, Block, BlockHash, BlockMetadata, BlockParts, ListOptions, MAX_INDEX, PublicKey,
-    Result, Signature, SortOrder, StorageBackend, StorageError, StorageStats, async_trait,
-    system_time_from_unix_nanos,
+    BackendStats, Block, BlockHash, BlockMetadata, BlockParts, ListOptions, MAX_INDEX,
+    MAX_TIMESTAMP_NANOS, PublicKey, Result, Signature, SortOrder, StorageBackend, StorageError,
+    StorageStats, async_trait, system_time_from_unix_nanos,
 };
 
 pub use config::{JournalMode, SQLiteConfig, SynchronousMode, TempStore};
@@ -580,10 +580,10 @@ fn list_query(o: &ListOptions) -> Option<(String, Vec<Value>)> {
         bind(
             &mut sql,
             " AND timestamp_ns >= ?",
-            Value::Integer(tlo.min(MAX_INDEX) as i64),
+            Value::Integer(tlo.min(MAX_TIMESTAMP_NANOS) as i64),
         );
     }
-    if o.end_time.is_some() && thi <= MAX_INDEX {
+    if o.end_time.is_some() && thi <= MAX_TIMESTAMP_NANOS {
         bind(
             &mut sql,
             " AND timestamp_ns <= ?",
