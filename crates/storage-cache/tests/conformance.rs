@@ -98,13 +98,8 @@ impl Fixture for CachedFixture {
         let Inner::Sqlite(dir) = &self.inner else {
             return Err(StorageError::unsupported("memory", "corrupt"));
         };
-        let block = store
-            .retrieve_block(hash)
-            .await?
-            .ok_or(StorageError::BlockNotFound { hash: *hash })?;
-        store.close().await?;
-        drop(store);
-        storage_conformance::fault::flip_in_file(&dir.path().join("blocks.db"), block.payload())?;
+        let db = dir.path().join("blocks.db");
+        storage_conformance::fault::close_and_damage(store, hash, || vec![db]).await?;
         self.open().await
     }
 }

@@ -35,6 +35,7 @@ pub fn flip_in_file(path: &Path, needle: &[u8]) -> Result<usize, StorageError> {
     Ok(hits.len())
 }
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,6 +43,34 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use storage_core::{
     Block, BlockHash, BlockMetadata, ListOptions, Result, StorageBackend, StorageStats, async_trait,
 };
+
+/// The usual corruption hook of a file-backed fixture: reads block `hash`, closes
+/// and drops the store (so everything is on disk), then flips a byte in the middle
+/// of the block's payload in every file `files()` lists (called after the close).
+/// Fails if no file held the payload, so a fixture never silently damages nothing.
+/// The caller reopens the store afterwards.
+pub async fn close_and_damage(
+    store: Arc<dyn StorageBackend>,
+    hash: &BlockHash,
+    files: impl FnOnce() -> Vec<PathBuf>,
+) -> Result<usize> {
+    let block = store
+        .retrieve_block(hash)
+        .await?
+        .ok_or(StorageError::BlockNotFound { hash: *hash })?;
+    store.close().await?;
+    drop(store);
+    let damaged: usize = files()
+        .iter()
+        .map(|f| flip_in_file(f, block.payload()).unwrap_or(0))
+        .sum();
+    if damaged == 0 {
+        return Err(StorageError::InvalidInput(format!(
+            "the payload of block {hash} is in none of the listed files"
+        )));
+    }
+    Ok(damaged)
+}
 
 /// How a [`FaultyBackend`] behaves right now.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -59,27 +59,18 @@ impl Fixture for RocksFixture {
         store: Arc<dyn StorageBackend>,
         hash: &BlockHash,
     ) -> Result<Arc<dyn StorageBackend>, StorageError> {
-        let block = store
-            .retrieve_block(hash)
-            .await?
-            .ok_or(StorageError::BlockNotFound { hash: *hash })?;
-        store.close().await?;
-        drop(store);
-        let mut damaged = 0;
-        for entry in std::fs::read_dir(self.dir.path().join("db"))
-            .map_err(|e| StorageError::io("listing db", e))?
-        {
-            let path = entry.map_err(|e| StorageError::io("listing db", e))?.path();
-            if path.extension().is_some_and(|e| e == "sst") {
-                damaged +=
-                    storage_conformance::fault::flip_in_file(&path, block.payload()).unwrap_or(0);
-            }
-        }
-        if damaged == 0 {
-            return Err(StorageError::InvalidInput(
-                "payload not found in any SST file".into(),
-            ));
-        }
+        // SST files exist only once close has flushed the memtables.
+        let db = self.dir.path().join("db");
+        let ssts = move || {
+            std::fs::read_dir(&db)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "sst"))
+                .collect()
+        };
+        storage_conformance::fault::close_and_damage(store, hash, ssts).await?;
         self.open().await
     }
 }

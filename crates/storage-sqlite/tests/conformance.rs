@@ -52,16 +52,8 @@ impl Fixture for SqliteFixture {
         store: Arc<dyn StorageBackend>,
         hash: &BlockHash,
     ) -> Result<Arc<dyn StorageBackend>, StorageError> {
-        let block = store
-            .retrieve_block(hash)
-            .await?
-            .ok_or(StorageError::BlockNotFound { hash: *hash })?;
-        store.close().await?;
-        drop(store);
-        storage_conformance::fault::flip_in_file(
-            &self.dir.path().join("blocks.db"),
-            block.payload(),
-        )?;
+        let db = self.dir.path().join("blocks.db");
+        storage_conformance::fault::close_and_damage(store, hash, || vec![db]).await?;
         self.open().await
     }
 }
