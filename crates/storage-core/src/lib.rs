@@ -30,6 +30,7 @@
 mod block;
 pub mod blocking;
 mod compression;
+mod config;
 mod error;
 mod ids;
 pub mod trace;
@@ -43,6 +44,7 @@ pub use block::{
     unix_nanos, verify_block, verify_chain,
 };
 pub use compression::CompressionType;
+pub use config::{WALConfig, parse_duration};
 pub use error::{BoxError, ErrorKind, Result, StorageError};
 pub use ids::{BlockHash, PublicKey, Signature};
 pub use traits::{StorageBackend, StorageBackendExt};

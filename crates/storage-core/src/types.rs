@@ -189,6 +189,15 @@ pub enum BackendStats {
         directory_size: u64,
         /// Files under the store directory.
         file_count: u64,
+        /// Segment (log) files.
+        segments: u64,
+        /// Bytes of live blocks as stored on disk (after compression).
+        stored_bytes: u64,
+        /// Bytes of live blocks before compression (encoded).
+        uncompressed_bytes: u64,
+        /// Bytes in segments held by deleted or superseded records; `compact`
+        /// reclaims them.
+        dead_bytes: u64,
     },
     /// RocksDB backend.
     RocksDB {

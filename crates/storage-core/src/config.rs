@@ -1,0 +1,147 @@
+//! Settings shared by several backends.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::{Result, StorageError};
+
+/// Write-ahead-log and durability settings (the seed's `WALConfig`).
+///
+/// How a backend maps them (the filesystem backend, for instance):
+/// - `enabled = false`: writes reach the operating system before they are
+///   acknowledged (they survive a process crash) but are not synced; a power loss
+///   can lose recent writes.
+/// - `enabled = true`, `sync_interval > 0`: as above, plus a sync every
+///   `sync_interval`; a power loss loses at most that window.
+/// - `enabled = true`, `sync_interval = 0`: every write is synced before it is
+///   acknowledged (concurrent writers share one sync); a power loss loses nothing
+///   acknowledged.
+///
+/// `max_log_size` bounds one log file (segment) before the backend starts another.
+///
+/// In TOML, `sync_interval` is a number of seconds or a string such as `"250ms"`,
+/// `"5s"` or `"1m"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WALConfig {
+    /// Whether writes are synced at all (see the type docs).
+    pub enabled: bool,
+    /// Time between syncs; zero syncs every write before acknowledging it.
+    #[serde(
+        serialize_with = "serialize_duration",
+        deserialize_with = "deserialize_duration"
+    )]
+    pub sync_interval: Duration,
+    /// Largest size of one log file, bytes.
+    pub max_log_size: u64,
+}
+
+impl Default for WALConfig {
+    /// The seed's example: enabled, a sync every 5 s, 100 MiB log files.
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            sync_interval: Duration::from_secs(5),
+            max_log_size: 100 * 1024 * 1024,
+        }
+    }
+}
+
+impl WALConfig {
+    /// Every write synced before it is acknowledged.
+    pub fn synced() -> Self {
+        Self {
+            sync_interval: Duration::ZERO,
+            ..Self::default()
+        }
+    }
+
+    /// Checks the values: a log file must hold at least 64 KiB.
+    pub fn validate(&self) -> Result<()> {
+        if self.max_log_size < 64 * 1024 {
+            return Err(StorageError::Configuration(format!(
+                "wal_config.max_log_size {} is below the 65536-byte minimum",
+                self.max_log_size
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Parses `"250ms"`, `"5s"`, `"1.5s"`, `"2m"`, `"1h"` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let bad = || {
+        StorageError::Configuration(format!(
+            "bad duration {s:?} (expected e.g. \"250ms\", \"5s\", \"2m\")"
+        ))
+    };
+    let value: f64 = num.parse().map_err(|_| bad())?;
+    let secs = match unit.trim() {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(bad()),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|_| bad())
+}
+
+fn serialize_duration<S: Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{}ms", d.as_millis()))
+}
+
+fn deserialize_duration<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Secs(f64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Secs(s) => Duration::try_from_secs_f64(s).map_err(serde::de::Error::custom),
+        Raw::Text(t) => parse_duration(&t).map_err(serde::de::Error::custom),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn json_round_trip_and_defaults() {
+        let c: WALConfig = serde_json::from_str(r#"{"sync_interval": "0ms"}"#).unwrap();
+        assert_eq!(c, WALConfig::synced());
+        let c: WALConfig = serde_json::from_str(r#"{"sync_interval": 2}"#).unwrap();
+        assert_eq!(c.sync_interval, Duration::from_secs(2));
+        let back: WALConfig =
+            serde_json::from_str(&serde_json::to_string(&WALConfig::default()).unwrap()).unwrap();
+        assert_eq!(back, WALConfig::default());
+        assert!(serde_json::from_str::<WALConfig>(r#"{"sync": 1}"#).is_err());
+        assert!(
+            WALConfig {
+                max_log_size: 10,
+                ..Default::default()
+            }
+            .validate()
+            .is_err()
+        );
+    }
+}

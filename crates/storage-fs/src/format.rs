@@ -1,0 +1,562 @@
+//! On-disk formats: segment files of checksummed records, and segment index files.
+//!
+//! All integers little-endian.
+//!
+//! Segment `NNNNNNNNNNNNNNNN.seg`:
+//! ```text
+//! header   "OLSEG\0\0\x01" (8) | segment id u64
+//! record*  magic u16 = 0xB10C | kind u8 | 0 u8 | body_len u32 | crc32 u32 | body
+//!          (the crc covers the first 8 header bytes and the body)
+//! PUT      body = count u32 | entry*
+//! entry    stored_len u32 | crc32 u32 | raw_len u32 | codec u8 | stored bytes
+//!          (crc over raw_len, codec and stored bytes; stored = the block's bincode wire
+//!          encoding, compressed by `codec`)
+//! DELETE   body = hash [32]
+//! HEAD     body = 0 | 1, hash [32]
+//! ```
+//!
+//! Index `NNNNNNNNNNNNNNNN.idx`: the operations of one segment's first `covered`
+//! bytes, so opening a store never decodes blocks that are covered:
+//! ```text
+//! "OLIDX\0\0\x01" | segment id u64 | covered u64 | keys u32 | types u32 | ops u32
+//! keys × [32] | types × (len u8, bytes) | op* | crc32 of everything before
+//! op PUT    1 | offset u64 | len u32 | raw_len u32 | index u64 | ts u64 | size u32
+//!             | hash [32] | key u32 | type u32
+//! op DELETE 2 | hash [32]
+//! op HEAD   3 | 0|1 | hash [32]
+//! ```
+
+use std::collections::HashMap;
+
+use storage_core::{
+    Block, BlockHash, CompressionType, PublicKey, Result, StorageError, WireFormat,
+};
+
+/// Segment file header magic.
+pub const SEG_MAGIC: &[u8; 8] = b"OLSEG\0\0\x01";
+/// Size of the segment file header.
+pub const SEG_HEADER: u64 = 16;
+/// Record header magic.
+pub const REC_MAGIC: u16 = 0xB10C;
+/// Size of a record header.
+pub const REC_HEADER: usize = 12;
+/// Size of an entry header inside a PUT record.
+pub const ENTRY_HEADER: usize = 13;
+/// Largest record body: one atomic write (a batch) must fit in it.
+pub const MAX_RECORD_BODY: usize = 1 << 30;
+/// Index file magic.
+pub const IDX_MAGIC: &[u8; 8] = b"OLIDX\0\0\x01";
+
+/// Record kinds.
+pub const KIND_PUT: u8 = 1;
+/// A deletion.
+pub const KIND_DELETE: u8 = 2;
+/// A head change.
+pub const KIND_HEAD: u8 = 3;
+
+fn codec_byte(c: CompressionType) -> u8 {
+    match c {
+        CompressionType::None => 0,
+        CompressionType::Gzip => 1,
+        CompressionType::Zstd => 2,
+        CompressionType::Lz4 => 3,
+    }
+}
+
+fn codec_of(b: u8) -> Option<CompressionType> {
+    Some(match b {
+        0 => CompressionType::None,
+        1 => CompressionType::Gzip,
+        2 => CompressionType::Zstd,
+        3 => CompressionType::Lz4,
+        _ => return None,
+    })
+}
+
+/// The segment file header for segment `id`.
+pub fn segment_header(id: u64) -> [u8; SEG_HEADER as usize] {
+    let mut h = [0u8; SEG_HEADER as usize];
+    h[..8].copy_from_slice(SEG_MAGIC);
+    h[8..].copy_from_slice(&id.to_le_bytes());
+    h
+}
+
+/// Checks a segment file header.
+pub fn check_segment_header(bytes: &[u8], id: u64) -> bool {
+    bytes.len() >= SEG_HEADER as usize
+        && &bytes[..8] == SEG_MAGIC
+        && bytes[8..16] == id.to_le_bytes()
+}
+
+/// A block encoded as a PUT entry, ready to append.
+pub struct EncodedEntry {
+    /// Entry header and stored bytes.
+    pub bytes: Vec<u8>,
+    /// Encoded size before compression.
+    pub raw_len: u32,
+}
+
+/// Encodes one block as a PUT entry with `codec`.
+pub fn encode_entry(block: &Block, codec: CompressionType) -> Result<EncodedEntry> {
+    let raw = WireFormat::BINARY.encode(block)?;
+    let raw_len = raw.len() as u32;
+    let stored = match codec {
+        CompressionType::None => raw,
+        c => c.compress(&raw)?,
+    };
+    let mut bytes = Vec::with_capacity(ENTRY_HEADER + stored.len());
+    bytes.extend_from_slice(&(stored.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(&[0; 4]); // checksum, filled in below
+    bytes.extend_from_slice(&raw_len.to_le_bytes());
+    bytes.push(codec_byte(codec));
+    bytes.extend_from_slice(&stored);
+    let crc = crc32fast::hash(&bytes[8..]);
+    bytes[4..8].copy_from_slice(&crc.to_le_bytes());
+    Ok(EncodedEntry { bytes, raw_len })
+}
+
+/// Re-encodes a stored entry with another codec (for `vacuum`), checking it first.
+pub fn recode_entry(entry: &[u8], hash: &BlockHash, codec: CompressionType) -> Result<Vec<u8>> {
+    let (from, stored, _) = split_entry(entry, hash)?;
+    if from == codec {
+        return Ok(entry.to_vec());
+    }
+    let block = decode_stored(from, stored, hash)?;
+    Ok(encode_entry(&block, codec)?.bytes)
+}
+
+/// Checks an entry's header and checksum; returns its codec, stored bytes and raw
+/// length.
+pub fn split_entry<'a>(
+    entry: &'a [u8],
+    hash: &BlockHash,
+) -> Result<(CompressionType, &'a [u8], u32)> {
+    let bad = |what: &str| StorageError::corrupted(format!("fs: entry of block {hash}: {what}"));
+    if entry.len() < ENTRY_HEADER {
+        return Err(bad("shorter than its header"));
+    }
+    let stored_len = u32_at(entry, 0) as usize;
+    let crc = u32_at(entry, 4);
+    let raw_len = u32_at(entry, 8);
+    if stored_len != entry.len() - ENTRY_HEADER {
+        return Err(bad("length does not match the index"));
+    }
+    if crc32fast::hash(&entry[8..]) != crc {
+        return Err(bad("checksum mismatch"));
+    }
+    let codec = codec_of(entry[12]).ok_or_else(|| bad("unknown codec"))?;
+    Ok((codec, &entry[ENTRY_HEADER..], raw_len))
+}
+
+/// Decodes an entry read from disk into the block stored under `hash`.
+pub fn decode_entry(entry: &[u8], hash: &BlockHash) -> Result<Block> {
+    let (codec, stored, _) = split_entry(entry, hash)?;
+    decode_stored(codec, stored, hash)
+}
+
+fn decode_stored(codec: CompressionType, stored: &[u8], hash: &BlockHash) -> Result<Block> {
+    WireFormat {
+        encoding: storage_core::Encoding::Binary,
+        compression: codec,
+    }
+    .decode_stored(stored, hash)
+}
+
+/// Decodes an entry found while scanning a segment (no hash known yet): the block
+/// and its hash come from the bytes, which the entry checksum protects.
+pub fn decode_scanned_entry(entry: &[u8]) -> Result<Block> {
+    if entry.len() < ENTRY_HEADER {
+        return Err(StorageError::corrupted("fs: short entry"));
+    }
+    if crc32fast::hash(&entry[8..]) != u32_at(entry, 4) {
+        return Err(StorageError::corrupted("fs: entry checksum mismatch"));
+    }
+    let codec = codec_of(entry[12])
+        .ok_or_else(|| StorageError::corrupted("fs: entry has unknown codec"))?;
+    let parts = WireFormat {
+        encoding: storage_core::Encoding::Binary,
+        compression: codec,
+    }
+    .decode_parts(&entry[ENTRY_HEADER..])?;
+    Block::from_trusted_parts(parts)
+        .map_err(|e| StorageError::corrupted_by("fs: entry holds invalid block fields", e))
+}
+
+/// Starts a record in `out`; [`finish_record`] fills in its header.
+pub fn begin_record(out: &mut Vec<u8>) -> usize {
+    let start = out.len();
+    out.extend_from_slice(&[0; REC_HEADER]);
+    start
+}
+
+pub fn finish_record(out: &mut [u8], start: usize, kind: u8) {
+    let body_len = (out.len() - start - REC_HEADER) as u32;
+    let rec = &mut out[start..];
+    rec[..2].copy_from_slice(&REC_MAGIC.to_le_bytes());
+    rec[2] = kind;
+    rec[3] = 0;
+    rec[4..8].copy_from_slice(&body_len.to_le_bytes());
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&rec[..8]);
+    crc.update(&rec[REC_HEADER..]);
+    rec[8..12].copy_from_slice(&crc.finalize().to_le_bytes());
+}
+
+/// A HEAD record body.
+pub fn head_body(head: Option<&BlockHash>) -> Vec<u8> {
+    match head {
+        None => vec![0],
+        Some(h) => {
+            let mut b = vec![1];
+            b.extend_from_slice(h.as_bytes());
+            b
+        }
+    }
+}
+
+/// What a record header says, before its body is checked.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordHeader {
+    /// Record kind.
+    pub kind: u8,
+    /// Body length.
+    pub body_len: usize,
+    /// Expected checksum.
+    pub crc: u32,
+}
+
+/// Parses a record header; `None` if it cannot be one.
+pub fn parse_record_header(h: &[u8]) -> Option<RecordHeader> {
+    if h.len() < REC_HEADER || u16::from_le_bytes([h[0], h[1]]) != REC_MAGIC || h[3] != 0 {
+        return None;
+    }
+    let kind = h[2];
+    if !(KIND_PUT..=KIND_HEAD).contains(&kind) {
+        return None;
+    }
+    let body_len = u32_at(h, 4) as usize;
+    if body_len > MAX_RECORD_BODY {
+        return None;
+    }
+    Some(RecordHeader {
+        kind,
+        body_len,
+        crc: u32_at(h, 8),
+    })
+}
+
+/// Whether `body` matches the checksum in `header`.
+pub fn record_checksum_ok(header: &[u8], body: &[u8], crc: u32) -> bool {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&header[..8]);
+    h.update(body);
+    h.finalize() == crc
+}
+
+/// Splits a PUT body into entries: `(offset within body, entry bytes)`.
+pub fn put_entries(body: &[u8]) -> Option<Vec<(usize, &[u8])>> {
+    let count = u32_at_checked(body, 0)? as usize;
+    let mut at = 4;
+    let mut out = Vec::with_capacity(count.min(body.len() / ENTRY_HEADER + 1));
+    for _ in 0..count {
+        let stored = u32_at_checked(body, at)? as usize;
+        let end = at.checked_add(ENTRY_HEADER)?.checked_add(stored)?;
+        out.push((at, body.get(at..end)?));
+        at = end;
+    }
+    (at == body.len()).then_some(out)
+}
+
+/// Parses a DELETE body.
+pub fn parse_delete(body: &[u8]) -> Option<BlockHash> {
+    (body.len() == 32).then(|| BlockHash::from_slice(body).ok())?
+}
+
+/// Parses a HEAD body.
+pub fn parse_head(body: &[u8]) -> Option<Option<BlockHash>> {
+    match body {
+        [0] => Some(None),
+        [1, rest @ ..] if rest.len() == 32 => BlockHash::from_slice(rest).ok().map(Some),
+        _ => None,
+    }
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn u32_at_checked(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+/// One operation of a segment, as kept for its index file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// A block written at `off` (entry header) with `len` bytes.
+    Put(PutOp),
+    /// A block deleted.
+    Delete(BlockHash),
+    /// The head set (or cleared).
+    Head(Option<BlockHash>),
+}
+
+/// A stored block's location and metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutOp {
+    /// Offset of the entry header in the segment.
+    pub off: u64,
+    /// Entry length (header and stored bytes).
+    pub len: u32,
+    /// Encoded length before compression.
+    pub raw_len: u32,
+    /// Chain index.
+    pub index: u64,
+    /// Timestamp, Unix nanoseconds.
+    pub ts: u64,
+    /// Canonical size (`Block::size_bytes`).
+    pub size: u32,
+    /// Block hash.
+    pub hash: BlockHash,
+    /// Signer.
+    pub key: PublicKey,
+    /// Payload type.
+    pub ty: std::sync::Arc<str>,
+}
+
+/// Serialises a segment index covering the first `covered` bytes of segment `id`.
+pub fn encode_index(id: u64, covered: u64, ops: &[Op]) -> Vec<u8> {
+    let mut keys: Vec<&PublicKey> = Vec::new();
+    let mut key_ids: HashMap<&PublicKey, u32> = HashMap::new();
+    let mut types: Vec<&str> = Vec::new();
+    let mut type_ids: HashMap<&str, u32> = HashMap::new();
+    for op in ops {
+        if let Op::Put(p) = op {
+            key_ids.entry(&p.key).or_insert_with(|| {
+                keys.push(&p.key);
+                keys.len() as u32 - 1
+            });
+            type_ids.entry(&p.ty).or_insert_with(|| {
+                types.push(&p.ty);
+                types.len() as u32 - 1
+            });
+        }
+    }
+    let mut out = Vec::with_capacity(48 + ops.len() * 90);
+    out.extend_from_slice(IDX_MAGIC);
+    out.extend_from_slice(&id.to_le_bytes());
+    out.extend_from_slice(&covered.to_le_bytes());
+    out.extend_from_slice(&(keys.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(types.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(ops.len() as u32).to_le_bytes());
+    for k in &keys {
+        out.extend_from_slice(k.as_bytes());
+    }
+    for t in &types {
+        out.push(t.len() as u8); // payload types are at most 128 bytes
+        out.extend_from_slice(t.as_bytes());
+    }
+    for op in ops {
+        match op {
+            Op::Put(p) => {
+                out.push(1);
+                out.extend_from_slice(&p.off.to_le_bytes());
+                out.extend_from_slice(&p.len.to_le_bytes());
+                out.extend_from_slice(&p.raw_len.to_le_bytes());
+                out.extend_from_slice(&p.index.to_le_bytes());
+                out.extend_from_slice(&p.ts.to_le_bytes());
+                out.extend_from_slice(&p.size.to_le_bytes());
+                out.extend_from_slice(p.hash.as_bytes());
+                out.extend_from_slice(&key_ids[&p.key].to_le_bytes());
+                out.extend_from_slice(&type_ids[&*p.ty].to_le_bytes());
+            }
+            Op::Delete(h) => {
+                out.push(2);
+                out.extend_from_slice(h.as_bytes());
+            }
+            Op::Head(h) => {
+                out.push(3);
+                match h {
+                    None => out.extend_from_slice(&[0; 33]),
+                    Some(h) => {
+                        out.push(1);
+                        out.extend_from_slice(h.as_bytes());
+                    }
+                }
+            }
+        }
+    }
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// A parsed segment index.
+#[derive(Debug)]
+pub struct SegmentIndex {
+    /// Bytes of the segment the operations cover.
+    pub covered: u64,
+    /// The operations, in log order.
+    pub ops: Vec<Op>,
+}
+
+/// Parses a segment index for segment `id`; `None` if it is damaged, foreign or of
+/// another segment (the caller then rebuilds it from the segment).
+pub fn decode_index(bytes: &[u8], id: u64) -> Option<SegmentIndex> {
+    let (body, crc) = bytes.split_at_checked(bytes.len().checked_sub(4)?)?;
+    if crc32fast::hash(body) != u32::from_le_bytes(crc.try_into().ok()?) {
+        return None;
+    }
+    let mut r = Reader { b: body, at: 0 };
+    if r.take(8)? != IDX_MAGIC || r.u64()? != id {
+        return None;
+    }
+    let covered = r.u64()?;
+    let nkeys = r.u32()? as usize;
+    let ntypes = r.u32()? as usize;
+    let nops = r.u32()? as usize;
+    let mut keys = Vec::with_capacity(nkeys.min(body.len() / 32));
+    for _ in 0..nkeys {
+        keys.push(PublicKey::from_slice(r.take(32)?).ok()?);
+    }
+    let mut types: Vec<std::sync::Arc<str>> = Vec::with_capacity(ntypes.min(body.len()));
+    for _ in 0..ntypes {
+        let len = r.take(1)?[0] as usize;
+        types.push(std::str::from_utf8(r.take(len)?).ok()?.into());
+    }
+    let mut ops = Vec::with_capacity(nops.min(body.len() / 33));
+    for _ in 0..nops {
+        let op = match r.take(1)?[0] {
+            1 => Op::Put(PutOp {
+                off: r.u64()?,
+                len: r.u32()?,
+                raw_len: r.u32()?,
+                index: r.u64()?,
+                ts: r.u64()?,
+                size: r.u32()?,
+                hash: BlockHash::from_slice(r.take(32)?).ok()?,
+                key: *keys.get(r.u32()? as usize)?,
+                ty: types.get(r.u32()? as usize)?.clone(),
+            }),
+            2 => Op::Delete(BlockHash::from_slice(r.take(32)?).ok()?),
+            3 => {
+                let flag = r.take(1)?[0];
+                let h = BlockHash::from_slice(r.take(32)?).ok()?;
+                match flag {
+                    0 => Op::Head(None),
+                    1 => Op::Head(Some(h)),
+                    _ => return None,
+                }
+            }
+            _ => return None,
+        };
+        ops.push(op);
+    }
+    (r.at == body.len()).then_some(SegmentIndex { covered, ops })
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let s = self.b.get(self.at..self.at.checked_add(n)?)?;
+        self.at += n;
+        Some(s)
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use storage_core::{SigningKey, system_time_from_unix_nanos};
+
+    fn block(i: u8) -> Block {
+        Block::sign_raw(
+            0,
+            system_time_from_unix_nanos(1_700_000_000_000_000_123),
+            None,
+            "test.fs/v1",
+            vec![i; 300],
+            &SigningKey::from_bytes(&[i; 32]),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn entries_round_trip_with_every_codec() {
+        let b = block(1);
+        for codec in CompressionType::ALL {
+            let e = encode_entry(&b, codec).unwrap();
+            assert_eq!(decode_entry(&e.bytes, &b.hash()).unwrap(), b, "{codec}");
+            assert_eq!(decode_scanned_entry(&e.bytes).unwrap(), b);
+            for to in CompressionType::ALL {
+                let r = recode_entry(&e.bytes, &b.hash(), to).unwrap();
+                assert_eq!(decode_entry(&r, &b.hash()).unwrap(), b, "{codec}->{to}");
+            }
+            for i in 0..e.bytes.len() {
+                let mut bad = e.bytes.clone();
+                bad[i] ^= 0x10;
+                let err = decode_entry(&bad, &b.hash()).unwrap_err();
+                assert_eq!(err.kind(), storage_core::ErrorKind::Corrupted);
+                assert!(
+                    decode_scanned_entry(&bad).is_err() || i < 4,
+                    "{codec} byte {i}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn index_round_trips_and_rejects_damage() {
+        let b = block(2);
+        let ops = vec![
+            Op::Put(PutOp {
+                off: 16,
+                len: 400,
+                raw_len: 390,
+                index: 0,
+                ts: 5,
+                size: 450,
+                hash: b.hash(),
+                key: *b.public_key(),
+                ty: "test.fs/v1".into(),
+            }),
+            Op::Head(Some(b.hash())),
+            Op::Delete(b.hash()),
+            Op::Head(None),
+        ];
+        let bytes = encode_index(7, 416, &ops);
+        let idx = decode_index(&bytes, 7).unwrap();
+        assert_eq!((idx.covered, idx.ops), (416, ops));
+        assert!(decode_index(&bytes, 8).is_none());
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 1;
+            assert!(decode_index(&bad, 7).is_none(), "byte {i}");
+        }
+        assert!(decode_index(&bytes[..bytes.len() - 1], 7).is_none());
+    }
+
+    #[test]
+    fn record_headers() {
+        let mut out = Vec::new();
+        let start = begin_record(&mut out);
+        out.extend_from_slice(&head_body(None));
+        finish_record(&mut out, start, KIND_HEAD);
+        let h = parse_record_header(&out).unwrap();
+        assert_eq!((h.kind, h.body_len), (KIND_HEAD, 1));
+        assert!(record_checksum_ok(&out, &out[REC_HEADER..], h.crc));
+        assert_eq!(parse_head(&out[REC_HEADER..]), Some(None));
+        out[REC_HEADER] = 1;
+        assert!(!record_checksum_ok(&out, &out[REC_HEADER..], h.crc));
+        assert!(parse_record_header(&[0; 12]).is_none());
+    }
+}

@@ -1,0 +1,1108 @@
+//! The store engine: opening and recovery, the writer, durability and compaction.
+//! Everything here is blocking; `lib.rs` runs it off the async runtime's threads.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock, Weak};
+use std::time::Duration;
+
+use storage_core::{Block, BlockHash, Result, StorageError};
+
+use crate::format::{
+    self, KIND_DELETE, KIND_HEAD, KIND_PUT, MAX_RECORD_BODY, Op, PutOp, REC_HEADER, SEG_HEADER,
+};
+use crate::index::{Index, Loc};
+use crate::{Durability, FsConfig};
+
+/// Lock file name.
+pub const LOCK_FILE: &str = "LOCK";
+
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section below checks before it mutates, so a panic inside one
+    // cannot leave half-applied state behind: a poisoned lock is safe to reuse.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn io(context: String, e: std::io::Error) -> StorageError {
+    StorageError::io(context, e)
+}
+
+pub fn seg_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("{id:016x}.seg"))
+}
+
+pub fn idx_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("{id:016x}.idx"))
+}
+
+fn parse_id(name: &str, ext: &str) -> Option<u64> {
+    let stem = name.strip_suffix(ext)?;
+    (stem.len() == 16)
+        .then(|| u64::from_str_radix(stem, 16).ok())
+        .flatten()
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io(format!("syncing directory {}", dir.display()), e))
+}
+
+/// Writes segment `id`'s index atomically (temp file, sync, rename).
+fn write_index(dir: &Path, id: u64, covered: u64, ops: &[Op]) -> Result<()> {
+    let path = idx_path(dir, id);
+    let tmp = path.with_extension("idx.tmp");
+    let bytes = format::encode_index(id, covered, ops);
+    let write = || -> std::io::Result<()> {
+        let f = File::create(&tmp)?;
+        f.write_all_at(&bytes, 0)?;
+        f.sync_data()?;
+        std::fs::rename(&tmp, &path)
+    };
+    write().map_err(|e| io(format!("writing index {}", path.display()), e))
+}
+
+fn create_segment(dir: &Path, id: u64) -> Result<Arc<File>> {
+    let path = seg_path(dir, id);
+    let create = || -> std::io::Result<File> {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        f.write_all_at(&format::segment_header(id), 0)?;
+        f.sync_all()?;
+        Ok(f)
+    };
+    let f = create().map_err(|e| io(format!("creating segment {}", path.display()), e))?;
+    // The new file's directory entry must be durable before synced writes land in it.
+    sync_dir(dir)?;
+    Ok(Arc::new(f))
+}
+
+/// Reads `len` bytes at `off`; a short file is damage, not an I/O hiccup.
+pub fn read_exact(file: &File, off: u64, len: usize, what: &dyn Fn() -> String) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    match file.read_exact_at(&mut buf, off) {
+        Ok(()) => Ok(buf),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(StorageError::corrupted(
+            format!("fs: {} ends before byte {}", what(), off + len as u64),
+        )),
+        Err(e) => Err(io(format!("reading {}", what()), e)),
+    }
+}
+
+/// Index and open segment files, behind one lock.
+#[derive(Debug, Default)]
+pub struct State {
+    pub index: Index,
+    pub files: BTreeMap<u64, Arc<File>>,
+}
+
+/// The single writer: the active segment and the operations it holds.
+pub struct Writer {
+    pub seg: u64,
+    pub file: Arc<File>,
+    /// Bytes in the active segment (its end offset).
+    pub len: u64,
+    /// Operations in the active segment, for its index file.
+    pub ops: Vec<Op>,
+    buf: Vec<u8>,
+    /// Set when a failed write could not be undone; the store refuses writes.
+    broken: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct DurableState {
+    /// Everything up to this (segment, offset) is synced.
+    synced: (u64, u64),
+    /// A writer is syncing for the group right now.
+    leader: bool,
+}
+
+#[derive(Default)]
+struct Stop {
+    stopped: Mutex<bool>,
+    cv: Condvar,
+}
+
+/// An open store.
+pub struct Inner {
+    pub dir: PathBuf,
+    pub cfg: FsConfig,
+    pub state: RwLock<State>,
+    pub writer: Mutex<Writer>,
+    durable: Mutex<DurableState>,
+    durable_cv: Condvar,
+    stop: Arc<Stop>,
+    /// Held (locked) for the store's lifetime; closing the file releases the lock.
+    _lock: File,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        *lock(&self.stop.stopped) = true;
+        self.stop.cv.notify_all();
+    }
+}
+
+impl Writer {
+    fn usable(&self) -> Result<()> {
+        match &self.broken {
+            None => Ok(()),
+            Some(why) => Err(StorageError::Backend {
+                name: crate::NAME.into(),
+                transient: false,
+                source: format!("store refuses writes until reopened: {why}").into(),
+            }),
+        }
+    }
+
+    /// Appends one record (already framed); returns where it starts.
+    fn append(&mut self, inner: &Inner, bytes: &[u8]) -> Result<(u64, u64)> {
+        if self.len > SEG_HEADER && self.len + bytes.len() as u64 > inner.cfg.segment_size {
+            self.roll(inner)?;
+        }
+        let off = self.len;
+        if let Err(e) = self.file.write_all_at(bytes, off) {
+            // Leave no partial record behind, or the next one would land after it.
+            if let Err(e2) = self.file.set_len(off) {
+                self.broken = Some(format!(
+                    "could not truncate segment {} after a failed write: {e2}",
+                    self.seg
+                ));
+            }
+            return Err(io(
+                format!(
+                    "appending {} bytes to {}",
+                    bytes.len(),
+                    seg_path(&inner.dir, self.seg).display()
+                ),
+                e,
+            ));
+        }
+        self.len += bytes.len() as u64;
+        Ok((self.seg, off))
+    }
+
+    /// Seals the active segment (sync, index file) and starts the next one.
+    fn roll(&mut self, inner: &Inner) -> Result<()> {
+        self.seal(inner)?;
+        self.start(inner, self.seg + 1)
+    }
+
+    fn seal(&mut self, inner: &Inner) -> Result<()> {
+        self.file.sync_data().map_err(|e| {
+            io(
+                format!("syncing {}", seg_path(&inner.dir, self.seg).display()),
+                e,
+            )
+        })?;
+        inner.mark_synced((self.seg, self.len));
+        write_index(&inner.dir, self.seg, self.len, &self.ops)
+    }
+
+    fn start(&mut self, inner: &Inner, id: u64) -> Result<()> {
+        let file = create_segment(&inner.dir, id)?;
+        write_state(&inner.state).files.insert(id, file.clone());
+        self.seg = id;
+        self.file = file;
+        self.len = SEG_HEADER;
+        self.ops.clear();
+        Ok(())
+    }
+}
+
+pub fn read_state(s: &RwLock<State>) -> std::sync::RwLockReadGuard<'_, State> {
+    s.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+pub fn write_state(s: &RwLock<State>) -> std::sync::RwLockWriteGuard<'_, State> {
+    s.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn put_op(block: &Block, off: u64, entry: &format::EncodedEntry) -> PutOp {
+    PutOp {
+        off,
+        len: entry.bytes.len() as u32,
+        raw_len: entry.raw_len,
+        index: block.index(),
+        ts: block.timestamp_nanos(),
+        size: block.size_bytes() as u32,
+        hash: block.hash(),
+        key: *block.public_key(),
+        ty: block.payload_type().into(),
+    }
+}
+
+impl Inner {
+    fn mark_synced(&self, pos: (u64, u64)) {
+        let mut d = lock(&self.durable);
+        if pos > d.synced {
+            d.synced = pos;
+        }
+    }
+
+    /// Waits until everything up to `pos` is synced. Group commit: one writer
+    /// syncs for everyone who appended before it started; the others wait.
+    fn sync_to(&self, pos: (u64, u64)) -> Result<()> {
+        let mut d = lock(&self.durable);
+        loop {
+            if d.synced >= pos {
+                return Ok(());
+            }
+            if d.leader {
+                d = self
+                    .durable_cv
+                    .wait(d)
+                    .unwrap_or_else(PoisonError::into_inner);
+                continue;
+            }
+            d.leader = true;
+            drop(d);
+            let (file, target) = {
+                let w = lock(&self.writer);
+                (w.file.clone(), (w.seg, w.len))
+            };
+            let synced = file.sync_data();
+            d = lock(&self.durable);
+            d.leader = false;
+            if synced.is_ok() && target > d.synced {
+                d.synced = target;
+            }
+            self.durable_cv.notify_all();
+            synced.map_err(|e| {
+                io(
+                    format!("syncing {}", seg_path(&self.dir, target.0).display()),
+                    e,
+                )
+            })?;
+        }
+    }
+
+    fn after_write(&self, end: (u64, u64)) -> Result<()> {
+        match self.cfg.durability {
+            Durability::Sync => self.sync_to(end),
+            Durability::Buffered | Durability::Periodic(_) => Ok(()),
+        }
+    }
+
+    /// Stores blocks as one record: all or nothing.
+    pub fn store(&self, blocks: &[Block]) -> Result<()> {
+        // Encoding and compression are the CPU-heavy part: outside the lock.
+        let encoded = blocks
+            .iter()
+            .map(|b| format::encode_entry(b, self.cfg.compression))
+            .collect::<Result<Vec<_>>>()?;
+        let mut w = lock(&self.writer);
+        w.usable()?;
+        let fresh = {
+            let st = read_state(&self.state);
+            let mut claimed: HashMap<u64, BlockHash> = HashMap::new();
+            let mut fresh = Vec::with_capacity(blocks.len());
+            for (i, b) in blocks.iter().enumerate() {
+                let hash = b.hash();
+                if st.index.contains(&hash) {
+                    continue;
+                }
+                let holder = st
+                    .index
+                    .at(b.index())
+                    .map(|e| e.hash)
+                    .or_else(|| claimed.get(&b.index()).copied());
+                match holder {
+                    Some(h) if h == hash => continue,
+                    Some(h) => {
+                        return Err(StorageError::IndexConflict {
+                            index: b.index(),
+                            existing: h,
+                            attempted: hash,
+                        });
+                    }
+                    None => {
+                        claimed.insert(b.index(), hash);
+                        fresh.push(i);
+                    }
+                }
+            }
+            fresh
+        };
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        let body_len: usize = 4 + fresh.iter().map(|i| encoded[*i].bytes.len()).sum::<usize>();
+        if body_len > MAX_RECORD_BODY {
+            return Err(StorageError::InvalidInput(format!(
+                "the batch encodes to {body_len} bytes, more than the {MAX_RECORD_BODY}-byte \
+                 limit of one atomic write; split it"
+            )));
+        }
+        let mut buf = std::mem::take(&mut w.buf);
+        buf.clear();
+        let start = format::begin_record(&mut buf);
+        buf.extend_from_slice(&(fresh.len() as u32).to_le_bytes());
+        for i in &fresh {
+            buf.extend_from_slice(&encoded[*i].bytes);
+        }
+        format::finish_record(&mut buf, start, KIND_PUT);
+        let appended = w.append(self, &buf);
+        w.buf = buf;
+        let (seg, rec) = appended?;
+        let mut at = rec + REC_HEADER as u64 + 4;
+        let mut ops = Vec::with_capacity(fresh.len());
+        for i in fresh {
+            ops.push(Op::Put(put_op(&blocks[i], at, &encoded[i])));
+            at += encoded[i].bytes.len() as u64;
+        }
+        {
+            let mut st = write_state(&self.state);
+            for op in &ops {
+                st.index.apply(seg, op)?;
+            }
+        }
+        w.ops.extend(ops);
+        let end = (w.seg, w.len);
+        drop(w);
+        self.after_write(end)
+    }
+
+    /// Logs a delete or head change (after `check` passes under the writer lock).
+    fn log_op(&self, op: Op, check: impl FnOnce(&Index) -> Result<bool>) -> Result<bool> {
+        let mut w = lock(&self.writer);
+        w.usable()?;
+        if !check(&read_state(&self.state).index)? {
+            return Ok(false);
+        }
+        let mut buf = Vec::with_capacity(REC_HEADER + 33);
+        let start = format::begin_record(&mut buf);
+        let kind = match &op {
+            Op::Delete(h) => {
+                buf.extend_from_slice(h.as_bytes());
+                KIND_DELETE
+            }
+            Op::Head(h) => {
+                buf.extend_from_slice(&format::head_body(h.as_ref()));
+                KIND_HEAD
+            }
+            Op::Put(_) => unreachable!("puts go through store"),
+        };
+        format::finish_record(&mut buf, start, kind);
+        let (seg, _) = w.append(self, &buf)?;
+        write_state(&self.state).index.apply(seg, &op)?;
+        w.ops.push(op);
+        let end = (w.seg, w.len);
+        drop(w);
+        self.after_write(end)?;
+        Ok(true)
+    }
+
+    pub fn delete(&self, hash: &BlockHash) -> Result<bool> {
+        self.log_op(Op::Delete(*hash), |ix| Ok(ix.contains(hash)))
+    }
+
+    pub fn set_head(&self, hash: &BlockHash) -> Result<()> {
+        self.log_op(Op::Head(Some(*hash)), |ix| {
+            if !ix.contains(hash) {
+                return Err(StorageError::BlockNotFound { hash: *hash });
+            }
+            Ok(ix.head != Some(*hash))
+        })
+        .map(|_| ())
+    }
+
+    /// The bytes of one entry.
+    pub fn read_entry(&self, file: &File, loc: Loc) -> Result<Vec<u8>> {
+        read_exact(file, loc.off, loc.len as usize, &|| {
+            seg_path(&self.dir, loc.seg).display().to_string()
+        })
+    }
+
+    pub fn retrieve(&self, hash: &BlockHash) -> Result<Option<Block>> {
+        let (file, loc) = {
+            let st = read_state(&self.state);
+            let Some(e) = st.index.get(hash) else {
+                return Ok(None);
+            };
+            (self.file_of(&st, e.loc.seg)?, e.loc)
+        };
+        format::decode_entry(&self.read_entry(&file, loc)?, hash).map(Some)
+    }
+
+    fn file_of(&self, st: &State, seg: u64) -> Result<Arc<File>> {
+        st.files.get(&seg).cloned().ok_or_else(|| {
+            StorageError::corrupted(format!("fs: segment {seg} is indexed but not open"))
+        })
+    }
+
+    /// Blocks with `start <= index <= end`. Neighbouring entries are read with one
+    /// read each run (blocks of a chain usually sit next to each other).
+    pub fn range(&self, start: u64, end: u64) -> Result<Vec<Block>> {
+        let wanted: Vec<(BlockHash, Loc, Arc<File>)> = {
+            let st = read_state(&self.state);
+            st.index
+                .by_index
+                .range(start..=end)
+                .map(|(_, e)| Ok((e.hash, e.loc, self.file_of(&st, e.loc.seg)?)))
+                .collect::<Result<_>>()?
+        };
+        let mut out = Vec::with_capacity(wanted.len());
+        let mut i = 0;
+        while i < wanted.len() {
+            // Extend the run while the next entry follows closely in the same file.
+            let (seg, first) = (wanted[i].1.seg, wanted[i].1.off);
+            let mut j = i + 1;
+            let mut run_end = first + u64::from(wanted[i].1.len);
+            while j < wanted.len()
+                && wanted[j].1.seg == seg
+                && wanted[j].1.off >= run_end
+                && wanted[j].1.off - run_end <= 4096
+                && wanted[j].1.off + u64::from(wanted[j].1.len) - first <= 8 << 20
+            {
+                run_end = wanted[j].1.off + u64::from(wanted[j].1.len);
+                j += 1;
+            }
+            let bytes = read_exact(&wanted[i].2, first, (run_end - first) as usize, &|| {
+                seg_path(&self.dir, seg).display().to_string()
+            })?;
+            for (hash, loc, _) in &wanted[i..j] {
+                let at = (loc.off - first) as usize;
+                out.push(format::decode_entry(
+                    &bytes[at..at + loc.len as usize],
+                    hash,
+                )?);
+            }
+            i = j;
+        }
+        Ok(out)
+    }
+
+    /// Syncs, writes the active segment's index and stops the sync thread.
+    pub fn close(&self) -> Result<()> {
+        *lock(&self.stop.stopped) = true;
+        self.stop.cv.notify_all();
+        let w = lock(&self.writer);
+        if w.broken.is_some() {
+            return Ok(());
+        }
+        w.file.sync_data().map_err(|e| {
+            io(
+                format!("syncing {} on close", seg_path(&self.dir, w.seg).display()),
+                e,
+            )
+        })?;
+        write_index(&self.dir, w.seg, w.len, &w.ops)
+    }
+
+    /// Rewrites a prefix of the log without deleted entries (`compact`: up to the
+    /// last segment holding any; `vacuum`: every segment, re-encoding entries with
+    /// the configured compression), then removes orphaned files.
+    ///
+    /// The copies go to new segments after the active one, followed by the current
+    /// head; only once they are synced are the old segments deleted, oldest first.
+    /// Replaying what is left after a crash at any point gives the same store: a
+    /// copy replayed after its original simply supersedes it, and a delete is only
+    /// dropped together with every older copy of its block.
+    pub fn rewrite(&self, all: bool) -> Result<()> {
+        let mut w = lock(&self.writer);
+        w.usable()?;
+        let prefix_end = {
+            let st = read_state(&self.state);
+            if all {
+                Some(w.seg)
+            } else {
+                st.index
+                    .segs
+                    .iter()
+                    .filter(|(_, u)| u.dead_entries > 0)
+                    .map(|(id, _)| *id)
+                    .max()
+            }
+        };
+        if let Some(end) = prefix_end {
+            self.rewrite_prefix(&mut w, end, all)?;
+        }
+        drop(w);
+        self.remove_orphans()
+    }
+
+    fn rewrite_prefix(&self, w: &mut Writer, end: u64, recode: bool) -> Result<()> {
+        if end >= w.seg {
+            w.roll(self)?;
+        }
+        let (live, head) = {
+            let st = read_state(&self.state);
+            let live: Vec<(u64, BlockHash, Loc, Arc<File>)> = st
+                .index
+                .by_index
+                .iter()
+                .filter(|(_, e)| e.loc.seg <= end)
+                .map(|(i, e)| Ok((*i, e.hash, e.loc, self.file_of(&st, e.loc.seg)?)))
+                .collect::<Result<_>>()?;
+            (live, st.index.head)
+        };
+        let old: Vec<u64> = read_state(&self.state)
+            .files
+            .keys()
+            .copied()
+            .filter(|id| *id <= end)
+            .collect();
+
+        // Write the copies.
+        let mut out = Output::new(self, w.seg + 1)?;
+        let mut moved = Vec::with_capacity(live.len());
+        for (index, hash, loc, file) in &live {
+            let mut entry = self.read_entry(file, *loc)?;
+            if recode {
+                entry = format::recode_entry(&entry, hash, self.cfg.compression)?;
+            } else {
+                format::split_entry(&entry, hash)?; // never copy damage forward
+            }
+            let (_, _, raw_len) = format::split_entry(&entry, hash)?;
+            let st = read_state(&self.state);
+            let e = st.index.get(hash).expect("live");
+            let op = PutOp {
+                off: 0,
+                len: entry.len() as u32,
+                raw_len,
+                index: *index,
+                ts: e.ts,
+                size: e.size,
+                hash: *hash,
+                key: st.index.key(e.key),
+                ty: st.index.ty(e.ty).clone(),
+            };
+            drop(st);
+            let new_loc = out.put(self, &entry, op)?;
+            moved.push((*index, new_loc));
+        }
+        out.head(self, head)?;
+        let written = out.finish(self)?;
+
+        // New writes go to a segment after the copies, so they replay after them.
+        let next = written.last().map_or(w.seg, |(id, _)| *id) + 1;
+        let before = w.seg;
+        if w.len == SEG_HEADER && w.ops.is_empty() {
+            // Nothing was written to it (e.g. it was started by the roll above).
+            w.start(self, next)?;
+            write_state(&self.state).files.remove(&before);
+            remove_file(&seg_path(&self.dir, before))?;
+        } else {
+            w.seal(self)?;
+            w.start(self, next)?;
+        }
+        {
+            let mut st = write_state(&self.state);
+            for (id, file) in written {
+                st.files.insert(id, file);
+            }
+            for (index, loc) in moved {
+                st.index.relocate(index, loc);
+            }
+            for id in &old {
+                st.files.remove(id);
+                st.index.segs.remove(id);
+            }
+        }
+        for id in old {
+            remove_file(&seg_path(&self.dir, id))?;
+            remove_file(&idx_path(&self.dir, id))?;
+        }
+        sync_dir(&self.dir)
+    }
+
+    /// Removes files the store no longer needs: unfinished index files, saved torn
+    /// tails, and index files of segments that are gone. Unknown files are left.
+    pub fn remove_orphans(&self) -> Result<()> {
+        let live: Vec<u64> = read_state(&self.state).files.keys().copied().collect();
+        for entry in read_dir(&self.dir)? {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let orphan = name.ends_with(".tmp")
+                || name.contains(".seg.torn-")
+                || parse_id(&name, ".idx").is_some_and(|id| !live.contains(&id));
+            if orphan {
+                remove_file(&entry.path())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn read_dir(dir: &Path) -> Result<Vec<std::fs::DirEntry>> {
+    std::fs::read_dir(dir)
+        .and_then(|rd| rd.collect::<std::io::Result<Vec<_>>>())
+        .map_err(|e| io(format!("listing {}", dir.display()), e))
+}
+
+fn remove_file(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io(format!("removing {}", path.display()), e)),
+    }
+}
+
+/// Segments written by a compaction.
+struct Output {
+    id: u64,
+    file: Arc<File>,
+    len: u64,
+    ops: Vec<Op>,
+    buf: Vec<u8>,
+    entries: u32,
+    done: Vec<(u64, Arc<File>)>,
+}
+
+/// Flush a compaction record at this size.
+const OUTPUT_RECORD: usize = 1 << 20;
+
+impl Output {
+    fn new(inner: &Inner, id: u64) -> Result<Self> {
+        Ok(Self {
+            id,
+            file: create_segment(&inner.dir, id)?,
+            len: SEG_HEADER,
+            ops: Vec::new(),
+            buf: Vec::new(),
+            entries: 0,
+            done: Vec::new(),
+        })
+    }
+
+    fn put(&mut self, inner: &Inner, entry: &[u8], mut op: PutOp) -> Result<Loc> {
+        if self.buf.len() + entry.len() > OUTPUT_RECORD && self.entries > 0 {
+            self.flush(inner)?;
+        }
+        if self.entries == 0
+            && self.len > SEG_HEADER
+            && self.len + (REC_HEADER + 4 + entry.len()) as u64 > inner.cfg.segment_size
+        {
+            self.next_segment(inner)?;
+        }
+        if self.buf.is_empty() {
+            format::begin_record(&mut self.buf);
+            self.buf.extend_from_slice(&[0; 4]);
+        }
+        op.off = self.len + self.buf.len() as u64;
+        self.buf.extend_from_slice(entry);
+        self.entries += 1;
+        let loc = Loc {
+            seg: self.id,
+            off: op.off,
+            len: op.len,
+        };
+        self.ops.push(Op::Put(op));
+        Ok(loc)
+    }
+
+    fn flush(&mut self, inner: &Inner) -> Result<()> {
+        if self.entries == 0 {
+            return Ok(());
+        }
+        self.buf[REC_HEADER..REC_HEADER + 4].copy_from_slice(&self.entries.to_le_bytes());
+        format::finish_record(&mut self.buf, 0, KIND_PUT);
+        self.write(inner)?;
+        self.entries = 0;
+        Ok(())
+    }
+
+    fn write(&mut self, inner: &Inner) -> Result<()> {
+        self.file.write_all_at(&self.buf, self.len).map_err(|e| {
+            io(
+                format!("writing {}", seg_path(&inner.dir, self.id).display()),
+                e,
+            )
+        })?;
+        self.len += self.buf.len() as u64;
+        self.buf.clear();
+        Ok(())
+    }
+
+    fn next_segment(&mut self, inner: &Inner) -> Result<()> {
+        self.seal(inner)?;
+        self.id += 1;
+        self.file = create_segment(&inner.dir, self.id)?;
+        self.len = SEG_HEADER;
+        Ok(())
+    }
+
+    fn seal(&mut self, inner: &Inner) -> Result<()> {
+        self.file.sync_data().map_err(|e| {
+            io(
+                format!("syncing {}", seg_path(&inner.dir, self.id).display()),
+                e,
+            )
+        })?;
+        write_index(&inner.dir, self.id, self.len, &self.ops)?;
+        self.ops.clear();
+        self.done.push((self.id, self.file.clone()));
+        Ok(())
+    }
+
+    fn head(&mut self, inner: &Inner, head: Option<BlockHash>) -> Result<()> {
+        self.flush(inner)?;
+        let start = format::begin_record(&mut self.buf);
+        self.buf
+            .extend_from_slice(&format::head_body(head.as_ref()));
+        format::finish_record(&mut self.buf, start, KIND_HEAD);
+        self.write(inner)?;
+        self.ops.push(Op::Head(head));
+        Ok(())
+    }
+
+    fn finish(mut self, inner: &Inner) -> Result<Vec<(u64, Arc<File>)>> {
+        self.flush(inner)?;
+        self.seal(inner)?;
+        sync_dir(&inner.dir)?;
+        Ok(self.done)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Opening and recovery
+// ---------------------------------------------------------------------------
+
+/// What opening found, for logs and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Segments loaded.
+    pub segments: usize,
+    /// Log bytes decoded because no index file covered them.
+    pub scanned_bytes: u64,
+    /// Bytes cut off a torn tail (an interrupted append), saved beside the segment.
+    pub truncated_bytes: u64,
+}
+
+fn acquire_lock(dir: &Path) -> Result<File> {
+    let path = dir.join(LOCK_FILE);
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| io(format!("opening {}", path.display()), e))?;
+    match f.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            return Err(StorageError::Backend {
+                name: crate::NAME.into(),
+                transient: false,
+                source: format!(
+                    "store {} is already open (lock held by {}); one process and one \
+                     handle own a store directory at a time",
+                    dir.display(),
+                    holder
+                        .trim()
+                        .trim_start_matches("pid ")
+                        .trim()
+                        .parse::<u32>()
+                        .map_or_else(
+                            |_| "another handle".to_string(),
+                            |pid| format!("process {pid}")
+                        )
+                )
+                .into(),
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(io(format!("locking {}", path.display()), e));
+        }
+    }
+    let pid = format!("pid {}\n", std::process::id());
+    f.set_len(0)
+        .and_then(|_| f.write_all_at(pid.as_bytes(), 0))
+        .map_err(|e| io(format!("writing {}", path.display()), e))?;
+    Ok(f)
+}
+
+/// Opens (creating if needed) the store in `cfg.path`.
+pub fn open(cfg: FsConfig) -> Result<(Arc<Inner>, Recovery)> {
+    let dir = cfg.path.clone();
+    std::fs::create_dir_all(&dir).map_err(|e| io(format!("creating {}", dir.display()), e))?;
+    let lock_file = acquire_lock(&dir)?;
+    let mut ids = Vec::new();
+    for entry in read_dir(&dir)? {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(id) = parse_id(&name, ".seg") {
+            ids.push(id);
+        } else if name.ends_with(".idx.tmp") {
+            remove_file(&entry.path())?; // an index write that never finished
+        }
+    }
+    ids.sort_unstable();
+
+    let mut state = State::default();
+    let mut rec = Recovery {
+        segments: ids.len(),
+        ..Recovery::default()
+    };
+    let mut active: Option<(u64, Arc<File>, u64, Vec<Op>)> = None;
+    for (n, id) in ids.iter().copied().enumerate() {
+        let last = n + 1 == ids.len();
+        let (file, len, ops) = load_segment(&dir, id, last, &mut state.index, &mut rec)?;
+        state.files.insert(id, file.clone());
+        if last {
+            active = Some((id, file, len, ops));
+        }
+    }
+    let synced = active
+        .as_ref()
+        .map_or((0, 0), |(id, _, len, _)| (*id, *len));
+    let (seg, file, len, ops) = match active {
+        Some((id, file, len, ops)) if len < cfg.segment_size => (id, file, len, ops),
+        other => {
+            // A full last segment is sealed; an empty directory starts at 1.
+            let next = match other {
+                Some((id, file, len, ops)) => {
+                    file.sync_data()
+                        .map_err(|e| io(format!("syncing segment {id}"), e))?;
+                    write_index(&dir, id, len, &ops)?;
+                    id + 1
+                }
+                None => 1,
+            };
+            let file = create_segment(&dir, next)?;
+            state.files.insert(next, file.clone());
+            (next, file, SEG_HEADER, Vec::new())
+        }
+    };
+    let inner = Arc::new(Inner {
+        dir: dir.clone(),
+        cfg: cfg.clone(),
+        state: RwLock::new(state),
+        writer: Mutex::new(Writer {
+            seg,
+            file,
+            len,
+            ops,
+            buf: Vec::new(),
+            broken: None,
+        }),
+        durable: Mutex::new(DurableState {
+            synced,
+            leader: false,
+        }),
+        durable_cv: Condvar::new(),
+        stop: Arc::new(Stop::default()),
+        _lock: lock_file,
+    });
+    if let Durability::Periodic(every) = cfg.durability {
+        spawn_periodic(Arc::downgrade(&inner), inner.stop.clone(), every)?;
+    }
+    Ok((inner, rec))
+}
+
+fn spawn_periodic(weak: Weak<Inner>, stop: Arc<Stop>, every: Duration) -> Result<()> {
+    std::thread::Builder::new()
+        .name("olocus-fs-sync".into())
+        .spawn(move || {
+            let mut stopped = lock(&stop.stopped);
+            loop {
+                let (guard, _) = stop
+                    .cv
+                    .wait_timeout(stopped, every)
+                    .unwrap_or_else(PoisonError::into_inner);
+                stopped = guard;
+                if *stopped {
+                    return;
+                }
+                drop(stopped);
+                // Hold the store only while syncing, so dropping it is never delayed.
+                if let Some(inner) = weak.upgrade() {
+                    let pos = {
+                        let w = lock(&inner.writer);
+                        (w.seg, w.len)
+                    };
+                    if let Err(e) = inner.sync_to(pos) {
+                        tracing::warn!(error = %e, "periodic sync failed");
+                    }
+                } else {
+                    return;
+                }
+                stopped = lock(&stop.stopped);
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| io("starting the periodic sync thread".into(), e))
+}
+
+/// Loads one segment into `index`: its index file, then whatever the index file
+/// does not cover. Returns the file, its length after recovery and its operations
+/// (kept only for the last segment, which stays open for writing).
+fn load_segment(
+    dir: &Path,
+    id: u64,
+    last: bool,
+    index: &mut Index,
+    rec: &mut Recovery,
+) -> Result<(Arc<File>, u64, Vec<Op>)> {
+    let path = seg_path(dir, id);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(last)
+        .open(&path)
+        .map_err(|e| io(format!("opening {}", path.display()), e))?;
+    let mut len = file
+        .metadata()
+        .map_err(|e| io(format!("reading metadata of {}", path.display()), e))?
+        .len();
+    let what = || path.display().to_string();
+    if len < SEG_HEADER && last {
+        // Created but its header never made it (crash right after creation).
+        file.set_len(0)
+            .and_then(|_| file.write_all_at(&format::segment_header(id), 0))
+            .and_then(|_| file.sync_all())
+            .map_err(|e| io(format!("re-initialising {}", path.display()), e))?;
+        len = SEG_HEADER;
+    }
+    let header = read_exact(&file, 0, SEG_HEADER as usize, &what)?;
+    if !format::check_segment_header(&header, id) {
+        return Err(StorageError::corrupted(format!(
+            "fs: {} does not start with the header of segment {id}",
+            path.display()
+        )));
+    }
+    let mut ops = Vec::new();
+    let mut covered = SEG_HEADER;
+    if let Ok(bytes) = std::fs::read(idx_path(dir, id))
+        && let Some(idx) = format::decode_index(&bytes, id)
+        && idx.covered <= len
+        && idx.covered >= SEG_HEADER
+    {
+        index.reserve(idx.ops.len());
+        for op in &idx.ops {
+            index.apply(id, op)?;
+        }
+        covered = idx.covered;
+        ops = idx.ops;
+    }
+    if covered < len {
+        let tail = read_exact(&file, covered, (len - covered) as usize, &what)?;
+        rec.scanned_bytes += tail.len() as u64;
+        let (good, scanned_ops) = scan(&tail, covered, id, index)?;
+        if good < tail.len() {
+            let cut = covered + good as u64;
+            if !last || valid_record_after(&tail, good + 1) {
+                return Err(StorageError::corrupted(format!(
+                    "fs: {} is damaged at byte {cut} (valid records follow, so this is \
+                     not an interrupted write); restore it from a replica",
+                    path.display()
+                )));
+            }
+            // An interrupted append: keep the bytes for inspection, then cut them.
+            let saved = dir.join(format!("{id:016x}.seg.torn-{cut}"));
+            std::fs::write(&saved, &tail[good..])
+                .and_then(|_| file.set_len(cut))
+                .and_then(|_| file.sync_all())
+                .map_err(|e| io(format!("truncating the torn tail of {}", path.display()), e))?;
+            rec.truncated_bytes += (tail.len() - good) as u64;
+            tracing::warn!(
+                segment = %path.display(),
+                at = cut,
+                bytes = tail.len() - good,
+                saved = %saved.display(),
+                "cut a torn tail left by an interrupted write"
+            );
+            len = cut;
+        }
+        ops.extend(scanned_ops);
+        if !last {
+            // Sealed, but its index file never got written: write it now.
+            write_index(dir, id, len, &ops)?;
+        }
+    }
+    if !last {
+        ops = Vec::new(); // only the active segment's operations are kept
+    }
+    Ok((Arc::new(file), len, ops))
+}
+
+/// Decodes records from `tail` (which starts at segment offset `base`), applying
+/// them to `index`; returns how many bytes held whole, valid records.
+fn scan(tail: &[u8], base: u64, seg: u64, index: &mut Index) -> Result<(usize, Vec<Op>)> {
+    let mut at = 0usize;
+    let mut ops = Vec::new();
+    while at < tail.len() {
+        let Some(h) = format::parse_record_header(&tail[at..]) else {
+            break;
+        };
+        let body_start = at + REC_HEADER;
+        let Some(body) = tail.get(body_start..body_start + h.body_len) else {
+            break;
+        };
+        if !format::record_checksum_ok(&tail[at..], body, h.crc) {
+            break;
+        }
+        let mut rec_ops = Vec::new();
+        let parsed = match h.kind {
+            KIND_PUT => format::put_entries(body).and_then(|entries| {
+                for (off, entry) in entries {
+                    let block = format::decode_scanned_entry(entry).ok()?;
+                    let raw_len = u32::from_le_bytes(entry[8..12].try_into().ok()?);
+                    rec_ops.push(Op::Put(PutOp {
+                        off: base + (body_start + off) as u64,
+                        len: entry.len() as u32,
+                        raw_len,
+                        index: block.index(),
+                        ts: block.timestamp_nanos(),
+                        size: block.size_bytes() as u32,
+                        hash: block.hash(),
+                        key: *block.public_key(),
+                        ty: block.payload_type().into(),
+                    }));
+                }
+                Some(())
+            }),
+            KIND_DELETE => format::parse_delete(body).map(|h| rec_ops.push(Op::Delete(h))),
+            KIND_HEAD => format::parse_head(body).map(|h| rec_ops.push(Op::Head(h))),
+            _ => None,
+        };
+        if parsed.is_none() {
+            // The checksum held but the contents do not parse: written that way.
+            return Err(StorageError::corrupted(format!(
+                "fs: segment {seg} has a malformed record at byte {}",
+                base + at as u64
+            )));
+        }
+        for op in &rec_ops {
+            index.apply(seg, op)?;
+        }
+        ops.extend(rec_ops);
+        at = body_start + h.body_len;
+    }
+    Ok((at, ops))
+}
+
+/// Whether any whole, valid record starts at or after `from`: if so, damage before
+/// it is not a torn tail.
+fn valid_record_after(tail: &[u8], from: usize) -> bool {
+    let magic = format::REC_MAGIC.to_le_bytes();
+    (from..tail.len().saturating_sub(REC_HEADER - 1)).any(|at| {
+        tail[at..at + 2] == magic
+            && format::parse_record_header(&tail[at..]).is_some_and(|h| {
+                tail.get(at + REC_HEADER..at + REC_HEADER + h.body_len)
+                    .is_some_and(|body| format::record_checksum_ok(&tail[at..], body, h.crc))
+            })
+    })
+}
+
+/// Bytes and files in the store directory.
+pub fn dir_usage(dir: &Path) -> Result<(u64, u64, u64)> {
+    let (mut size, mut files, mut seg_bytes) = (0u64, 0u64, 0u64);
+    for entry in read_dir(dir)? {
+        let meta = entry
+            .metadata()
+            .map_err(|e| io(format!("reading metadata of {}", entry.path().display()), e))?;
+        if meta.is_file() {
+            size += meta.len();
+            files += 1;
+            if parse_id(&entry.file_name().to_string_lossy(), ".seg").is_some() {
+                seg_bytes += meta.len();
+            }
+        }
+    }
+    Ok((size, files, seg_bytes))
+}

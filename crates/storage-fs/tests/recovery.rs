@@ -1,0 +1,309 @@
+//! Filesystem-specific scenarios the shared suite cannot know about: torn tails,
+//! damaged logs and index files, the directory lock, compaction and vacuum
+//! (including a crash between writing the copies and deleting the originals).
+
+use std::path::{Path, PathBuf};
+
+use storage_conformance::data;
+use storage_core::{
+    BackendStats, Block, CompressionType, ErrorKind, ListOptions, StorageBackend, StorageStats,
+};
+use storage_fs::{Durability, FilesystemBackend, FsConfig};
+
+fn config(dir: &Path, compression: CompressionType, segment_size: u64) -> FsConfig {
+    FsConfig {
+        path: dir.to_path_buf(),
+        compression,
+        durability: Durability::Buffered,
+        segment_size,
+    }
+}
+
+fn open(dir: &Path) -> FilesystemBackend {
+    FilesystemBackend::open(config(dir, CompressionType::None, 64 << 10)).expect("open")
+}
+
+fn files(dir: &Path, ext: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(ext))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Everything observable about a store, for before/after comparisons.
+async fn contents(s: &FilesystemBackend) -> (Vec<Block>, Option<storage_core::BlockHash>, u64) {
+    (
+        s.get_blocks_by_range(0, u64::MAX >> 1).await.unwrap(),
+        s.get_chain_head().await.unwrap(),
+        s.count_blocks().await.unwrap(),
+    )
+}
+
+fn fs_stats(s: &StorageStats) -> (u64, u64, u64, u64, u64) {
+    match &s.backend_specific {
+        BackendStats::Filesystem {
+            directory_size,
+            segments,
+            stored_bytes,
+            uncompressed_bytes,
+            dead_bytes,
+            ..
+        } => (
+            *directory_size,
+            *segments,
+            *stored_bytes,
+            *uncompressed_bytes,
+            *dead_bytes,
+        ),
+        other => panic!("not filesystem stats: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn torn_tail_is_cut_and_everything_acknowledged_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let chain = data::chain(20);
+    let s = open(dir.path());
+    s.store_blocks(&chain[..10]).await.unwrap();
+    for b in &chain[10..] {
+        s.store_block(b).await.unwrap();
+    }
+    s.set_chain_head(&chain[19].hash()).await.unwrap();
+    let before = contents(&s).await;
+    drop(s); // no close: the active segment has no index file yet
+    // An interrupted append: a record header promising more bytes than follow.
+    let seg = files(dir.path(), ".seg").pop().unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let good = bytes.len();
+    bytes.extend_from_slice(&[0x0c, 0xb1, 1, 0, 0xff, 0x00, 0, 0, 1, 2, 3, 4, 9, 9, 9]);
+    std::fs::write(&seg, &bytes).unwrap();
+
+    let s = open(dir.path());
+    assert_eq!(s.recovery().truncated_bytes, 15);
+    assert!(s.recovery().scanned_bytes > 0);
+    assert_eq!(contents(&s).await, before);
+    assert_eq!(std::fs::metadata(&seg).unwrap().len(), good as u64);
+    assert_eq!(
+        files(dir.path(), ".seg.torn-").len(),
+        0,
+        "saved under its offset"
+    );
+    assert!(!files(dir.path(), &format!(".seg.torn-{good}")).is_empty());
+    // Writing goes on after the cut, and compact removes the saved tail.
+    let more = data::chain(21);
+    s.store_block(&more[20]).await.unwrap();
+    s.compact().await.unwrap();
+    assert!(files(dir.path(), &format!(".seg.torn-{good}")).is_empty());
+    s.close().await.unwrap();
+    let s = open(dir.path());
+    assert_eq!(s.count_blocks().await.unwrap(), 21);
+}
+
+#[tokio::test]
+async fn damage_followed_by_valid_records_fails_the_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let chain = data::chain(6);
+    let s = open(dir.path());
+    for b in chain.iter() {
+        s.store_block(b).await.unwrap();
+    }
+    let loc = s.locate(&chain[2].hash()).unwrap().unwrap();
+    drop(s); // not closed: opening must decode the log, and meets the damage
+    let mut bytes = std::fs::read(&loc.path).unwrap();
+    bytes[loc.offset as usize + 40] ^= 0xff;
+    std::fs::write(&loc.path, bytes).unwrap();
+    let err =
+        FilesystemBackend::open(config(dir.path(), CompressionType::None, 64 << 10)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Corrupted, "{err}");
+    assert!(err.to_string().contains("corrupted"), "{err}");
+}
+
+#[tokio::test]
+async fn damaged_index_file_is_rebuilt_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let chain = data::chain_with_note(300, 610);
+    let s = open(dir.path());
+    for part in chain.chunks(25) {
+        s.store_blocks(part).await.unwrap();
+    }
+    s.delete_block(&chain[7].hash()).await.unwrap();
+    s.set_chain_head(&chain[299].hash()).await.unwrap();
+    let before = contents(&s).await;
+    s.close().await.unwrap();
+    drop(s);
+    let idx = files(dir.path(), ".idx");
+    assert!(idx.len() >= 3, "small segments roll: {idx:?}");
+
+    // A clean reopen decodes nothing.
+    let s = open(dir.path());
+    assert_eq!(s.recovery().scanned_bytes, 0);
+    assert_eq!(contents(&s).await, before);
+    s.close().await.unwrap();
+    drop(s);
+
+    let mut bytes = std::fs::read(&idx[0]).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    std::fs::write(&idx[0], bytes).unwrap();
+    std::fs::remove_file(&idx[1]).unwrap();
+    let s = open(dir.path());
+    assert!(s.recovery().scanned_bytes > 0);
+    assert_eq!(contents(&s).await, before);
+}
+
+#[tokio::test]
+async fn second_opener_gets_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let err =
+        FilesystemBackend::open(config(dir.path(), CompressionType::None, 64 << 10)).unwrap_err();
+    assert!(
+        err.to_string().contains("already open") || format!("{err:?}").contains("already open")
+    );
+    assert!(!err.is_transient());
+    s.close().await.unwrap();
+    // Closing releases the lock at once.
+    open(dir.path()).close().await.unwrap();
+}
+
+#[tokio::test]
+async fn compact_reclaims_deleted_space_and_keeps_everything_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let chain = data::chain(400);
+    let s = open(dir.path());
+    for part in chain.chunks(40) {
+        s.store_blocks(part).await.unwrap();
+    }
+    for b in chain
+        .iter()
+        .filter(|b| b.index() % 2 == 0 && b.index() < 390)
+    {
+        s.delete_block(&b.hash()).await.unwrap();
+    }
+    s.set_chain_head(&chain[399].hash()).await.unwrap();
+    let before = contents(&s).await;
+    let (dir_before, _, stored, _, dead) = fs_stats(&s.get_stats().await.unwrap());
+    assert!(
+        dead > stored / 3,
+        "deletes leave dead bytes: {dead} of {stored}"
+    );
+
+    s.compact().await.unwrap();
+    let (dir_after, _, stored_after, _, dead_after) = fs_stats(&s.get_stats().await.unwrap());
+    assert_eq!(contents(&s).await, before);
+    assert_eq!(stored_after, stored);
+    assert!(
+        dir_after < dir_before * 2 / 3,
+        "{dir_after} vs {dir_before}"
+    );
+    assert!(dead_after < dead / 10, "{dead_after} vs {dead}");
+    // Writes after a compaction land after the copies, and reopen in order.
+    let extra = data::chain(401);
+    s.store_block(&extra[400]).await.unwrap();
+    s.delete_block(&chain[1].hash()).await.unwrap();
+    let expected = contents(&s).await;
+    s.close().await.unwrap();
+    drop(s);
+    let s = open(dir.path());
+    assert_eq!(s.recovery().scanned_bytes, 0);
+    assert_eq!(contents(&s).await, expected);
+}
+
+#[tokio::test]
+async fn crash_between_copying_and_deleting_reopens_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let chain = data::chain(200);
+    let s = open(dir.path());
+    for part in chain.chunks(20) {
+        s.store_blocks(part).await.unwrap();
+    }
+    for b in chain.iter().step_by(3) {
+        s.delete_block(&b.hash()).await.unwrap();
+    }
+    s.set_chain_head(&chain[199].hash()).await.unwrap();
+    s.close().await.unwrap();
+    drop(s);
+    // Keep the pre-compaction files, compact, then put the old ones back: that is
+    // the state a crash leaves after the copies are synced but before any (or only
+    // some) originals are deleted.
+    let saved: Vec<(PathBuf, Vec<u8>)> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg" || e == "idx"))
+        .map(|p| (p.clone(), std::fs::read(&p).unwrap()))
+        .collect();
+    let s = open(dir.path());
+    let before = contents(&s).await;
+    s.compact().await.unwrap();
+    s.close().await.unwrap();
+    drop(s);
+    for keep in [saved.len(), saved.len() / 2] {
+        // Restore all originals, or only the newer half (deletion goes oldest first).
+        for (path, bytes) in saved.iter().rev().take(keep) {
+            std::fs::write(path, bytes).unwrap();
+        }
+        let s = open(dir.path());
+        assert_eq!(
+            contents(&s).await,
+            before,
+            "with {keep} original files back"
+        );
+        s.close().await.unwrap();
+    }
+    // The next compaction removes the leftovers.
+    let s = open(dir.path());
+    s.compact().await.unwrap();
+    assert_eq!(contents(&s).await, before);
+}
+
+#[tokio::test]
+async fn vacuum_recompresses_old_records() {
+    let dir = tempfile::tempdir().unwrap();
+    // Repetitive notes: compressible.
+    let chain = data::chain_with_note(120, 610);
+    let s = FilesystemBackend::open(config(dir.path(), CompressionType::None, 1 << 20)).unwrap();
+    s.store_blocks(&chain).await.unwrap();
+    s.set_chain_head(&chain[119].hash()).await.unwrap();
+    let before = contents(&s).await;
+    let (_, _, stored, raw, _) = fs_stats(&s.get_stats().await.unwrap());
+    assert_eq!(stored - raw, 120 * 13, "uncompressed: entry headers only");
+    s.close().await.unwrap();
+    drop(s);
+
+    let s = FilesystemBackend::open(config(dir.path(), CompressionType::Zstd, 1 << 20)).unwrap();
+    s.vacuum().await.unwrap();
+    let (_, segments, stored_z, raw_z, dead) = fs_stats(&s.get_stats().await.unwrap());
+    assert_eq!(raw_z, raw);
+    assert!(stored_z < stored, "zstd {stored_z} vs none {stored}");
+    assert_eq!(segments, 2, "the copies and a fresh active segment");
+    assert!(dead < 200, "only headers and the head record: {dead}");
+    assert_eq!(contents(&s).await, before);
+    s.close().await.unwrap();
+    drop(s);
+    let s = FilesystemBackend::open(config(dir.path(), CompressionType::Lz4, 1 << 20)).unwrap();
+    assert_eq!(contents(&s).await, before);
+    let listed = s.list_blocks(&ListOptions::default()).await.unwrap();
+    assert_eq!(listed.len(), 120);
+}
+
+#[tokio::test]
+async fn config_is_validated() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path(), CompressionType::None, 1000);
+    let err = FilesystemBackend::open(c.clone()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Configuration);
+    c.segment_size = 1 << 20;
+    c.durability = Durability::Periodic(std::time::Duration::ZERO);
+    assert_eq!(
+        FilesystemBackend::open(c).unwrap_err().kind(),
+        ErrorKind::Configuration
+    );
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let err = FilesystemBackend::open(config(&file, CompressionType::None, 1 << 20)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Io, "{err}");
+    assert!(err.to_string().contains("a-file"), "{err}");
+}
