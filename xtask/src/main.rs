@@ -1,8 +1,10 @@
 //! Project automation, run as `cargo xtask <command>`.
 //!
 //! - `ci`: everything CI checks, in order, failing fast: formatting, clippy with
-//!   warnings denied, every test (unit, conformance, doc), rustdoc with warnings
-//!   denied, and the out-of-workspace third-party backend (fmt, clippy, suite).
+//!   warnings denied (the workspace, each facade feature alone, the CLI with
+//!   RocksDB), every test (unit, conformance, crash cycles, CLI end to end, doc;
+//!   the CLI's again with RocksDB), rustdoc with warnings denied, and the
+//!   out-of-workspace third-party backend (fmt, clippy, suite).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -50,6 +52,9 @@ fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Feature sets of the `olocus-storage` facade that CI builds alone.
+const FACADE_FEATURES: [&str; 7] = ["", "memory", "fs", "rocksdb", "sqlite", "cache", "replica"];
+
 fn ci(root: &Path, skip_third_party: bool) -> Result<(), String> {
     let started = Instant::now();
     step(root, "format", &["fmt", "--all", "--", "--check"], &[])?;
@@ -67,6 +72,48 @@ fn ci(root: &Path, skip_third_party: bool) -> Result<(), String> {
         ],
         &[],
     )?;
+    // Each facade feature alone must build and be clippy-clean (users compile only
+    // what they pick), and the CLI with RocksDB (off by default) too.
+    for features in FACADE_FEATURES {
+        let mut args = vec![
+            "clippy",
+            "-p",
+            "olocus-storage",
+            "--all-targets",
+            "--locked",
+            "--no-default-features",
+        ];
+        if !features.is_empty() {
+            args.extend(["--features", features]);
+        }
+        args.extend(["--", "-D", "warnings"]);
+        let label = format!(
+            "facade features [{}]",
+            if features.is_empty() {
+                "none"
+            } else {
+                features
+            }
+        );
+        step(root, &label, &args, &[])?;
+    }
+    step(
+        root,
+        "cli with rocksdb: clippy",
+        &[
+            "clippy",
+            "-p",
+            "olocus-storage-cli",
+            "--features",
+            "rocksdb",
+            "--all-targets",
+            "--locked",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &[],
+    )?;
     // `--profile dev`: the `test` profile inherits `dev`, so the code is the same,
     // but cargo hashes the profile *name* into build-script units; under `test`,
     // librocksdb-sys (~14 min of C++ on 2 cores) would build a second time after
@@ -75,6 +122,22 @@ fn ci(root: &Path, skip_third_party: bool) -> Result<(), String> {
         root,
         "tests",
         &["test", "--workspace", "--locked", "--profile", "dev"],
+        &[],
+    )?;
+    // The CLI's end-to-end tests again with RocksDB, so `migrate` covers its pairs.
+    step(
+        root,
+        "cli tests with rocksdb",
+        &[
+            "test",
+            "-p",
+            "olocus-storage-cli",
+            "--features",
+            "rocksdb",
+            "--locked",
+            "--profile",
+            "dev",
+        ],
         &[],
     )?;
     step(

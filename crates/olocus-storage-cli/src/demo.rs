@@ -1,0 +1,338 @@
+//! `demo`: sign a chain with a fresh key, store it, verify it from storage, query
+//! it every way, and say how fast each step was.
+
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
+
+use olocus_storage::{
+    BackendConfig, Block, BlockFilter, CompressionType, ListOptions, SigningKey, SortOrder,
+    Storage, StorageConfig,
+};
+use serde_json::json;
+
+use crate::commands::walk_chain;
+use crate::render;
+use crate::{CliError, CliResult, Ctx, ctx_err};
+
+const READING: &str = "demo.reading/v1";
+const AUDIT: &str = "demo.audit/v1";
+
+fn payload(i: u64) -> (&'static str, Vec<u8>) {
+    let v = if i % 10 == 9 {
+        (
+            AUDIT,
+            json!({ "seq": i, "actor": format!("operator-{}", i % 3), "action": "calibrated", "sensor": format!("s-{}", i % 8) }),
+        )
+    } else {
+        (
+            READING,
+            json!({ "seq": i, "sensor": format!("s-{}", i % 8), "celsius": 18.0 + ((i * 37) % 100) as f64 / 10.0, "humidity": 40 + (i * 13) % 30 }),
+        )
+    };
+    (v.0, serde_json::to_vec(&v.1).expect("json"))
+}
+
+fn rate(n: u64, d: Duration) -> String {
+    let per_sec = n as f64 / d.as_secs_f64().max(1e-9);
+    if per_sec >= 1e6 {
+        format!("{:.2}M/s", per_sec / 1e6)
+    } else {
+        format!("{:.0}k/s", per_sec / 1e3)
+    }
+}
+
+/// Runs the demo.
+pub async fn run(
+    ctx: &Ctx,
+    store_url: Option<&str>,
+    config_file: Option<&Path>,
+    blocks: u64,
+    keep: bool,
+) -> CliResult {
+    if blocks < 2 {
+        return Err(CliError("--blocks must be at least 2".into()));
+    }
+    let temp = tempdir()?;
+    let config = match (config_file, store_url) {
+        (Some(path), _) => StorageConfig::load(path)?,
+        (None, Some(url)) => StorageConfig::new(url.parse()?),
+        (None, None) => StorageConfig::new(BackendConfig::Filesystem {
+            path: temp.join("chain"),
+            compression: CompressionType::Lz4,
+        }),
+    };
+    let url = config.backend.to_url();
+    let storage = Storage::new(config)
+        .await
+        .map_err(ctx_err(format!("opening {url}")))?;
+    if storage.count_blocks().await.map_err(ctx_err("counting"))? > 0 {
+        return Err(CliError(format!(
+            "{url} already holds blocks; the demo needs an empty store"
+        )));
+    }
+    let mut lines: Vec<(String, String)> = Vec::new();
+    let mut say = |step: &str, text: String| {
+        if !ctx.json {
+            println!("{step:<10} {text}");
+        }
+        lines.push((step.to_string(), text));
+    };
+    if !ctx.json {
+        println!("olocus-storage demo: {blocks} blocks into {url}\n");
+    }
+
+    // A fresh key for this run.
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| CliError(format!("no randomness for a key: {e}")))?;
+    let key = SigningKey::from_bytes(&seed);
+    let signer = olocus_storage::PublicKey::from(&key.verifying_key());
+
+    // Sign the chain: one block a millisecond, ending now.
+    let started = Instant::now();
+    let bar = ctx.bar(blocks, "sign");
+    let base = SystemTime::now() - Duration::from_millis(blocks);
+    let mut chain: Vec<Block> = Vec::with_capacity(blocks as usize);
+    for i in 0..blocks {
+        let (ty, bytes) = payload(i);
+        let prev = chain.last().map(Block::hash);
+        let b = Block::sign_raw(i, base + Duration::from_millis(i), prev, ty, bytes, &key)
+            .map_err(ctx_err(format!("signing block {i}")))?;
+        chain.push(b);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let took = started.elapsed();
+    say(
+        "signed",
+        format!(
+            "{blocks} blocks with a fresh Ed25519 key {} in {took:.2?} ({})",
+            render::short(&signer.to_string()),
+            rate(blocks, took)
+        ),
+    );
+
+    // Store in batches of 500, then move the head.
+    let started = Instant::now();
+    let bar = ctx.bar(blocks, "store");
+    for part in chain.chunks(500) {
+        storage
+            .store_blocks(part)
+            .await
+            .map_err(ctx_err("storing a batch"))?;
+        bar.inc(part.len() as u64);
+    }
+    let last = chain.last().expect("at least two blocks");
+    storage
+        .set_chain_head(&last.hash())
+        .await
+        .map_err(ctx_err("setting the head"))?;
+    bar.finish_and_clear();
+    let took = started.elapsed();
+    say(
+        "stored",
+        format!(
+            "{blocks} blocks in batches of 500 in {took:.2?} ({}); head #{} {}",
+            rate(blocks, took),
+            last.index(),
+            render::short(&last.hash().to_string())
+        ),
+    );
+
+    // Verify everything from storage.
+    let started = Instant::now();
+    let (checked, _, broken) = walk_chain(&*storage, 1_000, |_| {}).await?;
+    if let Some(b) = broken {
+        return Err(CliError(format!(
+            "verification failed at index {}: {}",
+            b.index, b.reason
+        )));
+    }
+    let took = started.elapsed();
+    say(
+        "verified",
+        format!(
+            "{checked} blocks read back: signatures, index sequence, hash links and stored \
+             hashes hold ({took:.2?}, {})",
+            rate(checked, took)
+        ),
+    );
+
+    // By hash.
+    let probe = &chain[chain.len() / 2];
+    let started = Instant::now();
+    let got = storage
+        .retrieve_block(&probe.hash())
+        .await
+        .map_err(ctx_err("retrieving by hash"))?
+        .ok_or_else(|| CliError("the probe block is missing".into()))?;
+    let took = started.elapsed();
+    if got != *probe {
+        return Err(CliError(
+            "the block read back differs from the one stored".into(),
+        ));
+    }
+    say(
+        "by hash",
+        format!(
+            "#{} {} -> {} in {took:.1?}",
+            got.index(),
+            render::short(&got.hash().to_string()),
+            String::from_utf8_lossy(got.payload())
+        ),
+    );
+
+    // By index range.
+    let (lo, hi) = (blocks / 4, blocks / 4 + 99.min(blocks - blocks / 4 - 1));
+    let started = Instant::now();
+    let range = storage
+        .get_blocks_by_range(lo, hi)
+        .await
+        .map_err(ctx_err("reading a range"))?;
+    say(
+        "by range",
+        format!(
+            "#{lo}..=#{hi}: {} blocks in {:.1?}",
+            range.len(),
+            started.elapsed()
+        ),
+    );
+
+    // By time: a 250 ms window.
+    let from = chain[(blocks / 2) as usize].timestamp();
+    let to = from + Duration::from_millis(249);
+    let started = Instant::now();
+    let window = storage
+        .list_blocks(&ListOptions {
+            start_time: Some(from),
+            end_time: Some(to),
+            order: SortOrder::ByTimestamp,
+            ..Default::default()
+        })
+        .await
+        .map_err(ctx_err("listing by time"))?;
+    say(
+        "by time",
+        format!(
+            "{} .. +250ms: {} blocks (#{}..=#{}) in {:.1?}",
+            render::time(from),
+            window.len(),
+            window.first().map_or(0, |m| m.index),
+            window.last().map_or(0, |m| m.index),
+            started.elapsed()
+        ),
+    );
+
+    // Filters: the newest audit events; a signer, paged.
+    let started = Instant::now();
+    let audits = storage
+        .list_blocks(&ListOptions {
+            limit: Some(5),
+            order: SortOrder::Descending,
+            filter: Some(BlockFilter {
+                payload_type: Some(AUDIT.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .map_err(ctx_err("listing audit events"))?;
+    say(
+        "list",
+        format!(
+            "type={AUDIT}, newest first, limit 5: {} in {:.1?}",
+            audits
+                .iter()
+                .map(|m| format!("#{}", m.index))
+                .collect::<Vec<_>>()
+                .join(" "),
+            started.elapsed()
+        ),
+    );
+    let started = Instant::now();
+    let page = storage
+        .list_blocks(&ListOptions {
+            limit: Some(3),
+            offset: Some(10),
+            filter: Some(BlockFilter {
+                public_key: Some(signer),
+                payload_type: Some(READING.into()),
+                min_index: Some(blocks / 2),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .map_err(ctx_err("listing by signer"))?;
+    say(
+        "list",
+        format!(
+            "signer={}, type={READING}, index >= {}, offset 10, limit 3: {} in {:.1?}",
+            render::short(&signer.to_string()),
+            blocks / 2,
+            page.iter()
+                .map(|m| format!("#{}", m.index))
+                .collect::<Vec<_>>()
+                .join(" "),
+            started.elapsed()
+        ),
+    );
+
+    let stats = storage.get_stats().await.map_err(ctx_err("statistics"))?;
+    say(
+        "stats",
+        format!(
+            "{} blocks, {} bytes canonical, oldest {}, newest {}",
+            stats.total_blocks,
+            stats.total_size_bytes,
+            stats.oldest_block.map(render::time).unwrap_or_default(),
+            stats.newest_block.map(render::time).unwrap_or_default()
+        ),
+    );
+    storage.close().await.map_err(ctx_err("closing"))?;
+    let kept = keep || store_url.is_some() || config_file.is_some();
+    if kept {
+        say("kept", format!("the store at {url}"));
+    }
+    if ctx.json {
+        let steps: Vec<_> = lines
+            .iter()
+            .map(|(k, v)| json!({ "step": k, "result": v }))
+            .collect();
+        println!(
+            "{}",
+            json!({ "store": url, "blocks": blocks, "steps": steps })
+        );
+    }
+    if kept && store_url.is_none() && config_file.is_none() {
+        // Keep the temp directory: forget it instead of removing it.
+        std::mem::forget(temp);
+    }
+    Ok(())
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn join(&self, name: &str) -> std::path::PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempdir() -> CliResult<TempDir> {
+    let mut tag = [0u8; 8];
+    getrandom::fill(&mut tag).map_err(|e| CliError(format!("no randomness: {e}")))?;
+    let path = std::env::temp_dir().join(format!(
+        "olocus-demo-{}",
+        tag.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    ));
+    std::fs::create_dir_all(&path)
+        .map_err(|e| CliError(format!("creating {}: {e}", path.display())))?;
+    Ok(TempDir(path))
+}

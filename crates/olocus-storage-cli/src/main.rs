@@ -1,0 +1,347 @@
+//! `olocus-storage`: the command line of olocus-storage.
+//!
+//! Stores are named by URL (`memory:`, `fs:PATH`, `rocksdb:PATH`, `sqlite:PATH`,
+//! with `?compression=…` for fs and rocksdb) or by a TOML file (`--config`).
+//! `olocus-storage --help` lists the commands; `demo` shows everything at once.
+
+use std::error::Error;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use olocus_storage::{
+    BlockFilter, BlockHash, ListOptions, PublicKey, SortOrder, Storage, StorageConfig, StorageError,
+};
+
+mod commands;
+mod demo;
+mod render;
+
+/// Store, verify, query and move Olocus block chains.
+#[derive(Parser)]
+#[command(name = "olocus-storage", version, propagate_version = true)]
+struct Cli {
+    /// The store: memory:, fs:PATH, rocksdb:PATH or sqlite:PATH (fs and rocksdb
+    /// take ?compression=zstd|lz4|gzip|none).
+    #[arg(long, global = true, env = "OLOCUS_STORE")]
+    store: Option<String>,
+    /// A TOML configuration file (backend, wal_config, cache_config) instead of
+    /// --store.
+    #[arg(long, global = true, conflicts_with = "store")]
+    config: Option<PathBuf>,
+    /// Print machine-readable JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    /// No progress bars.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+/// File formats of import and export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// One JSON block per line (the JSON wire format).
+    Jsonl,
+    /// The binary wire format: a header, then length-prefixed bincode blocks.
+    Binary,
+}
+
+/// Orders of `list`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Order {
+    /// By index, lowest first.
+    Asc,
+    /// By index, highest first.
+    Desc,
+    /// By timestamp, oldest first.
+    Time,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Sign a chain with a fresh key, store it, verify it and query it.
+    Demo {
+        /// Blocks to generate.
+        #[arg(long, default_value_t = 10_000)]
+        blocks: u64,
+        /// Keep the store (when no --store is given, a temp directory is used and
+        /// removed at the end).
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Store blocks from a file (or stdin), checking every signature.
+    Import {
+        /// Input file; `-` or nothing for stdin.
+        file: Option<PathBuf>,
+        /// Input format (default: from the extension; .jsonl for stdin).
+        #[arg(long, value_enum)]
+        format: Option<Format>,
+        /// Blocks per write.
+        #[arg(long, default_value_t = 1_000)]
+        batch: usize,
+        /// Do not move the chain head to the highest imported block.
+        #[arg(long)]
+        no_head: bool,
+    },
+    /// Write the stored blocks in index order to a file (or stdout).
+    Export {
+        /// Output file; `-` or nothing for stdout.
+        file: Option<PathBuf>,
+        /// Output format (default: from the extension; .jsonl for stdout).
+        #[arg(long, value_enum)]
+        format: Option<Format>,
+        /// First index.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// Last index.
+        #[arg(long)]
+        to: Option<u64>,
+    },
+    /// Verify the whole stored chain: signatures, index sequence, hash links and
+    /// hashes recomputed from the stored bytes. Exits non-zero at the first break.
+    Verify {
+        /// Blocks read per request.
+        #[arg(long, default_value_t = 1_000)]
+        page: u64,
+    },
+    /// List block metadata, with every filter and order.
+    List {
+        /// At most this many entries.
+        #[arg(long)]
+        limit: Option<u64>,
+        /// Skip this many entries after sorting.
+        #[arg(long)]
+        offset: Option<u64>,
+        /// Only blocks at or after this time (RFC 3339, or Unix nanoseconds).
+        #[arg(long, value_parser = parse_time)]
+        start_time: Option<SystemTime>,
+        /// Only blocks at or before this time (RFC 3339, or Unix nanoseconds).
+        #[arg(long, value_parser = parse_time)]
+        end_time: Option<SystemTime>,
+        /// Result order.
+        #[arg(long, value_enum, default_value_t = Order::Asc)]
+        order: Order,
+        /// Only this payload type.
+        #[arg(long = "type")]
+        payload_type: Option<String>,
+        /// Only blocks signed by this public key (hex).
+        #[arg(long)]
+        signer: Option<PublicKey>,
+        /// Lowest index.
+        #[arg(long)]
+        min_index: Option<u64>,
+        /// Highest index.
+        #[arg(long)]
+        max_index: Option<u64>,
+    },
+    /// Print one block.
+    Get {
+        /// The block's hash (hex).
+        hash: BlockHash,
+    },
+    /// Print the chain head.
+    Head,
+    /// Print storage statistics.
+    Stats,
+    /// Reclaim the space of deleted blocks.
+    Compact,
+    /// Return free space to the operating system (where the backend can).
+    Vacuum,
+    /// Copy every block and the head from one store to another, verifying as it
+    /// goes; rerun to resume.
+    Migrate {
+        /// Source store URL.
+        #[arg(long)]
+        from: String,
+        /// Destination store URL.
+        #[arg(long)]
+        to: String,
+        /// Blocks per write.
+        #[arg(long, default_value_t = 1_000)]
+        batch: u64,
+    },
+}
+
+fn parse_time(s: &str) -> Result<SystemTime, String> {
+    if let Ok(n) = s.parse::<u64>() {
+        return Ok(olocus_storage::system_time_from_unix_nanos(n));
+    }
+    humantime::parse_rfc3339_weak(s)
+        .map_err(|e| format!("{s:?} is neither RFC 3339 nor Unix nanoseconds: {e}"))
+}
+
+/// An error to print: the message and every cause below it.
+pub struct CliError(pub String);
+
+impl<E: Error> From<E> for CliError {
+    fn from(e: E) -> Self {
+        let mut msg = e.to_string();
+        let mut source = e.source();
+        while let Some(s) = source {
+            msg.push_str(&format!(": {s}"));
+            source = s.source();
+        }
+        Self(msg)
+    }
+}
+
+/// The result of a command.
+pub type CliResult<T = ()> = Result<T, CliError>;
+
+/// What every command gets.
+pub struct Ctx {
+    /// `--json`.
+    pub json: bool,
+    /// `--quiet`.
+    pub quiet: bool,
+}
+
+impl Ctx {
+    /// A progress bar of `len` steps, hidden when quiet, in JSON mode or when
+    /// stderr is not a terminal (indicatif's default).
+    pub fn bar(&self, len: u64, what: &str) -> indicatif::ProgressBar {
+        if self.quiet || self.json {
+            return indicatif::ProgressBar::hidden();
+        }
+        let bar = indicatif::ProgressBar::new(len).with_message(what.to_string());
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg:>10} [{bar:40}] {human_pos}/{human_len} ({per_sec}, eta {eta})",
+            )
+            .expect("template")
+            .progress_chars("=> "),
+        );
+        bar.enable_steady_tick(Duration::from_millis(200));
+        bar
+    }
+}
+
+async fn open(cli: &Cli) -> CliResult<Storage> {
+    let config = match (&cli.config, &cli.store) {
+        (Some(path), _) => StorageConfig::load(path)?,
+        (None, Some(url)) => StorageConfig::new(url.parse()?),
+        (None, None) => {
+            return Err(CliError(
+                "no store given: pass --store URL (memory:, fs:PATH, rocksdb:PATH, \
+                 sqlite:PATH) or --config FILE.toml"
+                    .into(),
+            ));
+        }
+    };
+    let what = config.backend.to_url();
+    Storage::new(config)
+        .await
+        .map_err(|e| CliError(format!("opening {what}: {}", CliError::from(e).0)))
+}
+
+async fn run(cli: Cli) -> CliResult {
+    let ctx = Ctx {
+        json: cli.json,
+        quiet: cli.quiet,
+    };
+    if let Cmd::Demo { blocks, keep } = &cli.command {
+        return demo::run(
+            &ctx,
+            cli.store.as_deref(),
+            cli.config.as_deref(),
+            *blocks,
+            *keep,
+        )
+        .await;
+    }
+    if let Cmd::Migrate { from, to, batch } = &cli.command {
+        return commands::migrate(&ctx, from, to, *batch).await;
+    }
+    let store = open(&cli).await?;
+    let result = match &cli.command {
+        Cmd::Demo { .. } | Cmd::Migrate { .. } => unreachable!("handled above"),
+        Cmd::Import {
+            file,
+            format,
+            batch,
+            no_head,
+        } => commands::import(&ctx, &store, file.as_deref(), *format, *batch, !no_head).await,
+        Cmd::Export {
+            file,
+            format,
+            from,
+            to,
+        } => commands::export(&ctx, &store, file.as_deref(), *format, *from, *to).await,
+        Cmd::Verify { page } => commands::verify(&ctx, &store, *page).await,
+        Cmd::List {
+            limit,
+            offset,
+            start_time,
+            end_time,
+            order,
+            payload_type,
+            signer,
+            min_index,
+            max_index,
+        } => {
+            let options = ListOptions {
+                limit: *limit,
+                offset: *offset,
+                start_time: *start_time,
+                end_time: *end_time,
+                order: match order {
+                    Order::Asc => SortOrder::Ascending,
+                    Order::Desc => SortOrder::Descending,
+                    Order::Time => SortOrder::ByTimestamp,
+                },
+                filter: Some(BlockFilter {
+                    payload_type: payload_type.clone(),
+                    public_key: *signer,
+                    min_index: *min_index,
+                    max_index: *max_index,
+                }),
+            };
+            commands::list(&ctx, &store, &options).await
+        }
+        Cmd::Get { hash } => commands::get(&ctx, &store, hash).await,
+        Cmd::Head => commands::head(&ctx, &store).await,
+        Cmd::Stats => commands::stats(&ctx, &store).await,
+        Cmd::Compact => commands::maintain(&ctx, &store, false).await,
+        Cmd::Vacuum => commands::maintain(&ctx, &store, true).await,
+    };
+    // Close even after a failure, so files are flushed and locks released.
+    let closed = store.close().await;
+    result?;
+    closed.map_err(CliError::from)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("OLOCUS_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(CliError(msg)) => {
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Maps a storage error into the CLI's, naming what was being done.
+pub fn ctx_err(what: impl std::fmt::Display) -> impl FnOnce(StorageError) -> CliError {
+    move |e| CliError(format!("{what}: {}", CliError::from(e).0))
+}

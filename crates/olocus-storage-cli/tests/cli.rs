@@ -1,0 +1,335 @@
+//! The built `olocus-storage` binary, end to end: import → verify → export round
+//! trips, migrate between every pair of persistent backends compiled in, verify on
+//! a damaged and on a gapped store, the demo, and errors.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, SystemTime};
+
+use olocus_storage::{Block, SigningKey, WireFormat};
+
+fn bin(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_olocus-storage"))
+        .args(args)
+        .env_remove("OLOCUS_STORE")
+        .output()
+        .expect("run olocus-storage")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = bin(args);
+    assert!(
+        out.status.success(),
+        "olocus-storage {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+fn fails(args: &[&str]) -> (String, String) {
+    let out = bin(args);
+    assert!(!out.status.success(), "olocus-storage {args:?} should fail");
+    (
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+/// A signed chain of `n` blocks with JSON payloads.
+fn chain(n: u64) -> Vec<Block> {
+    let key = SigningKey::from_bytes(&[11; 32]);
+    let t0 = SystemTime::UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789);
+    let mut out: Vec<Block> = Vec::new();
+    for i in 0..n {
+        let ty = if i % 4 == 0 {
+            "cli.event/v1"
+        } else {
+            "cli.reading/v1"
+        };
+        let payload = format!(
+            "{{\"seq\":{i},\"note\":\"{}\"}}",
+            "x".repeat((i % 50) as usize)
+        );
+        let prev = out.last().map(Block::hash);
+        let b = Block::sign_raw(
+            i,
+            t0 + Duration::from_micros(i * 1_001),
+            prev,
+            ty,
+            payload.into_bytes(),
+            &key,
+        )
+        .unwrap();
+        out.push(b);
+    }
+    out
+}
+
+fn write_jsonl(path: &Path, blocks: &[Block]) {
+    let mut text = Vec::new();
+    for b in blocks {
+        text.extend(WireFormat::JSON.encode(b).unwrap());
+        text.push(b'\n');
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// Persistent backends compiled into this build, as URL makers.
+fn backends(dir: &Path, tag: &str) -> Vec<String> {
+    let mut v = vec![format!("fs:{}", s(&dir.join(format!("{tag}-fs"))))];
+    if cfg!(feature = "sqlite") {
+        v.push(format!("sqlite:{}", s(&dir.join(format!("{tag}.db")))));
+    }
+    if cfg!(feature = "rocksdb") {
+        v.push(format!("rocksdb:{}", s(&dir.join(format!("{tag}-rocks")))));
+    }
+    v
+}
+
+#[test]
+fn import_verify_export_round_trips_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    let blocks = chain(300);
+    write_jsonl(&input, &blocks);
+    for (n, url) in backends(dir.path(), "rt").iter().enumerate() {
+        let out = ok(&["--store", url, "import", &s(&input)]);
+        assert!(out.contains("imported 300 blocks"), "{out}");
+        let out = ok(&["--store", url, "verify"]);
+        assert!(out.contains("verified 300 blocks"), "{out}");
+        assert!(out.contains("head is the last block #299"), "{out}");
+
+        let jsonl = dir.path().join(format!("out{n}.jsonl"));
+        ok(&["--store", url, "export", &s(&jsonl)]);
+        assert_eq!(
+            std::fs::read(&jsonl).unwrap(),
+            std::fs::read(&input).unwrap(),
+            "{url}"
+        );
+
+        // Binary: export, import elsewhere, export again: identical bytes.
+        let bin1 = dir.path().join(format!("out{n}.bin"));
+        ok(&["--store", url, "export", &s(&bin1)]);
+        let other = format!("fs:{}", s(&dir.path().join(format!("copy{n}"))));
+        ok(&["--store", &other, "import", &s(&bin1)]);
+        let bin2 = dir.path().join(format!("again{n}.bin"));
+        ok(&["--store", &other, "export", "--format", "binary", &s(&bin2)]);
+        assert_eq!(std::fs::read(&bin1).unwrap(), std::fs::read(&bin2).unwrap());
+        assert!(std::fs::metadata(&bin1).unwrap().len() < std::fs::metadata(&jsonl).unwrap().len());
+    }
+}
+
+#[test]
+fn migrate_between_every_pair_keeps_list_and_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    write_jsonl(&input, &chain(250));
+    let sources = backends(dir.path(), "src");
+    for src in &sources {
+        ok(&["--store", src, "import", &s(&input)]);
+    }
+    let want = ok(&["--store", &sources[0], "list", "--json"]);
+    let want_head = ok(&["--store", &sources[0], "head"]);
+    for (i, src) in sources.iter().enumerate() {
+        for (j, dst) in backends(dir.path(), &format!("dst{i}")).iter().enumerate() {
+            if i == j {
+                continue;
+            }
+            let out = ok(&["migrate", "--from", src, "--to", dst, "--batch", "64"]);
+            assert!(out.contains("migrated 250 blocks"), "{src} -> {dst}: {out}");
+            assert_eq!(
+                ok(&["--store", dst, "list", "--json"]),
+                want,
+                "{src} -> {dst}"
+            );
+            assert_eq!(ok(&["--store", dst, "head"]), want_head);
+            assert!(ok(&["--store", dst, "verify"]).contains("verified 250 blocks"));
+            // Running it again resumes: nothing new to copy.
+            let again = ok(&["migrate", "--from", src, "--to", dst, "--json"]);
+            let v: serde_json::Value = serde_json::from_str(&again).unwrap();
+            assert_eq!(
+                (v["copied"].as_u64(), v["blocks"].as_u64()),
+                (Some(0), Some(250))
+            );
+        }
+    }
+}
+
+#[test]
+fn verify_names_the_first_damaged_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    let blocks = chain(60);
+    write_jsonl(&input, &blocks);
+    let path = dir.path().join("store");
+    let url = format!("fs:{}", s(&path));
+    ok(&["--store", &url, "import", &s(&input)]);
+    // Find block 17's bytes on disk and flip one.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let loc = rt.block_on(async {
+        let store = storage_fs::FilesystemBackend::open(storage_fs::FsConfig::new(&path)).unwrap();
+        let loc = store.locate(&blocks[17].hash()).unwrap().unwrap();
+        olocus_storage::StorageBackend::close(&store).await.unwrap();
+        loc
+    });
+    let mut bytes = std::fs::read(&loc.path).unwrap();
+    bytes[(loc.offset + loc.len / 2) as usize] ^= 0x04;
+    std::fs::write(&loc.path, bytes).unwrap();
+
+    let (out, err) = fails(&["--store", &url, "verify"]);
+    assert!(out.contains("chain broken at index 17"), "{out}");
+    assert!(out.contains(&blocks[17].hash().to_string()), "{out}");
+    assert!(out.contains("damaged"), "{out}");
+    assert!(out.contains("17 blocks before it verified"), "{out}");
+    assert!(err.contains("verification failed at index 17"), "{err}");
+    let (out, _) = fails(&["--store", &url, "verify", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (v["ok"].as_bool(), v["index"].as_u64()),
+        (Some(false), Some(17))
+    );
+}
+
+#[test]
+fn verify_names_a_missing_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("gap.jsonl");
+    let mut blocks = chain(40);
+    blocks.remove(23);
+    write_jsonl(&input, &blocks);
+    let url = format!("fs:{}", s(&dir.path().join("store")));
+    ok(&["--store", &url, "import", &s(&input)]);
+    let (out, _) = fails(&["--store", &url, "verify"]);
+    assert!(
+        out.contains("chain broken at index 23: block missing (the next stored block is #24)"),
+        "{out}"
+    );
+}
+
+#[test]
+fn list_filters_and_get() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    let blocks = chain(100);
+    write_jsonl(&input, &blocks);
+    let url = format!("fs:{}", s(&dir.path().join("store")));
+    ok(&["--store", &url, "import", &s(&input)]);
+    let out = ok(&[
+        "--store",
+        &url,
+        "list",
+        "--type",
+        "cli.event/v1",
+        "--order",
+        "desc",
+        "--limit",
+        "3",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let idx: Vec<u64> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(idx, vec![96, 92, 88]);
+    let start = (blocks[10].timestamp_nanos()).to_string();
+    let end = humantime::format_rfc3339_nanos(blocks[12].timestamp()).to_string();
+    let out = ok(&[
+        "--store",
+        &url,
+        "list",
+        "--start-time",
+        &start,
+        "--end-time",
+        &end,
+        "--order",
+        "time",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 3);
+    let signer = blocks[0].public_key().to_string();
+    let out = ok(&[
+        "--store",
+        &url,
+        "list",
+        "--signer",
+        &signer,
+        "--min-index",
+        "95",
+        "--offset",
+        "2",
+    ]);
+    assert!(out.contains("(3 blocks)"), "{out}");
+
+    let out = ok(&[
+        "--store",
+        &url,
+        "get",
+        &blocks[5].hash().to_string(),
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["payload"]["json"]["seq"], 5);
+    assert_eq!(v["hash"], blocks[5].hash().to_string());
+    let (_, err) = fails(&["--store", &url, "get", &"ab".repeat(32)]);
+    assert!(err.contains("not found"), "{err}");
+    assert!(ok(&["--store", &url, "stats"]).contains("total_blocks: 100"));
+    ok(&["--store", &url, "compact"]);
+    ok(&["--store", &url, "vacuum"]);
+    assert!(ok(&["--store", &url, "verify"]).contains("verified 100 blocks"));
+}
+
+#[test]
+fn demo_stores_verifies_and_queries() {
+    let out = ok(&["demo", "--blocks", "400"]);
+    for needle in [
+        "signed",
+        "stored",
+        "verified   400 blocks",
+        "by hash",
+        "by range",
+        "by time",
+        "list",
+        "stats",
+    ] {
+        assert!(out.contains(needle), "{needle:?} missing from:\n{out}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("fs:{}", s(&dir.path().join("kept")));
+    ok(&["demo", "--blocks", "50", "--store", &url]);
+    assert!(ok(&["--store", &url, "verify"]).contains("verified 50 blocks"));
+    let (_, err) = fails(&["demo", "--blocks", "50", "--store", &url]);
+    assert!(err.contains("already holds blocks"), "{err}");
+}
+
+#[test]
+fn errors_say_what_and_where() {
+    let (_, err) = fails(&["--store", "ftp://x", "head"]);
+    assert!(err.contains("expected memory:, fs:PATH"), "{err}");
+    let (_, err) = fails(&["head"]);
+    assert!(err.contains("--store"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"not\": \"a block\"}\n").unwrap();
+    let url = format!("fs:{}", s(&dir.path().join("store")));
+    let (_, err) = fails(&["--store", &url, "import", &s(&bad)]);
+    assert!(err.contains("line 1"), "{err}");
+    let cfg: PathBuf = dir.path().join("missing.toml");
+    let (_, err) = fails(&["--config", &s(&cfg), "head"]);
+    assert!(err.contains("missing.toml"), "{err}");
+    if !cfg!(feature = "rocksdb") {
+        let (_, err) = fails(&["--store", "rocksdb:/tmp/x", "head"]);
+        assert!(err.contains("`rocksdb` feature"), "{err}");
+    }
+}
