@@ -390,18 +390,97 @@ pub fn encode_index(id: u64, covered: u64, ops: &[Op]) -> Vec<u8> {
     out
 }
 
-/// A parsed segment index.
-#[derive(Debug)]
-pub struct SegmentIndex {
-    /// Bytes of the segment the operations cover.
-    pub covered: u64,
-    /// The operations, in log order.
-    pub ops: Vec<Op>,
+/// A put as an index file holds it: signer and type as ids into the file's tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawPut {
+    /// Offset of the entry header in the segment.
+    pub off: u64,
+    /// Entry length.
+    pub len: u32,
+    /// Encoded length before compression.
+    pub raw_len: u32,
+    /// Chain index.
+    pub index: u64,
+    /// Timestamp, Unix nanoseconds.
+    pub ts: u64,
+    /// Canonical size.
+    pub size: u32,
+    /// Block hash.
+    pub hash: BlockHash,
+    /// Signer, as an id into [`SegmentIndex::keys`].
+    pub key: u32,
+    /// Payload type, as an id into [`SegmentIndex::types`].
+    pub ty: u32,
 }
 
-/// Parses a segment index for segment `id`; `None` if it is damaged, foreign or of
-/// another segment (the caller then rebuilds it from the segment).
-pub fn decode_index(bytes: &[u8], id: u64) -> Option<SegmentIndex> {
+/// An operation as an index file holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawOp {
+    /// A block written.
+    Put(RawPut),
+    /// A block deleted.
+    Delete(BlockHash),
+    /// The head set or cleared.
+    Head(Option<BlockHash>),
+}
+
+/// A whole parsed index file (tests).
+#[cfg(test)]
+#[derive(Debug)]
+pub struct SegmentIndex {
+    /// Its tables and coverage.
+    pub header: IndexHeader,
+    /// The operations, in log order.
+    pub ops: Vec<RawOp>,
+}
+
+#[cfg(test)]
+impl SegmentIndex {
+    /// Every operation, resolved.
+    pub fn to_ops(&self) -> Vec<Op> {
+        self.ops.iter().map(|o| self.header.op(o)).collect()
+    }
+}
+
+impl IndexHeader {
+    /// One operation with its signer and type resolved.
+    pub fn op(&self, raw: &RawOp) -> Op {
+        match raw {
+            RawOp::Put(p) => Op::Put(PutOp {
+                off: p.off,
+                len: p.len,
+                raw_len: p.raw_len,
+                index: p.index,
+                ts: p.ts,
+                size: p.size,
+                hash: p.hash,
+                key: self.keys[p.key as usize],
+                ty: self.types[p.ty as usize].clone(),
+            }),
+            RawOp::Delete(h) => Op::Delete(*h),
+            RawOp::Head(h) => Op::Head(*h),
+        }
+    }
+}
+
+/// The tables of an index file, checked; its operations are read with
+/// [`index_ops`] straight from the file's bytes.
+#[derive(Debug)]
+pub struct IndexHeader {
+    /// Bytes of the segment the operations cover.
+    pub covered: u64,
+    /// Signers, by id.
+    pub keys: Vec<PublicKey>,
+    /// Payload types, by id.
+    pub types: Vec<std::sync::Arc<str>>,
+    nops: usize,
+    ops_at: usize,
+    ops_end: usize,
+}
+
+/// Checks an index file of segment `id` (checksum, magic, id, tables); `None` if
+/// it is damaged, foreign or of another segment.
+pub fn parse_index_header(bytes: &[u8], id: u64) -> Option<IndexHeader> {
     let (body, crc) = bytes.split_at_checked(bytes.len().checked_sub(4)?)?;
     if crc32fast::hash(body) != u32::from_le_bytes(crc.try_into().ok()?) {
         return None;
@@ -423,35 +502,112 @@ pub fn decode_index(bytes: &[u8], id: u64) -> Option<SegmentIndex> {
         let len = r.take(1)?[0] as usize;
         types.push(std::str::from_utf8(r.take(len)?).ok()?.into());
     }
-    let mut ops = Vec::with_capacity(nops.min(body.len() / 33));
-    for _ in 0..nops {
-        let op = match r.take(1)?[0] {
-            1 => Op::Put(PutOp {
+    Some(IndexHeader {
+        covered,
+        keys,
+        types,
+        nops,
+        ops_at: r.at,
+        ops_end: body.len(),
+    })
+}
+
+/// The operations of an index file whose header [`parse_index_header`] checked.
+/// Yields `None` (and stops) at a malformed operation.
+pub fn index_ops<'a>(
+    bytes: &'a [u8],
+    h: &'a IndexHeader,
+) -> impl Iterator<Item = Option<RawOp>> + 'a {
+    let mut r = Reader {
+        b: &bytes[..h.ops_end],
+        at: h.ops_at,
+    };
+    let mut left = h.nops;
+    let mut failed = false;
+    std::iter::from_fn(move || {
+        if failed {
+            return None;
+        }
+        if left == 0 {
+            // Everything read, and nothing may follow.
+            if r.at != r.b.len() {
+                failed = true;
+                return Some(None);
+            }
+            return None;
+        }
+        left -= 1;
+        let op = read_op(&mut r, h);
+        failed = op.is_none();
+        Some(op)
+    })
+}
+
+/// Bytes of a PUT operation after its tag.
+const PUT_OP: usize = 8 + 4 + 4 + 8 + 8 + 4 + 32 + 4 + 4;
+
+fn read_op(r: &mut Reader<'_>, h: &IndexHeader) -> Option<RawOp> {
+    // Puts are nearly all of an index: read them at fixed offsets.
+    if r.b.get(r.at) == Some(&1)
+        && let Some(b) = r.b.get(r.at + 1..r.at + 1 + PUT_OP)
+    {
+        let u32_ = |at: usize| u32::from_le_bytes(b[at..at + 4].try_into().expect("4"));
+        let u64_ = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8"));
+        let p = RawPut {
+            off: u64_(0),
+            len: u32_(8),
+            raw_len: u32_(12),
+            index: u64_(16),
+            ts: u64_(24),
+            size: u32_(32),
+            hash: BlockHash(b[36..68].try_into().expect("32")),
+            key: u32_(68),
+            ty: u32_(72),
+        };
+        if p.key as usize >= h.keys.len() || p.ty as usize >= h.types.len() {
+            return None;
+        }
+        r.at += 1 + PUT_OP;
+        return Some(RawOp::Put(p));
+    }
+    Some(match r.take(1)?[0] {
+        1 => {
+            let p = RawPut {
                 off: r.u64()?,
                 len: r.u32()?,
                 raw_len: r.u32()?,
                 index: r.u64()?,
                 ts: r.u64()?,
                 size: r.u32()?,
-                hash: BlockHash::from_slice(r.take(32)?).ok()?,
-                key: *keys.get(r.u32()? as usize)?,
-                ty: types.get(r.u32()? as usize)?.clone(),
-            }),
-            2 => Op::Delete(BlockHash::from_slice(r.take(32)?).ok()?),
-            3 => {
-                let flag = r.take(1)?[0];
-                let h = BlockHash::from_slice(r.take(32)?).ok()?;
-                match flag {
-                    0 => Op::Head(None),
-                    1 => Op::Head(Some(h)),
-                    _ => return None,
-                }
+                hash: BlockHash(r.take(32)?.try_into().ok()?),
+                key: r.u32()?,
+                ty: r.u32()?,
+            };
+            if p.key as usize >= h.keys.len() || p.ty as usize >= h.types.len() {
+                return None;
             }
-            _ => return None,
-        };
-        ops.push(op);
-    }
-    (r.at == body.len()).then_some(SegmentIndex { covered, ops })
+            RawOp::Put(p)
+        }
+        2 => RawOp::Delete(BlockHash(r.take(32)?.try_into().ok()?)),
+        3 => {
+            let flag = r.take(1)?[0];
+            let hash = BlockHash(r.take(32)?.try_into().ok()?);
+            match flag {
+                0 => RawOp::Head(None),
+                1 => RawOp::Head(Some(hash)),
+                _ => return None,
+            }
+        }
+        _ => return None,
+    })
+}
+
+/// Parses a whole index file of segment `id`; `None` if any of it is damaged.
+#[cfg(test)]
+pub fn decode_index(bytes: &[u8], id: u64) -> Option<SegmentIndex> {
+    let h = parse_index_header(bytes, id)?;
+    let ops = index_ops(bytes, &h).collect::<Option<Vec<_>>>()?;
+    Some(SegmentIndex { header: h, ops })
 }
 
 struct Reader<'a> {
@@ -535,7 +691,7 @@ mod tests {
         ];
         let bytes = encode_index(7, 416, &ops);
         let idx = decode_index(&bytes, 7).unwrap();
-        assert_eq!((idx.covered, idx.ops), (416, ops));
+        assert_eq!((idx.header.covered, idx.to_ops()), (416, ops));
         assert!(decode_index(&bytes, 8).is_none());
         for i in 0..bytes.len() {
             let mut bad = bytes.clone();

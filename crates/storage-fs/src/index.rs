@@ -2,7 +2,6 @@
 //! the unsealed tail of the log), updated by every write after it is on disk.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use storage_core::{
@@ -10,20 +9,21 @@ use storage_core::{
     system_time_from_unix_nanos,
 };
 
-use crate::format::{Op, PutOp};
+use crate::format::{IndexHeader, Op, PutOp, RawOp};
 
-/// Where an entry lives.
+/// Where an entry lives (16 bytes: segments are at most 2 GiB and one record
+/// at most 1 GiB, so offsets fit in 32 bits).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Loc {
     /// Segment id.
     pub seg: u64,
     /// Offset of the entry header.
-    pub off: u64,
+    pub off: u32,
     /// Entry length.
     pub len: u32,
 }
 
-/// One stored block, as the index keeps it (64 bytes plus the map's overhead).
+/// One stored block, as the index keeps it (72 bytes plus the map's overhead).
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub hash: BlockHash,
@@ -35,29 +35,54 @@ pub struct Entry {
     pub loc: Loc,
 }
 
-/// Hashes a [`BlockHash`] by its first eight bytes: they are already uniformly
-/// distributed (SHA-256), and grinding blocks to collide 64 bits is infeasible.
-#[derive(Default)]
-pub struct PrefixHasher(u64);
-
-impl Hasher for PrefixHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        // `[u8; 32]` hashes as one 32-byte write (after a length prefix).
-        if bytes.len() >= 8 {
-            self.0 = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
-        } else {
-            for b in bytes {
-                self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-            }
-        }
-    }
-    fn write_usize(&mut self, _: usize) {}
+/// The first eight bytes of a block hash: already uniformly distributed
+/// (SHA-256), and grinding blocks to collide 64 bits is infeasible.
+fn prefix(h: &BlockHash) -> u64 {
+    u64::from_le_bytes(h.0[..8].try_into().expect("8 bytes"))
 }
 
-type ByHash = HashMap<BlockHash, u64, BuildHasherDefault<PrefixHasher>>;
+/// Hash → chain index. Slots hold only `(hash prefix, index)` (16 bytes, against
+/// 40 for a map keyed by the whole hash): the full hash lives in the entry, which
+/// every lookup compares against. A smaller table is faster to build on open and
+/// misses the cache less.
+#[derive(Debug, Default)]
+struct HashIndex(hashbrown::HashTable<(u64, u64)>);
+
+impl HashIndex {
+    fn with_capacity(n: usize) -> Self {
+        Self(hashbrown::HashTable::with_capacity(n))
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn get(&self, h: &BlockHash, by_index: &BTreeMap<u64, Entry>) -> Option<u64> {
+        let p = prefix(h);
+        self.0
+            .find(p, |&(q, i)| {
+                q == p && by_index.get(&i).is_some_and(|e| e.hash == *h)
+            })
+            .map(|&(_, i)| i)
+    }
+
+    /// Adds a hash the caller knows is absent.
+    fn insert(&mut self, h: &BlockHash, index: u64) {
+        let p = prefix(h);
+        self.0.insert_unique(p, (p, index), |&(q, _)| q);
+    }
+
+    /// Removes a hash; call before its entry leaves `by_index`.
+    fn remove(&mut self, h: &BlockHash, by_index: &BTreeMap<u64, Entry>) -> Option<u64> {
+        let p = prefix(h);
+        match self.0.find_entry(p, |&(q, i)| {
+            q == p && by_index.get(&i).is_some_and(|e| e.hash == *h)
+        }) {
+            Ok(slot) => Some(slot.remove().0.1),
+            Err(_) => None,
+        }
+    }
+}
 
 /// Byte accounting of one segment.
 #[derive(Debug, Clone, Copy, Default)]
@@ -102,7 +127,7 @@ impl<T: std::hash::Hash + Eq + Clone> Interner<T> {
 #[derive(Debug, Default)]
 pub struct Index {
     pub by_index: BTreeMap<u64, Entry>,
-    by_hash: ByHash,
+    by_hash: HashIndex,
     /// `(timestamp, index)`: time order with the index as tie-breaker.
     by_time: BTreeSet<(u64, u64)>,
     keys: Interner<PublicKey>,
@@ -115,22 +140,19 @@ pub struct Index {
 impl Index {
     /// The entry of a stored block.
     pub fn get(&self, hash: &BlockHash) -> Option<&Entry> {
-        self.by_hash.get(hash).map(|i| &self.by_index[i])
+        self.by_hash
+            .get(hash, &self.by_index)
+            .map(|i| &self.by_index[&i])
     }
 
     /// Whether a block is stored.
     pub fn contains(&self, hash: &BlockHash) -> bool {
-        self.by_hash.contains_key(hash)
+        self.by_hash.get(hash, &self.by_index).is_some()
     }
 
     /// Number of stored blocks.
     pub fn len(&self) -> usize {
         self.by_hash.len()
-    }
-
-    /// Reserves room for `n` more blocks (bulk loads).
-    pub fn reserve(&mut self, n: usize) {
-        self.by_hash.reserve(n);
     }
 
     /// The block at `index`, if any.
@@ -173,10 +195,10 @@ impl Index {
     fn put(&mut self, seg: u64, p: &PutOp) -> Result<()> {
         let loc = Loc {
             seg,
-            off: p.off,
+            off: p.off as u32,
             len: p.len,
         };
-        if let Some(index) = self.by_hash.get(&p.hash).copied() {
+        if let Some(index) = self.by_hash.get(&p.hash, &self.by_index) {
             // The same block again (a compaction's copy replayed after the original
             // survived a crash): the newer copy wins; the older one is dead.
             let e = self.by_index.get_mut(&index).expect("indexed");
@@ -195,7 +217,7 @@ impl Index {
             )));
         }
         let (key, ty) = self.ids(&p.key, &p.ty);
-        self.by_hash.insert(p.hash, p.index);
+        self.by_hash.insert(&p.hash, p.index);
         self.by_time.insert((p.ts, p.index));
         self.total_size += u64::from(p.size);
         let u = self.segs.entry(seg).or_default();
@@ -226,7 +248,7 @@ impl Index {
 
     /// Removes a block; returns its entry.
     pub fn delete(&mut self, hash: &BlockHash) -> Option<Entry> {
-        let index = self.by_hash.remove(hash)?;
+        let index = self.by_hash.remove(hash, &self.by_index)?;
         let e = self.by_index.remove(&index).expect("indexed");
         self.by_time.remove(&(e.ts, index));
         self.total_size -= u64::from(e.size);
@@ -330,6 +352,206 @@ impl Index {
                 .take(take)
                 .map(meta)
                 .collect(),
+        }
+    }
+}
+
+/// What the helper thread of [`Bulk`] receives: `(hash prefix, index, timestamp)`.
+type Keys = Vec<(u64, u64, u64)>;
+
+/// What it returns: the hash and time indexes, or `None` if they need a replay.
+type Helped = Option<(HashIndex, BTreeSet<(u64, u64)>)>;
+
+/// Builds an [`Index`] in bulk while a store opens.
+///
+/// A log without deletions (the common case: chains are appended) needs no
+/// replay. Entries are collected once, and the ordered map is built from their
+/// sorted runs. Meanwhile a helper thread fills the hash index and the time index
+/// from what has been parsed so far, so opening uses both cores.
+///
+/// The caller replays the log operation by operation instead when any of these
+/// turns up: a deletion, a malformed index operation, a block or index seen twice
+/// (the copies of a compaction replayed after their originals, or damage), or two
+/// hashes sharing a 64-bit prefix. The replay handles superseded copies and
+/// reports real conflicts.
+pub struct Bulk {
+    ix: Index,
+    puts: Vec<(u64, Entry)>,
+    head: Option<BlockHash>,
+    chunk: Keys,
+    tx: Option<std::sync::mpsc::SyncSender<Keys>>,
+    helper: Option<std::thread::JoinHandle<Helped>>,
+}
+
+/// Entries handed to the helper at a time.
+const CHUNK: usize = 1 << 16;
+
+impl Bulk {
+    /// A builder expecting about `capacity` blocks.
+    pub fn new(capacity: usize) -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Keys>(8);
+        let helper = std::thread::Builder::new()
+            .name("olocus-fs-open".into())
+            .spawn(move || {
+                let mut hashes = HashIndex::with_capacity(capacity);
+                let mut times = Vec::with_capacity(capacity);
+                let mut ok = true;
+                for chunk in rx {
+                    for (p, index, ts) in chunk {
+                        // Two hashes with one prefix cannot be told apart here.
+                        if ok && hashes.0.find(p, |&(q, _)| q == p).is_some() {
+                            ok = false;
+                        }
+                        if ok {
+                            hashes.0.insert_unique(p, (p, index), |&(q, _)| q);
+                            times.push((ts, index));
+                        }
+                    }
+                }
+                ok.then(|| (hashes, times.into_iter().collect()))
+            })
+            .ok();
+        Self {
+            ix: Index::default(),
+            puts: Vec::with_capacity(capacity),
+            head: None,
+            chunk: Vec::with_capacity(CHUNK),
+            tx: helper.is_some().then_some(tx),
+            helper,
+        }
+    }
+
+    fn push(&mut self, index: u64, e: Entry) {
+        self.chunk.push((prefix(&e.hash), index, e.ts));
+        if self.chunk.len() == CHUNK {
+            self.send();
+        }
+        self.puts.push((index, e));
+    }
+
+    fn send(&mut self) {
+        let chunk = std::mem::replace(&mut self.chunk, Vec::with_capacity(CHUNK));
+        if let Some(tx) = &self.tx
+            && tx.send(chunk).is_err()
+        {
+            self.tx = None; // the helper is gone; `finish` reports it
+        }
+    }
+
+    /// Adds an index file's operations; `false` if the bulk path cannot take them.
+    pub fn add_indexed(
+        &mut self,
+        seg: u64,
+        h: &IndexHeader,
+        ops: impl Iterator<Item = Option<RawOp>>,
+    ) -> bool {
+        // The file's key and type ids map to global ones once per file.
+        let kmap: Vec<u32> = h.keys.iter().map(|k| self.ix.keys.id(k)).collect();
+        let tmap: Vec<u32> = h.types.iter().map(|t| self.ix.types.id(t)).collect();
+        let mut usage = SegUse::default();
+        for op in ops {
+            match op {
+                Some(RawOp::Put(p)) => {
+                    usage.live += u64::from(p.len);
+                    usage.raw_live += u64::from(p.raw_len);
+                    self.ix.total_size += u64::from(p.size);
+                    self.push(
+                        p.index,
+                        Entry {
+                            hash: p.hash,
+                            ts: p.ts,
+                            size: p.size,
+                            raw_len: p.raw_len,
+                            key: kmap[p.key as usize],
+                            ty: tmap[p.ty as usize],
+                            loc: Loc {
+                                seg,
+                                off: p.off as u32,
+                                len: p.len,
+                            },
+                        },
+                    );
+                }
+                Some(RawOp::Head(head)) => self.head = head,
+                Some(RawOp::Delete(_)) | None => return false,
+            }
+        }
+        self.add_usage(seg, usage);
+        true
+    }
+
+    /// Adds operations decoded from a segment's unindexed tail; `false` if the
+    /// bulk path cannot take them.
+    pub fn add_tail(&mut self, seg: u64, ops: &[Op]) -> bool {
+        let mut usage = SegUse::default();
+        for op in ops {
+            match op {
+                Op::Put(p) => {
+                    let (key, ty) = self.ix.ids(&p.key, &p.ty);
+                    usage.live += u64::from(p.len);
+                    usage.raw_live += u64::from(p.raw_len);
+                    self.ix.total_size += u64::from(p.size);
+                    self.push(
+                        p.index,
+                        Entry {
+                            hash: p.hash,
+                            ts: p.ts,
+                            size: p.size,
+                            raw_len: p.raw_len,
+                            key,
+                            ty,
+                            loc: Loc {
+                                seg,
+                                off: p.off as u32,
+                                len: p.len,
+                            },
+                        },
+                    );
+                }
+                Op::Head(head) => self.head = *head,
+                Op::Delete(_) => return false,
+            }
+        }
+        self.add_usage(seg, usage);
+        true
+    }
+
+    fn add_usage(&mut self, seg: u64, usage: SegUse) {
+        if usage.live > 0 {
+            let u = self.ix.segs.entry(seg).or_default();
+            u.live += usage.live;
+            u.raw_live += usage.raw_live;
+        }
+    }
+
+    /// The index; `None` if the log needs a replay after all.
+    pub fn finish(mut self) -> Option<Index> {
+        self.send();
+        self.tx = None; // ends the helper's input
+        let mut ix = std::mem::take(&mut self.ix);
+        let puts = std::mem::take(&mut self.puts);
+        let count = puts.len();
+        // While the helper finishes: the ordered map, from sorted runs (a log is
+        // appended in index order, mostly), near-linear.
+        ix.by_index = puts.into_iter().collect();
+        let (hashes, by_time) = self.helper.take()?.join().ok()??;
+        if ix.by_index.len() != count || hashes.len() != count {
+            return None; // an index or a block twice
+        }
+        ix.by_hash = hashes;
+        ix.by_time = by_time;
+        ix.head = self.head.filter(|h| ix.contains(h));
+        Some(ix)
+    }
+}
+
+impl Drop for Bulk {
+    fn drop(&mut self) {
+        // An abandoned load: end the helper's input and wait for it, so no thread
+        // outlives the open.
+        self.tx = None;
+        if let Some(h) = self.helper.take() {
+            let _ = h.join();
         }
     }
 }

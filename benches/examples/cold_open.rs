@@ -1,0 +1,53 @@
+//! Builds a filesystem store of N blocks at PATH (once) and times cold opens of it,
+//! for profiling (`perf record -e cpu-clock`).
+//!
+//! `cargo run --release -p olocus-benches --example cold_open -- PATH [N] [OPENS]`
+
+use std::time::Instant;
+
+use olocus_benches::bulk_blocks;
+use storage_core::StorageBackend;
+use storage_fs::{Durability, FilesystemBackend, FsConfig};
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let path = args.next().expect("PATH");
+    let n: u64 = args.next().map_or(1_000_000, |v| v.parse().expect("N"));
+    let opens: u32 = args.next().map_or(10, |v| v.parse().expect("OPENS"));
+    let config = FsConfig {
+        path: path.into(),
+        compression: storage_core::CompressionType::None,
+        durability: Durability::Buffered,
+        segment_size: 100 << 20,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .expect("runtime");
+    let store = FilesystemBackend::open(config.clone()).expect("open");
+    let have = rt.block_on(store.count_blocks()).expect("count");
+    if have < n {
+        let started = Instant::now();
+        for start in (have..n).step_by(100_000) {
+            let blocks = bulk_blocks(start, (n - start).min(100_000), 650);
+            rt.block_on(async {
+                for chunk in blocks.chunks(1_000) {
+                    store.store_blocks(chunk).await.expect("ingest");
+                }
+            });
+        }
+        println!("built {n} blocks in {:?}", started.elapsed());
+    }
+    rt.block_on(store.close()).expect("close");
+    drop(store);
+    for _ in 0..opens {
+        let started = Instant::now();
+        let store = FilesystemBackend::open(config.clone()).expect("cold open");
+        let took = started.elapsed();
+        println!(
+            "opened {} blocks in {took:?} (scanned {} bytes)",
+            rt.block_on(store.count_blocks()).expect("count"),
+            store.recovery().scanned_bytes
+        );
+    }
+}
