@@ -1,9 +1,16 @@
-//! Shared pieces of the criterion benchmarks (see `benches/`). Run them with
-//! `cargo bench -p olocus-benches`.
+//! Shared pieces of the criterion benchmarks: deterministic data, and the
+//! backend × operation matrix's names, sizes, seed figures and targets ([`spec`],
+//! used by `benches/matrix.rs` and by `cargo xtask bench`'s report).
+//!
+//! `cargo xtask bench [--quick] [--backend …] [--op …]` runs the matrix; see the
+//! crate README.
 
 use std::time::SystemTime;
 
 use storage_core::{Block, BlockHash, SigningKey, system_time_from_unix_nanos};
+
+pub mod spec;
+pub use spec::*;
 
 /// Payload type of [`bulk_blocks`].
 pub const BULK_TYPE: &str = "bench.reading/v1";

@@ -5,12 +5,16 @@
 //!   RocksDB), every test (unit, conformance, crash cycles, CLI end to end, doc;
 //!   the CLI's again with RocksDB), rustdoc with warnings denied, and the
 //!   out-of-workspace third-party backend (fmt, clippy, suite).
+//! - `bench [--quick] [--backend …] [--op …]`: the benchmark matrix, and a report
+//!   with a chart in `target/bench-report/` (or `--out DIR`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
+
+mod bench;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "olocus-storage project automation")]
@@ -27,6 +31,28 @@ enum Cmd {
         #[arg(long)]
         skip_third_party: bool,
     },
+    /// Run the benchmark matrix (backends × operations, raw engines beside) and
+    /// write a report with a chart.
+    Bench {
+        /// A few minutes: 1 s per measurement, ingest and cold open of 100k blocks.
+        #[arg(long)]
+        quick: bool,
+        /// Only these backends (memory, fs, rocksdb, sqlite, cache_sqlite); raw
+        /// engines come with theirs. Repeat or separate with commas.
+        #[arg(long = "backend", value_delimiter = ',')]
+        backends: Vec<String>,
+        /// Only these operations (store_one, store_batch_100, store_one_durable,
+        /// store_batch_100_durable, retrieve_one, list_100, range_10k, ingest,
+        /// cold_open). Repeat or separate with commas.
+        #[arg(long = "op", value_delimiter = ',')]
+        ops: Vec<String>,
+        /// Write the report from the last run's results without running.
+        #[arg(long)]
+        report_only: bool,
+        /// Where to write the report (default: target/bench-report).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -34,6 +60,22 @@ fn main() -> ExitCode {
     let root = workspace_root();
     let result = match cli.command {
         Cmd::Ci { skip_third_party } => ci(&root, skip_third_party),
+        Cmd::Bench {
+            quick,
+            backends,
+            ops,
+            report_only,
+            out,
+        } => bench::run(
+            &root,
+            bench::Options {
+                quick,
+                backends,
+                ops,
+                report_only,
+                out,
+            },
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,12 +5,12 @@
 //!
 //! | feature | module | backend |
 //! |---|---|---|
-//! | `memory` (default) | [`memory`] | in-memory |
-//! | `fs` (default) | [`filesystem`] | append-only segment files |
-//! | `rocksdb` | [`rocksdb`] | RocksDB (builds C++; needs libclang) |
-//! | `sqlite` | [`sqlite`] | SQLite (bundled) |
-//! | `cache` | [`cache`] | moka read cache over any backend |
-//! | `replica` | [`manager`] | replication manager over several backends |
+//! | `memory` (default) | `memory` | in-memory |
+//! | `fs` (default) | `filesystem` | append-only segment files |
+//! | `rocksdb` | `rocksdb` | RocksDB (builds C++; needs libclang) |
+//! | `sqlite` | `sqlite` | SQLite (bundled) |
+//! | `cache` | `cache` | moka read cache over any backend |
+//! | `replica` | `manager` | replication manager over several backends |
 //!
 //! The core (block model, [`StorageBackend`] trait, errors) is re-exported at the
 //! root and in [`traits`].

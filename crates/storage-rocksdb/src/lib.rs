@@ -49,7 +49,7 @@ use std::time::{Duration, Instant, SystemTime};
 use rocksdb::{
     BlockBasedOptions, BottommostLevelCompaction, ColumnFamily, ColumnFamilyDescriptor,
     CompactOptions, DB, DBCompressionType, DBRecoveryMode, Direction, IteratorMode, Options,
-    WriteBatch, WriteOptions,
+    ReadOptions, WriteBatch, WriteOptions,
 };
 use serde::{Deserialize, Serialize};
 use storage_core::blocking::run_blocking;
@@ -443,9 +443,13 @@ impl Inner {
                     .as_ref()
                     .is_none_or(|k| *k == m.public_key)
         };
+        // Pinned reads under the snapshot: the record is parsed in place, not copied.
+        let mut read_opts = ReadOptions::default();
+        read_opts.set_snapshot(&snap);
         let lookup = |index: u64| -> Result<Option<BlockMetadata>> {
-            match snap
-                .get_cf(cf_index, index.to_be_bytes())
+            match self
+                .db
+                .get_pinned_cf_opt(cf_index, index.to_be_bytes(), &read_opts)
                 .map_err(|e| db_err("reading an index record", e))?
             {
                 Some(v) => parse_record(index, &v).map(Some),

@@ -1,0 +1,818 @@
+//! The benchmark matrix: every backend (memory, filesystem, RocksDB, SQLite, the
+//! cache over SQLite) × every operation (`olocus_benches::spec::Op`), beside raw
+//! `rocksdb` and raw `rusqlite` doing the same writes and reads of the same bytes.
+//!
+//! Criterion ids are `<op>/<subject>`. Run it with `cargo xtask bench`, which
+//! also writes the report; or directly, selecting with `OLOCUS_BENCH_BACKENDS`,
+//! `OLOCUS_BENCH_OPS` (comma-separated names) and `OLOCUS_BENCH_QUICK=1`.
+//!
+//! Data: `storage_conformance::data::chain_with_note(20_000, 610)` (signed blocks
+//! with ~650-byte payloads, two signers, two payload types) for the single-block
+//! operations; `olocus_benches::bulk_blocks` (~650-byte payloads) for ingest and
+//! cold open. Async operations run on a two-worker tokio runtime through
+//! criterion's async support.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkGroup, Criterion, Throughput, measurement::WallTime};
+use olocus_benches::spec::{BIG, BIG_QUICK, FULL, Op, Subject};
+use olocus_benches::{BULK_TYPE, bulk_blocks};
+use storage_conformance::data::{self, READING};
+use storage_core::{Block, BlockFilter, CompressionType, ListOptions, SortOrder, StorageBackend};
+
+/// Spreads random reads over the store.
+const STRIDE: usize = 7919;
+
+struct Setup {
+    rt: tokio::runtime::Runtime,
+    dir: tempfile::TempDir,
+    small: Arc<Vec<Block>>,
+    big: u64,
+}
+
+fn list_options(i: u64) -> ListOptions {
+    ListOptions {
+        limit: Some(100),
+        order: SortOrder::ByIndex,
+        filter: Some(BlockFilter {
+            payload_type: Some(READING.into()),
+            min_index: Some((i * 131) % (FULL as u64 - 300)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn range_start(i: u64) -> u64 {
+    (i * 131) % (FULL as u64 - 10_000)
+}
+
+// ---------------------------------------------------------------------------
+// Our backends
+// ---------------------------------------------------------------------------
+
+async fn open_ours(s: Subject, path: &Path, durable: bool) -> Arc<dyn StorageBackend> {
+    match s {
+        Subject::Memory => Arc::new(storage_memory::MemoryBackend::new()),
+        Subject::Fs => Arc::new(
+            storage_fs::FilesystemBackend::open(storage_fs::FsConfig {
+                path: path.to_path_buf(),
+                compression: CompressionType::None,
+                durability: if durable {
+                    storage_fs::Durability::Sync
+                } else {
+                    storage_fs::Durability::Buffered
+                },
+                segment_size: 100 << 20,
+            })
+            .expect("fs open"),
+        ),
+        Subject::Rocksdb => Arc::new(
+            storage_rocksdb::RocksDBBackend::new(storage_rocksdb::RocksDBConfig {
+                path: path.to_string_lossy().into_owned(),
+                compression: CompressionType::Lz4,
+                sync_writes: durable,
+                ..Default::default()
+            })
+            .expect("rocksdb open"),
+        ),
+        Subject::Sqlite | Subject::CacheSqlite => {
+            let mut c = storage_sqlite::SQLiteConfig::at(path.with_extension("db"));
+            if durable {
+                c.synchronous = storage_sqlite::SynchronousMode::Full;
+            }
+            let sqlite = storage_sqlite::SQLiteBackend::new(c)
+                .await
+                .expect("sqlite open");
+            if s == Subject::CacheSqlite {
+                Arc::new(
+                    storage_cache::CachedStorageBackend::new(
+                        sqlite,
+                        storage_cache::CacheConfig::default(),
+                    )
+                    .expect("cache"),
+                )
+            } else {
+                Arc::new(sqlite)
+            }
+        }
+        Subject::RocksdbRaw | Subject::SqliteRaw => unreachable!("raw engines are not backends"),
+    }
+}
+
+fn remove(path: &Path) {
+    let _ = std::fs::remove_dir_all(path);
+    let _ = std::fs::remove_file(path.with_extension("db"));
+    for ext in ["db-wal", "db-shm"] {
+        let _ = std::fs::remove_file(path.with_extension(ext));
+    }
+}
+
+/// Writes `step` blocks per call into fresh stores; only the writes are timed.
+fn bench_store(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    env: &Setup,
+    s: Subject,
+    step: usize,
+    durable: bool,
+) {
+    let counter = std::sync::atomic::AtomicU64::new(0);
+    g.bench_function(s.name(), |b| {
+        b.to_async(&env.rt).iter_custom(|iters| {
+            let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let (dir, blocks) = (env.dir.path(), &env.small);
+            async move {
+                let mut total = Duration::ZERO;
+                let mut done = 0u64;
+                while done < iters {
+                    let path = dir.join(format!("w-{}-{step}-{durable}-{n}-{done}", s.name()));
+                    let store = open_ours(s, &path, durable).await;
+                    let want = ((iters - done) as usize).min(FULL / step);
+                    let start = Instant::now();
+                    for chunk in blocks.chunks(step).take(want) {
+                        store.store_blocks(chunk).await.expect("store");
+                    }
+                    total += start.elapsed();
+                    store.close().await.expect("close");
+                    drop(store);
+                    remove(&path);
+                    done += want as u64;
+                }
+                total
+            }
+        });
+    });
+}
+
+fn bench_reads(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    env: &Setup,
+    s: Subject,
+    op: Op,
+    full: &Arc<dyn StorageBackend>,
+) {
+    g.bench_function(s.name(), |b| {
+        b.to_async(&env.rt).iter_custom(|iters| {
+            let (full, blocks) = (full.clone(), &env.small);
+            async move {
+                let start = Instant::now();
+                for i in 0..iters {
+                    match op {
+                        Op::RetrieveOne => {
+                            let h = blocks[(i as usize * STRIDE) % FULL].hash();
+                            std::hint::black_box(full.retrieve_block(&h).await.expect("retrieve"));
+                        }
+                        Op::List100 => {
+                            let got = full.list_blocks(&list_options(i)).await.expect("list");
+                            assert_eq!(got.len(), 100);
+                        }
+                        Op::Range10k => {
+                            let lo = range_start(i);
+                            let got = full
+                                .get_blocks_by_range(lo, lo + 9_999)
+                                .await
+                                .expect("range");
+                            assert_eq!(got.len(), 10_000);
+                        }
+                        _ => unreachable!("not a read"),
+                    }
+                }
+                start.elapsed()
+            }
+        });
+    });
+}
+
+fn big_path(env: &Setup, s: Subject) -> PathBuf {
+    env.dir.path().join(format!("big-{}", s.name()))
+}
+
+async fn ingest_into(s: Subject, path: &Path, big: &[Block]) -> Duration {
+    remove(path);
+    let store = open_ours(s, path, false).await;
+    let start = Instant::now();
+    for chunk in big.chunks(1_000) {
+        store.store_blocks(chunk).await.expect("ingest");
+    }
+    let took = start.elapsed();
+    store.close().await.expect("close");
+    took
+}
+
+// ---------------------------------------------------------------------------
+// Raw engines
+// ---------------------------------------------------------------------------
+
+mod raw_rocks {
+    use std::path::Path;
+
+    use rocksdb::{
+        ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions,
+    };
+    use storage_core::{Block, WireFormat};
+
+    const CFS: [&str; 7] = [
+        "blocks", "metadata", "index", "by_time", "by_key", "by_type", "chain",
+    ];
+
+    pub fn open(path: &Path) -> DB {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        let cfs = CFS.map(|n| ColumnFamilyDescriptor::new(n, opts.clone()));
+        DB::open_cf_descriptors(&opts, path, cfs).expect("raw open")
+    }
+
+    /// The keys and values our backend writes for one block (after the same
+    /// conflict check).
+    fn put(db: &DB, batch: &mut WriteBatch, b: &Block, count: u64) {
+        let cf = |n| db.cf_handle(n).expect("cf");
+        let idx = b.index().to_be_bytes();
+        assert!(db.get_pinned_cf(cf("index"), idx).unwrap().is_none());
+        let mut record = Vec::with_capacity(128);
+        record.extend_from_slice(b.hash().as_bytes());
+        record.extend_from_slice(&b.timestamp_nanos().to_be_bytes());
+        record.extend_from_slice(&b.size_bytes().to_be_bytes());
+        record.extend_from_slice(b.public_key().as_bytes());
+        record.push(b.payload_type().len() as u8);
+        record.extend_from_slice(b.payload_type().as_bytes());
+        let k2 = |a: &[u8]| [a, &idx[..]].concat();
+        batch.put_cf(
+            cf("blocks"),
+            b.hash().as_bytes(),
+            WireFormat::BINARY.encode(b).unwrap(),
+        );
+        batch.put_cf(cf("metadata"), b.hash().as_bytes(), idx);
+        batch.put_cf(cf("index"), idx, record);
+        batch.put_cf(cf("by_time"), k2(&b.timestamp_nanos().to_be_bytes()), []);
+        batch.put_cf(cf("by_key"), k2(b.public_key().as_bytes()), []);
+        batch.put_cf(
+            cf("by_type"),
+            [b.payload_type().as_bytes(), &[0], &idx[..]].concat(),
+            [],
+        );
+        batch.put_cf(cf("chain"), "count", count.to_be_bytes());
+    }
+
+    pub fn store(db: &DB, blocks: &[Block], first: u64, sync: bool) {
+        let mut batch = WriteBatch::default();
+        for (j, b) in blocks.iter().enumerate() {
+            put(db, &mut batch, b, first + j as u64);
+        }
+        let mut opts = WriteOptions::default();
+        opts.set_sync(sync);
+        db.write_opt(batch, &opts).unwrap();
+    }
+
+    /// A block back, as our retrieve returns it: decoded, hash checked.
+    pub fn retrieve(db: &DB, b: &Block) -> Block {
+        let h = b.hash();
+        let v = db
+            .get_pinned_cf(db.cf_handle("blocks").unwrap(), h.as_bytes())
+            .unwrap()
+            .unwrap();
+        WireFormat::BINARY.decode_stored(&v, &h).unwrap()
+    }
+
+    pub fn list_100(db: &DB, lo: u64, ty: &str) -> usize {
+        let (by_type, index) = (
+            db.cf_handle("by_type").unwrap(),
+            db.cf_handle("index").unwrap(),
+        );
+        let from = [ty.as_bytes(), &[0], &lo.to_be_bytes()[..]].concat();
+        let snap = db.snapshot();
+        let mut n = 0;
+        for item in snap.iterator_cf(by_type, IteratorMode::From(&from, Direction::Forward)) {
+            let (k, _) = item.unwrap();
+            let rec = snap.get_cf(index, &k[k.len() - 8..]).unwrap().unwrap();
+            std::hint::black_box(rec);
+            n += 1;
+            if n == 100 {
+                break;
+            }
+        }
+        n
+    }
+
+    pub fn range(db: &DB, lo: u64, count: usize) -> Vec<Block> {
+        let (index, blocks) = (
+            db.cf_handle("index").unwrap(),
+            db.cf_handle("blocks").unwrap(),
+        );
+        let snap = db.snapshot();
+        let mut out = Vec::with_capacity(count);
+        let from = lo.to_be_bytes();
+        for item in snap.iterator_cf(index, IteratorMode::From(&from, Direction::Forward)) {
+            let (_, v) = item.unwrap();
+            let h = storage_core::BlockHash::from_slice(&v[..32]).unwrap();
+            let bytes = snap.get_cf(blocks, h.as_bytes()).unwrap().unwrap();
+            out.push(WireFormat::BINARY.decode_stored(&bytes, &h).unwrap());
+            if out.len() == count {
+                break;
+            }
+        }
+        out
+    }
+}
+
+mod raw_sqlite {
+    use std::path::Path;
+
+    use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+    use storage_core::{Block, BlockHash, BlockParts, PublicKey, Signature};
+
+    /// A connection to a database whose schema our backend created, with its
+    /// pragmas.
+    pub fn open(rt: &tokio::runtime::Runtime, path: &Path, durable: bool) -> Connection {
+        let db = path.with_extension("db");
+        rt.block_on(async {
+            let s = storage_sqlite::SQLiteBackend::new(storage_sqlite::SQLiteConfig::at(&db))
+                .await
+                .expect("schema");
+            storage_core::StorageBackend::close(&s)
+                .await
+                .expect("close");
+        });
+        let c = Connection::open(&db).expect("raw open");
+        c.execute_batch(&format!(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {}; PRAGMA cache_size = -65536; \
+             PRAGMA temp_store = MEMORY;",
+            if durable { "FULL" } else { "NORMAL" }
+        ))
+        .expect("pragmas");
+        c
+    }
+
+    /// The statements our backend runs per inserted block.
+    fn insert(tx: &rusqlite::Transaction<'_>, b: &Block) {
+        let existing: Option<Vec<u8>> = tx
+            .prepare_cached("SELECT hash FROM blocks WHERE block_index = ?1")
+            .unwrap()
+            .query_row([b.index() as i64], |r| r.get(0))
+            .optional()
+            .unwrap();
+        assert!(existing.is_none());
+        let secs = (b.timestamp_nanos() / 1_000_000_000) as i64;
+        tx.prepare_cached(
+            "INSERT INTO blocks (block_index, hash, timestamp_ns, public_key, previous_hash, \
+             payload_type, payload, signature, size_bytes) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )
+        .unwrap()
+        .execute(params![
+            b.index() as i64,
+            b.hash().as_bytes().as_slice(),
+            b.timestamp_nanos() as i64,
+            b.public_key().as_bytes().as_slice(),
+            b.previous_hash().map(|h| h.as_bytes().to_vec()),
+            b.payload_type(),
+            b.payload(),
+            b.signature().as_bytes().as_slice(),
+            b.size_bytes() as i64,
+        ])
+        .unwrap();
+        tx.prepare_cached(
+            "INSERT INTO block_stats (date, block_count, total_size) VALUES (date(?1, 'unixepoch'), 1, ?2) \
+             ON CONFLICT (date) DO UPDATE SET block_count = block_count + 1, total_size = total_size + excluded.total_size",
+        )
+        .unwrap()
+        .execute(params![secs, b.size_bytes() as i64])
+        .unwrap();
+        let n: i64 = tx
+            .prepare_cached(
+                "INSERT INTO block_stats_keys (date, public_key, blocks) VALUES (date(?1, 'unixepoch'), ?2, 1) \
+                 ON CONFLICT (date, public_key) DO UPDATE SET blocks = blocks + 1 RETURNING blocks",
+            )
+            .unwrap()
+            .query_row(params![secs, b.public_key().as_bytes().as_slice()], |r| r.get(0))
+            .unwrap();
+        if n == 1 {
+            tx.prepare_cached(
+                "UPDATE block_stats SET unique_keys = unique_keys + 1 WHERE date = date(?1, 'unixepoch')",
+            )
+            .unwrap()
+            .execute([secs])
+            .unwrap();
+        }
+    }
+
+    pub fn store(c: &mut Connection, blocks: &[Block]) {
+        let tx = c
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .unwrap();
+        for b in blocks {
+            insert(&tx, b);
+        }
+        tx.commit().unwrap();
+    }
+
+    const COLUMNS: &str = "hash, block_index, timestamp_ns, public_key, previous_hash, payload_type, payload, signature";
+
+    /// A block rebuilt from its row, hash checked, as our backend does.
+    fn block(r: &rusqlite::Row<'_>) -> rusqlite::Result<Block> {
+        let hash = BlockHash::from_slice(&r.get::<_, Vec<u8>>(0)?).unwrap();
+        let parts = BlockParts {
+            index: r.get::<_, i64>(1)? as u64,
+            timestamp_nanos: r.get::<_, i64>(2)? as u64,
+            public_key: PublicKey::from_slice(&r.get::<_, Vec<u8>>(3)?).unwrap(),
+            previous_hash: r
+                .get::<_, Option<Vec<u8>>>(4)?
+                .map(|h| BlockHash::from_slice(&h).unwrap()),
+            payload_type: r.get(5)?,
+            payload: r.get(6)?,
+            signature: Signature::from_slice(&r.get::<_, Vec<u8>>(7)?).unwrap(),
+        };
+        let b = Block::from_trusted_parts(parts).unwrap();
+        assert_eq!(b.hash(), hash);
+        Ok(b)
+    }
+
+    pub fn retrieve(c: &Connection, b: &Block) -> Block {
+        c.prepare_cached(&format!("SELECT {COLUMNS} FROM blocks WHERE hash = ?1"))
+            .unwrap()
+            .query_row([b.hash().as_bytes().as_slice()], block)
+            .unwrap()
+    }
+
+    pub fn list_100(c: &Connection, lo: u64, ty: &str) -> usize {
+        let mut stmt = c
+            .prepare_cached(
+                "SELECT hash, block_index, timestamp_ns, payload_type, public_key, size_bytes FROM blocks \
+                 WHERE block_index BETWEEN ?1 AND ?2 AND payload_type = ?3 ORDER BY block_index ASC \
+                 LIMIT ?4 OFFSET ?5",
+            )
+            .unwrap();
+        type Row = (Vec<u8>, i64, i64, String, Vec<u8>, i64);
+        let rows: Vec<Row> = stmt
+            .query_map(params![lo as i64, i64::MAX, ty, 100, 0], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        rows.len()
+    }
+
+    pub fn range(c: &Connection, lo: u64, count: usize) -> Vec<Block> {
+        c.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM blocks WHERE block_index BETWEEN ?1 AND ?2 ORDER BY block_index"
+        ))
+        .unwrap()
+        .query_map(params![lo as i64, (lo + count as u64 - 1) as i64], block)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+    }
+}
+
+/// A raw engine with the full store's data.
+enum RawFull {
+    Rocks(rocksdb::DB),
+    Sqlite(rusqlite::Connection),
+}
+
+fn raw_full(env: &Setup, s: Subject) -> RawFull {
+    let path = env.dir.path().join(format!("full-{}", s.name()));
+    match s {
+        Subject::RocksdbRaw => {
+            let db = raw_rocks::open(&path);
+            for (i, chunk) in env.small.chunks(1_000).enumerate() {
+                raw_rocks::store(&db, chunk, (i * 1_000) as u64, false);
+            }
+            RawFull::Rocks(db)
+        }
+        Subject::SqliteRaw => {
+            let mut c = raw_sqlite::open(&env.rt, &path, false);
+            for chunk in env.small.chunks(1_000) {
+                raw_sqlite::store(&mut c, chunk);
+            }
+            RawFull::Sqlite(c)
+        }
+        _ => unreachable!("not raw"),
+    }
+}
+
+fn bench_raw_store(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    env: &Setup,
+    s: Subject,
+    step: usize,
+    durable: bool,
+) {
+    let counter = std::sync::atomic::AtomicU64::new(0);
+    g.bench_function(s.name(), |b| {
+        b.iter_custom(|iters| {
+            let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut total = Duration::ZERO;
+            let mut done = 0u64;
+            while done < iters {
+                let path = env
+                    .dir
+                    .path()
+                    .join(format!("r-{}-{step}-{durable}-{n}-{done}", s.name()));
+                let want = ((iters - done) as usize).min(FULL / step);
+                match s {
+                    Subject::RocksdbRaw => {
+                        let db = raw_rocks::open(&path);
+                        let start = Instant::now();
+                        for (k, chunk) in env.small.chunks(step).take(want).enumerate() {
+                            raw_rocks::store(&db, chunk, (k * step) as u64, durable);
+                        }
+                        total += start.elapsed();
+                    }
+                    Subject::SqliteRaw => {
+                        let mut c = raw_sqlite::open(&env.rt, &path, durable);
+                        let start = Instant::now();
+                        for chunk in env.small.chunks(step).take(want) {
+                            raw_sqlite::store(&mut c, chunk);
+                        }
+                        total += start.elapsed();
+                    }
+                    _ => unreachable!("not raw"),
+                }
+                remove(&path);
+                done += want as u64;
+            }
+            total
+        });
+    });
+}
+
+fn bench_raw_reads(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    env: &Setup,
+    s: Subject,
+    op: Op,
+    full: &RawFull,
+) {
+    g.bench_function(s.name(), |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            for i in 0..iters {
+                let probe = &env.small[(i as usize * STRIDE) % FULL];
+                match (op, full) {
+                    (Op::RetrieveOne, RawFull::Rocks(db)) => {
+                        std::hint::black_box(raw_rocks::retrieve(db, probe));
+                    }
+                    (Op::RetrieveOne, RawFull::Sqlite(c)) => {
+                        std::hint::black_box(raw_sqlite::retrieve(c, probe));
+                    }
+                    (Op::List100, RawFull::Rocks(db)) => {
+                        assert_eq!(
+                            raw_rocks::list_100(db, (i * 131) % (FULL as u64 - 300), READING),
+                            100
+                        );
+                    }
+                    (Op::List100, RawFull::Sqlite(c)) => {
+                        assert_eq!(
+                            raw_sqlite::list_100(c, (i * 131) % (FULL as u64 - 300), READING),
+                            100
+                        );
+                    }
+                    (Op::Range10k, RawFull::Rocks(db)) => {
+                        assert_eq!(raw_rocks::range(db, range_start(i), 10_000).len(), 10_000);
+                    }
+                    (Op::Range10k, RawFull::Sqlite(c)) => {
+                        assert_eq!(raw_sqlite::range(c, range_start(i), 10_000).len(), 10_000);
+                    }
+                    _ => unreachable!("not a read"),
+                }
+            }
+            start.elapsed()
+        });
+    });
+}
+
+fn raw_ingest(env: &Setup, s: Subject, big: &[Block]) -> Duration {
+    let path = big_path(env, s);
+    remove(&path);
+    match s {
+        Subject::RocksdbRaw => {
+            let db = raw_rocks::open(&path);
+            let start = Instant::now();
+            for (k, chunk) in big.chunks(1_000).enumerate() {
+                raw_rocks::store(&db, chunk, (k * 1_000) as u64, false);
+            }
+            start.elapsed()
+        }
+        Subject::SqliteRaw => {
+            let mut c = raw_sqlite::open(&env.rt, &path, false);
+            let start = Instant::now();
+            for chunk in big.chunks(1_000) {
+                raw_sqlite::store(&mut c, chunk);
+            }
+            start.elapsed()
+        }
+        _ => unreachable!("not raw"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The matrix
+// ---------------------------------------------------------------------------
+
+fn names<T: Copy>(var: &str, all: &[T], name: fn(T) -> &'static str) -> Vec<T> {
+    match std::env::var(var) {
+        Ok(v) if !v.trim().is_empty() => {
+            let wanted: Vec<&str> = v.split(',').map(str::trim).collect();
+            for w in &wanted {
+                assert!(
+                    all.iter().any(|x| name(*x) == *w),
+                    "{var}: unknown name {w:?} (expected one of {:?})",
+                    all.iter().map(|x| name(*x)).collect::<Vec<_>>()
+                );
+            }
+            all.iter()
+                .copied()
+                .filter(|x| wanted.contains(&name(*x)))
+                .collect()
+        }
+        _ => all.to_vec(),
+    }
+}
+
+fn matrix(c: &mut Criterion) {
+    let quick = std::env::var("OLOCUS_BENCH_QUICK").is_ok_and(|v| v == "1");
+    let backends = names("OLOCUS_BENCH_BACKENDS", &Subject::ALL, Subject::name);
+    // A backend brings its raw engine along.
+    let subjects: Vec<Subject> = Subject::ALL
+        .into_iter()
+        .filter(|s| backends.contains(&s.backend()))
+        .collect();
+    let ops = names("OLOCUS_BENCH_OPS", &Op::ALL, Op::name);
+    let env = Setup {
+        rt: tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .expect("runtime"),
+        dir: tempfile::tempdir().expect("temp dir"),
+        small: data::chain_with_note(FULL, 610),
+        big: if quick { BIG_QUICK } else { BIG },
+    };
+    let (warm, measure) = if quick {
+        (Duration::from_millis(300), Duration::from_secs(1))
+    } else {
+        (Duration::from_secs(2), Duration::from_secs(5))
+    };
+
+    // Stores holding FULL blocks, for the read operations.
+    let reads = ops
+        .iter()
+        .any(|o| matches!(o, Op::RetrieveOne | Op::List100 | Op::Range10k));
+    let mut full_ours = Vec::new();
+    let mut full_raw = Vec::new();
+    if reads {
+        for &s in &subjects {
+            if s.is_raw() {
+                full_raw.push((s, raw_full(&env, s)));
+            } else {
+                let store = env.rt.block_on(async {
+                    let store =
+                        open_ours(s, &env.dir.path().join(format!("full-{}", s.name())), false)
+                            .await;
+                    for chunk in env.small.chunks(1_000) {
+                        store.store_blocks(chunk).await.expect("fill");
+                    }
+                    store
+                });
+                full_ours.push((s, store));
+            }
+        }
+    }
+
+    let big_blocks = ops
+        .iter()
+        .any(|o| matches!(o, Op::Ingest | Op::ColdOpen))
+        .then(|| bulk_blocks(0, env.big, 650));
+
+    for &op in &ops {
+        let mut g = c.benchmark_group(op.name());
+        g.throughput(Throughput::Elements(op.elements(env.big)));
+        g.warm_up_time(warm).measurement_time(measure);
+        if quick || matches!(op, Op::Ingest | Op::ColdOpen | Op::Range10k) {
+            g.sample_size(10);
+        }
+        for &s in subjects.iter().filter(|s| op.applies_to(**s)) {
+            match op {
+                Op::StoreOne
+                | Op::StoreBatch100
+                | Op::StoreOneDurable
+                | Op::StoreBatch100Durable => {
+                    let step = if matches!(op, Op::StoreOne | Op::StoreOneDurable) {
+                        1
+                    } else {
+                        100
+                    };
+                    let durable = matches!(op, Op::StoreOneDurable | Op::StoreBatch100Durable);
+                    if s.is_raw() {
+                        bench_raw_store(&mut g, &env, s, step, durable);
+                    } else {
+                        bench_store(&mut g, &env, s, step, durable);
+                    }
+                }
+                Op::RetrieveOne | Op::List100 | Op::Range10k => {
+                    if let Some((_, full)) = full_raw.iter().find(|(x, _)| *x == s) {
+                        bench_raw_reads(&mut g, &env, s, op, full);
+                    } else if let Some((_, full)) = full_ours.iter().find(|(x, _)| *x == s) {
+                        bench_reads(&mut g, &env, s, op, full);
+                    }
+                }
+                Op::Ingest => {
+                    let big = big_blocks.as_deref().expect("generated");
+                    g.bench_function(s.name(), |b| {
+                        b.iter_custom(|iters| {
+                            (0..iters)
+                                .map(|_| {
+                                    if s.is_raw() {
+                                        raw_ingest(&env, s, big)
+                                    } else {
+                                        env.rt.block_on(ingest_into(s, &big_path(&env, s), big))
+                                    }
+                                })
+                                .sum()
+                        });
+                    });
+                }
+                Op::ColdOpen => {
+                    let path = big_path(&env, s);
+                    let big = big_blocks.as_deref().expect("generated");
+                    // The store from the ingest above, or one made now (untimed).
+                    let have = env.rt.block_on(async {
+                        let store = open_ours(s, &path, false).await;
+                        let n = store.count_blocks().await.expect("count");
+                        store.close().await.expect("close");
+                        n
+                    });
+                    if have != big.len() as u64 {
+                        env.rt.block_on(ingest_into(s, &path, big));
+                    }
+                    g.bench_function(s.name(), |b| {
+                        b.iter_custom(|iters| {
+                            let mut total = Duration::ZERO;
+                            for _ in 0..iters {
+                                let start = Instant::now();
+                                let store = env.rt.block_on(open_ours(s, &path, false));
+                                total += start.elapsed();
+                                // Close outside the timing, so the next open is as cold.
+                                env.rt.block_on(store.close()).expect("close");
+                            }
+                            total
+                        });
+                    });
+                }
+            }
+        }
+        g.finish();
+    }
+    // A sanity check outside the timing: the ingested stores are whole.
+    if let Some(big) = &big_blocks
+        && ops.contains(&Op::Ingest)
+    {
+        for &s in subjects
+            .iter()
+            .filter(|s| !s.is_raw() && Op::Ingest.applies_to(**s) && **s != Subject::Memory)
+        {
+            env.rt.block_on(async {
+                let store = open_ours(s, &big_path(&env, s), false).await;
+                assert_eq!(
+                    store.count_blocks().await.expect("count"),
+                    big.len() as u64,
+                    "{}",
+                    s.name()
+                );
+                let last = store
+                    .list_blocks(&ListOptions {
+                        limit: Some(1),
+                        order: SortOrder::Descending,
+                        filter: Some(BlockFilter {
+                            payload_type: Some(BULK_TYPE.into()),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    })
+                    .await
+                    .expect("list");
+                assert_eq!(last[0].index, big.len() as u64 - 1);
+                store.close().await.expect("close");
+            });
+        }
+    }
+    for (_, store) in full_ours {
+        env.rt.block_on(store.close()).expect("close");
+    }
+}
+
+fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    matrix(&mut c);
+    c.final_summary();
+}

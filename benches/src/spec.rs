@@ -1,0 +1,222 @@
+//! The benchmark matrix: subjects (backends and raw engines), operations, sizes,
+//! the seed's figures and our targets. No dependencies, so `xtask` includes this
+//! file as it is (`#[path]`) to write the report.
+
+/// A column of the matrix: one of our backends, or a raw engine doing the same
+/// work without us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Subject {
+    /// `MemoryBackend`.
+    Memory,
+    /// `FilesystemBackend`.
+    Fs,
+    /// `RocksDBBackend`.
+    Rocksdb,
+    /// `SQLiteBackend`.
+    Sqlite,
+    /// `CachedStorageBackend` over `SQLiteBackend`.
+    CacheSqlite,
+    /// Raw `rocksdb`: the same keys and values, batches and seeks.
+    RocksdbRaw,
+    /// Raw `rusqlite`: the same SQL on one connection.
+    SqliteRaw,
+}
+
+impl Subject {
+    /// Every subject, in report order.
+    pub const ALL: [Subject; 7] = [
+        Subject::Memory,
+        Subject::Fs,
+        Subject::Rocksdb,
+        Subject::Sqlite,
+        Subject::CacheSqlite,
+        Subject::RocksdbRaw,
+        Subject::SqliteRaw,
+    ];
+
+    /// Its name in benchmark ids, `--backend` and the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Subject::Memory => "memory",
+            Subject::Fs => "fs",
+            Subject::Rocksdb => "rocksdb",
+            Subject::Sqlite => "sqlite",
+            Subject::CacheSqlite => "cache_sqlite",
+            Subject::RocksdbRaw => "rocksdb_raw",
+            Subject::SqliteRaw => "sqlite_raw",
+        }
+    }
+
+    /// The raw engine a backend is compared with.
+    pub fn raw(self) -> Option<Subject> {
+        match self {
+            Subject::Rocksdb => Some(Subject::RocksdbRaw),
+            Subject::Sqlite => Some(Subject::SqliteRaw),
+            _ => None,
+        }
+    }
+
+    /// Whether this is a raw engine baseline.
+    pub fn is_raw(self) -> bool {
+        matches!(self, Subject::RocksdbRaw | Subject::SqliteRaw)
+    }
+
+    /// The backend a raw engine stands beside (for `--backend` selection).
+    pub fn backend(self) -> Subject {
+        match self {
+            Subject::RocksdbRaw => Subject::Rocksdb,
+            Subject::SqliteRaw => Subject::Sqlite,
+            s => s,
+        }
+    }
+
+    /// Parses a name.
+    pub fn parse(s: &str) -> Option<Subject> {
+        Subject::ALL.into_iter().find(|x| x.name() == s)
+    }
+}
+
+/// A row of the matrix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// One block per write, not synced.
+    StoreOne,
+    /// 100 blocks per write, not synced.
+    StoreBatch100,
+    /// One block per write, synced before acknowledging.
+    StoreOneDurable,
+    /// 100 blocks per write, synced before acknowledging.
+    StoreBatch100Durable,
+    /// One block by hash, at random over the store.
+    RetrieveOne,
+    /// 100 metadata entries in index order, filtered by payload type.
+    List100,
+    /// 10,000 consecutive blocks by index range.
+    Range10k,
+    /// Ingest into an empty store in batches of 1,000 (1M blocks; 100k quick).
+    Ingest,
+    /// Open a closed store of the ingest's size.
+    ColdOpen,
+}
+
+impl Op {
+    /// Every operation, in report order.
+    pub const ALL: [Op; 9] = [
+        Op::StoreOne,
+        Op::StoreBatch100,
+        Op::StoreOneDurable,
+        Op::StoreBatch100Durable,
+        Op::RetrieveOne,
+        Op::List100,
+        Op::Range10k,
+        Op::Ingest,
+        Op::ColdOpen,
+    ];
+
+    /// Its name in benchmark ids (the criterion group), `--op` and the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::StoreOne => "store_one",
+            Op::StoreBatch100 => "store_batch_100",
+            Op::StoreOneDurable => "store_one_durable",
+            Op::StoreBatch100Durable => "store_batch_100_durable",
+            Op::RetrieveOne => "retrieve_one",
+            Op::List100 => "list_100",
+            Op::Range10k => "range_10k",
+            Op::Ingest => "ingest",
+            Op::ColdOpen => "cold_open",
+        }
+    }
+
+    /// Parses a name.
+    pub fn parse(s: &str) -> Option<Op> {
+        Op::ALL.into_iter().find(|x| x.name() == s)
+    }
+
+    /// Blocks one iteration handles (the criterion throughput).
+    pub fn elements(self, big: u64) -> u64 {
+        match self {
+            Op::StoreOne | Op::StoreOneDurable | Op::RetrieveOne | Op::ColdOpen => 1,
+            Op::StoreBatch100 | Op::StoreBatch100Durable | Op::List100 => 100,
+            Op::Range10k => 10_000,
+            Op::Ingest => big,
+        }
+    }
+
+    /// Whether `subject` can run this operation.
+    pub fn applies_to(self, subject: Subject) -> bool {
+        match self {
+            // Memory has nothing to sync; the cache's writes are SQLite's.
+            Op::StoreOneDurable | Op::StoreBatch100Durable => {
+                !matches!(subject, Subject::Memory | Subject::CacheSqlite)
+            }
+            // Memory has nothing to reopen; a raw engine opens as our backend does.
+            Op::ColdOpen => {
+                !matches!(subject, Subject::Memory | Subject::CacheSqlite) && !subject.is_raw()
+            }
+            // The cache changes reads only; its writes and ingest are SQLite's.
+            Op::StoreOne | Op::StoreBatch100 | Op::Ingest => subject != Subject::CacheSqlite,
+            Op::RetrieveOne | Op::List100 | Op::Range10k => true,
+        }
+    }
+}
+
+/// What the seed's table claims and what we target, per iteration of the
+/// operation (nanoseconds), or as a rate (blocks per second) for `Ingest`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Goal {
+    /// At most this many nanoseconds per iteration.
+    MaxNs(f64),
+    /// At most this many nanoseconds plus one sync per iteration (durable writes;
+    /// the report compares with the non-durable target plus one measured sync).
+    MaxNsPlusSync(f64),
+    /// At least this many blocks per second.
+    MinPerSec(f64),
+}
+
+/// The seed's figure and our target for `op` on `subject`, where the issue sets
+/// them.
+pub fn goals(subject: Subject, op: Op) -> (Option<Goal>, Option<Goal>) {
+    use Goal::*;
+    use Subject::*;
+    let us = |v: f64| MaxNs(v * 1e3);
+    let ms = |v: f64| MaxNs(v * 1e6);
+    match (op, subject) {
+        (Op::StoreOne, Memory) => (Some(us(10.0)), Some(us(1.0))),
+        (Op::StoreOne, Fs) => (Some(ms(1.0)), Some(us(5.0))),
+        (Op::StoreOne, Rocksdb) => (Some(us(50.0)), Some(us(8.0))),
+        (Op::StoreOne, Sqlite) => (Some(us(100.0)), Some(us(30.0))),
+        (Op::StoreBatch100, Memory) => (Some(ms(1.0)), Some(us(100.0))),
+        (Op::StoreBatch100, Fs) => (Some(ms(100.0)), Some(ms(0.3))),
+        (Op::StoreBatch100, Rocksdb) => (Some(ms(3.0)), Some(ms(0.5))),
+        (Op::StoreBatch100, Sqlite) => (Some(ms(8.0)), Some(ms(1.0))),
+        (Op::StoreBatch100Durable, Fs) => (None, Some(MaxNsPlusSync(0.3e6))),
+        (Op::StoreBatch100Durable, Rocksdb) => (None, Some(MaxNsPlusSync(0.5e6))),
+        (Op::StoreBatch100Durable, Sqlite) => (None, Some(MaxNsPlusSync(1.0e6))),
+        (Op::RetrieveOne, Memory) => (Some(us(5.0)), Some(us(0.5))),
+        (Op::RetrieveOne, Fs) => (Some(us(500.0)), Some(us(3.0))),
+        (Op::RetrieveOne, Rocksdb) => (Some(us(20.0)), Some(us(4.0))),
+        (Op::RetrieveOne, Sqlite) => (Some(us(80.0)), Some(us(10.0))),
+        (Op::RetrieveOne, CacheSqlite) => (None, Some(us(1.0))),
+        (Op::List100, Memory) => (Some(us(100.0)), Some(us(10.0))),
+        (Op::List100, Fs) => (Some(ms(10.0)), Some(us(30.0))),
+        (Op::List100, Rocksdb) => (Some(ms(1.0)), Some(us(60.0))),
+        (Op::List100, Sqlite) => (Some(ms(2.0)), Some(us(150.0))),
+        (Op::Ingest, Memory) => (None, Some(MinPerSec(1e6))),
+        (Op::Ingest, Fs) => (None, Some(MinPerSec(200e3))),
+        (Op::Ingest, Rocksdb) => (None, Some(MinPerSec(150e3))),
+        (Op::Ingest, Sqlite) => (None, Some(MinPerSec(100e3))),
+        (Op::ColdOpen, Fs) => (None, Some(ms(100.0))),
+        _ => (None, None),
+    }
+}
+
+/// Our/raw ratio the issue allows for backends that have a raw baseline.
+pub const MAX_RAW_RATIO: f64 = 1.3;
+
+/// Blocks in the store that retrieve, list and range read from.
+pub const FULL: usize = 20_000;
+/// Blocks ingested (and cold-opened) in a full run.
+pub const BIG: u64 = 1_000_000;
+/// Blocks ingested (and cold-opened) in a `--quick` run.
+pub const BIG_QUICK: u64 = 100_000;
