@@ -352,6 +352,11 @@ fn open_readers(path: &Path, cfg: &SQLiteConfig) -> Result<Pool> {
         // A local file connection does not go stale; validating it on every
         // checkout cost about 1 µs per read.
         .test_on_check_out(false)
+        // Nor does it need recycling. Without these r2d2 schedules a reaper job
+        // that keeps the pool's three threads alive for up to 30 s after the pool
+        // is dropped: a program reopening stores in a loop ran out of threads.
+        .max_lifetime(None)
+        .idle_timeout(None)
         .connection_timeout(cfg.busy_timeout * 2)
         .build(manager)
         .map_err(|e| StorageError::Backend {
