@@ -359,6 +359,11 @@ fn report(cells: &[Cell], machine: &BTreeMap<&str, String>, quick: bool) -> Stri
         missed.join(", ")
     );
     let _ = writeln!(r, "![chart](chart.svg)");
+    let _ = writeln!(
+        r,
+        "\nWhat costs the time in each miss: [misses.md](misses.md) (kept by hand beside the \
+         committed report in `docs/benchmarks/`)."
+    );
     r
 }
 

@@ -186,3 +186,71 @@ mod tests {
         assert!(serde_json::from_str::<PublicKey>("\"0101\"").is_err());
     }
 }
+
+/// A [`std::hash::BuildHasher`] for maps keyed by [`BlockHash`]: it uses the
+/// hash's first eight bytes as they are.
+///
+/// Block hashes are SHA-256 outputs, already uniform, so hashing them again
+/// (SipHash, the std default) only costs time. Flooding a map with colliding keys
+/// would mean grinding signed blocks for equal 64-bit prefixes, which is
+/// infeasible.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BlockHashBuildHasher;
+
+impl std::hash::BuildHasher for BlockHashBuildHasher {
+    type Hasher = BlockHashHasher;
+
+    fn build_hasher(&self) -> BlockHashHasher {
+        BlockHashHasher(0)
+    }
+}
+
+/// The hasher of [`BlockHashBuildHasher`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BlockHashHasher(u64);
+
+impl std::hash::Hasher for BlockHashHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // A `[u8; 32]` arrives as one 32-byte write: take its first eight bytes.
+        // Anything shorter (only other key types) is folded in.
+        match bytes.get(..8) {
+            Some(p) if bytes.len() >= 16 => {
+                self.0 = u64::from_le_bytes(p.try_into().expect("8 bytes"));
+            }
+            _ => {
+                for b in bytes {
+                    self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+                }
+            }
+        }
+    }
+
+    fn write_usize(&mut self, _: usize) {
+        // The array's length prefix carries nothing.
+    }
+}
+
+/// A hash map keyed by [`BlockHash`] with [`BlockHashBuildHasher`].
+pub type BlockHashMap<V> = std::collections::HashMap<BlockHash, V, BlockHashBuildHasher>;
+
+#[cfg(test)]
+mod hasher_tests {
+    use super::*;
+
+    #[test]
+    fn block_hash_maps_use_the_prefix() {
+        use std::hash::BuildHasher;
+        let h = BlockHash([0x11; 32]);
+        let mut k = [0u8; 32];
+        k[..8].copy_from_slice(&42u64.to_le_bytes());
+        assert_eq!(BlockHashBuildHasher.hash_one(BlockHash(k)), 42);
+        let mut m: BlockHashMap<u32> = BlockHashMap::default();
+        m.insert(h, 1);
+        m.insert(BlockHash(k), 2);
+        assert_eq!((m[&h], m[&BlockHash(k)]), (1, 2));
+    }
+}

@@ -46,7 +46,9 @@ pub use block::{
 pub use compression::CompressionType;
 pub use config::{WALConfig, parse_duration};
 pub use error::{BoxError, ErrorKind, Result, StorageError};
-pub use ids::{BlockHash, PublicKey, Signature};
+pub use ids::{
+    BlockHash, BlockHashBuildHasher, BlockHashHasher, BlockHashMap, PublicKey, Signature,
+};
 pub use traits::{StorageBackend, StorageBackendExt};
 pub use types::{
     BackendStats, BlockFilter, BlockMetadata, CompactionStats, ListOptions, SortOrder, StorageStats,

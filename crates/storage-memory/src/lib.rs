@@ -33,8 +33,9 @@ use std::time::SystemTime;
 
 use storage_core::trace::{in_span, op_span, record_count, record_hash, record_index};
 use storage_core::{
-    BackendStats, Block, BlockHash, BlockMetadata, ListOptions, Result, SortOrder, StorageBackend,
-    StorageError, StorageStats, WireFormat, async_trait, system_time_from_unix_nanos,
+    BackendStats, Block, BlockHash, BlockHashMap, BlockMetadata, ListOptions, Result, SortOrder,
+    StorageBackend, StorageError, StorageStats, WireFormat, async_trait,
+    system_time_from_unix_nanos,
 };
 
 const NAME: &str = "memory";
@@ -81,7 +82,8 @@ struct Entry {
 #[derive(Debug, Default)]
 struct State {
     open: bool,
-    blocks: HashMap<BlockHash, Slot>,
+    /// Keyed by hash with the prefix hasher: block hashes need no rehashing.
+    blocks: BlockHashMap<Slot>,
     by_index: BTreeMap<u64, Indexed>,
     /// `(timestamp nanos, index)`: time order with index as tie-breaker.
     by_time: BTreeSet<(u64, u64)>,
@@ -125,7 +127,7 @@ impl MemoryBackend {
             format,
             state: RwLock::new(State {
                 open: true,
-                blocks: HashMap::with_capacity(capacity),
+                blocks: BlockHashMap::with_capacity_and_hasher(capacity, Default::default()),
                 ..State::default()
             }),
         }
