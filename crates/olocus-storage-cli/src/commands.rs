@@ -208,6 +208,24 @@ async fn last_index(store: &dyn StorageBackend) -> Result<Option<u64>, StorageEr
         .map(|m| m.index))
 }
 
+/// Metadata of the blocks with `lo <= index <= hi`, in index order.
+async fn listed_between(
+    store: &dyn StorageBackend,
+    lo: u64,
+    hi: u64,
+) -> Result<Vec<olocus_storage::BlockMetadata>, StorageError> {
+    store
+        .list_blocks(&ListOptions {
+            filter: Some(BlockFilter {
+                min_index: Some(lo),
+                max_index: Some(hi),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+}
+
 /// The lowest stored index at or after `from`.
 async fn next_index(store: &dyn StorageBackend, from: u64) -> Result<Option<u64>, StorageError> {
     Ok(store
@@ -497,15 +515,7 @@ async fn read_one_by_one(
     end: u64,
     range_error: StorageError,
 ) -> CliResult<(Vec<Block>, Option<Break>)> {
-    let listed = store
-        .list_blocks(&ListOptions {
-            filter: Some(BlockFilter {
-                min_index: Some(start),
-                max_index: Some(end),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
+    let listed = listed_between(store, start, end)
         .await
         .map_err(ctx_err("listing"))?;
     let mut read = Vec::with_capacity(listed.len());
@@ -695,26 +705,10 @@ async fn copy_all(
         .await
         .map_err(ctx_err("listing the destination"))?
     {
-        let theirs = dst
-            .list_blocks(&ListOptions {
-                filter: Some(BlockFilter {
-                    min_index: Some(top),
-                    max_index: Some(top),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            })
+        let theirs = listed_between(&**dst, top, top)
             .await
             .map_err(ctx_err("listing the destination"))?;
-        let ours = src
-            .list_blocks(&ListOptions {
-                filter: Some(BlockFilter {
-                    min_index: Some(top),
-                    max_index: Some(top),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            })
+        let ours = listed_between(&**src, top, top)
             .await
             .map_err(ctx_err("listing the source"))?;
         if ours.first().map(|m| m.hash) != theirs.first().map(|m| m.hash) {

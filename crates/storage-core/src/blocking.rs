@@ -26,3 +26,31 @@ pub async fn run_blocking<T: Send + 'static>(
             source: format!("blocking task failed: {e}").into(),
         })?
 }
+
+/// Waits (blocking, polling every millisecond) until `shared` has no other owner,
+/// then returns the value: how `close` waits for calls still running on a store
+/// before releasing its files and locks. Fails with [`StorageError::Timeout`]
+/// after `timeout`.
+pub fn wait_for_sole_owner<T>(
+    shared: std::sync::Arc<T>,
+    backend: &str,
+    timeout: std::time::Duration,
+) -> Result<T> {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut shared = shared;
+    loop {
+        match std::sync::Arc::try_unwrap(shared) {
+            Ok(owned) => return Ok(owned),
+            Err(still) if std::time::Instant::now() < deadline => {
+                shared = still;
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            Err(_) => {
+                return Err(StorageError::Timeout {
+                    operation: format!("{backend} close (calls still running)"),
+                    after: timeout,
+                });
+            }
+        }
+    }
+}

@@ -9,7 +9,7 @@ use storage_core::{
     system_time_from_unix_nanos,
 };
 
-use crate::format::{IndexHeader, Op, PutOp, RawOp};
+use crate::format::{IndexHeader, Op, PutOp, RawOp, RawPut};
 
 /// Where an entry lives (16 bytes: segments are at most 2 GiB and one record
 /// at most 1 GiB, so offsets fit in 32 bits).
@@ -452,25 +452,12 @@ impl Bulk {
         for op in ops {
             match op {
                 Some(RawOp::Put(p)) => {
-                    usage.live += u64::from(p.len);
-                    usage.raw_live += u64::from(p.raw_len);
-                    self.ix.total_size += u64::from(p.size);
-                    self.push(
-                        p.index,
-                        Entry {
-                            hash: p.hash,
-                            ts: p.ts,
-                            size: p.size,
-                            raw_len: p.raw_len,
-                            key: kmap[p.key as usize],
-                            ty: tmap[p.ty as usize],
-                            loc: Loc {
-                                seg,
-                                off: p.off as u32,
-                                len: p.len,
-                            },
-                        },
-                    );
+                    let global = RawPut {
+                        key: kmap[p.key as usize],
+                        ty: tmap[p.ty as usize],
+                        ..p
+                    };
+                    self.put(seg, &mut usage, &global);
                 }
                 Some(RawOp::Head(head)) => self.head = head,
                 Some(RawOp::Delete(_)) | None => return false,
@@ -488,25 +475,18 @@ impl Bulk {
             match op {
                 Op::Put(p) => {
                     let (key, ty) = self.ix.ids(&p.key, &p.ty);
-                    usage.live += u64::from(p.len);
-                    usage.raw_live += u64::from(p.raw_len);
-                    self.ix.total_size += u64::from(p.size);
-                    self.push(
-                        p.index,
-                        Entry {
-                            hash: p.hash,
-                            ts: p.ts,
-                            size: p.size,
-                            raw_len: p.raw_len,
-                            key,
-                            ty,
-                            loc: Loc {
-                                seg,
-                                off: p.off as u32,
-                                len: p.len,
-                            },
-                        },
-                    );
+                    let global = RawPut {
+                        off: p.off,
+                        len: p.len,
+                        raw_len: p.raw_len,
+                        index: p.index,
+                        ts: p.ts,
+                        size: p.size,
+                        hash: p.hash,
+                        key,
+                        ty,
+                    };
+                    self.put(seg, &mut usage, &global);
                 }
                 Op::Head(head) => self.head = *head,
                 Op::Delete(_) => return false,
@@ -514,6 +494,29 @@ impl Bulk {
         }
         self.add_usage(seg, usage);
         true
+    }
+
+    /// Collects one put whose signer and type are global ids.
+    fn put(&mut self, seg: u64, usage: &mut SegUse, p: &RawPut) {
+        usage.live += u64::from(p.len);
+        usage.raw_live += u64::from(p.raw_len);
+        self.ix.total_size += u64::from(p.size);
+        self.push(
+            p.index,
+            Entry {
+                hash: p.hash,
+                ts: p.ts,
+                size: p.size,
+                raw_len: p.raw_len,
+                key: p.key,
+                ty: p.ty,
+                loc: Loc {
+                    seg,
+                    off: p.off as u32,
+                    len: p.len,
+                },
+            },
+        );
     }
 
     fn add_usage(&mut self, seg: u64, usage: SegUse) {

@@ -85,7 +85,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use storage_core::blocking::run_blocking;
+use storage_core::blocking::{run_blocking, wait_for_sole_owner};
 use storage_core::trace::{
     in_span, in_span_async, op_span, record_count, record_hash, record_index,
 };
@@ -462,26 +462,8 @@ impl StorageBackend for FilesystemBackend {
                 inner.close()?;
                 // Wait (briefly) for calls still holding the store, so the lock is
                 // released when close returns and the directory can be reopened.
-                let deadline = Instant::now() + Duration::from_secs(30);
-                let mut inner = inner;
-                loop {
-                    match Arc::try_unwrap(inner) {
-                        Ok(owned) => {
-                            drop(owned);
-                            return Ok(());
-                        }
-                        Err(shared) if Instant::now() < deadline => {
-                            inner = shared;
-                            std::thread::sleep(Duration::from_millis(1));
-                        }
-                        Err(_) => {
-                            return Err(StorageError::Timeout {
-                                operation: "filesystem close (calls still running)".into(),
-                                after: Duration::from_secs(30),
-                            });
-                        }
-                    }
-                }
+                drop(wait_for_sole_owner(inner, NAME, Duration::from_secs(30))?);
+                Ok(())
             }),
         )
         .await

@@ -224,17 +224,7 @@ pub fn write_state(s: &RwLock<State>) -> std::sync::RwLockWriteGuard<'_, State> 
 }
 
 fn put_op(block: &Block, off: u64, entry: &format::EncodedEntry) -> PutOp {
-    PutOp {
-        off,
-        len: entry.bytes.len() as u32,
-        raw_len: entry.raw_len,
-        index: block.index(),
-        ts: block.timestamp_nanos(),
-        size: block.size_bytes() as u32,
-        hash: block.hash(),
-        key: *block.public_key(),
-        ty: block.payload_type().into(),
-    }
+    PutOp::of(block, off, entry.bytes.len() as u32, entry.raw_len)
 }
 
 impl Inner {
@@ -1125,17 +1115,12 @@ fn scan(tail: &[u8], base: u64, seg: u64) -> Result<(usize, Vec<Op>)> {
                 for (off, entry) in entries {
                     let block = format::decode_scanned_entry(entry).ok()?;
                     let raw_len = u32::from_le_bytes(entry[8..12].try_into().ok()?);
-                    rec_ops.push(Op::Put(PutOp {
-                        off: base + (body_start + off) as u64,
-                        len: entry.len() as u32,
+                    rec_ops.push(Op::Put(PutOp::of(
+                        &block,
+                        base + (body_start + off) as u64,
+                        entry.len() as u32,
                         raw_len,
-                        index: block.index(),
-                        ts: block.timestamp_nanos(),
-                        size: block.size_bytes() as u32,
-                        hash: block.hash(),
-                        key: *block.public_key(),
-                        ty: block.payload_type().into(),
-                    }));
+                    )));
                 }
                 Some(())
             }),

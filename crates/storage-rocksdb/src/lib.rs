@@ -52,7 +52,7 @@ use rocksdb::{
     ReadOptions, WriteBatch, WriteOptions,
 };
 use serde::{Deserialize, Serialize};
-use storage_core::blocking::run_blocking;
+use storage_core::blocking::{run_blocking, wait_for_sole_owner};
 use storage_core::trace::{in_span_async, op_span, record_count, record_hash, record_index};
 use storage_core::{
     BackendStats, Block, BlockHash, BlockMetadata, CompactionStats, CompressionType, ListOptions,
@@ -878,23 +878,7 @@ impl StorageBackend for RocksDBBackend {
             run_blocking(NAME, move || {
                 // Wait (briefly) for calls still holding the database, so the lock
                 // file is released when close returns and the path can reopen.
-                let mut inner = inner;
-                let deadline = Instant::now() + Duration::from_secs(30);
-                let owned = loop {
-                    match Arc::try_unwrap(inner) {
-                        Ok(owned) => break owned,
-                        Err(shared) if Instant::now() < deadline => {
-                            inner = shared;
-                            std::thread::sleep(Duration::from_millis(1));
-                        }
-                        Err(_) => {
-                            return Err(StorageError::Timeout {
-                                operation: "rocksdb close (calls still running)".into(),
-                                after: Duration::from_secs(30),
-                            });
-                        }
-                    }
-                };
+                let owned = wait_for_sole_owner(inner, NAME, Duration::from_secs(30))?;
                 owned.flush_all()?;
                 owned
                     .db
