@@ -126,26 +126,28 @@ pub fn recode_entry(entry: &[u8], hash: &BlockHash, codec: CompressionType) -> R
 }
 
 /// Checks an entry's header and checksum; returns its codec, stored bytes and raw
-/// length.
+/// length, or what is wrong.
+fn parse_entry(entry: &[u8]) -> std::result::Result<(CompressionType, &[u8], u32), &'static str> {
+    if entry.len() < ENTRY_HEADER {
+        return Err("shorter than its header");
+    }
+    if u32_at(entry, 0) as usize != entry.len() - ENTRY_HEADER {
+        return Err("length does not match the index");
+    }
+    if crc32fast::hash(&entry[8..]) != u32_at(entry, 4) {
+        return Err("checksum mismatch");
+    }
+    let codec = codec_of(entry[12]).ok_or("unknown codec")?;
+    Ok((codec, &entry[ENTRY_HEADER..], u32_at(entry, 8)))
+}
+
+/// Checks the entry of block `hash` (see [`parse_entry`]).
 pub fn split_entry<'a>(
     entry: &'a [u8],
     hash: &BlockHash,
 ) -> Result<(CompressionType, &'a [u8], u32)> {
-    let bad = |what: &str| StorageError::corrupted(format!("fs: entry of block {hash}: {what}"));
-    if entry.len() < ENTRY_HEADER {
-        return Err(bad("shorter than its header"));
-    }
-    let stored_len = u32_at(entry, 0) as usize;
-    let crc = u32_at(entry, 4);
-    let raw_len = u32_at(entry, 8);
-    if stored_len != entry.len() - ENTRY_HEADER {
-        return Err(bad("length does not match the index"));
-    }
-    if crc32fast::hash(&entry[8..]) != crc {
-        return Err(bad("checksum mismatch"));
-    }
-    let codec = codec_of(entry[12]).ok_or_else(|| bad("unknown codec"))?;
-    Ok((codec, &entry[ENTRY_HEADER..], raw_len))
+    parse_entry(entry)
+        .map_err(|what| StorageError::corrupted(format!("fs: entry of block {hash}: {what}")))
 }
 
 /// Decodes an entry read from disk into the block stored under `hash`.
@@ -163,23 +165,19 @@ fn decode_stored(codec: CompressionType, stored: &[u8], hash: &BlockHash) -> Res
 }
 
 /// Decodes an entry found while scanning a segment (no hash known yet): the block
-/// and its hash come from the bytes, which the entry checksum protects.
-pub fn decode_scanned_entry(entry: &[u8]) -> Result<Block> {
-    if entry.len() < ENTRY_HEADER {
-        return Err(StorageError::corrupted("fs: short entry"));
-    }
-    if crc32fast::hash(&entry[8..]) != u32_at(entry, 4) {
-        return Err(StorageError::corrupted("fs: entry checksum mismatch"));
-    }
-    let codec = codec_of(entry[12])
-        .ok_or_else(|| StorageError::corrupted("fs: entry has unknown codec"))?;
+/// and its hash come from the bytes, which the entry checksum protects. Returns
+/// the block and the entry's length before compression.
+pub fn decode_scanned_entry(entry: &[u8]) -> Result<(Block, u32)> {
+    let (codec, stored, raw_len) = parse_entry(entry)
+        .map_err(|what| StorageError::corrupted(format!("fs: scanned entry: {what}")))?;
     let parts = WireFormat {
         encoding: storage_core::Encoding::Binary,
         compression: codec,
     }
-    .decode_parts(&entry[ENTRY_HEADER..])?;
-    Block::from_trusted_parts(parts)
-        .map_err(|e| StorageError::corrupted_by("fs: entry holds invalid block fields", e))
+    .decode_parts(stored)?;
+    let block = Block::from_trusted_parts(parts)
+        .map_err(|e| StorageError::corrupted_by("fs: entry holds invalid block fields", e))?;
+    Ok((block, raw_len))
 }
 
 /// Starts a record in `out`; [`finish_record`] fills in its header.
@@ -196,10 +194,16 @@ pub fn finish_record(out: &mut [u8], start: usize, kind: u8) {
     rec[2] = kind;
     rec[3] = 0;
     rec[4..8].copy_from_slice(&body_len.to_le_bytes());
+    let crc = record_crc(&rec[..8], &rec[REC_HEADER..]);
+    rec[8..12].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// A record's checksum: over the first eight header bytes and the body.
+fn record_crc(header: &[u8], body: &[u8]) -> u32 {
     let mut crc = crc32fast::Hasher::new();
-    crc.update(&rec[..8]);
-    crc.update(&rec[REC_HEADER..]);
-    rec[8..12].copy_from_slice(&crc.finalize().to_le_bytes());
+    crc.update(&header[..8]);
+    crc.update(body);
+    crc.finalize()
 }
 
 /// A HEAD record body.
@@ -247,10 +251,7 @@ pub fn parse_record_header(h: &[u8]) -> Option<RecordHeader> {
 
 /// Whether `body` matches the checksum in `header`.
 pub fn record_checksum_ok(header: &[u8], body: &[u8], crc: u32) -> bool {
-    let mut h = crc32fast::Hasher::new();
-    h.update(&header[..8]);
-    h.update(body);
-    h.finalize() == crc
+    record_crc(header, body) == crc
 }
 
 /// Splits a PUT body into entries: `(offset within body, entry bytes)`.
@@ -655,7 +656,10 @@ mod tests {
         for codec in CompressionType::ALL {
             let e = encode_entry(&b, codec).unwrap();
             assert_eq!(decode_entry(&e.bytes, &b.hash()).unwrap(), b, "{codec}");
-            assert_eq!(decode_scanned_entry(&e.bytes).unwrap(), b);
+            assert_eq!(
+                decode_scanned_entry(&e.bytes).unwrap(),
+                (b.clone(), e.raw_len)
+            );
             for to in CompressionType::ALL {
                 let r = recode_entry(&e.bytes, &b.hash(), to).unwrap();
                 assert_eq!(decode_entry(&r, &b.hash()).unwrap(), b, "{codec}->{to}");

@@ -201,13 +201,7 @@ impl Index {
         if let Some(index) = self.by_hash.get(&p.hash, &self.by_index) {
             // The same block again (a compaction's copy replayed after the original
             // survived a crash): the newer copy wins; the older one is dead.
-            let e = self.by_index.get_mut(&index).expect("indexed");
-            let old = std::mem::replace(&mut e.loc, loc);
-            let raw = u64::from(e.raw_len);
-            self.seg_dead(old, raw);
-            let u = self.segs.entry(seg).or_default();
-            u.live += u64::from(p.len);
-            u.raw_live += raw;
+            self.relocate(index, loc);
             return Ok(());
         }
         if let Some(other) = self.by_index.get(&p.index) {
@@ -259,15 +253,12 @@ impl Index {
         Some(e)
     }
 
-    /// Moves a live entry to a new location (compaction).
+    /// Moves a live entry to a new copy of it; the old bytes are dead.
     pub fn relocate(&mut self, index: u64, loc: Loc) {
         let e = self.by_index.get_mut(&index).expect("indexed");
         let raw = u64::from(e.raw_len);
         let old = std::mem::replace(&mut e.loc, loc);
-        if let Some(u) = self.segs.get_mut(&old.seg) {
-            u.live -= u64::from(old.len);
-            u.raw_live -= raw;
-        }
+        self.seg_dead(old, raw);
         let u = self.segs.entry(loc.seg).or_default();
         u.live += u64::from(loc.len);
         u.raw_live += raw;

@@ -64,6 +64,14 @@ fn write_index(dir: &Path, id: u64, covered: u64, ops: &[Op]) -> Result<()> {
     write().map_err(|e| io(format!("writing index {}", path.display()), e))
 }
 
+/// Seals segment `id`: syncs its first `len` bytes, then writes its index file
+/// covering them.
+fn seal_segment(dir: &Path, id: u64, file: &File, len: u64, ops: &[Op]) -> Result<()> {
+    file.sync_data()
+        .map_err(|e| io(format!("syncing {}", seg_path(dir, id).display()), e))?;
+    write_index(dir, id, len, ops)
+}
+
 fn create_segment(dir: &Path, id: u64) -> Result<Arc<File>> {
     let path = seg_path(dir, id);
     let create = || -> std::io::Result<File> {
@@ -194,14 +202,9 @@ impl Writer {
     }
 
     fn seal(&mut self, inner: &Inner) -> Result<()> {
-        self.file.sync_data().map_err(|e| {
-            io(
-                format!("syncing {}", seg_path(&inner.dir, self.seg).display()),
-                e,
-            )
-        })?;
+        seal_segment(&inner.dir, self.seg, &self.file, self.len, &self.ops)?;
         inner.mark_synced((self.seg, self.len));
-        write_index(&inner.dir, self.seg, self.len, &self.ops)
+        Ok(())
     }
 
     fn start(&mut self, inner: &Inner, id: u64) -> Result<()> {
@@ -478,13 +481,7 @@ impl Inner {
         if w.broken.is_some() {
             return Ok(());
         }
-        w.file.sync_data().map_err(|e| {
-            io(
-                format!("syncing {} on close", seg_path(&self.dir, w.seg).display()),
-                e,
-            )
-        })?;
-        write_index(&self.dir, w.seg, w.len, &w.ops)
+        seal_segment(&self.dir, w.seg, &w.file, w.len, &w.ops)
     }
 
     /// Rewrites a prefix of the log without deleted entries (`compact`: up to the
@@ -523,14 +520,29 @@ impl Inner {
         if end >= w.seg {
             w.roll(self)?;
         }
+        // What to copy, with each block's metadata, from one snapshot (writers are
+        // held off by the writer lock, so it stays true).
         let (live, head) = {
             let st = read_state(&self.state);
-            let live: Vec<(u64, BlockHash, Loc, Arc<File>)> = st
+            let live: Vec<(Loc, Arc<File>, PutOp)> = st
                 .index
                 .by_index
                 .iter()
                 .filter(|(_, e)| e.loc.seg <= end)
-                .map(|(i, e)| Ok((*i, e.hash, e.loc, self.file_of(&st, e.loc.seg)?)))
+                .map(|(i, e)| {
+                    let op = PutOp {
+                        off: 0, // set where the copy lands
+                        len: e.loc.len,
+                        raw_len: e.raw_len,
+                        index: *i,
+                        ts: e.ts,
+                        size: e.size,
+                        hash: e.hash,
+                        key: st.index.key(e.key),
+                        ty: st.index.ty(e.ty).clone(),
+                    };
+                    Ok((e.loc, self.file_of(&st, e.loc.seg)?, op))
+                })
                 .collect::<Result<_>>()?;
             (live, st.index.head)
         };
@@ -541,33 +553,19 @@ impl Inner {
             .filter(|id| *id <= end)
             .collect();
 
-        // Write the copies.
+        // Write the copies; damage is never copied forward.
         let mut out = Output::new(self, w.seg + 1)?;
         let mut moved = Vec::with_capacity(live.len());
-        for (index, hash, loc, file) in &live {
-            let mut entry = self.read_entry(file, *loc)?;
+        for (loc, file, mut op) in live {
+            let mut entry = self.read_entry(&file, loc)?;
             if recode {
-                entry = format::recode_entry(&entry, hash, self.cfg.compression)?;
-            } else {
-                format::split_entry(&entry, hash)?; // never copy damage forward
+                entry = format::recode_entry(&entry, &op.hash, self.cfg.compression)?;
             }
-            let (_, _, raw_len) = format::split_entry(&entry, hash)?;
-            let st = read_state(&self.state);
-            let e = st.index.get(hash).expect("live");
-            let op = PutOp {
-                off: 0,
-                len: entry.len() as u32,
-                raw_len,
-                index: *index,
-                ts: e.ts,
-                size: e.size,
-                hash: *hash,
-                key: st.index.key(e.key),
-                ty: st.index.ty(e.ty).clone(),
-            };
-            drop(st);
-            let new_loc = out.put(self, &entry, op)?;
-            moved.push((*index, new_loc));
+            let (_, _, raw_len) = format::split_entry(&entry, &op.hash)?;
+            op.len = entry.len() as u32;
+            op.raw_len = raw_len;
+            let index = op.index;
+            moved.push((index, out.put(self, &entry, op)?));
         }
         out.head(self, head)?;
         let written = out.finish(self)?;
@@ -720,13 +718,7 @@ impl Output {
     }
 
     fn seal(&mut self, inner: &Inner) -> Result<()> {
-        self.file.sync_data().map_err(|e| {
-            io(
-                format!("syncing {}", seg_path(&inner.dir, self.id).display()),
-                e,
-            )
-        })?;
-        write_index(&inner.dir, self.id, self.len, &self.ops)?;
+        seal_segment(&inner.dir, self.id, &self.file, self.len, &self.ops)?;
         self.ops.clear();
         self.done.push((self.id, self.file.clone()));
         Ok(())
@@ -847,9 +839,7 @@ pub fn open(cfg: FsConfig) -> Result<(Arc<Inner>, Recovery)> {
             // A full last segment is sealed; an empty directory starts at 1.
             let next = match other {
                 Some((id, file, len, ops)) => {
-                    file.sync_data()
-                        .map_err(|e| io(format!("syncing segment {id}"), e))?;
-                    write_index(&dir, id, len, &ops)?;
+                    seal_segment(&dir, id, &file, len, &ops)?;
                     id + 1
                 }
                 None => 1,
@@ -1113,8 +1103,7 @@ fn scan(tail: &[u8], base: u64, seg: u64) -> Result<(usize, Vec<Op>)> {
         let parsed = match h.kind {
             KIND_PUT => format::put_entries(body).and_then(|entries| {
                 for (off, entry) in entries {
-                    let block = format::decode_scanned_entry(entry).ok()?;
-                    let raw_len = u32::from_le_bytes(entry[8..12].try_into().ok()?);
+                    let (block, raw_len) = format::decode_scanned_entry(entry).ok()?;
                     rec_ops.push(Op::Put(PutOp::of(
                         &block,
                         base + (body_start + off) as u64,
