@@ -54,3 +54,48 @@ pub fn wait_for_sole_owner<T>(
         }
     }
 }
+
+/// A backend's engine, shared by its calls until `close` takes it away: each call
+/// gets the engine or [`StorageError::Closed`], and runs blocking work on it
+/// with [`run_blocking`].
+pub struct OpenHandle<T> {
+    backend: &'static str,
+    slot: std::sync::RwLock<Option<std::sync::Arc<T>>>,
+}
+
+impl<T: Send + Sync + 'static> OpenHandle<T> {
+    /// A handle to an open `engine` of the named backend.
+    pub fn new(backend: &'static str, engine: std::sync::Arc<T>) -> Self {
+        Self {
+            backend,
+            slot: std::sync::RwLock::new(Some(engine)),
+        }
+    }
+
+    /// The engine, or [`StorageError::Closed`].
+    pub fn get(&self) -> Result<std::sync::Arc<T>> {
+        self.slot
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+            .ok_or_else(|| StorageError::closed(self.backend))
+    }
+
+    /// Runs blocking `f` on the engine without stalling the runtime.
+    pub async fn with<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&T) -> Result<R> + Send + 'static,
+    ) -> Result<R> {
+        let engine = self.get()?;
+        run_blocking(self.backend, move || f(&engine)).await
+    }
+
+    /// Takes the engine away (for `close`); later calls fail with
+    /// [`StorageError::Closed`]. `None` if it was already taken.
+    pub fn take(&self) -> Option<std::sync::Arc<T>> {
+        self.slot
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+}

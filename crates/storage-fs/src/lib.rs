@@ -82,10 +82,10 @@
 //! ```
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, PoisonError, RwLock};
+
 use std::time::{Duration, Instant};
 
-use storage_core::blocking::{run_blocking, wait_for_sole_owner};
+use storage_core::blocking::{OpenHandle, run_blocking, wait_for_sole_owner};
 use storage_core::trace::{
     in_span, in_span_async, op_span, record_count, record_hash, record_index,
 };
@@ -206,7 +206,7 @@ pub struct BlockLocation {
 pub struct FilesystemBackend {
     path: PathBuf,
     recovery: Recovery,
-    inner: RwLock<Option<Arc<Inner>>>,
+    inner: OpenHandle<Inner>,
 }
 
 impl std::fmt::Debug for FilesystemBackend {
@@ -262,7 +262,7 @@ impl FilesystemBackend {
             Ok(Self {
                 path,
                 recovery,
-                inner: RwLock::new(Some(inner)),
+                inner: OpenHandle::new(NAME, inner),
             })
         })
     }
@@ -279,29 +279,13 @@ impl FilesystemBackend {
 
     /// Where block `hash` is stored, if it is.
     pub fn locate(&self, hash: &BlockHash) -> Result<Option<BlockLocation>> {
-        let inner = self.inner()?;
+        let inner = self.inner.get()?;
         let st = read_state(&inner.state);
         Ok(st.index.get(hash).map(|e| BlockLocation {
             path: store::seg_path(&inner.dir, e.loc.seg),
             offset: u64::from(e.loc.off),
             len: u64::from(e.loc.len),
         }))
-    }
-
-    fn inner(&self) -> Result<Arc<Inner>> {
-        self.inner
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-            .ok_or_else(|| StorageError::closed(NAME))
-    }
-
-    async fn with<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Inner) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
-        let inner = self.inner()?;
-        run_blocking(NAME, move || f(&inner)).await
     }
 }
 
@@ -317,7 +301,8 @@ impl StorageBackend for FilesystemBackend {
         let b = block.clone();
         in_span_async(
             span,
-            self.with(move |i| i.store(std::slice::from_ref(&b)).map(|_| b.hash())),
+            self.inner
+                .with(move |i| i.store(std::slice::from_ref(&b)).map(|_| b.hash())),
         )
         .await
     }
@@ -326,21 +311,21 @@ impl StorageBackend for FilesystemBackend {
         let span = op_span(NAME, "retrieve_block");
         record_hash(&span, hash);
         let h = *hash;
-        in_span_async(span, self.with(move |i| i.retrieve(&h))).await
+        in_span_async(span, self.inner.with(move |i| i.retrieve(&h))).await
     }
 
     async fn delete_block(&self, hash: &BlockHash) -> Result<bool> {
         let span = op_span(NAME, "delete_block");
         record_hash(&span, hash);
         let h = *hash;
-        in_span_async(span, self.with(move |i| i.delete(&h))).await
+        in_span_async(span, self.inner.with(move |i| i.delete(&h))).await
     }
 
     async fn block_exists(&self, hash: &BlockHash) -> Result<bool> {
         let span = op_span(NAME, "block_exists");
         record_hash(&span, hash);
         in_span(span, || {
-            Ok(read_state(&self.inner()?.state).index.contains(hash))
+            Ok(read_state(&self.inner.get()?.state).index.contains(hash))
         })
     }
 
@@ -350,7 +335,7 @@ impl StorageBackend for FilesystemBackend {
         let owned = blocks.to_vec();
         in_span_async(
             span,
-            self.with(move |i| {
+            self.inner.with(move |i| {
                 i.store(&owned)?;
                 Ok(owned.iter().map(Block::hash).collect())
             }),
@@ -364,7 +349,8 @@ impl StorageBackend for FilesystemBackend {
         let hs = hashes.to_vec();
         in_span_async(
             span,
-            self.with(move |i| hs.iter().map(|h| i.retrieve(h)).collect()),
+            self.inner
+                .with(move |i| hs.iter().map(|h| i.retrieve(h)).collect()),
         )
         .await
     }
@@ -372,19 +358,19 @@ impl StorageBackend for FilesystemBackend {
     async fn list_blocks(&self, options: &ListOptions) -> Result<Vec<BlockMetadata>> {
         // Memory only: no I/O, so no thread hand-off.
         in_span(op_span(NAME, "list_blocks"), || {
-            Ok(read_state(&self.inner()?.state).index.list(options))
+            Ok(read_state(&self.inner.get()?.state).index.list(options))
         })
     }
 
     async fn count_blocks(&self) -> Result<u64> {
         in_span(op_span(NAME, "count_blocks"), || {
-            Ok(read_state(&self.inner()?.state).index.len() as u64)
+            Ok(read_state(&self.inner.get()?.state).index.len() as u64)
         })
     }
 
     async fn get_chain_head(&self) -> Result<Option<BlockHash>> {
         in_span(op_span(NAME, "get_chain_head"), || {
-            Ok(read_state(&self.inner()?.state).index.head)
+            Ok(read_state(&self.inner.get()?.state).index.head)
         })
     }
 
@@ -392,7 +378,7 @@ impl StorageBackend for FilesystemBackend {
         let span = op_span(NAME, "set_chain_head");
         record_hash(&span, hash);
         let h = *hash;
-        in_span_async(span, self.with(move |i| i.set_head(&h))).await
+        in_span_async(span, self.inner.with(move |i| i.set_head(&h))).await
     }
 
     async fn get_blocks_by_range(&self, start: u64, end: u64) -> Result<Vec<Block>> {
@@ -404,23 +390,31 @@ impl StorageBackend for FilesystemBackend {
                     "range start {start} is greater than end {end}"
                 )));
             }
-            self.with(move |i| i.range(start, end)).await
+            self.inner.with(move |i| i.range(start, end)).await
         })
         .await
     }
 
     async fn compact(&self) -> Result<()> {
-        in_span_async(op_span(NAME, "compact"), self.with(|i| i.rewrite(false))).await
+        in_span_async(
+            op_span(NAME, "compact"),
+            self.inner.with(|i| i.rewrite(false)),
+        )
+        .await
     }
 
     async fn vacuum(&self) -> Result<()> {
-        in_span_async(op_span(NAME, "vacuum"), self.with(|i| i.rewrite(true))).await
+        in_span_async(
+            op_span(NAME, "vacuum"),
+            self.inner.with(|i| i.rewrite(true)),
+        )
+        .await
     }
 
     async fn get_stats(&self) -> Result<StorageStats> {
         in_span_async(
             op_span(NAME, "get_stats"),
-            self.with(|i| {
+            self.inner.with(|i| {
                 let (directory_size, file_count, seg_bytes) = store::dir_usage(&i.dir)?;
                 let st = read_state(&i.state);
                 let ix = &st.index;
@@ -448,12 +442,7 @@ impl StorageBackend for FilesystemBackend {
     }
 
     async fn close(&self) -> Result<()> {
-        let Some(inner) = self
-            .inner
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-        else {
+        let Some(inner) = self.inner.take() else {
             return Ok(());
         };
         in_span_async(

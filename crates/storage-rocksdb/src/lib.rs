@@ -43,7 +43,7 @@
 //! ```
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use rocksdb::{
@@ -52,7 +52,7 @@ use rocksdb::{
     ReadOptions, WriteBatch, WriteOptions,
 };
 use serde::{Deserialize, Serialize};
-use storage_core::blocking::{run_blocking, wait_for_sole_owner};
+use storage_core::blocking::{OpenHandle, run_blocking, wait_for_sole_owner};
 use storage_core::trace::{in_span_async, op_span, record_count, record_hash, record_index};
 use storage_core::{
     BackendStats, Block, BlockHash, BlockMetadata, CompactionStats, CompressionType, ListOptions,
@@ -186,7 +186,7 @@ struct Inner {
 /// The RocksDB backend. Cheap to share behind an `Arc`; all methods take `&self`.
 pub struct RocksDBBackend {
     path: PathBuf,
-    inner: RwLock<Option<Arc<Inner>>>,
+    inner: OpenHandle<Inner>,
 }
 
 impl std::fmt::Debug for RocksDBBackend {
@@ -654,29 +654,13 @@ impl RocksDBBackend {
             .unwrap_or_else(PoisonError::into_inner) = counters;
         Ok(Self {
             path,
-            inner: RwLock::new(Some(Arc::new(inner))),
+            inner: OpenHandle::new(NAME, Arc::new(inner)),
         })
     }
 
     /// The database directory.
     pub fn path(&self) -> &std::path::Path {
         &self.path
-    }
-
-    fn inner(&self) -> Result<Arc<Inner>> {
-        self.inner
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-            .ok_or_else(|| StorageError::closed(NAME))
-    }
-
-    async fn with<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Inner) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
-        let inner = self.inner()?;
-        run_blocking(NAME, move || f(&inner)).await
     }
 }
 
@@ -692,7 +676,8 @@ impl StorageBackend for RocksDBBackend {
         let b = block.clone();
         in_span_async(
             span,
-            self.with(move |i| i.store(std::slice::from_ref(&b)).map(|_| b.hash())),
+            self.inner
+                .with(move |i| i.store(std::slice::from_ref(&b)).map(|_| b.hash())),
         )
         .await
     }
@@ -701,14 +686,14 @@ impl StorageBackend for RocksDBBackend {
         let span = op_span(NAME, "retrieve_block");
         record_hash(&span, hash);
         let h = *hash;
-        in_span_async(span, self.with(move |i| i.retrieve(&h))).await
+        in_span_async(span, self.inner.with(move |i| i.retrieve(&h))).await
     }
 
     async fn delete_block(&self, hash: &BlockHash) -> Result<bool> {
         let span = op_span(NAME, "delete_block");
         record_hash(&span, hash);
         let h = *hash;
-        in_span_async(span, self.with(move |i| i.delete(&h))).await
+        in_span_async(span, self.inner.with(move |i| i.delete(&h))).await
     }
 
     async fn block_exists(&self, hash: &BlockHash) -> Result<bool> {
@@ -717,7 +702,7 @@ impl StorageBackend for RocksDBBackend {
         let h = *hash;
         in_span_async(
             span,
-            self.with(move |i| {
+            self.inner.with(move |i| {
                 Ok(i.db
                     .get_pinned_cf(cf(&i.db, CF_METADATA)?, h.as_bytes())
                     .map_err(|e| db_err("checking a block", e))?
@@ -733,7 +718,7 @@ impl StorageBackend for RocksDBBackend {
         let owned = blocks.to_vec();
         in_span_async(
             span,
-            self.with(move |i| {
+            self.inner.with(move |i| {
                 i.store(&owned)?;
                 Ok(owned.iter().map(Block::hash).collect())
             }),
@@ -747,19 +732,24 @@ impl StorageBackend for RocksDBBackend {
         let hs = hashes.to_vec();
         in_span_async(
             span,
-            self.with(move |i| hs.iter().map(|h| i.retrieve(h)).collect()),
+            self.inner
+                .with(move |i| hs.iter().map(|h| i.retrieve(h)).collect()),
         )
         .await
     }
 
     async fn list_blocks(&self, options: &ListOptions) -> Result<Vec<BlockMetadata>> {
         let o = options.clone();
-        in_span_async(op_span(NAME, "list_blocks"), self.with(move |i| i.list(&o))).await
+        in_span_async(
+            op_span(NAME, "list_blocks"),
+            self.inner.with(move |i| i.list(&o)),
+        )
+        .await
     }
 
     async fn count_blocks(&self) -> Result<u64> {
         in_span_async(op_span(NAME, "count_blocks"), async {
-            let inner = self.inner()?;
+            let inner = self.inner.get()?;
             let count = inner
                 .writer
                 .lock()
@@ -773,7 +763,7 @@ impl StorageBackend for RocksDBBackend {
     async fn get_chain_head(&self) -> Result<Option<BlockHash>> {
         in_span_async(
             op_span(NAME, "get_chain_head"),
-            self.with(|i| {
+            self.inner.with(|i| {
                 match i
                     .db
                     .get_cf(cf(&i.db, CF_CHAIN)?, "head")
@@ -795,7 +785,7 @@ impl StorageBackend for RocksDBBackend {
         let h = *hash;
         in_span_async(
             span,
-            self.with(move |i| {
+            self.inner.with(move |i| {
                 // Under the writer lock, so a concurrent delete cannot slip between.
                 let _writer = i.writer.lock().unwrap_or_else(PoisonError::into_inner);
                 let stored =
@@ -822,25 +812,33 @@ impl StorageBackend for RocksDBBackend {
                     "range start {start} is greater than end {end}"
                 )));
             }
-            self.with(move |i| i.range(start, end)).await
+            self.inner.with(move |i| i.range(start, end)).await
         })
         .await
     }
 
     async fn compact(&self) -> Result<()> {
-        in_span_async(op_span(NAME, "compact"), self.with(|i| i.compact(false))).await
+        in_span_async(
+            op_span(NAME, "compact"),
+            self.inner.with(|i| i.compact(false)),
+        )
+        .await
     }
 
     async fn vacuum(&self) -> Result<()> {
         // Rewrites the bottommost level too, dropping deletion tombstones and
         // returning their space.
-        in_span_async(op_span(NAME, "vacuum"), self.with(|i| i.compact(true))).await
+        in_span_async(
+            op_span(NAME, "vacuum"),
+            self.inner.with(|i| i.compact(true)),
+        )
+        .await
     }
 
     async fn get_stats(&self) -> Result<StorageStats> {
         in_span_async(
             op_span(NAME, "get_stats"),
-            self.with(|i| {
+            self.inner.with(|i| {
                 let c = *i.writer.lock().unwrap_or_else(PoisonError::into_inner);
                 Ok(StorageStats {
                     total_blocks: c.count,
@@ -865,12 +863,7 @@ impl StorageBackend for RocksDBBackend {
     }
 
     async fn close(&self) -> Result<()> {
-        let Some(inner) = self
-            .inner
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-        else {
+        let Some(inner) = self.inner.take() else {
             return Ok(());
         };
         in_span_async(
