@@ -251,6 +251,19 @@ struct Pages<'a> {
     page: u64,
 }
 
+/// A page [`Pages`] could not read: its window and why.
+struct PageError {
+    start: u64,
+    end: u64,
+    error: StorageError,
+}
+
+impl From<PageError> for CliError {
+    fn from(e: PageError) -> Self {
+        ctx_err(format!("reading blocks {}..={}", e.start, e.end))(e.error)
+    }
+}
+
 impl<'a> Pages<'a> {
     fn new(store: &'a dyn StorageBackend, from: u64, to: u64, page: u64) -> Self {
         Self {
@@ -261,19 +274,20 @@ impl<'a> Pages<'a> {
         }
     }
 
-    async fn next(&mut self) -> CliResult<Option<Vec<Block>>> {
+    async fn next(&mut self) -> Result<Option<Vec<Block>>, PageError> {
         while let Some(start) = self.next {
             let end = start.saturating_add(self.page - 1).min(self.to);
+            let failed = |error| PageError { start, end, error };
             let blocks = self
                 .store
                 .get_blocks_by_range(start, end)
                 .await
-                .map_err(ctx_err(format!("reading blocks {start}..={end}")))?;
+                .map_err(failed)?;
             let after = match blocks.last() {
                 Some(b) => b.index().checked_add(1),
                 None => next_index(self.store, end.saturating_add(1))
                     .await
-                    .map_err(ctx_err("listing"))?,
+                    .map_err(failed)?,
             };
             self.next = after.filter(|n| *n > start && *n <= self.to);
             if !blocks.is_empty() {
@@ -422,6 +436,15 @@ pub async fn verify(ctx: &Ctx, store: &Storage, page: u64) -> CliResult {
     }
 }
 
+/// The break "block `index` is missing", `next` being the next stored index.
+fn missing(index: u64, next: u64) -> Break {
+    Break {
+        index,
+        hash: None,
+        reason: format!("block missing (the next stored block is #{next})"),
+    }
+}
+
 /// Checks the stored chain from genesis; returns blocks checked, the last block,
 /// and the first break.
 pub async fn walk_chain(
@@ -429,43 +452,22 @@ pub async fn walk_chain(
     page: u64,
     mut progress: impl FnMut(u64),
 ) -> CliResult<(u64, Option<Block>, Option<Break>)> {
-    let page = page.max(1);
     let mut prev: Option<Block> = None;
     let mut checked = 0u64;
-    let mut start = 0u64;
+    let mut pages = Pages::new(store, 0, olocus_storage::MAX_INDEX, page);
     loop {
-        let end = start.saturating_add(page - 1);
-        let (blocks, unreadable) = match store.get_blocks_by_range(start, end).await {
-            Ok(b) => (b, None),
+        let (blocks, unreadable) = match pages.next().await {
+            Ok(Some(b)) => (b, None),
+            Ok(None) => return Ok((checked, prev, None)),
             // Read this page block by block: verify what reads, stop at what does not.
-            Err(e) => read_one_by_one(store, start, end, e).await?,
+            Err(PageError { start, end, error }) => {
+                read_one_by_one(store, start, end, error).await?
+            }
         };
-        if blocks.is_empty() && unreadable.is_none() {
-            return match next_index(store, start).await.map_err(ctx_err("listing"))? {
-                None => Ok((checked, prev, None)),
-                Some(n) => Ok((
-                    checked,
-                    prev,
-                    Some(Break {
-                        index: start,
-                        hash: None,
-                        reason: format!("block missing (the next stored block is #{n})"),
-                    }),
-                )),
-            };
-        }
         for b in blocks {
             let expected = prev.as_ref().map_or(0, |p| p.index() + 1);
             if b.index() != expected {
-                return Ok((
-                    checked,
-                    prev,
-                    Some(Break {
-                        index: expected,
-                        hash: None,
-                        reason: format!("block missing (the next stored block is #{})", b.index()),
-                    }),
-                ));
+                return Ok((checked, prev, Some(missing(expected, b.index()))));
             }
             if let Err(e) = verify_block(&b, prev.as_ref()) {
                 let reason = match e {
@@ -490,19 +492,11 @@ pub async fn walk_chain(
             // A missing block before the unreadable one is the first break.
             let expected = prev.as_ref().map_or(0, |p| p.index() + 1);
             let broken = if broken.hash.is_some() && broken.index > expected {
-                Break {
-                    index: expected,
-                    hash: None,
-                    reason: format!("block missing (the next stored block is #{})", broken.index),
-                }
+                missing(expected, broken.index)
             } else {
                 broken
             };
             return Ok((checked, prev, Some(broken)));
-        }
-        match prev.as_ref().and_then(|p| p.index().checked_add(1)) {
-            Some(n) => start = n,
-            None => return Ok((checked, prev, None)),
         }
     }
 }

@@ -52,14 +52,21 @@ pub async fn run(
     if blocks < 2 {
         return Err(CliError("--blocks must be at least 2".into()));
     }
-    let temp = tempdir()?;
-    let config = match (config_file, store_url) {
-        (Some(path), _) => StorageConfig::load(path)?,
-        (None, Some(url)) => StorageConfig::new(url.parse()?),
-        (None, None) => StorageConfig::new(BackendConfig::Filesystem {
-            path: temp.join("chain"),
-            compression: CompressionType::Lz4,
-        }),
+    // Only the default store lives in a temporary directory.
+    let (config, temp) = match (config_file, store_url) {
+        (Some(path), _) => (StorageConfig::load(path)?, None),
+        (None, Some(url)) => (StorageConfig::new(url.parse()?), None),
+        (None, None) => {
+            let temp = tempfile::Builder::new()
+                .prefix("olocus-demo-")
+                .tempdir()
+                .map_err(|e| CliError(format!("creating a temporary directory: {e}")))?;
+            let config = StorageConfig::new(BackendConfig::Filesystem {
+                path: temp.path().join("chain"),
+                compression: CompressionType::Lz4,
+            });
+            (config, Some(temp))
+        }
     };
     let url = config.backend.to_url();
     let storage = Storage::new(config)
@@ -303,36 +310,9 @@ pub async fn run(
             json!({ "store": url, "blocks": blocks, "steps": steps })
         );
     }
-    if kept && store_url.is_none() && config_file.is_none() {
-        // Keep the temp directory: forget it instead of removing it.
-        std::mem::forget(temp);
+    if let Some(temp) = temp.filter(|_| keep) {
+        // Keep the temporary directory instead of removing it.
+        let _ = temp.keep();
     }
     Ok(())
-}
-
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(std::path::PathBuf);
-
-impl TempDir {
-    fn join(&self, name: &str) -> std::path::PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn tempdir() -> CliResult<TempDir> {
-    let mut tag = [0u8; 8];
-    getrandom::fill(&mut tag).map_err(|e| CliError(format!("no randomness: {e}")))?;
-    let path = std::env::temp_dir().join(format!(
-        "olocus-demo-{}",
-        tag.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    ));
-    std::fs::create_dir_all(&path)
-        .map_err(|e| CliError(format!("creating {}: {e}", path.display())))?;
-    Ok(TempDir(path))
 }
