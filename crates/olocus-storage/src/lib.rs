@@ -289,7 +289,10 @@ pub struct CacheConfig {
     pub write_through: bool,
     /// Entries expire this long after insertion (`"10m"`, `"1h"`, seconds); none:
     /// never.
-    #[serde(with = "opt_duration", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        with = "storage_core::human_duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ttl: Option<Duration>,
 }
 
@@ -301,37 +304,6 @@ impl Default for CacheConfig {
             eviction_policy: EvictionPolicy::LRU,
             write_through: true,
             ttl: None,
-        }
-    }
-}
-
-mod opt_duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => s.serialize_str(&format!("{}ms", d.as_millis())),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Secs(f64),
-            Text(String),
-        }
-        match Option::<Raw>::deserialize(d)? {
-            None => Ok(None),
-            Some(Raw::Secs(s)) => Duration::try_from_secs_f64(s)
-                .map(Some)
-                .map_err(serde::de::Error::custom),
-            Some(Raw::Text(t)) => storage_core::parse_duration(&t)
-                .map(Some)
-                .map_err(serde::de::Error::custom),
         }
     }
 }

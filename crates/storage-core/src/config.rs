@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
 use crate::{Result, StorageError};
 
@@ -28,10 +28,7 @@ pub struct WALConfig {
     /// Whether writes are synced at all (see the type docs).
     pub enabled: bool,
     /// Time between syncs; zero syncs every write before acknowledging it.
-    #[serde(
-        serialize_with = "serialize_duration",
-        deserialize_with = "deserialize_duration"
-    )]
+    #[serde(with = "human_duration")]
     pub sync_interval: Duration,
     /// Largest size of one log file, bytes.
     pub max_log_size: u64,
@@ -92,22 +89,59 @@ pub fn parse_duration(s: &str) -> Result<Duration> {
     Duration::try_from_secs_f64(secs).map_err(|_| bad())
 }
 
-fn serialize_duration<S: Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
-    s.serialize_str(&format!("{}ms", d.as_millis()))
-}
+/// serde for durations in configuration files: written as `"250ms"`, read as a
+/// number of seconds or a string [`parse_duration`] accepts. Use it as
+/// `#[serde(with = "storage_core::human_duration")]`, or `human_duration::option`
+/// for `Option<Duration>`.
+pub mod human_duration {
+    use std::time::Duration;
 
-fn deserialize_duration<'de, D: Deserializer<'de>>(
-    d: D,
-) -> std::result::Result<Duration, D::Error> {
+    use serde::{Deserialize, Deserializer, Serializer};
+
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Raw {
         Secs(f64),
         Text(String),
     }
-    match Raw::deserialize(d)? {
-        Raw::Secs(s) => Duration::try_from_secs_f64(s).map_err(serde::de::Error::custom),
-        Raw::Text(t) => parse_duration(&t).map_err(serde::de::Error::custom),
+
+    fn from_raw<E: serde::de::Error>(raw: Raw) -> Result<Duration, E> {
+        match raw {
+            Raw::Secs(s) => Duration::try_from_secs_f64(s).map_err(E::custom),
+            Raw::Text(t) => super::parse_duration(&t).map_err(E::custom),
+        }
+    }
+
+    /// Writes `"<n>ms"`.
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}ms", d.as_millis()))
+    }
+
+    /// Reads seconds or a duration string.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        from_raw(Raw::deserialize(d)?)
+    }
+
+    /// The same for `Option<Duration>` (absent or null: `None`).
+    pub mod option {
+        use std::time::Duration;
+
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        /// Writes `"<n>ms"`, or nothing.
+        pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+            match d {
+                Some(d) => super::serialize(d, s),
+                None => s.serialize_none(),
+            }
+        }
+
+        /// Reads seconds, a duration string, or null.
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+            Option::<super::Raw>::deserialize(d)?
+                .map(super::from_raw)
+                .transpose()
+        }
     }
 }
 
@@ -123,6 +157,29 @@ mod tests {
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn optional_durations() {
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        struct T {
+            #[serde(default, with = "human_duration::option")]
+            ttl: Option<Duration>,
+        }
+        let t: T = serde_json::from_str(r#"{"ttl": "10m"}"#).unwrap();
+        assert_eq!(t.ttl, Some(Duration::from_secs(600)));
+        assert_eq!(serde_json::from_str::<T>("{}").unwrap().ttl, None);
+        assert_eq!(
+            serde_json::from_str::<T>(r#"{"ttl": null}"#).unwrap().ttl,
+            None
+        );
+        assert_eq!(
+            serde_json::from_str::<T>(r#"{"ttl": 1.5}"#).unwrap().ttl,
+            Some(Duration::from_millis(1500))
+        );
+        assert!(serde_json::from_str::<T>(r#"{"ttl": "soon"}"#).is_err());
+        let back: T = serde_json::from_str(&serde_json::to_string(&t).unwrap()).unwrap();
+        assert_eq!(back, t);
     }
 
     #[test]

@@ -44,7 +44,7 @@ pub use block::{
     unix_nanos, verify_block, verify_chain,
 };
 pub use compression::CompressionType;
-pub use config::{WALConfig, parse_duration};
+pub use config::{WALConfig, human_duration, parse_duration};
 pub use error::{BoxError, ErrorKind, Result, StorageError};
 pub use ids::{
     BlockHash, BlockHashBuildHasher, BlockHashHasher, BlockHashMap, PublicKey, Signature,
