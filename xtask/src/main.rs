@@ -7,6 +7,8 @@
 //!   out-of-workspace third-party backend (fmt, clippy, suite).
 //! - `bench [--quick] [--backend …] [--op …]`: the benchmark matrix, and a report
 //!   with a chart in `target/bench-report/` (or `--out DIR`).
+//! - `crash [--backend …] [--cycles N] [--seed S]`: SIGKILL crash cycles against
+//!   each durable backend (CI runs the same tests with 20 cycles).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -53,7 +55,27 @@ enum Cmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Kill a child process ingesting into each durable backend with SIGKILL,
+    /// again and again, and check every acknowledged write after each reopen.
+    Crash {
+        /// Only these backends (fs, rocksdb, sqlite). Repeat or separate with commas.
+        #[arg(long = "backend", value_delimiter = ',')]
+        backends: Vec<String>,
+        /// Kill-and-recover cycles per backend configuration.
+        #[arg(long, default_value_t = 200)]
+        cycles: u64,
+        /// Seed of the workload and kill moments (a failing run prints its cycle).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
 }
+
+/// Durable backends with a crash test, and the package that holds it.
+const CRASH_TARGETS: [(&str, &str); 3] = [
+    ("fs", "storage-fs"),
+    ("rocksdb", "storage-rocksdb"),
+    ("sqlite", "storage-sqlite"),
+];
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -76,6 +98,11 @@ fn main() -> ExitCode {
                 out,
             },
         ),
+        Cmd::Crash {
+            backends,
+            cycles,
+            seed,
+        } => crash(&root, &backends, cycles, seed),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -221,6 +248,38 @@ fn ci(root: &Path, skip_third_party: bool) -> Result<(), String> {
         step_owned(root, "third-party conformance", test, &[])?;
     }
     println!("xtask ci: all checks passed in {:.0?}", started.elapsed());
+    Ok(())
+}
+
+fn crash(root: &Path, backends: &[String], cycles: u64, seed: Option<u64>) -> Result<(), String> {
+    if let Some(unknown) = backends
+        .iter()
+        .find(|b| !CRASH_TARGETS.iter().any(|(name, _)| name == b))
+    {
+        return Err(format!(
+            "no crash test for backend {unknown:?} (have: {})",
+            CRASH_TARGETS.map(|(n, _)| n).join(", ")
+        ));
+    }
+    let cycles = cycles.to_string();
+    let seed = seed.map(|s| s.to_string());
+    let mut env = vec![("OLOCUS_CRASH_CYCLES", cycles.as_str())];
+    if let Some(seed) = &seed {
+        env.push(("OLOCUS_CRASH_SEED", seed));
+    }
+    for (name, package) in CRASH_TARGETS {
+        if !backends.is_empty() && !backends.iter().any(|b| b == name) {
+            continue;
+        }
+        step(
+            root,
+            &format!("crash cycles: {name}"),
+            &[
+                "test", "-p", package, "--test", "crash", "--locked", "--profile", "dev",
+            ],
+            &env,
+        )?;
+    }
     Ok(())
 }
 

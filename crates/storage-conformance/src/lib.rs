@@ -58,6 +58,7 @@ use std::time::Duration;
 use storage_core::{BlockHash, StorageBackend, StorageError, async_trait};
 
 pub mod cases;
+pub mod crash;
 mod check;
 pub mod data;
 pub mod fault;

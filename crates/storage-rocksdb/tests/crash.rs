@@ -1,0 +1,42 @@
+//! SIGKILL crash cycles (see `storage_conformance::crash`): once with buffered
+//! writes (the WAL in the page cache survives a killed process) and once with
+//! synced writes. Small write buffers make flushes and compactions happen while
+//! the child is being killed.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use storage_conformance::crash::{CrashTarget, crash_main};
+use storage_core::{CompressionType, StorageBackend, StorageError, async_trait};
+use storage_rocksdb::{RocksDBBackend, RocksDBConfig};
+
+struct Rocks {
+    sync_writes: bool,
+}
+
+#[async_trait]
+impl CrashTarget for Rocks {
+    async fn open(&self, dir: &Path, _cycle: u64) -> Result<Arc<dyn StorageBackend>, StorageError> {
+        let config = RocksDBConfig {
+            path: dir.to_string_lossy().into_owned(),
+            compression: CompressionType::Lz4,
+            cache_size: 8 << 20,
+            write_buffer_size: 256 << 10,
+            max_background_jobs: 2,
+            sync_writes: self.sync_writes,
+            ..RocksDBConfig::default()
+        };
+        let store = tokio::task::spawn_blocking(move || RocksDBBackend::new(config))
+            .await
+            .expect("open task")?;
+        Ok(Arc::new(store))
+    }
+}
+
+fn main() -> ExitCode {
+    crash_main(vec![
+        ("rocksdb", Arc::new(Rocks { sync_writes: false })),
+        ("rocksdb_sync", Arc::new(Rocks { sync_writes: true })),
+    ])
+}
