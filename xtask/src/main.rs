@@ -9,6 +9,8 @@
 //!   with a chart in `target/bench-report/` (or `--out DIR`).
 //! - `crash [--backend …] [--cycles N] [--seed S]`: SIGKILL crash cycles against
 //!   each durable backend (CI runs the same tests with 20 cycles).
+//! - `sweep [--backend …] [--points N] [--seed S]`: corruption sweeps over each
+//!   persistent backend's files (CI runs the same tests with 12 points).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -68,10 +70,24 @@ enum Cmd {
         #[arg(long)]
         seed: Option<u64>,
     },
+    /// Damage each persistent backend's files (bit flips, truncations) at many
+    /// offsets, reopen, read everything: right block or a Corrupted error only.
+    Sweep {
+        /// Only these backends (fs, rocksdb, sqlite). Repeat or separate with commas.
+        #[arg(long = "backend", value_delimiter = ',')]
+        backends: Vec<String>,
+        /// Damage points per file and kind (plus one per 16 KiB of file).
+        #[arg(long, default_value_t = 100)]
+        points: u64,
+        /// Seed of the damage points.
+        #[arg(long)]
+        seed: Option<u64>,
+    },
 }
 
-/// Durable backends with a crash test, and the package that holds it.
-const CRASH_TARGETS: [(&str, &str); 3] = [
+/// Durable backends with reliability tests (crash cycles, corruption sweep), and
+/// the package whose `reliability` test target holds them.
+const RELIABILITY_TARGETS: [(&str, &str); 3] = [
     ("fs", "storage-fs"),
     ("rocksdb", "storage-rocksdb"),
     ("sqlite", "storage-sqlite"),
@@ -102,7 +118,28 @@ fn main() -> ExitCode {
             backends,
             cycles,
             seed,
-        } => crash(&root, &backends, cycles, seed),
+        } => reliability(
+            &root,
+            &backends,
+            "sigkill_crash_cycles",
+            &[
+                ("OLOCUS_CRASH_CYCLES", Some(cycles)),
+                ("OLOCUS_CRASH_SEED", seed),
+            ],
+        ),
+        Cmd::Sweep {
+            backends,
+            points,
+            seed,
+        } => reliability(
+            &root,
+            &backends,
+            "corruption_sweep",
+            &[
+                ("OLOCUS_SWEEP_POINTS", Some(points)),
+                ("OLOCUS_SWEEP_SEED", seed),
+            ],
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -251,31 +288,45 @@ fn ci(root: &Path, skip_third_party: bool) -> Result<(), String> {
     Ok(())
 }
 
-fn crash(root: &Path, backends: &[String], cycles: u64, seed: Option<u64>) -> Result<(), String> {
+/// Runs the `test` of each selected backend's `reliability` target with `env`.
+fn reliability(
+    root: &Path,
+    backends: &[String],
+    test: &str,
+    env: &[(&str, Option<u64>)],
+) -> Result<(), String> {
     if let Some(unknown) = backends
         .iter()
-        .find(|b| !CRASH_TARGETS.iter().any(|(name, _)| name == b))
+        .find(|b| !RELIABILITY_TARGETS.iter().any(|(name, _)| name == b))
     {
         return Err(format!(
-            "no crash test for backend {unknown:?} (have: {})",
-            CRASH_TARGETS.map(|(n, _)| n).join(", ")
+            "no reliability tests for backend {unknown:?} (have: {})",
+            RELIABILITY_TARGETS.map(|(n, _)| n).join(", ")
         ));
     }
-    let cycles = cycles.to_string();
-    let seed = seed.map(|s| s.to_string());
-    let mut env = vec![("OLOCUS_CRASH_CYCLES", cycles.as_str())];
-    if let Some(seed) = &seed {
-        env.push(("OLOCUS_CRASH_SEED", seed));
-    }
-    for (name, package) in CRASH_TARGETS {
+    let env: Vec<(&str, String)> = env
+        .iter()
+        .filter_map(|(k, v)| Some((*k, v.as_ref()?.to_string())))
+        .collect();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    for (name, package) in RELIABILITY_TARGETS {
         if !backends.is_empty() && !backends.iter().any(|b| b == name) {
             continue;
         }
         step(
             root,
-            &format!("crash cycles: {name}"),
+            &format!("{test}: {name}"),
             &[
-                "test", "-p", package, "--test", "crash", "--locked", "--profile", "dev",
+                "test",
+                "-p",
+                package,
+                "--test",
+                "reliability",
+                "--locked",
+                "--profile",
+                "dev",
+                "--",
+                test,
             ],
             &env,
         )?;

@@ -58,10 +58,10 @@ use std::time::Duration;
 use storage_core::{BlockHash, StorageBackend, StorageError, async_trait};
 
 pub mod cases;
-pub mod crash;
 mod check;
 pub mod data;
 pub mod fault;
+pub mod reliability;
 
 pub use check::{CaseError, CaseResult};
 

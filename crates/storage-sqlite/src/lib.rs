@@ -1,10 +1,11 @@
 //! SQLite [`StorageBackend`] (rusqlite with bundled SQLite, r2d2 read pool).
 //!
 //! # Layout
-//! Schema version 1 (`PRAGMA user_version`):
+//! Schema version 2 (`PRAGMA user_version`; version 1 is upgraded on open):
 //! - `blocks`: one row per block, `block_index INTEGER PRIMARY KEY` (the rowid, so
 //!   rows sit in chain order and range scans are sequential), `hash` a 32-byte BLOB
-//!   with a unique index, timestamps in nanoseconds, the signed payload verbatim.
+//!   with a unique index, timestamps in nanoseconds, the signed payload verbatim,
+//!   and `meta_check`, a CRC-32 of the metadata columns (added in version 2).
 //!   Indices on `(timestamp_ns, block_index)`, `(public_key, block_index)`,
 //!   `(payload_type, block_index)` and the seed's composite
 //!   `(timestamp_ns, payload_type, public_key)`: every `ListOptions` filter and order
@@ -35,8 +36,12 @@
 //! | any / OFF, or journal MEMORY | MEMORY: a crash mid-transaction can corrupt the database | the database may be corrupted |
 //!
 //! Damaged rows are detected: every block read is rebuilt from its columns and its
-//! hash recomputed; a mismatch, a malformed column or SQLite's own `SQLITE_CORRUPT`
-//! is reported as [`StorageError::Corrupted`].
+//! hash recomputed; listed metadata is checked against `meta_check` (SQLite has no
+//! page checksums, and listing must not read every payload) and against the
+//! filter that selected it (a damaged index entry can select the wrong row). A
+//! mismatch, a malformed column or SQLite's own `SQLITE_CORRUPT` is reported as
+//! [`StorageError::Corrupted`]. Damage that hides a row from a lookup cannot be
+//! told from absence: the block reads as missing.
 //!
 //! ```no_run
 //! # async fn demo() -> storage_core::Result<()> {
@@ -65,7 +70,7 @@ use storage_core::{
 pub use config::{JournalMode, SQLiteConfig, SynchronousMode, TempStore};
 
 const NAME: &str = "sqlite";
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS blocks (
@@ -78,7 +83,8 @@ CREATE TABLE IF NOT EXISTS blocks (
     payload       BLOB    NOT NULL,
     signature     BLOB    NOT NULL,
     size_bytes    INTEGER NOT NULL,
-    created_at    INTEGER NOT NULL DEFAULT (unixepoch())
+    created_at    INTEGER NOT NULL DEFAULT (unixepoch()),
+    meta_check    INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS idx_blocks_timestamp    ON blocks (timestamp_ns, block_index);
 CREATE INDEX IF NOT EXISTS idx_blocks_public_key   ON blocks (public_key, block_index);
@@ -327,6 +333,9 @@ fn open_writer(path: &Path, cfg: &SQLiteConfig) -> Result<Connection> {
                 .and_then(|_| tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}")))
                 .map_err(|e| sql_err(&ctx("creating the schema in"), e))?;
         }
+        1 => {
+            add_meta_check(&tx).map_err(|e| sql_err(&ctx("upgrading the schema of"), e))?;
+        }
         SCHEMA_VERSION => {}
         v => {
             return Err(StorageError::Configuration(format!(
@@ -337,6 +346,39 @@ fn open_writer(path: &Path, cfg: &SQLiteConfig) -> Result<Connection> {
     }
     tx.commit().map_err(|e| sql_err(&ctx("initialising"), e))?;
     Ok(conn)
+}
+
+/// Schema 1 → 2: adds and fills `meta_check`.
+fn add_meta_check(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch("ALTER TABLE blocks ADD COLUMN meta_check INTEGER NOT NULL DEFAULT 0")?;
+    let rows: Vec<(i64, u32)> = {
+        let mut stmt = tx.prepare(&format!("SELECT {META_COLUMNS} FROM blocks"))?;
+        let rows = stmt.query_map([], |r| {
+            let hash: Vec<u8> = r.get(0)?;
+            let key: Vec<u8> = r.get(4)?;
+            let ty: String = r.get(3)?;
+            let (index, ts, size) = (r.get(1)?, r.get(2)?, r.get(5)?);
+            Ok((index, meta_check(&hash, index, ts, &ty, &key, size)))
+        })?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    let mut update = tx.prepare("UPDATE blocks SET meta_check = ?1 WHERE block_index = ?2")?;
+    for (index, check) in rows {
+        update.execute(params![check, index])?;
+    }
+    tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
+}
+
+/// CRC-32 of a block's metadata columns, as stored in `meta_check`.
+fn meta_check(hash: &[u8], index: i64, ts: i64, ty: &str, key: &[u8], size: i64) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(hash);
+    h.update(&index.to_be_bytes());
+    h.update(&ts.to_be_bytes());
+    h.update(key);
+    h.update(&size.to_be_bytes());
+    h.update(ty.as_bytes());
+    h.finalize()
 }
 
 fn open_readers(path: &Path, cfg: &SQLiteConfig) -> Result<Pool> {
@@ -373,7 +415,8 @@ fn sql_index(i: u64) -> i64 {
 
 const BLOCK_COLUMNS: &str =
     "hash, block_index, timestamp_ns, public_key, previous_hash, payload_type, payload, signature";
-const META_COLUMNS: &str = "hash, block_index, timestamp_ns, payload_type, public_key, size_bytes";
+const META_COLUMNS: &str =
+    "hash, block_index, timestamp_ns, payload_type, public_key, size_bytes, meta_check";
 
 fn fixed<const N: usize>(bytes: Vec<u8>, what: &str) -> Result<[u8; N]> {
     let len = bytes.len();
@@ -413,17 +456,30 @@ fn block_from_row(r: &rusqlite::Row<'_>) -> Result<Block> {
     Ok(block)
 }
 
+/// Reads a `META_COLUMNS` row and checks it against its `meta_check`.
 fn meta_from_row(r: &rusqlite::Row<'_>) -> Result<BlockMetadata> {
     let get_err = |e| sql_err("reading block metadata", e);
+    let hash: Vec<u8> = r.get(0).map_err(get_err)?;
+    let index: i64 = r.get(1).map_err(get_err)?;
+    let ts: i64 = r.get(2).map_err(get_err)?;
+    let payload_type: String = r
+        .get(3)
+        .map_err(|e| StorageError::corrupted_by("sqlite: payload_type", e))?;
+    let key: Vec<u8> = r.get(4).map_err(get_err)?;
+    let size: i64 = r.get(5).map_err(get_err)?;
+    let check: u32 = r.get(6).map_err(get_err)?;
+    if meta_check(&hash, index, ts, &payload_type, &key, size) != check {
+        return Err(StorageError::corrupted(format!(
+            "sqlite: metadata row of block {index} fails its check (damaged row)"
+        )));
+    }
     Ok(BlockMetadata {
-        hash: BlockHash(fixed(r.get(0).map_err(get_err)?, "hash")?),
-        index: r.get::<_, i64>(1).map_err(get_err)? as u64,
-        timestamp: system_time_from_unix_nanos(r.get::<_, i64>(2).map_err(get_err)? as u64),
-        payload_type: r
-            .get(3)
-            .map_err(|e| StorageError::corrupted_by("sqlite: payload_type", e))?,
-        public_key: PublicKey(fixed(r.get(4).map_err(get_err)?, "public_key")?),
-        size_bytes: r.get::<_, i64>(5).map_err(get_err)? as u64,
+        hash: BlockHash(fixed(hash, "hash")?),
+        index: index as u64,
+        timestamp: system_time_from_unix_nanos(ts as u64),
+        payload_type,
+        public_key: PublicKey(fixed(key, "public_key")?),
+        size_bytes: size as u64,
     })
 }
 
@@ -453,7 +509,8 @@ fn insert_blocks(tx: &Transaction<'_>, blocks: &[Block]) -> Result<()> {
     let mut insert = tx
         .prepare_cached(
             "INSERT INTO blocks (block_index, hash, timestamp_ns, public_key, previous_hash, \
-             payload_type, payload, signature, size_bytes) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+             payload_type, payload, signature, size_bytes, meta_check) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )
         .map_err(err)?;
     let mut day = tx
@@ -504,6 +561,14 @@ fn insert_blocks(tx: &Transaction<'_>, blocks: &[Block]) -> Result<()> {
                 b.payload(),
                 b.signature().as_bytes().as_slice(),
                 b.size_bytes() as i64,
+                meta_check(
+                    b.hash().as_bytes(),
+                    index,
+                    b.timestamp_nanos() as i64,
+                    b.payload_type(),
+                    b.public_key().as_bytes(),
+                    b.size_bytes() as i64
+                ),
             ])
             .map_err(err)?;
         day.execute(params![secs, b.size_bytes() as i64])
@@ -705,6 +770,7 @@ impl StorageBackend for SQLiteBackend {
     async fn list_blocks(&self, options: &ListOptions) -> Result<Vec<BlockMetadata>> {
         let span = op_span(NAME, "list_blocks");
         let query = list_query(options);
+        let filter = options.clone();
         in_span_async(
             span,
             self.read(move |c| {
@@ -716,7 +782,19 @@ impl StorageBackend for SQLiteBackend {
                 let mut rows = stmt.query(rusqlite::params_from_iter(args)).map_err(err)?;
                 let mut out = Vec::new();
                 while let Some(row) = rows.next().map_err(err)? {
-                    out.push(meta_from_row(row)?);
+                    let meta = meta_from_row(row)?;
+                    // A damaged index entry can point at a row that does not match,
+                    // or put it out of order.
+                    let out_of_order = out.last().is_some_and(|prev| {
+                        filter.compare(prev, &meta) == std::cmp::Ordering::Greater
+                    });
+                    if !filter.matches(&meta) || out_of_order {
+                        return Err(StorageError::corrupted(format!(
+                            "sqlite: an index selected block {} out of order or against the filter",
+                            meta.index
+                        )));
+                    }
+                    out.push(meta);
                 }
                 Ok(out)
             }),

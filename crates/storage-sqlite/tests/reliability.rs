@@ -1,4 +1,5 @@
-//! SIGKILL crash cycles (see `storage_conformance::crash`): in WAL mode with
+//! SIGKILL crash cycles and corruption sweeps (see
+//! `storage_conformance::reliability`): in WAL mode with
 //! `synchronous = NORMAL` (the default) and with a rollback journal and
 //! `synchronous = FULL`.
 
@@ -6,7 +7,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use storage_conformance::crash::{CrashTarget, crash_main};
+use storage_conformance::reliability::{DurableTarget, reliability_main};
 use storage_core::{StorageBackend, StorageError, async_trait};
 use storage_sqlite::{JournalMode, SQLiteBackend, SQLiteConfig, SynchronousMode};
 
@@ -15,8 +16,12 @@ struct Sqlite {
 }
 
 #[async_trait]
-impl CrashTarget for Sqlite {
-    async fn open(&self, dir: &Path, _cycle: u64) -> Result<Arc<dyn StorageBackend>, StorageError> {
+impl DurableTarget for Sqlite {
+    async fn open(
+        &self,
+        dir: &Path,
+        _setting: u64,
+    ) -> Result<Arc<dyn StorageBackend>, StorageError> {
         std::fs::create_dir_all(dir).map_err(|e| StorageError::io("creating the store dir", e))?;
         let mut config = SQLiteConfig::at(dir.join("blocks.db"));
         if !self.wal {
@@ -29,7 +34,7 @@ impl CrashTarget for Sqlite {
 }
 
 fn main() -> ExitCode {
-    crash_main(vec![
+    reliability_main(vec![
         ("sqlite_wal", Arc::new(Sqlite { wal: true })),
         ("sqlite_journal", Arc::new(Sqlite { wal: false })),
     ])

@@ -1,4 +1,5 @@
-//! SIGKILL crash cycles (see `storage_conformance::crash`): once with buffered
+//! SIGKILL crash cycles and corruption sweeps (see
+//! `storage_conformance::reliability`): once with buffered
 //! writes (the WAL in the page cache survives a killed process) and once with
 //! synced writes. Small write buffers make flushes and compactions happen while
 //! the child is being killed.
@@ -7,7 +8,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use storage_conformance::crash::{CrashTarget, crash_main};
+use storage_conformance::reliability::{DurableTarget, reliability_main};
 use storage_core::{CompressionType, StorageBackend, StorageError, async_trait};
 use storage_rocksdb::{RocksDBBackend, RocksDBConfig};
 
@@ -16,8 +17,12 @@ struct Rocks {
 }
 
 #[async_trait]
-impl CrashTarget for Rocks {
-    async fn open(&self, dir: &Path, _cycle: u64) -> Result<Arc<dyn StorageBackend>, StorageError> {
+impl DurableTarget for Rocks {
+    async fn open(
+        &self,
+        dir: &Path,
+        _setting: u64,
+    ) -> Result<Arc<dyn StorageBackend>, StorageError> {
         let config = RocksDBConfig {
             path: dir.to_string_lossy().into_owned(),
             compression: CompressionType::Lz4,
@@ -32,10 +37,16 @@ impl CrashTarget for Rocks {
             .expect("open task")?;
         Ok(Arc::new(store))
     }
+
+    /// RocksDB's info logs are diagnostics it never reads back.
+    fn damageable(&self, path: &Path) -> bool {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        !name.starts_with("LOG")
+    }
 }
 
 fn main() -> ExitCode {
-    crash_main(vec![
+    reliability_main(vec![
         ("rocksdb", Arc::new(Rocks { sync_writes: false })),
         ("rocksdb_sync", Arc::new(Rocks { sync_writes: true })),
     ])

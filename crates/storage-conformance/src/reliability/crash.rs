@@ -1,4 +1,4 @@
-//! SIGKILL crash cycles for durable backends, ours and third parties'.
+//! SIGKILL crash cycles.
 //!
 //! A child process (the test binary itself, started again with a marker argument)
 //! opens the store and ingests blocks: single writes with head moves, batches,
@@ -11,69 +11,28 @@
 //!   and every acknowledged delete holds;
 //! - the interrupted step is all or nothing (a batch is wholly there or absent,
 //!   for backends with atomic batches);
+//! - no block appears that no child started to write;
 //! - the head is the last acknowledged one or the interrupted step's, and stored;
 //! - count, list, range and stats agree, and every listed block verifies.
 //!
 //! Most kills land while the child writes; one cycle in eight kills at a random
-//! moment after the spawn, so opening and recovery get interrupted too.
-//!
-//! # Running it for a backend
-//! Add a `harness = false` test target that calls [`crash_main`] with one
-//! [`CrashTarget`] per configuration. `OLOCUS_CRASH_CYCLES` (default 20) sets the
-//! cycles per target and `OLOCUS_CRASH_SEED` the seed; `cargo xtask crash` sets both.
-//!
-//! ```no_run
-//! use std::path::Path;
-//! use std::sync::Arc;
-//! use storage_conformance::crash::{CrashTarget, crash_main};
-//! use storage_core::{StorageBackend, StorageError, async_trait};
-//! # struct MyBackend;
-//! # impl MyBackend { async fn open(_: &Path) -> Result<Arc<dyn StorageBackend>, StorageError> { unimplemented!() } }
-//!
-//! struct Mine;
-//!
-//! #[async_trait]
-//! impl CrashTarget for Mine {
-//!     async fn open(&self, dir: &Path, _cycle: u64) -> Result<Arc<dyn StorageBackend>, StorageError> {
-//!         MyBackend::open(dir).await
-//!     }
-//! }
-//!
-//! fn main() -> std::process::ExitCode {
-//!     crash_main(vec![("mine", Arc::new(Mine))])
-//! }
-//! ```
+//! moment after the spawn, so opening and recovery get interrupted too. The
+//! settings rotate with the cycle (see [`DurableTarget::open`]).
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Command, ExitCode, Stdio};
-use std::sync::Arc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use storage_core::{
     Block, BlockHash, ListOptions, SigningKey, SortOrder, StorageBackend, StorageError,
-    async_trait,
 };
 
-/// The argument that turns the test binary into the ingesting child.
-const CHILD_ARG: &str = "--olocus-crash-child";
+use super::{CHILD_ARG, DurableTarget, Rng};
+
 /// The test's name within each target (`TARGET::sigkill_crash_cycles`).
 pub const TEST_NAME: &str = "sigkill_crash_cycles";
-
-/// One durable backend configuration under crash test.
-#[async_trait]
-pub trait CrashTarget: Send + Sync + 'static {
-    /// Opens (or reopens) the store kept in `dir`. `cycle` lets a target rotate
-    /// settings from one cycle to the next (durability modes, segment sizes); the
-    /// data written under any of them must reopen under every other.
-    async fn open(&self, dir: &Path, cycle: u64) -> Result<Arc<dyn StorageBackend>, StorageError>;
-
-    /// Whether `store_blocks` is all-or-nothing (checked for the interrupted batch).
-    fn atomic_batches(&self) -> bool {
-        true
-    }
-}
 
 /// What a passing run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -108,95 +67,11 @@ impl std::fmt::Display for CrashReport {
     }
 }
 
-/// Entry point of a crash test binary: runs as the child when started with the
-/// child marker, otherwise runs the cycles for every target (filtered like libtest:
-/// `cargo test --test crash -- rocksdb`) and returns the exit code.
-pub fn crash_main(targets: Vec<(&'static str, Arc<dyn CrashTarget>)>) -> ExitCode {
-    let args: Vec<String> = std::env::args().collect();
-    if let Some(at) = args.iter().position(|a| a == CHILD_ARG) {
-        let name = &args[at + 1];
-        let dir = Path::new(&args[at + 2]);
-        let cycle: u64 = args[at + 3].parse().expect("cycle");
-        let seed: u64 = args[at + 4].parse().expect("seed");
-        let (_, target) = targets
-            .iter()
-            .find(|(n, _)| n == name)
-            .expect("child started for a known target");
-        child(target.as_ref(), dir, cycle, seed);
-        return ExitCode::SUCCESS;
-    }
-    let names: Vec<String> = targets
-        .iter()
-        .map(|(n, _)| format!("{n}::{TEST_NAME}"))
-        .collect();
-    // Enough of libtest's interface for `cargo test` and test runners.
-    if args.iter().any(|a| a == "--list") {
-        for n in &names {
-            println!("{n}: test");
-        }
-        return ExitCode::SUCCESS;
-    }
-    let exact = args.iter().any(|a| a == "--exact");
-    let filters: Vec<&String> = args[1..].iter().filter(|a| !a.starts_with('-')).collect();
-    let selected: Vec<usize> = (0..targets.len())
-        .filter(|i| {
-            filters.is_empty()
-                || filters.iter().any(|f| {
-                    if exact {
-                        names[*i] == **f
-                    } else {
-                        names[*i].contains(f.as_str())
-                    }
-                })
-        })
-        .collect();
-    let cycles = env_u64("OLOCUS_CRASH_CYCLES").unwrap_or(20);
-    let seed = env_u64("OLOCUS_CRASH_SEED").unwrap_or(0x5eed_c0de);
-    println!("\nrunning {} tests", selected.len());
-    let mut failed = 0;
-    for i in selected {
-        let (name, target) = &targets[i];
-        match run_cycles(name, target.as_ref(), cycles, seed) {
-            Ok(report) => println!("test {} ... ok ({report})", names[i]),
-            Err(e) => {
-                failed += 1;
-                println!("test {} ... FAILED\n{e}", names[i]);
-            }
-        }
-    }
-    if failed == 0 {
-        println!("\ntest result: ok");
-        ExitCode::SUCCESS
-    } else {
-        println!("\ntest result: FAILED. {failed} failed");
-        ExitCode::FAILURE
-    }
-}
-
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|v| v.parse().ok())
-}
-
-/// A deterministic generator (xorshift64*), so a failing seed replays.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Child: ingest until killed.
 // ---------------------------------------------------------------------------
 
-fn child(target: &dyn CrashTarget, dir: &Path, cycle: u64, seed: u64) {
+pub(super) fn child(target: &dyn DurableTarget, dir: &Path, cycle: u64, seed: u64) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -209,7 +84,10 @@ fn child(target: &dyn CrashTarget, dir: &Path, cycle: u64, seed: u64) {
         o.flush().expect("flush");
     };
     rt.block_on(async {
-        let store = target.open(dir, cycle).await.expect("child open");
+        let store = target
+            .open(dir, cycle % target.settings())
+            .await
+            .expect("child open");
         say("ready".into());
         let key = SigningKey::from_bytes(&[42; 32]);
         let mut rng = Rng(seed | 1);
@@ -307,7 +185,10 @@ struct Model {
 
 fn parse_hashes(s: &str) -> Result<Vec<BlockHash>, String> {
     s.split(',')
-        .map(|h| h.parse().map_err(|e| format!("bad hash {h:?} from child: {e}")))
+        .map(|h| {
+            h.parse()
+                .map_err(|e| format!("bad hash {h:?} from child: {e}"))
+        })
         .collect()
 }
 
@@ -316,10 +197,11 @@ fn split_word(s: &str) -> (&str, &str) {
     (a, b.trim())
 }
 
-/// Runs `cycles` kill-and-recover cycles of `target` in a fresh temp dir.
+/// Runs `cycles` kill-and-recover cycles of `target` (named `name` in
+/// [`super::reliability_main`]) in a fresh temp dir.
 pub fn run_cycles(
     name: &str,
-    target: &dyn CrashTarget,
+    target: &dyn DurableTarget,
     cycles: u64,
     seed: u64,
 ) -> Result<CrashReport, String> {
@@ -422,7 +304,7 @@ pub fn run_cycles(
         };
         rt.block_on(async {
             let store = target
-                .open(&store_dir, cycle + 1)
+                .open(&store_dir, (cycle + 1) % target.settings())
                 .await
                 .map_err(|e| format!("reopening after SIGKILL failed: {e}"))?;
             let applied = check(
@@ -518,7 +400,9 @@ async fn check(
     }
     let head = store.get_chain_head().await.map_err(e)?;
     if !head_choices.contains(&head) {
-        return Err(format!("head is {head:?}, expected one of {head_choices:?}"));
+        return Err(format!(
+            "head is {head:?}, expected one of {head_choices:?}"
+        ));
     }
     if let Some(h) = head
         && !store.block_exists(&h).await.map_err(e)?
@@ -562,8 +446,7 @@ async fn check(
             b.verify_signature()
                 .map_err(|err| format!("listed block {} does not verify: {err}", m.index))?;
         }
-        if m.size_bytes != b.size_bytes() || m.timestamp != b.timestamp() || m.index != b.index()
-        {
+        if m.size_bytes != b.size_bytes() || m.timestamp != b.timestamp() || m.index != b.index() {
             return Err(format!(
                 "metadata of block {} disagrees with the block",
                 m.index
