@@ -82,6 +82,7 @@
 //! ```
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use std::time::{Duration, Instant};
 
@@ -97,6 +98,7 @@ use storage_core::{
 
 mod format;
 mod index;
+pub mod io;
 mod store;
 
 pub use store::Recovery;
@@ -244,12 +246,18 @@ impl FilesystemBackend {
     /// open, and with `Corrupted` if a segment is damaged in a way no crash can
     /// cause (see the crate docs).
     pub fn open(config: FsConfig) -> Result<Self> {
+        Self::open_on(config, Arc::new(io::StdVfs))
+    }
+
+    /// Opens (or creates) a store on another file layer, such as
+    /// [`io::SimVfs`] for power-loss tests. Blocking.
+    pub fn open_on(config: FsConfig, vfs: Arc<dyn io::Vfs>) -> Result<Self> {
         config.validate()?;
         let span = op_span(NAME, "open");
         let path = config.path.clone();
         in_span(span, || {
             let started = Instant::now();
-            let (inner, recovery) = store::open(config)?;
+            let (inner, recovery) = store::open(config, vfs)?;
             tracing::debug!(
                 path = %path.display(),
                 blocks = read_state(&inner.state).index.len(),
@@ -282,7 +290,7 @@ impl FilesystemBackend {
         let inner = self.inner.get()?;
         let st = read_state(&inner.state);
         Ok(st.index.get(hash).map(|e| BlockLocation {
-            path: store::seg_path(&inner.dir, e.loc.seg),
+            path: store::seg_path(&inner.dir.path, e.loc.seg),
             offset: u64::from(e.loc.off),
             len: u64::from(e.loc.len),
         }))

@@ -1,9 +1,8 @@
 //! The store engine: opening and recovery, the writer, durability and compaction.
 //! Everything here is blocking; `lib.rs` runs it off the async runtime's threads.
 
+use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock, Weak};
 use std::time::Duration;
@@ -14,7 +13,27 @@ use crate::format::{
     self, KIND_DELETE, KIND_HEAD, KIND_PUT, MAX_RECORD_BODY, Op, PutOp, REC_HEADER, SEG_HEADER,
 };
 use crate::index::{Bulk, Index, Loc};
+use crate::io::{Vfs, VfsFile};
 use crate::{Durability, FsConfig};
+
+/// An open file of the store.
+pub type FileRef = Arc<dyn VfsFile>;
+
+/// The store directory and the file layer it lives on.
+#[derive(Clone)]
+pub struct Dir {
+    pub path: PathBuf,
+    pub vfs: Arc<dyn Vfs>,
+}
+
+impl Dir {
+    fn seg(&self, id: u64) -> PathBuf {
+        seg_path(&self.path, id)
+    }
+    fn idx(&self, id: u64) -> PathBuf {
+        idx_path(&self.path, id)
+    }
+}
 
 /// Lock file name.
 pub const LOCK_FILE: &str = "LOCK";
@@ -44,54 +63,55 @@ fn parse_id(name: &str, ext: &str) -> Option<u64> {
         .flatten()
 }
 
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io(format!("syncing directory {}", dir.display()), e))
+fn sync_dir(dir: &Dir) -> Result<()> {
+    dir.vfs
+        .sync_dir(&dir.path)
+        .map_err(|e| io(format!("syncing directory {}", dir.path.display()), e))
 }
 
 /// Writes segment `id`'s index atomically (temp file, sync, rename).
-fn write_index(dir: &Path, id: u64, covered: u64, ops: &[Op]) -> Result<()> {
-    let path = idx_path(dir, id);
+fn write_index(dir: &Dir, id: u64, covered: u64, ops: &[Op]) -> Result<()> {
+    let path = dir.idx(id);
     let tmp = path.with_extension("idx.tmp");
     let bytes = format::encode_index(id, covered, ops);
     let write = || -> std::io::Result<()> {
-        let f = File::create(&tmp)?;
+        let f = dir.vfs.create(&tmp, false)?;
         f.write_all_at(&bytes, 0)?;
         f.sync_data()?;
-        std::fs::rename(&tmp, &path)
+        dir.vfs.rename(&tmp, &path)
     };
     write().map_err(|e| io(format!("writing index {}", path.display()), e))
 }
 
 /// Seals segment `id`: syncs its first `len` bytes, then writes its index file
 /// covering them.
-fn seal_segment(dir: &Path, id: u64, file: &File, len: u64, ops: &[Op]) -> Result<()> {
+fn seal_segment(dir: &Dir, id: u64, file: &FileRef, len: u64, ops: &[Op]) -> Result<()> {
     file.sync_data()
-        .map_err(|e| io(format!("syncing {}", seg_path(dir, id).display()), e))?;
+        .map_err(|e| io(format!("syncing {}", dir.seg(id).display()), e))?;
     write_index(dir, id, len, ops)
 }
 
-fn create_segment(dir: &Path, id: u64) -> Result<Arc<File>> {
-    let path = seg_path(dir, id);
-    let create = || -> std::io::Result<File> {
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)?;
+fn create_segment(dir: &Dir, id: u64) -> Result<FileRef> {
+    let path = dir.seg(id);
+    let create = || -> std::io::Result<FileRef> {
+        let f = dir.vfs.create(&path, true)?;
         f.write_all_at(&format::segment_header(id), 0)?;
-        f.sync_all()?;
+        f.sync_data()?;
         Ok(f)
     };
     let f = create().map_err(|e| io(format!("creating segment {}", path.display()), e))?;
     // The new file's directory entry must be durable before synced writes land in it.
     sync_dir(dir)?;
-    Ok(Arc::new(f))
+    Ok(f)
 }
 
 /// Reads `len` bytes at `off`; a short file is damage, not an I/O hiccup.
-pub fn read_exact(file: &File, off: u64, len: usize, what: &dyn Fn() -> String) -> Result<Vec<u8>> {
+pub fn read_exact(
+    file: &dyn VfsFile,
+    off: u64,
+    len: usize,
+    what: &dyn Fn() -> String,
+) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; len];
     match file.read_exact_at(&mut buf, off) {
         Ok(()) => Ok(buf),
@@ -103,16 +123,16 @@ pub fn read_exact(file: &File, off: u64, len: usize, what: &dyn Fn() -> String) 
 }
 
 /// Index and open segment files, behind one lock.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct State {
     pub index: Index,
-    pub files: BTreeMap<u64, Arc<File>>,
+    pub files: BTreeMap<u64, FileRef>,
 }
 
 /// The single writer: the active segment and the operations it holds.
 pub struct Writer {
     pub seg: u64,
-    pub file: Arc<File>,
+    pub file: FileRef,
     /// Bytes in the active segment (its end offset).
     pub len: u64,
     /// Operations in the active segment, for its index file.
@@ -138,15 +158,15 @@ struct Stop {
 
 /// An open store.
 pub struct Inner {
-    pub dir: PathBuf,
+    pub dir: Dir,
     pub cfg: FsConfig,
     pub state: RwLock<State>,
     pub writer: Mutex<Writer>,
     durable: Mutex<DurableState>,
     durable_cv: Condvar,
     stop: Arc<Stop>,
-    /// Held (locked) for the store's lifetime; closing the file releases the lock.
-    _lock: File,
+    /// Held for the store's lifetime; dropping it releases the lock.
+    _lock: Box<dyn Any + Send + Sync>,
 }
 
 impl Drop for Inner {
@@ -186,7 +206,7 @@ impl Writer {
                 format!(
                     "appending {} bytes to {}",
                     bytes.len(),
-                    seg_path(&inner.dir, self.seg).display()
+                    inner.dir.seg(self.seg).display()
                 ),
                 e,
             ));
@@ -266,12 +286,7 @@ impl Inner {
                 d.synced = target;
             }
             self.durable_cv.notify_all();
-            synced.map_err(|e| {
-                io(
-                    format!("syncing {}", seg_path(&self.dir, target.0).display()),
-                    e,
-                )
-            })?;
+            synced.map_err(|e| io(format!("syncing {}", self.dir.seg(target.0).display()), e))?;
         }
     }
 
@@ -406,9 +421,9 @@ impl Inner {
     }
 
     /// The bytes of one entry.
-    pub fn read_entry(&self, file: &File, loc: Loc) -> Result<Vec<u8>> {
-        read_exact(file, u64::from(loc.off), loc.len as usize, &|| {
-            seg_path(&self.dir, loc.seg).display().to_string()
+    pub fn read_entry(&self, file: &FileRef, loc: Loc) -> Result<Vec<u8>> {
+        read_exact(&**file, u64::from(loc.off), loc.len as usize, &|| {
+            self.dir.seg(loc.seg).display().to_string()
         })
     }
 
@@ -423,7 +438,7 @@ impl Inner {
         format::decode_entry(&self.read_entry(&file, loc)?, hash).map(Some)
     }
 
-    fn file_of(&self, st: &State, seg: u64) -> Result<Arc<File>> {
+    fn file_of(&self, st: &State, seg: u64) -> Result<FileRef> {
         st.files.get(&seg).cloned().ok_or_else(|| {
             StorageError::corrupted(format!("fs: segment {seg} is indexed but not open"))
         })
@@ -432,7 +447,7 @@ impl Inner {
     /// Blocks with `start <= index <= end`. Neighbouring entries are read with one
     /// read each run (blocks of a chain usually sit next to each other).
     pub fn range(&self, start: u64, end: u64) -> Result<Vec<Block>> {
-        let wanted: Vec<(BlockHash, Loc, Arc<File>)> = {
+        let wanted: Vec<(BlockHash, Loc, FileRef)> = {
             let st = read_state(&self.state);
             st.index
                 .by_index
@@ -458,8 +473,8 @@ impl Inner {
                 run_end = stop(j);
                 j += 1;
             }
-            let bytes = read_exact(&wanted[i].2, first, (run_end - first) as usize, &|| {
-                seg_path(&self.dir, seg).display().to_string()
+            let bytes = read_exact(&*wanted[i].2, first, (run_end - first) as usize, &|| {
+                self.dir.seg(seg).display().to_string()
             })?;
             for (k, (hash, loc, _)) in wanted[i..j].iter().enumerate() {
                 let at = (off(i + k) - first) as usize;
@@ -524,7 +539,7 @@ impl Inner {
         // held off by the writer lock, so it stays true).
         let (live, head) = {
             let st = read_state(&self.state);
-            let live: Vec<(Loc, Arc<File>, PutOp)> = st
+            let live: Vec<(Loc, FileRef, PutOp)> = st
                 .index
                 .by_index
                 .iter()
@@ -577,7 +592,7 @@ impl Inner {
             // Nothing was written to it (e.g. it was started by the roll above).
             w.start(self, next)?;
             write_state(&self.state).files.remove(&before);
-            remove_file(&seg_path(&self.dir, before))?;
+            remove_file(&self.dir, &self.dir.seg(before))?;
         } else {
             w.seal(self)?;
             w.start(self, next)?;
@@ -596,8 +611,8 @@ impl Inner {
             }
         }
         for id in old {
-            remove_file(&seg_path(&self.dir, id))?;
-            remove_file(&idx_path(&self.dir, id))?;
+            remove_file(&self.dir, &self.dir.seg(id))?;
+            remove_file(&self.dir, &self.dir.idx(id))?;
         }
         sync_dir(&self.dir)
     }
@@ -606,27 +621,27 @@ impl Inner {
     /// tails, and index files of segments that are gone. Unknown files are left.
     pub fn remove_orphans(&self) -> Result<()> {
         let live: Vec<u64> = read_state(&self.state).files.keys().copied().collect();
-        for entry in read_dir(&self.dir)? {
-            let name = entry.file_name().to_string_lossy().into_owned();
+        for name in read_dir(&self.dir)? {
             let orphan = name.ends_with(".tmp")
                 || name.contains(".seg.torn-")
                 || parse_id(&name, ".idx").is_some_and(|id| !live.contains(&id));
             if orphan {
-                remove_file(&entry.path())?;
+                remove_file(&self.dir, &self.dir.path.join(&name))?;
             }
         }
         Ok(())
     }
 }
 
-fn read_dir(dir: &Path) -> Result<Vec<std::fs::DirEntry>> {
-    std::fs::read_dir(dir)
-        .and_then(|rd| rd.collect::<std::io::Result<Vec<_>>>())
-        .map_err(|e| io(format!("listing {}", dir.display()), e))
+/// Names of the files in the store directory.
+fn read_dir(dir: &Dir) -> Result<Vec<String>> {
+    dir.vfs
+        .list(&dir.path)
+        .map_err(|e| io(format!("listing {}", dir.path.display()), e))
 }
 
-fn remove_file(path: &Path) -> Result<()> {
-    match std::fs::remove_file(path) {
+fn remove_file(dir: &Dir, path: &Path) -> Result<()> {
+    match dir.vfs.remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(io(format!("removing {}", path.display()), e)),
@@ -636,12 +651,12 @@ fn remove_file(path: &Path) -> Result<()> {
 /// Segments written by a compaction.
 struct Output {
     id: u64,
-    file: Arc<File>,
+    file: FileRef,
     len: u64,
     ops: Vec<Op>,
     buf: Vec<u8>,
     entries: u32,
-    done: Vec<(u64, Arc<File>)>,
+    done: Vec<(u64, FileRef)>,
 }
 
 /// Flush a compaction record at this size.
@@ -698,12 +713,9 @@ impl Output {
     }
 
     fn write(&mut self, inner: &Inner) -> Result<()> {
-        self.file.write_all_at(&self.buf, self.len).map_err(|e| {
-            io(
-                format!("writing {}", seg_path(&inner.dir, self.id).display()),
-                e,
-            )
-        })?;
+        self.file
+            .write_all_at(&self.buf, self.len)
+            .map_err(|e| io(format!("writing {}", inner.dir.seg(self.id).display()), e))?;
         self.len += self.buf.len() as u64;
         self.buf.clear();
         Ok(())
@@ -735,7 +747,7 @@ impl Output {
         Ok(())
     }
 
-    fn finish(mut self, inner: &Inner) -> Result<Vec<(u64, Arc<File>)>> {
+    fn finish(mut self, inner: &Inner) -> Result<Vec<(u64, FileRef)>> {
         self.flush(inner)?;
         self.seal(inner)?;
         sync_dir(&inner.dir)?;
@@ -758,62 +770,41 @@ pub struct Recovery {
     pub truncated_bytes: u64,
 }
 
-fn acquire_lock(dir: &Path) -> Result<File> {
-    let path = dir.join(LOCK_FILE);
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(|e| io(format!("opening {}", path.display()), e))?;
-    match f.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            let holder = std::fs::read_to_string(&path).unwrap_or_default();
-            return Err(StorageError::Backend {
-                name: crate::NAME.into(),
-                transient: false,
-                source: format!(
-                    "store {} is already open (lock held by {}); one process and one \
-                     handle own a store directory at a time",
-                    dir.display(),
-                    holder
-                        .trim()
-                        .trim_start_matches("pid ")
-                        .trim()
-                        .parse::<u32>()
-                        .map_or_else(
-                            |_| "another handle".to_string(),
-                            |pid| format!("process {pid}")
-                        )
-                )
-                .into(),
-            });
-        }
-        Err(std::fs::TryLockError::Error(e)) => {
-            return Err(io(format!("locking {}", path.display()), e));
-        }
+fn acquire_lock(dir: &Dir) -> Result<Box<dyn Any + Send + Sync>> {
+    let path = dir.path.join(LOCK_FILE);
+    match dir.vfs.lock(&dir.path) {
+        Ok(Ok(guard)) => Ok(guard),
+        Ok(Err(holder)) => Err(StorageError::Backend {
+            name: crate::NAME.into(),
+            transient: false,
+            source: format!(
+                "store {} is already open (lock held by {holder}); one process and one \
+                 handle own a store directory at a time",
+                dir.path.display(),
+            )
+            .into(),
+        }),
+        Err(e) => Err(io(format!("locking {}", path.display()), e)),
     }
-    let pid = format!("pid {}\n", std::process::id());
-    f.set_len(0)
-        .and_then(|_| f.write_all_at(pid.as_bytes(), 0))
-        .map_err(|e| io(format!("writing {}", path.display()), e))?;
-    Ok(f)
 }
 
-/// Opens (creating if needed) the store in `cfg.path`.
-pub fn open(cfg: FsConfig) -> Result<(Arc<Inner>, Recovery)> {
-    let dir = cfg.path.clone();
-    std::fs::create_dir_all(&dir).map_err(|e| io(format!("creating {}", dir.display()), e))?;
+/// Opens (creating if needed) the store in `cfg.path` on `vfs`.
+pub fn open(cfg: FsConfig, vfs: Arc<dyn Vfs>) -> Result<(Arc<Inner>, Recovery)> {
+    let dir = Dir {
+        path: cfg.path.clone(),
+        vfs,
+    };
+    dir.vfs
+        .create_dir_all(&dir.path)
+        .map_err(|e| io(format!("creating {}", dir.path.display()), e))?;
     let lock_file = acquire_lock(&dir)?;
     let mut ids = Vec::new();
-    for entry in read_dir(&dir)? {
-        let name = entry.file_name().to_string_lossy().into_owned();
+    for name in read_dir(&dir)? {
         if let Some(id) = parse_id(&name, ".seg") {
             ids.push(id);
         } else if name.ends_with(".idx.tmp") {
-            remove_file(&entry.path())?; // an index write that never finished
+            // An index write that never finished.
+            remove_file(&dir, &dir.path.join(&name))?;
         }
     }
     ids.sort_unstable();
@@ -913,18 +904,19 @@ fn spawn_periodic(weak: Weak<Inner>, stop: Arc<Stop>, every: Duration) -> Result
 struct Loaded {
     state: State,
     /// The last segment: id, file, length, operations (for its next index file).
-    active: Option<(u64, Arc<File>, u64, Vec<Op>)>,
+    active: Option<(u64, FileRef, u64, Vec<Op>)>,
 }
 
 /// Loads every segment, in order, into an index: `bulk` builds it with [`Bulk`]
 /// and returns `None` when the log needs a replay; otherwise every operation is
 /// replayed.
-fn load_all(dir: &Path, ids: &[u64], bulk: bool, rec: &mut Recovery) -> Result<Option<Loaded>> {
+fn load_all(dir: &Dir, ids: &[u64], bulk: bool, rec: &mut Recovery) -> Result<Option<Loaded>> {
+    let idx_file = |id: u64| dir.vfs.open(&dir.idx(id), false);
     // Index files hold ~80 bytes per block: size the builder from them.
     let expected: u64 = ids
         .iter()
-        .filter_map(|id| std::fs::metadata(idx_path(dir, *id)).ok())
-        .map(|m| m.len() / 80)
+        .filter_map(|id| idx_file(*id).and_then(|f| f.len()).ok())
+        .map(|len| len / 80)
         .sum();
     let mut builder = bulk.then(|| Bulk::new(expected as usize + 1024));
     let mut index = Index::default();
@@ -935,13 +927,16 @@ fn load_all(dir: &Path, ids: &[u64], bulk: bool, rec: &mut Recovery) -> Result<O
         let last = n + 1 == ids.len();
         let (file, len) = open_segment(dir, id, last)?;
         buf.clear();
-        let header = File::open(idx_path(dir, id))
-            .and_then(|mut f| std::io::Read::read_to_end(&mut f, &mut buf))
+        let header = idx_file(id)
+            .and_then(|f| {
+                buf.resize(f.len()? as usize, 0);
+                f.read_exact_at(&mut buf, 0)
+            })
             .ok()
             .and_then(|_| format::parse_index_header(&buf, id))
             .filter(|h| h.covered <= len && h.covered >= SEG_HEADER);
         let covered = header.as_ref().map_or(SEG_HEADER, |h| h.covered);
-        let (len, tail) = recover_tail(dir, id, &file, covered, len, last, rec)?;
+        let (len, tail) = recover_tail(dir, id, &*file, covered, len, last, rec)?;
         match &mut builder {
             Some(b) => {
                 if let Some(h) = &header
@@ -959,7 +954,7 @@ fn load_all(dir: &Path, ids: &[u64], bulk: bool, rec: &mut Recovery) -> Result<O
                         let raw = raw.ok_or_else(|| {
                             StorageError::corrupted(format!(
                                 "fs: index file {} is malformed although its checksum holds",
-                                idx_path(dir, id).display()
+                                dir.idx(id).display()
                             ))
                         })?;
                         index.apply(id, &h.op(&raw))?;
@@ -1003,26 +998,24 @@ fn load_all(dir: &Path, ids: &[u64], bulk: bool, rec: &mut Recovery) -> Result<O
 }
 
 /// Opens a segment file and checks its header; returns it and its length.
-fn open_segment(dir: &Path, id: u64, last: bool) -> Result<(Arc<File>, u64)> {
-    let path = seg_path(dir, id);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(last)
-        .open(&path)
+fn open_segment(dir: &Dir, id: u64, last: bool) -> Result<(FileRef, u64)> {
+    let path = dir.seg(id);
+    let file = dir
+        .vfs
+        .open(&path, last)
         .map_err(|e| io(format!("opening {}", path.display()), e))?;
     let mut len = file
-        .metadata()
-        .map_err(|e| io(format!("reading metadata of {}", path.display()), e))?
-        .len();
+        .len()
+        .map_err(|e| io(format!("reading metadata of {}", path.display()), e))?;
     if len < SEG_HEADER && last {
         // Created but its header never made it (crash right after creation).
         file.set_len(0)
             .and_then(|_| file.write_all_at(&format::segment_header(id), 0))
-            .and_then(|_| file.sync_all())
+            .and_then(|_| file.sync_data())
             .map_err(|e| io(format!("re-initialising {}", path.display()), e))?;
         len = SEG_HEADER;
     }
-    let header = read_exact(&file, 0, SEG_HEADER as usize, &|| {
+    let header = read_exact(&*file, 0, SEG_HEADER as usize, &|| {
         path.display().to_string()
     })?;
     if !format::check_segment_header(&header, id) {
@@ -1031,16 +1024,16 @@ fn open_segment(dir: &Path, id: u64, last: bool) -> Result<(Arc<File>, u64)> {
             path.display()
         )));
     }
-    Ok((Arc::new(file), len))
+    Ok((file, len))
 }
 
 /// Decodes the part of a segment after `covered` (what no index file covers);
 /// cuts a torn tail off the last segment. Returns the length after recovery and
 /// the operations found.
 fn recover_tail(
-    dir: &Path,
+    dir: &Dir,
     id: u64,
-    file: &File,
+    file: &dyn VfsFile,
     covered: u64,
     len: u64,
     last: bool,
@@ -1049,7 +1042,7 @@ fn recover_tail(
     if covered >= len {
         return Ok((len, Vec::new()));
     }
-    let path = seg_path(dir, id);
+    let path = dir.seg(id);
     let tail = read_exact(file, covered, (len - covered) as usize, &|| {
         path.display().to_string()
     })?;
@@ -1067,10 +1060,12 @@ fn recover_tail(
         )));
     }
     // An interrupted append: keep the bytes for inspection, then cut them.
-    let saved = dir.join(format!("{id:016x}.seg.torn-{cut}"));
-    std::fs::write(&saved, &tail[good..])
+    let saved = dir.path.join(format!("{id:016x}.seg.torn-{cut}"));
+    dir.vfs
+        .create(&saved, false)
+        .and_then(|f| f.write_all_at(&tail[good..], 0))
         .and_then(|_| file.set_len(cut))
-        .and_then(|_| file.sync_all())
+        .and_then(|_| file.sync_data())
         .map_err(|e| io(format!("truncating the torn tail of {}", path.display()), e))?;
     rec.truncated_bytes += (tail.len() - good) as u64;
     tracing::warn!(
@@ -1144,18 +1139,20 @@ fn valid_record_after(tail: &[u8], from: usize) -> bool {
 }
 
 /// Bytes and files in the store directory.
-pub fn dir_usage(dir: &Path) -> Result<(u64, u64, u64)> {
+pub fn dir_usage(dir: &Dir) -> Result<(u64, u64, u64)> {
     let (mut size, mut files, mut seg_bytes) = (0u64, 0u64, 0u64);
-    for entry in read_dir(dir)? {
-        let meta = entry
-            .metadata()
-            .map_err(|e| io(format!("reading metadata of {}", entry.path().display()), e))?;
-        if meta.is_file() {
-            size += meta.len();
-            files += 1;
-            if parse_id(&entry.file_name().to_string_lossy(), ".seg").is_some() {
-                seg_bytes += meta.len();
-            }
+    for name in read_dir(dir)? {
+        let path = dir.path.join(&name);
+        let len = match dir.vfs.open(&path, false).and_then(|f| f.len()) {
+            Ok(len) => len,
+            // Removed meanwhile (an orphan cleanup): not part of the store.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io(format!("reading metadata of {}", path.display()), e)),
+        };
+        size += len;
+        files += 1;
+        if parse_id(&name, ".seg").is_some() {
+            seg_bytes += len;
         }
     }
     Ok((size, files, seg_bytes))
@@ -1220,7 +1217,7 @@ mod tests {
         };
         let all = blocks(900);
         {
-            let (inner, _) = open(cfg.clone()).unwrap();
+            let (inner, _) = open(cfg.clone(), Arc::new(crate::io::StdVfs)).unwrap();
             for part in all[..800].chunks(50) {
                 inner.store(part).unwrap();
             }
@@ -1229,7 +1226,7 @@ mod tests {
         }
         {
             // More writes, then no close: the tail has no index file.
-            let (inner, _) = open(cfg.clone()).unwrap();
+            let (inner, _) = open(cfg.clone(), Arc::new(crate::io::StdVfs)).unwrap();
             inner.store(&all[800..]).unwrap();
             inner.set_head(&all[899].hash()).unwrap();
         }
@@ -1239,11 +1236,15 @@ mod tests {
             .collect();
         ids.sort_unstable();
         assert!(ids.len() > 3, "{ids:?}");
-        let _lock = acquire_lock(dir.path()).unwrap();
+        let d = Dir {
+            path: dir.path().to_path_buf(),
+            vfs: Arc::new(crate::io::StdVfs),
+        };
+        let _lock = acquire_lock(&d).unwrap();
         let mut rec = Recovery::default();
-        let bulk = load_all(dir.path(), &ids, true, &mut rec).unwrap().unwrap();
+        let bulk = load_all(&d, &ids, true, &mut rec).unwrap().unwrap();
         assert!(rec.scanned_bytes > 0);
-        let replay = load_all(dir.path(), &ids, false, &mut Recovery::default())
+        let replay = load_all(&d, &ids, false, &mut Recovery::default())
             .unwrap()
             .unwrap();
         assert_eq!(bulk.state.index.len(), 900);
