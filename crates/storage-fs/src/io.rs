@@ -163,10 +163,11 @@ struct Contents {
     durable: Vec<u8>,
 }
 
-/// A file of a [`SimVfs`].
+/// A file of a [`SimVfs`]. It shares the power switch, not the names (which
+/// hold the files: sharing those would be a reference cycle).
 struct SimFile {
     contents: Mutex<Contents>,
-    vfs: Arc<SimShared>,
+    power: Arc<Power>,
 }
 
 #[derive(Default)]
@@ -180,15 +181,20 @@ struct Names {
 #[derive(Default)]
 struct SimShared {
     names: Mutex<Names>,
+    power: Arc<Power>,
+    locked: Mutex<bool>,
+}
+
+#[derive(Default)]
+struct Power {
     /// Operations that change the disk (writes, truncations, syncs, creations,
     /// renames, removals), counted from 1.
     ops: AtomicU64,
     /// The power fails at this operation: it and every later one fail.
     cut_at: AtomicU64,
-    locked: Mutex<bool>,
 }
 
-impl SimShared {
+impl Power {
     /// Counts one disk-changing operation; fails once the power is cut.
     fn step(&self) -> Result<()> {
         let n = self.ops.fetch_add(1, Ordering::SeqCst) + 1;
@@ -233,24 +239,24 @@ impl SimVfs {
     /// An empty filesystem with the power on.
     pub fn new() -> Self {
         let vfs = Self::default();
-        vfs.shared.cut_at.store(u64::MAX, Ordering::SeqCst);
+        vfs.shared.power.cut_at.store(u64::MAX, Ordering::SeqCst);
         vfs
     }
 
     /// Disk-changing operations so far.
     pub fn operations(&self) -> u64 {
-        self.shared.ops.load(Ordering::SeqCst)
+        self.shared.power.ops.load(Ordering::SeqCst)
     }
 
     /// Cuts the power at disk-changing operation `n` (counted from 1 since this
     /// filesystem was made): operation `n` and every later one fail.
     pub fn cut_power_at(&self, n: u64) {
-        self.shared.cut_at.store(n, Ordering::SeqCst);
+        self.shared.power.cut_at.store(n, Ordering::SeqCst);
     }
 
     /// Whether the power has been cut.
     pub fn is_dead(&self) -> bool {
-        self.shared.dead()
+        self.shared.power.dead()
     }
 
     /// The filesystem a restart finds: every name as of its directory's last sync,
@@ -286,7 +292,7 @@ impl SimVfs {
                             current: data.clone(),
                             durable: data,
                         }),
-                        vfs: after.shared.clone(),
+                        power: after.shared.power.clone(),
                     });
                     copies.push((ptr, copy.clone()));
                     copy
@@ -315,7 +321,7 @@ impl VfsFile for SimFile {
         Ok(())
     }
     fn write_all_at(&self, buf: &[u8], off: u64) -> Result<()> {
-        self.vfs.step()?;
+        self.power.step()?;
         let mut c = lock(&self.contents);
         let off = off as usize;
         if c.current.len() < off + buf.len() {
@@ -325,7 +331,7 @@ impl VfsFile for SimFile {
         Ok(())
     }
     fn set_len(&self, len: u64) -> Result<()> {
-        self.vfs.step()?;
+        self.power.step()?;
         lock(&self.contents).current.resize(len as usize, 0);
         Ok(())
     }
@@ -333,7 +339,7 @@ impl VfsFile for SimFile {
         Ok(lock(&self.contents).current.len() as u64)
     }
     fn sync_data(&self) -> Result<()> {
-        self.vfs.step()?;
+        self.power.step()?;
         let mut c = lock(&self.contents);
         c.durable = c.current.clone();
         Ok(())
@@ -355,7 +361,7 @@ impl Vfs for SimVfs {
         Ok(file)
     }
     fn create(&self, path: &Path, exclusive: bool) -> Result<Arc<dyn VfsFile>> {
-        self.shared.step()?;
+        self.shared.power.step()?;
         let mut names = lock(&self.shared.names);
         if let Some(existing) = names.current.get(path).cloned() {
             if exclusive {
@@ -366,13 +372,13 @@ impl Vfs for SimVfs {
         }
         let file = Arc::new(SimFile {
             contents: Mutex::new(Contents::default()),
-            vfs: self.shared.clone(),
+            power: self.shared.power.clone(),
         });
         names.current.insert(path.to_path_buf(), file.clone());
         Ok(file)
     }
     fn rename(&self, from: &Path, to: &Path) -> Result<()> {
-        self.shared.step()?;
+        self.shared.power.step()?;
         let mut names = lock(&self.shared.names);
         let file = names
             .current
@@ -382,7 +388,7 @@ impl Vfs for SimVfs {
         Ok(())
     }
     fn remove_file(&self, path: &Path) -> Result<()> {
-        self.shared.step()?;
+        self.shared.power.step()?;
         let mut names = lock(&self.shared.names);
         names
             .current
@@ -400,7 +406,7 @@ impl Vfs for SimVfs {
             .collect())
     }
     fn sync_dir(&self, dir: &Path) -> Result<()> {
-        self.shared.step()?;
+        self.shared.power.step()?;
         let mut guard = lock(&self.shared.names);
         let names = &mut *guard;
         names.durable.retain(|p, _| p.parent() != Some(dir));
