@@ -11,6 +11,9 @@
 //!   each durable backend (CI runs the same tests with 20 cycles).
 //! - `sweep [--backend …] [--points N] [--seed S]`: corruption sweeps over each
 //!   persistent backend's files (CI runs the same tests with 12 points).
+//! - `fuzz [--seconds N] [--target …]`: the cargo-fuzz targets in `fuzz/` on
+//!   nightly, from the checked-in seed corpora (CI replays those corpora and
+//!   mutations of them on stable instead: `storage-fuzz`'s tests).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -83,7 +86,20 @@ enum Cmd {
         #[arg(long)]
         seed: Option<u64>,
     },
+    /// Run the cargo-fuzz targets (nightly) for a while each, starting from the
+    /// checked-in seed corpora; new inputs go to target/fuzz-corpus.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only these targets (wire_decode, fs_open, model_ops).
+        #[arg(long = "target", value_delimiter = ',')]
+        targets: Vec<String>,
+    },
 }
+
+/// The cargo-fuzz targets in `fuzz/`.
+const FUZZ_TARGETS: [&str; 3] = ["wire_decode", "fs_open", "model_ops"];
 
 /// Durable backends with reliability tests (crash cycles, corruption sweep), and
 /// the package whose `reliability` test target holds them.
@@ -127,6 +143,7 @@ fn main() -> ExitCode {
                 ("OLOCUS_CRASH_SEED", seed),
             ],
         ),
+        Cmd::Fuzz { seconds, targets } => fuzz(&root, seconds, &targets),
         Cmd::Sweep {
             backends,
             points,
@@ -285,6 +302,95 @@ fn ci(root: &Path, skip_third_party: bool) -> Result<(), String> {
         step_owned(root, "third-party conformance", test, &[])?;
     }
     println!("xtask ci: all checks passed in {:.0?}", started.elapsed());
+    Ok(())
+}
+
+/// Runs each selected fuzz target for `seconds` and reports its executions.
+fn fuzz(root: &Path, seconds: u64, targets: &[String]) -> Result<(), String> {
+    if let Some(unknown) = targets.iter().find(|t| !FUZZ_TARGETS.contains(&t.as_str())) {
+        return Err(format!(
+            "no fuzz target {unknown:?} (have: {})",
+            FUZZ_TARGETS.join(", ")
+        ));
+    }
+    // cargo-fuzz runs on nightly; strip what the stable cargo running us sets.
+    let nightly = |args: &[&str]| {
+        let mut c = Command::new("rustup");
+        c.args(["run", "nightly", "cargo"])
+            .args(args)
+            .env_remove("CARGO")
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .env_remove("RUSTC")
+            .current_dir(root);
+        c
+    };
+    let have_fuzz = nightly(&["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have_fuzz {
+        println!("==> installing cargo-fuzz");
+        let status = Command::new("cargo")
+            .args(["install", "cargo-fuzz", "--locked"])
+            .status()
+            .map_err(|e| format!("cannot run cargo install: {e}"))?;
+        if !status.success() {
+            return Err("installing cargo-fuzz failed".into());
+        }
+    }
+    let scratch = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+        .join("fuzz-corpus");
+    let mut summary = Vec::new();
+    for target in FUZZ_TARGETS {
+        if !targets.is_empty() && !targets.iter().any(|t| t == target) {
+            continue;
+        }
+        let new_dir = scratch.join(target);
+        std::fs::create_dir_all(&new_dir).map_err(|e| format!("{}: {e}", new_dir.display()))?;
+        let seeds = root.join("fuzz/corpus").join(target);
+        let time = format!("-max_total_time={seconds}");
+        println!("==> fuzz {target} for {seconds} s");
+        let started = Instant::now();
+        // New inputs go to the first corpus directory; the seeds stay as they are.
+        let out = nightly(&[
+            "fuzz",
+            "run",
+            "-O",
+            "--fuzz-dir",
+            "fuzz",
+            target,
+            new_dir.to_str().ok_or("non-UTF-8 path")?,
+            seeds.to_str().ok_or("non-UTF-8 path")?,
+            "--",
+            &time,
+            "-print_final_stats=1",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .map_err(|e| format!("cannot run cargo fuzz: {e}"))?;
+        let log = String::from_utf8_lossy(&out.stderr);
+        let runs = log
+            .lines()
+            .find_map(|l| l.strip_prefix("stat::number_of_executed_units:"))
+            .map(|n| n.trim().to_string());
+        if !out.status.success() || runs.is_none() {
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            return Err(format!(
+                "fuzz target {target} failed ({}):\n{}",
+                out.status,
+                tail.join("\n")
+            ));
+        }
+        let runs = runs.unwrap_or_default();
+        println!(
+            "<== {target}: {runs} executions in {:.0?}, no failure",
+            started.elapsed()
+        );
+        summary.push(format!("{target}: {runs} executions"));
+    }
+    println!("xtask fuzz: {}", summary.join("; "));
     Ok(())
 }
 

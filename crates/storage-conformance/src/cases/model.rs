@@ -49,7 +49,7 @@ fn pool() -> Arc<Vec<Block>> {
 
 /// A `ListOptions` drawn from the pool's timestamps and keys.
 #[derive(Debug, Clone)]
-struct ListSpec {
+pub struct ListSpec {
     limit: Option<u64>,
     offset: Option<u64>,
     start: Option<(usize, i8)>,
@@ -61,8 +61,10 @@ struct ListSpec {
     max: Option<u64>,
 }
 
+/// One operation of a model-based sequence; block arguments index the test pool.
 #[derive(Debug, Clone)]
-enum Op {
+#[allow(missing_docs)] // each variant is the trait method of the same name
+pub enum Op {
     Store(usize),
     /// Store, then make it the head: the common way chains grow.
     Append(usize),
@@ -78,7 +80,72 @@ enum Op {
     Range(u64, u64),
     Stats,
     Compact,
+    /// Close and reopen (persistent backends only).
     Reopen,
+}
+
+/// Reads an operation sequence from raw bytes (for coverage-guided fuzzers): each
+/// operation takes a byte for its kind and one per argument; missing bytes read
+/// as zero, so every input is a valid sequence (of at most 64 operations).
+pub fn ops_from_bytes(data: &[u8]) -> Vec<Op> {
+    let n = pool().len();
+    let mut bytes = data.iter().copied();
+    let mut next = move || bytes.next();
+    let mut ops = Vec::new();
+    while let Some(kind) = next() {
+        if ops.len() == 64 {
+            break;
+        }
+        let mut arg = || next().unwrap_or(0);
+        let block = |b: u8| usize::from(b) % n;
+        let maybe = |b: u8, v: u64| (b & 1 == 1).then_some(v);
+        let op = match kind % 16 {
+            0 => Op::Store(block(arg())),
+            1 => Op::Append(block(arg())),
+            2 => Op::StoreBatch((0..arg() % 5).map(|_| block(arg())).collect()),
+            3 => Op::Delete(block(arg())),
+            4 => Op::Retrieve(block(arg())),
+            5 => Op::RetrieveMany((0..arg() % 4).map(|_| block(arg())).collect()),
+            6 => Op::Exists(block(arg())),
+            7 => Op::SetHead(block(arg())),
+            8 => Op::GetHead,
+            9 => {
+                let flags = arg();
+                let mut at = |bit: u8| -> Option<(usize, i8)> {
+                    let (i, d) = (arg(), arg());
+                    (flags >> bit & 1 == 1).then_some((block(i), (d % 3) as i8 - 1))
+                };
+                let (start, end) = (at(0), at(1));
+                let (limit, offset) = (arg(), arg());
+                let (order, ty, key, min, max) = (arg(), arg(), arg(), arg(), arg());
+                Op::List(ListSpec {
+                    limit: maybe(limit, u64::from(limit >> 1) % 6),
+                    offset: maybe(offset, u64::from(offset >> 1) % 6),
+                    start,
+                    end,
+                    order: order % 4,
+                    payload_type: (ty % 3 != 0).then_some(ty % 3 == 1),
+                    key: (key % 4 != 0).then_some(key % 4),
+                    min: maybe(min, u64::from(min >> 1) % 16),
+                    max: maybe(max, u64::from(max >> 1) % 42),
+                })
+            }
+            10 => Op::Count,
+            11 => Op::Range(u64::from(arg()) % 44, u64::from(arg()) % 44),
+            12 => Op::Stats,
+            13 => Op::Compact,
+            14 => Op::Reopen,
+            _ => Op::Store(block(arg())),
+        };
+        ops.push(op);
+    }
+    ops
+}
+
+/// Runs `ops` against the environment's backend and the reference model; the
+/// error names the first step where they disagree.
+pub async fn run_ops(env: &Env, ops: &[Op]) -> CaseResult {
+    run_sequence(env, ops, env.capabilities()).await
 }
 
 fn op_strategy(n: usize) -> impl Strategy<Value = Op> {
