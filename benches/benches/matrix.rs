@@ -66,6 +66,7 @@ async fn open_ours(s: Subject, path: &Path, durable: bool) -> Arc<dyn StorageBac
                     storage_fs::Durability::Buffered
                 },
                 segment_size: 100 << 20,
+                max_payload_bytes: storage_core::MAX_PAYLOAD_BYTES,
             })
             .expect("fs open"),
         ),
@@ -692,7 +693,7 @@ fn matrix(c: &mut Criterion) {
     let big_blocks = ops
         .iter()
         .any(|o| matches!(o, Op::Ingest | Op::ColdOpen))
-        .then(|| bulk_blocks(0, env.big, 650));
+        .then(|| bulk_blocks(env.big, 650));
 
     for &op in &ops {
         let mut g = c.benchmark_group(op.name());

@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use olocus_benches::bulk_blocks;
+use olocus_benches::BulkChain;
 use storage_core::StorageBackend;
 use storage_fs::{Durability, FilesystemBackend, FsConfig};
 
@@ -19,6 +19,7 @@ fn main() {
         compression: storage_core::CompressionType::None,
         durability: Durability::Buffered,
         segment_size: 100 << 20,
+        max_payload_bytes: storage_core::MAX_PAYLOAD_BYTES,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -28,8 +29,10 @@ fn main() {
     let have = rt.block_on(store.count_blocks()).expect("count");
     if have < n {
         let started = Instant::now();
+        let mut chain = BulkChain::new(650);
+        chain.take(have); // already stored
         for start in (have..n).step_by(100_000) {
-            let blocks = bulk_blocks(start, (n - start).min(100_000), 650);
+            let blocks = chain.take((n - start).min(100_000));
             rt.block_on(async {
                 for chunk in blocks.chunks(1_000) {
                     store.store_blocks(chunk).await.expect("ingest");

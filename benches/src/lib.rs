@@ -15,37 +15,49 @@ pub use spec::*;
 /// Payload type of [`bulk_blocks`].
 pub const BULK_TYPE: &str = "bench.reading/v1";
 
-/// `count` signed blocks at indices `start..start + count`, each with a
-/// `payload_len`-byte payload, timestamps one microsecond apart. Deterministic.
-///
-/// They are not hash-linked (each names a fixed previous hash), so they can be
-/// signed on every core at once: ingest benchmarks need a million of them, and
-/// stores do not check links.
-pub fn bulk_blocks(start: u64, count: u64, payload_len: usize) -> Vec<Block> {
-    let key = SigningKey::from_bytes(&[7; 32]);
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
-    let per = count.div_ceil(threads.max(1));
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                let key = &key;
-                s.spawn(move || {
-                    let lo = start + t * per;
-                    let hi = (lo + per).min(start + count);
-                    (lo..hi)
-                        .map(|i| bulk_block(i, payload_len, key))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("signing thread"))
-            .collect()
-    })
+/// `count` signed blocks at indices `0..count`, hash-linked into one chain, each
+/// with a `payload_len`-byte payload, timestamps one microsecond apart.
+/// Deterministic. (See [`BulkChain`] to make them in pieces.)
+pub fn bulk_blocks(count: u64, payload_len: usize) -> Vec<Block> {
+    BulkChain::new(payload_len).take(count)
 }
 
-fn bulk_block(i: u64, payload_len: usize, key: &SigningKey) -> Block {
+/// Makes the [`bulk_blocks`] chain piece by piece. Each block names the one before
+/// it (stores refuse blocks that contradict a stored neighbour's link), so the
+/// blocks are signed one after another: about 20 µs each.
+#[derive(Debug, Clone)]
+pub struct BulkChain {
+    key: SigningKey,
+    next: u64,
+    prev: Option<BlockHash>,
+    payload_len: usize,
+}
+
+impl BulkChain {
+    /// The chain from index 0.
+    pub fn new(payload_len: usize) -> Self {
+        Self {
+            key: SigningKey::from_bytes(&[7; 32]),
+            next: 0,
+            prev: None,
+            payload_len,
+        }
+    }
+
+    /// The next `count` blocks.
+    pub fn take(&mut self, count: u64) -> Vec<Block> {
+        (0..count)
+            .map(|_| {
+                let b = bulk_block(self.next, self.prev, self.payload_len, &self.key);
+                self.next += 1;
+                self.prev = Some(b.hash());
+                b
+            })
+            .collect()
+    }
+}
+
+fn bulk_block(i: u64, prev: Option<BlockHash>, payload_len: usize, key: &SigningKey) -> Block {
     // Text-like, mildly compressible payload that differs per block.
     let mut payload = format!("{{\"seq\":{i},\"note\":\"").into_bytes();
     let mut x = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
@@ -57,6 +69,5 @@ fn bulk_block(i: u64, payload_len: usize, key: &SigningKey) -> Block {
     }
     payload.extend_from_slice(b"\"}");
     let ts: SystemTime = system_time_from_unix_nanos(1_700_000_000_000_000_000 + i * 1_000);
-    let prev = (i > 0).then_some(BlockHash([0xab; 32]));
     Block::sign_raw(i, ts, prev, BULK_TYPE, payload, key).expect("valid bench block")
 }

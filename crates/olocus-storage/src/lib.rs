@@ -31,6 +31,7 @@
 //!     },
 //!     wal_config: WALConfig::default(),
 //!     cache_config: None,
+//!     max_payload_bytes: 1 << 20, // refuse blocks with payloads over 1 MiB
 //! };
 //! let storage = Storage::new(config).await?;
 //! assert_eq!(storage.count_blocks().await?, 0);
@@ -344,6 +345,14 @@ pub struct StorageConfig {
     /// A read cache in front of the backend; `None`: no cache.
     #[serde(default)]
     pub cache_config: Option<CacheConfig>,
+    /// Blocks with a longer payload are refused with `InvalidInput` (at most, and
+    /// by default, [`storage_core::MAX_PAYLOAD_BYTES`]).
+    #[serde(default = "default_max_payload_bytes")]
+    pub max_payload_bytes: usize,
+}
+
+fn default_max_payload_bytes() -> usize {
+    storage_core::MAX_PAYLOAD_BYTES
 }
 
 impl StorageConfig {
@@ -353,6 +362,7 @@ impl StorageConfig {
             backend,
             wal_config: WALConfig::default(),
             cache_config: None,
+            max_payload_bytes: default_max_payload_bytes(),
         }
     }
 
@@ -374,6 +384,13 @@ impl StorageConfig {
     /// Checks everything that can be checked without opening the store.
     pub fn validate(&self) -> Result<()> {
         self.wal_config.validate()?;
+        if self.max_payload_bytes > storage_core::MAX_PAYLOAD_BYTES {
+            return Err(StorageError::Configuration(format!(
+                "max_payload_bytes {} is above the {}-byte maximum of any block",
+                self.max_payload_bytes,
+                storage_core::MAX_PAYLOAD_BYTES
+            )));
+        }
         if !self.backend.is_compiled_in() {
             return Err(missing_feature(self.backend.name(), self.backend.feature()));
         }
@@ -489,14 +506,15 @@ async fn open_backend(config: &StorageConfig) -> Result<Arc<dyn StorageBackend>>
     let wal = &config.wal_config;
     match &config.backend {
         #[cfg(feature = "memory")]
-        BackendConfig::Memory => Ok(Arc::new(storage_memory::MemoryBackend::new())),
+        BackendConfig::Memory => Ok(Arc::new(
+            storage_memory::MemoryBackend::new().with_max_payload_bytes(config.max_payload_bytes),
+        )),
         #[cfg(feature = "fs")]
         BackendConfig::Filesystem { path, compression } => Ok(Arc::new(
-            storage_fs::FilesystemBackend::open_async(storage_fs::FsConfig::from_wal(
-                path,
-                *compression,
-                wal,
-            ))
+            storage_fs::FilesystemBackend::open_async(storage_fs::FsConfig {
+                max_payload_bytes: config.max_payload_bytes,
+                ..storage_fs::FsConfig::from_wal(path, *compression, wal)
+            })
             .await?,
         )),
         #[cfg(feature = "rocksdb")]
@@ -510,6 +528,7 @@ async fn open_backend(config: &StorageConfig) -> Result<Arc<dyn StorageBackend>>
                 compression: *compression,
                 cache_size: *cache_size,
                 sync_writes: wal.enabled && wal.sync_interval.is_zero(),
+                max_payload_bytes: config.max_payload_bytes,
                 ..Default::default()
             };
             let store =
@@ -525,6 +544,7 @@ async fn open_backend(config: &StorageConfig) -> Result<Arc<dyn StorageBackend>>
         #[cfg(feature = "sqlite")]
         BackendConfig::SQLite { path } => {
             let mut sc = storage_sqlite::SQLiteConfig::at(path);
+            sc.max_payload_bytes = config.max_payload_bytes;
             if wal.enabled && wal.sync_interval.is_zero() {
                 sc.synchronous = storage_sqlite::SynchronousMode::Full;
             }

@@ -191,8 +191,27 @@ async fn every_compiled_backend_opens_and_works() {
         if cfg!(feature = "cache") {
             config.cache_config = Some(Default::default());
         }
+        config.max_payload_bytes = 64;
         let storage = Storage::new(config).await.unwrap();
         round_trip(&storage).await;
+        // The configured payload limit reaches every backend.
+        let key = SigningKey::from_bytes(&[5; 32]);
+        let head = storage.get_chain_head().await.unwrap().unwrap();
+        let big = Block::sign_raw(
+            2,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_001),
+            Some(head),
+            "facade.blob/v1",
+            vec![0; 65],
+            &key,
+        )
+        .unwrap();
+        let err = storage.store_block(&big).await.unwrap_err();
+        assert_eq!(
+            err.kind(),
+            olocus_storage::ErrorKind::InvalidInput,
+            "{url}: {err}"
+        );
         let shared: std::sync::Arc<dyn olocus_storage::StorageBackend> = storage.backend();
         assert_eq!(shared.count_blocks().await.unwrap(), 2);
         storage.close().await.unwrap();

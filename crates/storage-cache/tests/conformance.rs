@@ -11,6 +11,9 @@ use storage_memory::MemoryBackend;
 use storage_rocksdb::{RocksDBBackend, RocksDBConfig};
 use storage_sqlite::{SQLiteBackend, SQLiteConfig};
 
+/// The payload limit every fixture's store is configured with.
+const FIXTURE_PAYLOAD_LIMIT: usize = 9 << 20;
+
 enum Inner {
     Memory,
     Sqlite(tempfile::TempDir),
@@ -41,15 +44,22 @@ impl CachedFixture {
 
     async fn open_inner(&self) -> Result<Arc<dyn StorageBackend>, StorageError> {
         Ok(match &self.inner {
-            Inner::Memory => Arc::new(MemoryBackend::new()),
-            Inner::Sqlite(dir) => {
-                Arc::new(SQLiteBackend::new(SQLiteConfig::at(dir.path().join("blocks.db"))).await?)
+            Inner::Memory => {
+                Arc::new(MemoryBackend::new().with_max_payload_bytes(FIXTURE_PAYLOAD_LIMIT))
             }
+            Inner::Sqlite(dir) => Arc::new(
+                SQLiteBackend::new(SQLiteConfig {
+                    max_payload_bytes: FIXTURE_PAYLOAD_LIMIT,
+                    ..SQLiteConfig::at(dir.path().join("blocks.db"))
+                })
+                .await?,
+            ),
             Inner::Rocks(dir) => {
                 let config = RocksDBConfig {
                     path: dir.path().join("db").to_string_lossy().into_owned(),
                     cache_size: 8 << 20,
                     write_buffer_size: 4 << 20,
+                    max_payload_bytes: FIXTURE_PAYLOAD_LIMIT,
                     ..RocksDBConfig::default()
                 };
                 Arc::new(
@@ -82,6 +92,10 @@ impl Fixture for CachedFixture {
             atomic_batches: true,
             vacuum: true,
         }
+    }
+
+    fn max_payload_bytes(&self) -> Option<usize> {
+        Some(FIXTURE_PAYLOAD_LIMIT)
     }
 
     async fn open(&self) -> Result<Arc<dyn StorageBackend>, StorageError> {

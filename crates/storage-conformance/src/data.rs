@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
-use storage_core::{Block, BlockHash, BlockPayload, SigningKey, system_time_from_unix_nanos};
+use storage_core::{Block, BlockPayload, SigningKey, system_time_from_unix_nanos};
 
 /// Payload type of [`Reading`].
 pub const READING: &str = "conformance.reading/v1";
@@ -137,27 +137,28 @@ pub fn chain_with_note(len: usize, note_len: usize) -> Arc<Vec<Block>> {
 
 /// Blocks at indices `0..len` whose timestamps are *not* in index order (as in a
 /// store filled from several sources), with ties: block `i` has timestamp
-/// `BASE + scrambled_offset(i, len)`. Each block is validly signed; they do not
-/// link into a chain.
+/// `BASE + scrambled_offset(i, len)`. Each block is validly signed and names the
+/// one before it as its previous block.
 pub fn scrambled(len: usize) -> Arc<Vec<Block>> {
     cached("scrambled", len, 0, || {
         let keys = [signer(1), signer(2)];
-        (0..len as u64)
-            .map(|i| {
-                let (ty, payload) = payload_for(i, 8);
-                let key = &keys[usize::from(signer_of(i) - 1)];
-                let prev = (i > 0).then_some(BlockHash([0xa5; 32]));
-                Block::sign_raw(
-                    i,
-                    at(scrambled_offset(i, len as u64)),
-                    prev,
-                    ty,
-                    payload,
-                    key,
-                )
-                .expect("valid test block")
-            })
-            .collect()
+        let mut out: Vec<Block> = Vec::with_capacity(len);
+        for i in 0..len as u64 {
+            let (ty, payload) = payload_for(i, 8);
+            let key = &keys[usize::from(signer_of(i) - 1)];
+            let prev = out.last().map(Block::hash);
+            let block = Block::sign_raw(
+                i,
+                at(scrambled_offset(i, len as u64)),
+                prev,
+                ty,
+                payload,
+                key,
+            )
+            .expect("valid test block");
+            out.push(block);
+        }
+        out
     })
 }
 

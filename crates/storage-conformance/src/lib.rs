@@ -122,6 +122,13 @@ pub trait Fixture: Send + Sync + 'static {
     /// call (after `close`, or after every handle was dropped) reopens the same data.
     async fn open(&self) -> Result<Arc<dyn StorageBackend>, StorageError>;
 
+    /// The payload limit the fixture configures its store with, if any (it must be
+    /// at least 8 MiB, for `large_payload_8mib`, and below
+    /// [`storage_core::MAX_PAYLOAD_BYTES`]). `None` skips `oversized_payload_rejected`.
+    fn max_payload_bytes(&self) -> Option<usize> {
+        None
+    }
+
     /// Damages the stored bytes of block `hash` (capability `corruption`), e.g. by
     /// flipping a byte in the middle of its record. May close and reopen the store;
     /// returns the handle to use afterwards.
@@ -389,6 +396,10 @@ registry! {
     basic::index_conflict_rejected [] CurrentThread;
     basic::large_payload_8mib [] CurrentThread;
     basic::many_small_blocks [] CurrentThread;
+    bad_input::forged_blocks_are_refused [] CurrentThread;
+    bad_input::wrong_previous_hash_rejected [] CurrentThread;
+    bad_input::oversized_payload_rejected [] CurrentThread;
+    bad_input::non_utf8_payload_type_refused [] CurrentThread;
     batch::batch_store_and_retrieve_in_order [] CurrentThread;
     batch::batch_conflict_is_reported [] CurrentThread;
     batch::batch_conflict_is_atomic [AtomicBatches] CurrentThread;

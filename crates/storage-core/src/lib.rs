@@ -33,6 +33,7 @@ mod compression;
 mod config;
 mod error;
 mod ids;
+mod links;
 pub mod trace;
 mod traits;
 mod types;
@@ -49,6 +50,7 @@ pub use error::{BoxError, ErrorKind, Result, StorageError};
 pub use ids::{
     BlockHash, BlockHashBuildHasher, BlockHashHasher, BlockHashMap, PublicKey, Signature,
 };
+pub use links::{check_links, check_payload_limit};
 pub use traits::{StorageBackend, StorageBackendExt};
 pub use types::{
     BackendStats, BlockFilter, BlockMetadata, CompactionStats, ListOptions, SortOrder, StorageStats,

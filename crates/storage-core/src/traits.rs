@@ -20,9 +20,16 @@ use crate::{
 /// workers (use `spawn_blocking` or a dedicated thread).
 ///
 /// # One chain per store
-/// A store holds at most one block per index. Blocks need not arrive in order and
-/// the store does not check hash links (use [`verify_chain`]), so a chain can be
-/// filled in from several sources, e.g. by replica repair.
+/// A store holds at most one block per index. Blocks need not arrive in order, so
+/// a chain can be filled in from several sources (e.g. by replica repair), but a
+/// block must agree with the hash links of the neighbours already stored (or in
+/// the same batch): its previous hash is the hash of the block before it, and the
+/// block after it names it as its previous block ([`crate::check_links`]; a
+/// mismatch is [`StorageError::Verification`] and nothing is written). A whole
+/// chain is checked with [`verify_chain`].
+///
+/// A store may limit payload sizes below [`crate::MAX_PAYLOAD_BYTES`]; a block
+/// over its limit is [`StorageError::InvalidInput`] and nothing is written.
 ///
 /// # Contract (checked by the `storage-conformance` suite)
 /// - Every returned block is byte-identical to the stored one: same hash, and its

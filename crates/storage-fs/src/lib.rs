@@ -131,6 +131,9 @@ pub struct FsConfig {
     /// A segment is sealed and a new one started once it would exceed this size
     /// (a single larger write gets a segment of its own). 64 KiB to 2 GiB.
     pub segment_size: u64,
+    /// Blocks with a longer payload are refused with `InvalidInput` (at most, and
+    /// by default, [`storage_core::MAX_PAYLOAD_BYTES`]).
+    pub max_payload_bytes: usize,
 }
 
 impl FsConfig {
@@ -160,6 +163,7 @@ impl FsConfig {
             compression,
             durability,
             segment_size: wal.max_log_size,
+            max_payload_bytes: storage_core::MAX_PAYLOAD_BYTES,
         }
     }
 

@@ -299,6 +299,7 @@ impl Inner {
 
     /// Stores blocks as one record: all or nothing.
     pub fn store(&self, blocks: &[Block]) -> Result<()> {
+        storage_core::check_payload_limit(blocks, self.cfg.max_payload_bytes)?;
         // Encoding and compression are the CPU-heavy part: outside the lock.
         let encoded = blocks
             .iter()
@@ -335,6 +336,20 @@ impl Inner {
                     }
                 }
             }
+            let new: Vec<&Block> = fresh.iter().map(|i| &blocks[*i]).collect();
+            storage_core::check_links(
+                &new,
+                |i| Ok(st.index.at(i).map(|e| e.hash)),
+                |i| {
+                    let Some(e) = st.index.at(i) else {
+                        return Ok(None);
+                    };
+                    // Only when filling a gap before a stored block: read it.
+                    let file = self.file_of(&st, e.loc.seg)?;
+                    let block = format::decode_entry(&self.read_entry(&file, e.loc)?, &e.hash)?;
+                    Ok(Some(block.previous_hash().copied()))
+                },
+            )?;
             fresh
         };
         if fresh.is_empty() {
@@ -1169,16 +1184,18 @@ mod tests {
             SigningKey::from_bytes(&[1; 32]),
             SigningKey::from_bytes(&[2; 32]),
         ];
-        (0..n)
-            .map(|i| {
-                let prev = (i > 0).then_some(BlockHash([7; 32]));
-                // Timestamps out of index order on purpose.
-                let ts = system_time_from_unix_nanos(1_000_000 + (i * 7919) % 1000);
-                let ty = if i % 3 == 0 { "t.a/v1" } else { "t.b/v1" };
+        let mut out: Vec<Block> = Vec::new();
+        for i in 0..n {
+            let prev = out.last().map(Block::hash);
+            // Timestamps out of index order on purpose.
+            let ts = system_time_from_unix_nanos(1_000_000 + (i * 7919) % 1000);
+            let ty = if i % 3 == 0 { "t.a/v1" } else { "t.b/v1" };
+            out.push(
                 Block::sign_raw(i, ts, prev, ty, vec![i as u8; 100], &keys[(i % 2) as usize])
-                    .unwrap()
-            })
-            .collect()
+                    .unwrap(),
+            );
+        }
+        out
     }
 
     /// Everything a load decides: listings in two orders, head, size, segments.
@@ -1214,6 +1231,7 @@ mod tests {
             compression: storage_core::CompressionType::None,
             durability: Durability::Buffered,
             segment_size: 64 << 10,
+            max_payload_bytes: storage_core::MAX_PAYLOAD_BYTES,
         };
         let all = blocks(900);
         {

@@ -9,6 +9,9 @@ use storage_conformance::{Capabilities, Fixture, conformance_main};
 use storage_core::{BlockHash, CompressionType, StorageBackend, StorageError, async_trait};
 use storage_fs::{Durability, FilesystemBackend, FsConfig};
 
+/// The payload limit every fixture's store is configured with.
+const FIXTURE_PAYLOAD_LIMIT: usize = 9 << 20;
+
 struct FsFixture {
     dir: tempfile::TempDir,
     compression: CompressionType,
@@ -46,12 +49,17 @@ impl Fixture for FsFixture {
         }
     }
 
+    fn max_payload_bytes(&self) -> Option<usize> {
+        Some(FIXTURE_PAYLOAD_LIMIT)
+    }
+
     async fn open(&self) -> Result<Arc<dyn StorageBackend>, StorageError> {
         let config = FsConfig {
             path: self.dir.path().join("store"),
             compression: self.compression,
             durability: self.durability,
             segment_size: self.segment_size,
+            max_payload_bytes: FIXTURE_PAYLOAD_LIMIT,
         };
         let store = Arc::new(FilesystemBackend::open_async(config).await?);
         *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Arc::downgrade(&store);

@@ -30,6 +30,7 @@ fn config() -> FsConfig {
         compression: CompressionType::Lz4,
         durability: Durability::Sync,
         segment_size: 64 << 10,
+        max_payload_bytes: storage_core::MAX_PAYLOAD_BYTES,
     }
 }
 

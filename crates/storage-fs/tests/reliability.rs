@@ -35,6 +35,7 @@ impl DurableTarget for Fs {
             compression,
             durability,
             segment_size,
+            max_payload_bytes: storage_core::MAX_PAYLOAD_BYTES,
         };
         Ok(Arc::new(FilesystemBackend::open_async(config).await?))
     }

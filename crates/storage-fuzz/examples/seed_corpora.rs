@@ -51,6 +51,7 @@ async fn main() {
                 compression,
                 durability: Durability::Buffered,
                 segment_size: 64 << 10,
+                max_payload_bytes: storage_core::MAX_PAYLOAD_BYTES,
             };
             let store = FilesystemBackend::open_on(cfg, Arc::new(vfs.clone())).expect("open");
             store.store_block(&chain[0]).await.expect("store");

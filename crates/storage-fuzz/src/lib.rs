@@ -111,6 +111,7 @@ fn fs_config(compression: CompressionType) -> FsConfig {
         compression,
         durability: Durability::Buffered,
         segment_size: 64 << 10,
+        max_payload_bytes: storage_core::MAX_PAYLOAD_BYTES,
     }
 }
 

@@ -96,6 +96,7 @@ struct State {
 #[derive(Debug)]
 pub struct MemoryBackend {
     format: Option<WireFormat>,
+    max_payload_bytes: usize,
     state: RwLock<State>,
 }
 
@@ -125,12 +126,20 @@ impl MemoryBackend {
     fn build(format: Option<WireFormat>, capacity: usize) -> Self {
         Self {
             format,
+            max_payload_bytes: storage_core::MAX_PAYLOAD_BYTES,
             state: RwLock::new(State {
                 open: true,
                 blocks: BlockHashMap::with_capacity_and_hasher(capacity, Default::default()),
                 ..State::default()
             }),
         }
+    }
+
+    /// Refuses blocks whose payload is longer than `max` bytes (default
+    /// [`storage_core::MAX_PAYLOAD_BYTES`]) with `InvalidInput`.
+    pub fn with_max_payload_bytes(mut self, max: usize) -> Self {
+        self.max_payload_bytes = max;
+        self
     }
 
     /// The wire format blocks are kept in, if any.
@@ -212,6 +221,23 @@ impl MemoryBackend {
 }
 
 impl State {
+    /// Checks new blocks' hash links against stored neighbours and each other.
+    fn check_links(&self, fresh: &[&Block]) -> Result<()> {
+        storage_core::check_links(
+            fresh,
+            |i| Ok(self.by_index.get(&i).map(|e| e.meta.hash)),
+            |i| {
+                let Some(e) = self.by_index.get(&i) else {
+                    return Ok(None);
+                };
+                Ok(Some(
+                    self.block(&e.meta.hash)?
+                        .and_then(|b| b.previous_hash().copied()),
+                ))
+            },
+        )
+    }
+
     fn check_insert(&self, block: &Block) -> Result<bool> {
         let hash = block.hash();
         if self.blocks.contains_key(&hash) {
@@ -282,9 +308,11 @@ impl StorageBackend for MemoryBackend {
         let span = op_span(NAME, "store_block");
         record_hash(&span, &block.hash());
         in_span(span, || {
+            storage_core::check_payload_limit(std::slice::from_ref(block), self.max_payload_bytes)?;
             let entry = self.make_entry(block)?;
             let mut st = self.write()?;
             if st.check_insert(block)? {
+                st.check_links(&[block])?;
                 st.insert(entry);
             }
             Ok(block.hash())
@@ -329,6 +357,7 @@ impl StorageBackend for MemoryBackend {
         let span = op_span(NAME, "store_blocks");
         record_count(&span, blocks.len());
         in_span(span, || {
+            storage_core::check_payload_limit(blocks, self.max_payload_bytes)?;
             let entries = blocks
                 .iter()
                 .map(|b| self.make_entry(b))
@@ -357,6 +386,12 @@ impl StorageBackend for MemoryBackend {
                     }
                 }
             }
+            let new: Vec<&Block> = blocks
+                .iter()
+                .zip(&fresh)
+                .filter_map(|(b, f)| f.then_some(b))
+                .collect();
+            st.check_links(&new)?;
             for (entry, new) in entries.into_iter().zip(fresh) {
                 if new {
                     st.insert(entry);

@@ -9,6 +9,9 @@ use storage_core::{
 };
 use storage_memory::MemoryBackend;
 
+/// The payload limit every fixture's store is configured with.
+const FIXTURE_PAYLOAD_LIMIT: usize = 9 << 20;
+
 /// A fresh memory store per case. Memory is not persistent, so the reopen cases
 /// are skipped (and reported as such).
 struct MemoryFixture {
@@ -36,11 +39,18 @@ impl Fixture for MemoryFixture {
         }
     }
 
+    fn max_payload_bytes(&self) -> Option<usize> {
+        Some(FIXTURE_PAYLOAD_LIMIT)
+    }
+
     async fn open(&self) -> Result<Arc<dyn StorageBackend>, StorageError> {
-        let store = Arc::new(match self.format {
-            None => MemoryBackend::new(),
-            Some(f) => MemoryBackend::with_wire_format(f),
-        });
+        let store = Arc::new(
+            match self.format {
+                None => MemoryBackend::new(),
+                Some(f) => MemoryBackend::with_wire_format(f),
+            }
+            .with_max_payload_bytes(FIXTURE_PAYLOAD_LIMIT),
+        );
         *self.store.lock().unwrap() = Some(store.clone());
         Ok(store)
     }

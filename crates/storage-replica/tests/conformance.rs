@@ -13,6 +13,9 @@ use storage_replica::{ConsistencyLevel, StorageManager, StorageManagerConfig};
 use storage_rocksdb::{RocksDBBackend, RocksDBConfig};
 use storage_sqlite::{SQLiteBackend, SQLiteConfig};
 
+/// The payload limit every fixture's store is configured with.
+const FIXTURE_PAYLOAD_LIMIT: usize = 9 << 20;
+
 struct ManagerFixture {
     /// Wrap the manager in the cache layer.
     cached: bool,
@@ -54,23 +57,37 @@ impl Fixture for ManagerFixture {
         }
     }
 
+    fn max_payload_bytes(&self) -> Option<usize> {
+        Some(FIXTURE_PAYLOAD_LIMIT)
+    }
+
     async fn open(&self) -> Result<Arc<dyn StorageBackend>, StorageError> {
         let (primary, replicas): (Arc<dyn StorageBackend>, Vec<Arc<dyn StorageBackend>>) =
             match &self.dir {
                 None => (
-                    Arc::new(MemoryBackend::new()),
+                    Arc::new(MemoryBackend::new().with_max_payload_bytes(FIXTURE_PAYLOAD_LIMIT)),
                     vec![
-                        Arc::new(MemoryBackend::new()),
-                        Arc::new(MemoryBackend::new()),
+                        Arc::new(
+                            MemoryBackend::new().with_max_payload_bytes(FIXTURE_PAYLOAD_LIMIT),
+                        ),
+                        Arc::new(
+                            MemoryBackend::new().with_max_payload_bytes(FIXTURE_PAYLOAD_LIMIT),
+                        ),
                     ],
                 ),
                 Some(dir) => (
                     Arc::new(
-                        SQLiteBackend::new(SQLiteConfig::at(dir.path().join("primary.db"))).await?,
+                        SQLiteBackend::new(SQLiteConfig {
+                            max_payload_bytes: FIXTURE_PAYLOAD_LIMIT,
+                            ..SQLiteConfig::at(dir.path().join("primary.db"))
+                        })
+                        .await?,
                     ),
                     vec![
                         Arc::new(open_rocks(dir.path().join("replica_rocks")).await?),
-                        Arc::new(MemoryBackend::new()),
+                        Arc::new(
+                            MemoryBackend::new().with_max_payload_bytes(FIXTURE_PAYLOAD_LIMIT),
+                        ),
                     ],
                 ),
             };
@@ -97,6 +114,7 @@ async fn open_rocks(path: std::path::PathBuf) -> Result<RocksDBBackend, StorageE
         path: path.to_string_lossy().into_owned(),
         cache_size: 8 << 20,
         write_buffer_size: 4 << 20,
+        max_payload_bytes: FIXTURE_PAYLOAD_LIMIT,
         ..RocksDBConfig::default()
     };
     tokio::task::spawn_blocking(move || RocksDBBackend::new(config))

@@ -100,6 +100,9 @@ pub struct RocksDBConfig {
     pub bloom_filter_bits: f64,
     /// fsync every write batch before acknowledging it (see the crate docs).
     pub sync_writes: bool,
+    /// Blocks with a longer payload are refused with `InvalidInput` (at most, and
+    /// by default, [`storage_core::MAX_PAYLOAD_BYTES`]).
+    pub max_payload_bytes: usize,
 }
 
 impl Default for RocksDBConfig {
@@ -114,6 +117,7 @@ impl Default for RocksDBConfig {
             enable_bloom_filter: true,
             bloom_filter_bits: 10.0,
             sync_writes: false,
+            max_payload_bytes: storage_core::MAX_PAYLOAD_BYTES,
         }
     }
 }
@@ -178,6 +182,7 @@ struct Counters {
 struct Inner {
     db: DB,
     sync: bool,
+    max_payload_bytes: usize,
     /// Serialises writers; holds the counters they update.
     writer: Mutex<Counters>,
     compaction: Mutex<CompactionStats>,
@@ -304,6 +309,7 @@ impl Inner {
     }
 
     fn store(&self, blocks: &[Block]) -> Result<()> {
+        storage_core::check_payload_limit(blocks, self.max_payload_bytes)?;
         let mut counters = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let db = &self.db;
         let (cf_blocks, cf_meta, cf_index) =
@@ -313,6 +319,7 @@ impl Inner {
         let mut batch = WriteBatch::default();
         let mut next = *counters;
         let mut claimed: std::collections::HashMap<u64, BlockHash> = Default::default();
+        let mut fresh = Vec::new();
         for b in blocks {
             let idx = b.index().to_be_bytes();
             // A hash covers its index: same index + same hash = already stored.
@@ -336,6 +343,7 @@ impl Inner {
                 None => {}
             }
             claimed.insert(b.index(), b.hash());
+            fresh.push(b);
             let hash = b.hash();
             batch.put_cf(cf_blocks, hash.as_bytes(), WireFormat::BINARY.encode(b)?);
             batch.put_cf(cf_meta, hash.as_bytes(), idx);
@@ -353,6 +361,22 @@ impl Inner {
         if next.count == counters.count {
             return Ok(());
         }
+        let hash_at = |i: u64| -> Result<Option<BlockHash>> {
+            db.get_pinned_cf(cf_index, i.to_be_bytes())
+                .map_err(|e| db_err("checking a neighbour", e))?
+                .map(|v| parse_record(i, &v).map(|m| m.hash))
+                .transpose()
+        };
+        storage_core::check_links(&fresh, hash_at, |i| {
+            // Only when filling a gap before a stored block: read it.
+            let Some(h) = hash_at(i)? else {
+                return Ok(None);
+            };
+            let block = self.retrieve(&h)?.ok_or_else(|| {
+                StorageError::corrupted(format!("rocksdb: block {i} ({h}) is indexed but missing"))
+            })?;
+            Ok(Some(block.previous_hash().copied()))
+        })?;
         self.put_counters(&mut batch, &next)?;
         self.write(batch)?;
         *counters = next;
@@ -640,6 +664,7 @@ impl RocksDBBackend {
         let mut inner = Inner {
             db,
             sync: config.sync_writes,
+            max_payload_bytes: config.max_payload_bytes,
             writer: Mutex::new(Counters::default()),
             compaction: Mutex::new(CompactionStats::default()),
         };

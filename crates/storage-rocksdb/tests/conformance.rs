@@ -7,6 +7,9 @@ use storage_conformance::{Capabilities, Fixture, conformance_main};
 use storage_core::{BlockHash, CompressionType, StorageBackend, StorageError, async_trait};
 use storage_rocksdb::{RocksDBBackend, RocksDBConfig};
 
+/// The payload limit every fixture's store is configured with.
+const FIXTURE_PAYLOAD_LIMIT: usize = 9 << 20;
+
 struct RocksFixture {
     dir: tempfile::TempDir,
     compression: CompressionType,
@@ -35,6 +38,10 @@ impl Fixture for RocksFixture {
         }
     }
 
+    fn max_payload_bytes(&self) -> Option<usize> {
+        Some(FIXTURE_PAYLOAD_LIMIT)
+    }
+
     async fn open(&self) -> Result<Arc<dyn StorageBackend>, StorageError> {
         let config = RocksDBConfig {
             path: self.dir.path().join("db").to_string_lossy().into_owned(),
@@ -43,6 +50,7 @@ impl Fixture for RocksFixture {
             write_buffer_size: 4 << 20,
             max_background_jobs: 2,
             sync_writes: self.sync_writes,
+            max_payload_bytes: FIXTURE_PAYLOAD_LIMIT,
             ..RocksDBConfig::default()
         };
         // Opening reads files: keep it off the runtime thread.

@@ -31,6 +31,9 @@ pub struct SQLiteConfig {
     pub enable_wal: bool,
     /// How long a connection waits on a lock before failing with a transient error.
     pub busy_timeout: Duration,
+    /// Blocks with a longer payload are refused with `InvalidInput` (at most, and
+    /// by default, [`storage_core::MAX_PAYLOAD_BYTES`]).
+    pub max_payload_bytes: usize,
 }
 
 impl Default for SQLiteConfig {
@@ -44,6 +47,7 @@ impl Default for SQLiteConfig {
             temp_store: TempStore::Memory,
             enable_wal: true,
             busy_timeout: Duration::from_secs(5),
+            max_payload_bytes: storage_core::MAX_PAYLOAD_BYTES,
         }
     }
 }

@@ -506,6 +506,9 @@ fn insert_blocks(tx: &Transaction<'_>, blocks: &[Block]) -> Result<()> {
     let mut at_index = tx
         .prepare_cached("SELECT hash FROM blocks WHERE block_index = ?1")
         .map_err(err)?;
+    let mut previous_at = tx
+        .prepare_cached("SELECT previous_hash FROM blocks WHERE block_index = ?1")
+        .map_err(err)?;
     let mut insert = tx
         .prepare_cached(
             "INSERT INTO blocks (block_index, hash, timestamp_ns, public_key, previous_hash, \
@@ -533,22 +536,61 @@ fn insert_blocks(tx: &Transaction<'_>, blocks: &[Block]) -> Result<()> {
             "UPDATE block_stats SET unique_keys = unique_keys + 1 WHERE date = date(?1, 'unixepoch')",
         )
         .map_err(err)?;
+    // Index conflicts first, for the whole batch (as every backend reports them
+    // before broken links).
+    let mut claimed: std::collections::HashMap<u64, BlockHash> = Default::default();
+    let mut fresh = Vec::with_capacity(blocks.len());
     for b in blocks {
-        let index = b.index() as i64;
-        let existing: Option<Vec<u8>> = at_index
-            .query_row([index], |r| r.get(0))
-            .optional()
-            .map_err(err)?;
-        if let Some(existing) = existing {
-            if existing.as_slice() == b.hash().as_bytes() {
-                continue;
+        let existing = match claimed.get(&b.index()) {
+            Some(h) => Some(*h),
+            None => at_index
+                .query_row([b.index() as i64], |r| r.get::<_, Vec<u8>>(0))
+                .optional()
+                .map_err(err)?
+                .map(|h| fixed(h, "hash").map(BlockHash))
+                .transpose()?,
+        };
+        match existing {
+            Some(h) if h == b.hash() => {}
+            Some(h) => {
+                return Err(StorageError::IndexConflict {
+                    index: b.index(),
+                    existing: h,
+                    attempted: b.hash(),
+                });
             }
-            return Err(StorageError::IndexConflict {
-                index: b.index(),
-                existing: BlockHash(fixed(existing, "hash")?),
-                attempted: b.hash(),
-            });
+            None => {
+                claimed.insert(b.index(), b.hash());
+                fresh.push(b);
+            }
         }
+    }
+    for b in fresh {
+        let index = b.index() as i64;
+        // Rows of this batch are inserted in the transaction as we go, so checking
+        // one block at a time covers neighbours in the batch too.
+        storage_core::check_links(
+            std::slice::from_ref(&b),
+            |i| {
+                at_index
+                    .query_row([sql_index(i)], |r| r.get::<_, Vec<u8>>(0))
+                    .optional()
+                    .map_err(err)?
+                    .map(|h| fixed(h, "hash").map(BlockHash))
+                    .transpose()
+            },
+            |i| {
+                previous_at
+                    .query_row([sql_index(i)], |r| r.get::<_, Option<Vec<u8>>>(0))
+                    .optional()
+                    .map_err(err)?
+                    .map(|p| {
+                        p.map(|h| fixed(h, "previous_hash").map(BlockHash))
+                            .transpose()
+                    })
+                    .transpose()
+            },
+        )?;
         let secs = (b.timestamp_nanos() / 1_000_000_000) as i64;
         insert
             .execute(params![
@@ -698,9 +740,11 @@ impl StorageBackend for SQLiteBackend {
         let span = op_span(NAME, "store_block");
         record_hash(&span, &block.hash());
         let b = block.clone();
+        let limit = self.config.max_payload_bytes;
         in_span_async(
             span,
             self.transaction(move |tx| {
+                storage_core::check_payload_limit(std::slice::from_ref(&b), limit)?;
                 insert_blocks(tx, std::slice::from_ref(&b)).map(|_| b.hash())
             }),
         )
@@ -749,9 +793,13 @@ impl StorageBackend for SQLiteBackend {
             .await;
         }
         let owned = blocks.to_vec();
+        let limit = self.config.max_payload_bytes;
         in_span_async(
             span,
-            self.transaction(move |tx| insert_blocks(tx, &owned).map(|_| hashes)),
+            self.transaction(move |tx| {
+                storage_core::check_payload_limit(&owned, limit)?;
+                insert_blocks(tx, &owned).map(|_| hashes)
+            }),
         )
         .await
     }

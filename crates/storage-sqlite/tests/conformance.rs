@@ -7,6 +7,9 @@ use storage_conformance::{Capabilities, Fixture, conformance_main};
 use storage_core::{BlockHash, StorageBackend, StorageError, async_trait};
 use storage_sqlite::{JournalMode, SQLiteBackend, SQLiteConfig, SynchronousMode};
 
+/// The payload limit every fixture's store is configured with.
+const FIXTURE_PAYLOAD_LIMIT: usize = 9 << 20;
+
 struct SqliteFixture {
     dir: tempfile::TempDir,
     wal: bool,
@@ -22,6 +25,7 @@ impl SqliteFixture {
 
     fn config(&self) -> SQLiteConfig {
         let mut c = SQLiteConfig::at(self.dir.path().join("blocks.db"));
+        c.max_payload_bytes = FIXTURE_PAYLOAD_LIMIT;
         if !self.wal {
             c.journal_mode = JournalMode::Delete;
             c.enable_wal = false;
@@ -40,6 +44,10 @@ impl Fixture for SqliteFixture {
             atomic_batches: true,
             vacuum: true,
         }
+    }
+
+    fn max_payload_bytes(&self) -> Option<usize> {
+        Some(FIXTURE_PAYLOAD_LIMIT)
     }
 
     async fn open(&self) -> Result<Arc<dyn StorageBackend>, StorageError> {

@@ -201,6 +201,14 @@ fn check_put(g: &Inner, blocks: &[Block]) -> Result<Vec<Block>> {
             }
         }
     }
+    // The trait's link rule, with the shared helper: against stored neighbours
+    // and the rest of the batch.
+    let refs: Vec<&Block> = fresh.iter().collect();
+    storage_core::check_links(
+        &refs,
+        |i| Ok(g.by_index.get(&i).map(Block::hash)),
+        |i| Ok(g.by_index.get(&i).map(|b| b.previous_hash().copied())),
+    )?;
     Ok(fresh)
 }
 

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use storage_core::{Block, BlockMetadata, ErrorKind, ListOptions, StorageBackend};
+use storage_core::{Block, BlockHash, BlockMetadata, ErrorKind, ListOptions, StorageBackend};
 use tokio::task::JoinSet;
 
 use crate::check::{ensure, ensure_eq, fail, same_block};
@@ -127,14 +127,36 @@ async fn worker(
     Ok(())
 }
 
-/// Four tasks race to store an original or a rival at the same 64 indices:
-/// exactly one block wins each index, every attempt of the winner succeeds and
-/// every attempt of the loser fails with `IndexConflict`.
+/// Two forks of 64 blocks each at the same indices. Every other index is used,
+/// so no block has a stored neighbour and only index claims decide.
+fn forks() -> (Arc<Vec<Block>>, Arc<Vec<Block>>) {
+    let fork = |k: u8| -> Arc<Vec<Block>> {
+        Arc::new(
+            (0..64u64)
+                .map(|i| {
+                    Block::sign_raw(
+                        2 * i + 1,
+                        data::at(i * 1_000),
+                        Some(BlockHash([7; 32])),
+                        data::EVENT,
+                        format!("{{\"fork\":{k},\"seq\":{i}}}").into_bytes(),
+                        &data::signer(k),
+                    )
+                    .expect("valid fork block")
+                })
+                .collect(),
+        )
+    };
+    (fork(1), fork(2))
+}
+
+/// Four tasks race to store a block of one fork or the other at the same 64
+/// indices: exactly one block wins each index, every attempt of the winner
+/// succeeds and every attempt of the loser fails with `IndexConflict`.
 pub async fn racing_writers_one_winner_per_index(env: &Env) -> CaseResult {
     const N: usize = 64;
     let s = env.open().await?;
-    let chain = data::chain(N);
-    let rivals: Arc<Vec<Block>> = Arc::new(chain.iter().map(data::rival).collect());
+    let (chain, rivals) = forks();
     let mut set = JoinSet::new();
     for t in 0..4usize {
         let s = s.clone();
@@ -173,7 +195,7 @@ pub async fn racing_writers_one_winner_per_index(env: &Env) -> CaseResult {
     while let Some(joined) = set.join_next().await {
         attempts.extend(joined.map_err(|e| fail(format!("task panicked: {e}")))??);
     }
-    let stored = s.get_blocks_by_range(0, N as u64).await?;
+    let stored = s.get_blocks_by_range(0, 2 * N as u64).await?;
     ensure_eq!(stored.len(), N, "one block per contested index");
     for (i, hash, ok) in attempts {
         let winner = stored[i].hash();

@@ -107,14 +107,16 @@ pub async fn delete_frees_the_index(env: &Env) -> CaseResult {
     let s = env.open().await?;
     let chain = data::chain(3);
     s.store_blocks(&chain).await?;
-    s.delete_block(&chain[1].hash()).await?;
-    let rival = data::rival(&chain[1]);
+    // The newest block: a rival at its index links to the same predecessor and
+    // has no successor to contradict.
+    s.delete_block(&chain[2].hash()).await?;
+    let rival = data::rival(&chain[2]);
     s.store_block(&rival).await?;
-    let range = s.get_blocks_by_range(1, 1).await?;
-    ensure_eq!(range.len(), 1, "one block at index 1");
+    let range = s.get_blocks_by_range(2, 2).await?;
+    ensure_eq!(range.len(), 1, "one block at index 2");
     same_block(&range[0], &rival, "block at the freed index")?;
     ensure!(
-        !s.block_exists(&chain[1].hash()).await?,
+        !s.block_exists(&chain[2].hash()).await?,
         "deleted block stays deleted"
     );
     Ok(())

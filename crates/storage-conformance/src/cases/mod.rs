@@ -1,5 +1,6 @@
 //! The cases, by scenario. Each is `pub async fn(&Env) -> CaseResult`.
 
+pub mod bad_input;
 pub mod basic;
 pub mod batch;
 pub mod concurrency;

@@ -23,7 +23,8 @@ use crate::data::{self, EVENT, READING};
 use crate::{Capabilities, CaseError, CaseResult, Env};
 
 /// Blocks the operations draw from: 14 scrambled blocks (indices 0..14, ties and
-/// out-of-order timestamps), rivals at indices 2, 7, 11 and 13, and one at 40.
+/// out-of-order timestamps, linked), rivals at indices 2, 7, 11 and 13 (linked to
+/// the block before, so they contradict the block after), and one at 40.
 fn pool() -> Arc<Vec<Block>> {
     static POOL: OnceLock<Arc<Vec<Block>>> = OnceLock::new();
     POOL.get_or_init(|| {
@@ -254,9 +255,31 @@ impl Model {
         self.blocks.insert(b.hash(), b.clone());
     }
 
+    /// Whether new blocks contradict a neighbour's hash link (stored or in the
+    /// batch): the block before must be the one named as previous, the block after
+    /// must name this one.
+    fn breaks_links(&self, fresh: &[&Block]) -> bool {
+        let at = |i: u64| -> Option<&Block> {
+            fresh
+                .iter()
+                .copied()
+                .find(|b| b.index() == i)
+                .or_else(|| self.by_index.get(&i).map(|h| &self.blocks[h]))
+        };
+        fresh.iter().any(|b| {
+            let before = b.index().checked_sub(1).and_then(at);
+            let after = b.index().checked_add(1).and_then(at);
+            before.is_some_and(|p| b.previous_hash() != Some(&p.hash()))
+                || after.is_some_and(|n| n.previous_hash() != Some(&b.hash()))
+        })
+    }
+
     fn store(&mut self, b: &Block) -> Expect<BlockHash> {
         if self.conflicts(b) {
             return Err(ErrorKind::IndexConflict);
+        }
+        if !self.blocks.contains_key(&b.hash()) && self.breaks_links(&[b]) {
+            return Err(ErrorKind::Verification);
         }
         self.insert(b);
         Ok(b.hash())
@@ -275,8 +298,26 @@ impl Model {
         if self.batch_conflicts(bs) {
             return Err(ErrorKind::IndexConflict);
         }
+        let mut fresh: Vec<&Block> = Vec::new();
+        for b in bs {
+            if !self.blocks.contains_key(&b.hash()) && !fresh.iter().any(|f| f.hash() == b.hash()) {
+                fresh.push(b);
+            }
+        }
+        if self.breaks_links(&fresh) {
+            return Err(ErrorKind::Verification);
+        }
         bs.iter().for_each(|b| self.insert(b));
         Ok(bs.iter().map(|b| b.hash()).collect())
+    }
+
+    fn store_batch_fails(&self, bs: &[&Block]) -> bool {
+        let fresh: Vec<&Block> = bs
+            .iter()
+            .copied()
+            .filter(|b| !self.blocks.contains_key(&b.hash()))
+            .collect();
+        self.batch_conflicts(bs) || self.breaks_links(&fresh)
     }
 
     fn delete(&mut self, h: &BlockHash) -> bool {
@@ -360,7 +401,7 @@ async fn run_sequence(env: &Env, ops: &[Op], caps: Capabilities) -> CaseResult {
             Op::StoreBatch(is) => {
                 let bs: Vec<&Block> = is.iter().map(|i| &pool[*i]).collect();
                 // Without atomic batches a failed batch may leave part of itself.
-                if !caps.atomic_batches && m.batch_conflicts(&bs) {
+                if !caps.atomic_batches && m.store_batch_fails(&bs) {
                     continue;
                 }
                 let owned: Vec<Block> = bs.iter().map(|b| (*b).clone()).collect();
