@@ -54,6 +54,11 @@ pub trait VfsFile: Send + Sync + 'static {
     }
     /// Makes the file's contents durable.
     fn sync_data(&self) -> Result<()>;
+    /// Makes the file's contents and all its metadata durable (for new and
+    /// truncated files). Defaults to [`VfsFile::sync_data`].
+    fn sync_all(&self) -> Result<()> {
+        self.sync_data()
+    }
 }
 
 /// The real filesystem.
@@ -75,6 +80,9 @@ impl VfsFile for std::fs::File {
     }
     fn sync_data(&self) -> Result<()> {
         std::fs::File::sync_data(self)
+    }
+    fn sync_all(&self) -> Result<()> {
+        std::fs::File::sync_all(self)
     }
 }
 

@@ -96,7 +96,7 @@ fn create_segment(dir: &Dir, id: u64) -> Result<FileRef> {
     let create = || -> std::io::Result<FileRef> {
         let f = dir.vfs.create(&path, true)?;
         f.write_all_at(&format::segment_header(id), 0)?;
-        f.sync_data()?;
+        f.sync_all()?;
         Ok(f)
     };
     let f = create().map_err(|e| io(format!("creating segment {}", path.display()), e))?;
@@ -1026,7 +1026,7 @@ fn open_segment(dir: &Dir, id: u64, last: bool) -> Result<(FileRef, u64)> {
         // Created but its header never made it (crash right after creation).
         file.set_len(0)
             .and_then(|_| file.write_all_at(&format::segment_header(id), 0))
-            .and_then(|_| file.sync_data())
+            .and_then(|_| file.sync_all())
             .map_err(|e| io(format!("re-initialising {}", path.display()), e))?;
         len = SEG_HEADER;
     }
@@ -1080,7 +1080,7 @@ fn recover_tail(
         .create(&saved, false)
         .and_then(|f| f.write_all_at(&tail[good..], 0))
         .and_then(|_| file.set_len(cut))
-        .and_then(|_| file.sync_data())
+        .and_then(|_| file.sync_all())
         .map_err(|e| io(format!("truncating the torn tail of {}", path.display()), e))?;
     rec.truncated_bytes += (tail.len() - good) as u64;
     tracing::warn!(

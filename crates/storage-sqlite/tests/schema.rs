@@ -16,15 +16,19 @@ fn chain(n: u64) -> Vec<Block> {
     out
 }
 
+/// A closed database at `path` holding `blocks`.
+async fn stored(path: &std::path::Path, blocks: &[Block]) {
+    let s = SQLiteBackend::new(SQLiteConfig::at(path)).await.unwrap();
+    s.store_blocks(blocks).await.unwrap();
+    s.close().await.unwrap();
+}
+
 #[tokio::test]
 async fn version_1_database_is_upgraded() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("v1.db");
     let blocks = chain(5);
-    let s = SQLiteBackend::new(SQLiteConfig::at(&path)).await.unwrap();
-    s.store_blocks(&blocks).await.unwrap();
-    s.close().await.unwrap();
-    drop(s);
+    stored(&path, &blocks).await;
     // Make it what version 1 wrote.
     let c = rusqlite::Connection::open(&path).unwrap();
     c.execute_batch("ALTER TABLE blocks DROP COLUMN meta_check; PRAGMA user_version = 1")
@@ -48,10 +52,7 @@ async fn damaged_metadata_column_is_corrupted() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("damaged.db");
     let blocks = chain(5);
-    let s = SQLiteBackend::new(SQLiteConfig::at(&path)).await.unwrap();
-    s.store_blocks(&blocks).await.unwrap();
-    s.close().await.unwrap();
-    drop(s);
+    stored(&path, &blocks).await;
     // Another signer's key on block 2, as a flipped bit in the row would leave it.
     let c = rusqlite::Connection::open(&path).unwrap();
     c.execute(

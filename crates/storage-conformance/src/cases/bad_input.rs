@@ -30,6 +30,22 @@ fn expect_one_of<T: std::fmt::Debug>(
     }
 }
 
+/// The binary encoding of `block` with `edit` applied where `needle` first
+/// occurs in it.
+fn tampered_binary(
+    block: &Block,
+    needle: &[u8],
+    edit: impl FnOnce(&mut [u8]),
+) -> Result<Vec<u8>, CaseError> {
+    let mut bytes = WireFormat::BINARY.encode(block)?;
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .ok_or_else(|| fail("the bytes to tamper with are not in the binary encoding"))?;
+    edit(&mut bytes[at..at + needle.len()]);
+    Ok(bytes)
+}
+
 /// Blocks with a forged or mismatched signature cannot be built or decoded, and
 /// the store stays unchanged.
 pub async fn forged_blocks_are_refused(env: &Env) -> CaseResult {
@@ -62,13 +78,9 @@ pub async fn forged_blocks_are_refused(env: &Env) -> CaseResult {
     )?;
     // The same forgery on the wire: the binary encoding carries the signature
     // verbatim.
-    let mut bytes = WireFormat::BINARY.encode(genuine)?;
-    let sig = genuine.signature().as_bytes();
-    let at = bytes
-        .windows(sig.len())
-        .position(|w| w == sig)
-        .ok_or_else(|| fail("the signature is not in the binary encoding"))?;
-    bytes[at + 7] ^= 0x10;
+    let bytes = tampered_binary(genuine, genuine.signature().as_bytes(), |sig| {
+        sig[7] ^= 0x10;
+    })?;
     expect_kind(
         WireFormat::BINARY.decode(&bytes),
         ErrorKind::Verification,
@@ -191,13 +203,9 @@ pub async fn non_utf8_payload_type_refused(env: &Env) -> CaseResult {
     s.store_blocks(&chain[..1]).await?;
     let before = snapshot(&*s).await?;
     let genuine = &chain[1];
-    let mut bytes = WireFormat::BINARY.encode(genuine)?;
-    let ty = genuine.payload_type().as_bytes();
-    let at = bytes
-        .windows(ty.len())
-        .position(|w| w == ty)
-        .ok_or_else(|| fail("the payload type is not in the binary encoding"))?;
-    bytes[at] = 0xff;
+    let bytes = tampered_binary(genuine, genuine.payload_type().as_bytes(), |ty| {
+        ty[0] = 0xff;
+    })?;
     expect_one_of(
         WireFormat::BINARY.decode(&bytes),
         &[
