@@ -18,7 +18,8 @@
 //! back are counted the same way.
 //!
 //! Damage points per file and kind: `points` plus one per 16 KiB, spread evenly
-//! with a random jitter, always including the first and last byte.
+//! with a random jitter, always including the first and last byte. Set
+//! `OLOCUS_SWEEP_VERBOSE` to print what each damaged store answered.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
