@@ -112,7 +112,7 @@ pub enum StorageError {
     Encoding(String),
 
     /// An engine-specific failure that fits no other kind.
-    #[error("{name} backend error")]
+    #[error("{name} backend error: {source}")]
     Backend {
         /// The backend's name.
         name: String,

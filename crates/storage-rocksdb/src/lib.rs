@@ -42,7 +42,7 @@
 //! # Ok(()) }
 //! ```
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -212,6 +212,100 @@ fn db_err(context: &str, e: rocksdb::Error) -> StorageError {
             source: format!("{context}: {e}").into(),
         },
     }
+}
+
+/// An error opening an existing database. RocksDB reports a file its own
+/// metadata names but that is missing or unreadable (a damaged `CURRENT` or
+/// `MANIFEST`) as an I/O or invalid-argument error; for a database that exists,
+/// that is damage (`Corrupted`), not a failure worth retrying.
+fn open_err(path: &Path, e: rocksdb::Error) -> StorageError {
+    use rocksdb::ErrorKind as K;
+    let context = format!("opening {}", path.display());
+    let names_own_file = {
+        let msg = e.to_string();
+        msg.contains("MANIFEST") || msg.contains("CURRENT")
+    };
+    match e.kind() {
+        K::IOError | K::InvalidArgument | K::NotFound
+            if names_own_file && path.join("CURRENT").exists() =>
+        {
+            StorageError::corrupted_by(format!("rocksdb: {context}"), e)
+        }
+        _ => db_err(&context, e),
+    }
+}
+
+/// Checks the records of the MANIFEST that `CURRENT` names, before RocksDB reads
+/// it: RocksDB's log reader loops forever on some damaged records (a record type
+/// flipped to a recyclable one, found by the corruption sweep), so damage must be
+/// caught before it gets there. Every record must have a plain type, and every
+/// complete record a valid checksum; a record cut short at the very end (an
+/// interrupted append) is left for RocksDB's own recovery. Nothing to check in a
+/// new directory.
+fn check_manifest(db: &Path) -> Result<()> {
+    let current = match std::fs::read(db.join("CURRENT")) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(StorageError::io(
+                format!("reading {}/CURRENT", db.display()),
+                e,
+            ));
+        }
+    };
+    let bad = |what: String| StorageError::corrupted(format!("rocksdb: {}: {what}", db.display()));
+    let name = std::str::from_utf8(&current)
+        .ok()
+        .and_then(|s| s.strip_suffix('\n'))
+        .filter(|n| n.starts_with("MANIFEST-") && !n.contains('/'))
+        .ok_or_else(|| bad("CURRENT does not name a MANIFEST file".into()))?;
+    let path = db.join(name);
+    let data = match std::fs::read(&path) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(bad(format!("CURRENT names {name}, which is missing")));
+        }
+        Err(e) => return Err(StorageError::io(format!("reading {}", path.display()), e)),
+    };
+    // RocksDB's log format: 32 KiB blocks of records; a header is a masked CRC-32C,
+    // a 2-byte length and a type byte; the CRC covers type and payload. A MANIFEST
+    // is never recycled, so only the plain record types may appear (full, first,
+    // middle, last; compression and timestamp-size records).
+    const BLOCK: usize = 32 * 1024;
+    let mut at = 0;
+    while at < data.len() {
+        let left_in_block = BLOCK - at % BLOCK;
+        if left_in_block < 7 {
+            at += left_in_block; // block trailer padding
+            continue;
+        }
+        let Some(header) = data.get(at..at + 7) else {
+            break; // a torn header at the end
+        };
+        let stored = u32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
+        let len = usize::from(u16::from_le_bytes([header[4], header[5]]));
+        let kind = header[6];
+        if kind == 0 && len == 0 {
+            break; // preallocated, never written
+        }
+        if !matches!(kind, 1..=4 | 9 | 10) {
+            return Err(bad(format!(
+                "{name} is damaged: the record at byte {at} has type {kind}"
+            )));
+        }
+        let Some(covered) = data.get(at + 6..at + 7 + len) else {
+            break; // a record cut short at the end
+        };
+        let crc = crc32c::crc32c(covered);
+        let masked = (crc.rotate_right(15)).wrapping_add(0xa282_ead8);
+        if masked != stored {
+            return Err(bad(format!(
+                "{name} is damaged: the record at byte {at} fails its checksum"
+            )));
+        }
+        at += 7 + len;
+    }
+    Ok(())
 }
 
 fn cf<'a>(db: &'a DB, name: &str) -> Result<&'a ColumnFamily> {
@@ -659,8 +753,9 @@ impl RocksDBBackend {
         let (db_opts, cf_opts) = config.options()?;
         let path = PathBuf::from(config.path.trim());
         let descriptors = ALL_CFS.map(|name| ColumnFamilyDescriptor::new(name, cf_opts.clone()));
+        check_manifest(&path)?;
         let db = DB::open_cf_descriptors(&db_opts, &path, descriptors)
-            .map_err(|e| db_err(&format!("opening {}", path.display()), e))?;
+            .map_err(|e| open_err(&path, e))?;
         let mut inner = Inner {
             db,
             sync: config.sync_writes,
@@ -907,5 +1002,86 @@ impl StorageBackend for RocksDBBackend {
             }),
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use storage_core::ErrorKind;
+
+    /// A closed store with one block in `dir`.
+    fn closed_store(dir: &Path) {
+        let config = RocksDBConfig {
+            path: dir.to_string_lossy().into_owned(),
+            ..RocksDBConfig::default()
+        };
+        let store = RocksDBBackend::new(config).unwrap();
+        let key = storage_core::SigningKey::from_bytes(&[1; 32]);
+        let block = Block::sign_raw(0, std::time::UNIX_EPOCH, None, "t/v1", vec![1], &key).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            store.store_block(&block).await.unwrap();
+            store.close().await.unwrap();
+        });
+    }
+
+    /// The MANIFEST that `CURRENT` names (each open starts a new one).
+    fn manifest(dir: &Path) -> PathBuf {
+        let current = std::fs::read_to_string(dir.join("CURRENT")).unwrap();
+        dir.join(current.trim_end())
+    }
+
+    /// Opens on another thread, so a hang fails the test instead of stalling it.
+    fn open_kind(dir: &Path) -> Option<ErrorKind> {
+        let config = RocksDBConfig {
+            path: dir.to_string_lossy().into_owned(),
+            ..RocksDBConfig::default()
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(RocksDBBackend::new(config).err().map(|e| e.kind()));
+        });
+        rx.recv_timeout(Duration::from_secs(30))
+            .expect("opening did not finish within 30 s (hung)")
+    }
+
+    /// A MANIFEST record whose type byte turned into a recyclable type can make
+    /// RocksDB's reader loop forever; every such record is refused before RocksDB
+    /// reads it.
+    #[test]
+    fn damaged_manifest_is_corrupted_not_a_hang() {
+        let dir = tempfile::tempdir().unwrap();
+        closed_store(dir.path());
+        assert_eq!(open_kind(dir.path()), None, "the undamaged store opens");
+        let manifest = manifest(dir.path());
+        let pristine = std::fs::read(&manifest).unwrap();
+        // Every record header of this small (one-block) MANIFEST.
+        let mut at = 0;
+        let mut records = 0;
+        while at + 7 <= pristine.len() {
+            let len = usize::from(u16::from_le_bytes([pristine[at + 4], pristine[at + 5]]));
+            let mut bytes = pristine.clone();
+            bytes[at + 6] ^= 0x04; // type 1 (full) becomes 5 (recyclable full)
+            std::fs::write(&manifest, bytes).unwrap();
+            assert_eq!(
+                open_kind(dir.path()),
+                Some(ErrorKind::Corrupted),
+                "record at byte {at}"
+            );
+            records += 1;
+            at += 7 + len;
+        }
+        assert!(records > 5, "only {records} records");
+    }
+
+    #[test]
+    fn current_naming_a_missing_manifest_is_corrupted() {
+        let dir = tempfile::tempdir().unwrap();
+        closed_store(dir.path());
+        std::fs::write(dir.path().join("CURRENT"), "MANIFEST-999999\n").unwrap();
+        assert_eq!(open_kind(dir.path()), Some(ErrorKind::Corrupted));
     }
 }

@@ -163,23 +163,33 @@ pub fn run_sweep(
                             .and_then(|()| damage.apply(&dir.join(rel)))
                             .and_then(|()| attempt(target.clone(), &dir, setting, pristine.clone()))
                             .map_err(|e| format!("{what}: {e}"));
-                        let failed = outcome.is_err();
                         results
                             .lock()
                             .expect("results")
                             .push((what, damage, outcome));
-                        if failed {
-                            // Stop every worker: one failure is the report.
-                            next.store(jobs.len(), std::sync::atomic::Ordering::Relaxed);
-                        }
                     }
                 });
             }
         });
         let mut results = results.into_inner().expect("results");
         results.sort_by(|a, b| a.0.cmp(&b.0));
+        // Every damage point is tried; the failures are reported together.
+        let failures: Vec<&String> = results
+            .iter()
+            .filter_map(|(_, _, o)| o.as_ref().err())
+            .collect();
+        if !failures.is_empty() {
+            let shown: Vec<&str> = failures.iter().take(5).map(|f| f.as_str()).collect();
+            return Err(format!(
+                "{} of {} damaged stores answered wrongly; the first {}:\n{}",
+                failures.len(),
+                results.len(),
+                shown.len(),
+                shown.join("\n")
+            ));
+        }
         for (what, damage, outcome) in results {
-            let tally = outcome?;
+            let tally = outcome.expect("failures reported above");
             if std::env::var_os("OLOCUS_SWEEP_VERBOSE").is_some() {
                 println!(
                     "{what}: refused {}, right {}, corrupted {}, missing {}, back {}",
