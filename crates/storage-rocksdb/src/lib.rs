@@ -34,6 +34,11 @@
 //!
 //! RocksDB checksums every SST block; a checksum failure, like a stored block whose
 //! bytes no longer hash to its key, is reported as [`StorageError::Corrupted`].
+//! Opening checks the MANIFEST's records first (RocksDB's reader can loop forever
+//! on some damaged ones) and reports a `CURRENT` that names a missing MANIFEST as
+//! corrupted too. A MANIFEST cut short loses the versions after the cut: RocksDB
+//! opens the older state, as after an interrupted write (the corruption sweep
+//! counts such blocks as missing).
 //!
 //! ```no_run
 //! # async fn demo() -> storage_core::Result<()> {
