@@ -227,8 +227,18 @@ async fn check(
     Ok(())
 }
 
-#[test]
-fn acknowledged_synced_writes_survive_every_cut_point() {
+/// What both tests start from: a runtime, the blocks, the workload, every block
+/// it writes, and the model and disk operations of a run without a cut.
+struct Setup {
+    rt: tokio::runtime::Runtime,
+    blocks: Vec<Block>,
+    steps: Vec<Step>,
+    written: HashSet<BlockHash>,
+    model: Model,
+    total: u64,
+}
+
+fn setup() -> Setup {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -236,15 +246,33 @@ fn acknowledged_synced_writes_survive_every_cut_point() {
         .unwrap();
     let blocks = blocks();
     let steps = workload(&blocks);
-    let written: HashSet<BlockHash> = blocks.iter().map(Block::hash).collect();
-    let extra = blocks[120].clone(); // never part of the workload
-
-    // A full run without a cut: the number of disk operations, and a sanity check.
+    let written = blocks.iter().map(Block::hash).collect();
     let full = SimVfs::new();
     let (model, in_flight) = rt.block_on(run(&full, &steps));
     assert!(in_flight.is_none(), "the workload fails without a cut");
     let total = full.operations();
     assert!(total > 100, "only {total} disk operations");
+    Setup {
+        rt,
+        blocks,
+        steps,
+        written,
+        model,
+        total,
+    }
+}
+
+#[test]
+fn acknowledged_synced_writes_survive_every_cut_point() {
+    let Setup {
+        rt,
+        blocks,
+        steps,
+        written,
+        model,
+        total,
+    } = setup();
+    let extra = blocks[120].clone(); // never part of the workload
 
     let mut cuts = 0;
     let mut acknowledged = 0;
@@ -293,17 +321,13 @@ fn acknowledged_synced_writes_survive_every_cut_point() {
 /// opens with every acknowledged write.
 #[test]
 fn recovery_survives_a_second_power_cut() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let blocks = blocks();
-    let steps = workload(&blocks);
-    let written: HashSet<BlockHash> = blocks.iter().map(Block::hash).collect();
-    let full = SimVfs::new();
-    rt.block_on(run(&full, &steps));
-    let total = full.operations();
+    let Setup {
+        rt,
+        steps,
+        written,
+        total,
+        ..
+    } = setup();
     let (mut second_cuts, mut with_recovery_writes) = (0, 0);
     for cut in 1..=total {
         let vfs = SimVfs::new();
