@@ -432,6 +432,24 @@ pub struct RawPut {
     pub ty: u32,
 }
 
+impl RawPut {
+    /// `p` with its signer and type given as ids (the converse of
+    /// [`IndexHeader::op`]).
+    pub fn with_ids(p: &PutOp, key: u32, ty: u32) -> Self {
+        Self {
+            off: p.off,
+            len: p.len,
+            raw_len: p.raw_len,
+            index: p.index,
+            ts: p.ts,
+            size: p.size,
+            hash: p.hash,
+            key,
+            ty,
+        }
+    }
+}
+
 /// An operation as an index file holds it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RawOp {

@@ -35,6 +35,32 @@ pub struct Entry {
     pub loc: Loc,
 }
 
+impl Loc {
+    /// The entry of `len` bytes at offset `off` of segment `seg`.
+    pub fn at(seg: u64, off: u64, len: u32) -> Self {
+        Self {
+            seg,
+            off: off as u32,
+            len,
+        }
+    }
+}
+
+impl Entry {
+    /// The entry of put `p` (signer and type as global ids) in segment `seg`.
+    fn of(seg: u64, p: &RawPut) -> Self {
+        Self {
+            hash: p.hash,
+            ts: p.ts,
+            size: p.size,
+            raw_len: p.raw_len,
+            key: p.key,
+            ty: p.ty,
+            loc: Loc::at(seg, p.off, p.len),
+        }
+    }
+}
+
 /// The first eight bytes of a block hash: already uniformly distributed
 /// (SHA-256), and grinding blocks to collide 64 bits is infeasible.
 fn prefix(h: &BlockHash) -> u64 {
@@ -193,11 +219,7 @@ impl Index {
     }
 
     fn put(&mut self, seg: u64, p: &PutOp) -> Result<()> {
-        let loc = Loc {
-            seg,
-            off: p.off as u32,
-            len: p.len,
-        };
+        let loc = Loc::at(seg, p.off, p.len);
         if let Some(index) = self.by_hash.get(&p.hash, &self.by_index) {
             // The same block again (a compaction's copy replayed after the original
             // survived a crash): the newer copy wins; the older one is dead.
@@ -217,18 +239,8 @@ impl Index {
         let u = self.segs.entry(seg).or_default();
         u.live += u64::from(p.len);
         u.raw_live += u64::from(p.raw_len);
-        self.by_index.insert(
-            p.index,
-            Entry {
-                hash: p.hash,
-                ts: p.ts,
-                size: p.size,
-                raw_len: p.raw_len,
-                key,
-                ty,
-                loc,
-            },
-        );
+        self.by_index
+            .insert(p.index, Entry::of(seg, &RawPut::with_ids(p, key, ty)));
         Ok(())
     }
 
@@ -466,18 +478,7 @@ impl Bulk {
             match op {
                 Op::Put(p) => {
                     let (key, ty) = self.ix.ids(&p.key, &p.ty);
-                    let global = RawPut {
-                        off: p.off,
-                        len: p.len,
-                        raw_len: p.raw_len,
-                        index: p.index,
-                        ts: p.ts,
-                        size: p.size,
-                        hash: p.hash,
-                        key,
-                        ty,
-                    };
-                    self.put(seg, &mut usage, &global);
+                    self.put(seg, &mut usage, &RawPut::with_ids(p, key, ty));
                 }
                 Op::Head(head) => self.head = *head,
                 Op::Delete(_) => return false,
@@ -492,22 +493,7 @@ impl Bulk {
         usage.live += u64::from(p.len);
         usage.raw_live += u64::from(p.raw_len);
         self.ix.total_size += u64::from(p.size);
-        self.push(
-            p.index,
-            Entry {
-                hash: p.hash,
-                ts: p.ts,
-                size: p.size,
-                raw_len: p.raw_len,
-                key: p.key,
-                ty: p.ty,
-                loc: Loc {
-                    seg,
-                    off: p.off as u32,
-                    len: p.len,
-                },
-            },
-        );
+        self.push(p.index, Entry::of(seg, p));
     }
 
     fn add_usage(&mut self, seg: u64, usage: SegUse) {

@@ -707,11 +707,7 @@ impl Output {
         op.off = self.len + self.buf.len() as u64;
         self.buf.extend_from_slice(entry);
         self.entries += 1;
-        let loc = Loc {
-            seg: self.id,
-            off: op.off as u32,
-            len: op.len,
-        };
+        let loc = Loc::at(self.id, op.off, op.len);
         self.ops.push(Op::Put(op));
         Ok(loc)
     }
