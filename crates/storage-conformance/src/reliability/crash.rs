@@ -29,7 +29,7 @@ use storage_core::{
     Block, BlockHash, ListOptions, SigningKey, SortOrder, StorageBackend, StorageError,
 };
 
-use super::{CHILD_ARG, DurableTarget, Rng};
+use super::{CHILD_ARG, DurableTarget, Rng, runtime};
 
 /// The test's name within each target (`TARGET::sigkill_crash_cycles`).
 pub const TEST_NAME: &str = "sigkill_crash_cycles";
@@ -72,11 +72,7 @@ impl std::fmt::Display for CrashReport {
 // ---------------------------------------------------------------------------
 
 pub(super) fn child(target: &dyn DurableTarget, dir: &Path, cycle: u64, seed: u64) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = runtime().expect("runtime");
     let out = std::io::stdout();
     let say = |line: String| {
         let mut o = out.lock();
@@ -219,11 +215,7 @@ pub fn run_cycles(
     let mut rng = Rng(seed);
     let mut model = Model::default();
     let mut report = CrashReport::default();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
+    let rt = runtime()?;
     for cycle in 0..cycles {
         let mut child = Command::new(&exe)
             .arg(CHILD_ARG)

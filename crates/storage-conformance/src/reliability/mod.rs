@@ -158,6 +158,16 @@ fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
+/// The runtime the harness runs stores on: multi-threaded (as disk backends are
+/// mostly used), with two workers.
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+}
+
 /// A deterministic generator (xorshift64*), so a failing seed replays.
 struct Rng(u64);
 

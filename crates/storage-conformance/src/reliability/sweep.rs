@@ -30,7 +30,7 @@ use storage_core::{
     Block, BlockHash, BlockMetadata, ErrorKind, ListOptions, StorageBackend, StorageError,
 };
 
-use super::{DurableTarget, Rng};
+use super::{DurableTarget, Rng, runtime};
 use crate::data;
 
 /// The test's name within each target (`TARGET::corruption_sweep`).
@@ -247,14 +247,6 @@ impl Damage {
                 .map_err(err),
         }
     }
-}
-
-fn runtime() -> Result<tokio::runtime::Runtime, String> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())
 }
 
 /// Builds the store to damage: 300 blocks of two signers and two payload types,
