@@ -219,27 +219,6 @@ fn db_err(context: &str, e: rocksdb::Error) -> StorageError {
     }
 }
 
-/// An error opening an existing database. RocksDB reports a file its own
-/// metadata names but that is missing or unreadable (a damaged `CURRENT` or
-/// `MANIFEST`) as an I/O or invalid-argument error; for a database that exists,
-/// that is damage (`Corrupted`), not a failure worth retrying.
-fn open_err(path: &Path, e: rocksdb::Error) -> StorageError {
-    use rocksdb::ErrorKind as K;
-    let context = format!("opening {}", path.display());
-    let names_own_file = {
-        let msg = e.to_string();
-        msg.contains("MANIFEST") || msg.contains("CURRENT")
-    };
-    match e.kind() {
-        K::IOError | K::InvalidArgument | K::NotFound
-            if names_own_file && path.join("CURRENT").exists() =>
-        {
-            StorageError::corrupted_by(format!("rocksdb: {context}"), e)
-        }
-        _ => db_err(&context, e),
-    }
-}
-
 /// Checks the records of the MANIFEST that `CURRENT` names, before RocksDB reads
 /// it: RocksDB's log reader loops forever on some damaged records (a record type
 /// flipped to a recyclable one, found by the corruption sweep), so damage must be
@@ -760,7 +739,7 @@ impl RocksDBBackend {
         let descriptors = ALL_CFS.map(|name| ColumnFamilyDescriptor::new(name, cf_opts.clone()));
         check_manifest(&path)?;
         let db = DB::open_cf_descriptors(&db_opts, &path, descriptors)
-            .map_err(|e| open_err(&path, e))?;
+            .map_err(|e| db_err(&format!("opening {}", path.display()), e))?;
         let mut inner = Inner {
             db,
             sync: config.sync_writes,
