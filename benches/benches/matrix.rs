@@ -2,6 +2,10 @@
 //! cache over SQLite) × every operation (`olocus_benches::spec::Op`), beside raw
 //! `rocksdb` and raw `rusqlite` doing the same writes and reads of the same bytes.
 //!
+//! The object-store rows (`object`, and raw `object_store` as `object_raw`) run
+//! against the SeaweedFS cluster named by `OLOCUS_S3_*` (`cargo xtask bench`
+//! starts one); without those variables they are left out, with a message.
+//!
 //! Criterion ids are `<op>/<subject>`. Run it with `cargo xtask bench`, which
 //! also writes the report; or directly, selecting with `OLOCUS_BENCH_BACKENDS`,
 //! `OLOCUS_BENCH_OPS` (comma-separated names) and `OLOCUS_BENCH_QUICK=1`.
@@ -53,8 +57,44 @@ fn range_start(i: u64) -> u64 {
 // Our backends
 // ---------------------------------------------------------------------------
 
+/// The chain prefix in the cluster's bucket for a store at `path`: the temp dir's
+/// name keeps runs apart.
+fn object_prefix(path: &Path) -> String {
+    let mut parts = path.iter().rev().take(2).map(|p| p.to_string_lossy());
+    let leaf = parts.next().unwrap_or_default();
+    let run = parts.next().unwrap_or_default();
+    format!("bench/{run}/{leaf}")
+}
+
+async fn open_object(path: &Path) -> storage_object::ObjectStoreBackend {
+    let config = storage_object::ObjectStoreConfig::from_cluster_env(&object_prefix(path))
+        .expect("the object rows run only with the cluster's variables set");
+    storage_object::ObjectStoreBackend::open(config)
+        .await
+        .expect("object open")
+}
+
+/// Deletes every object of the store at `path` (object stores only).
+async fn wipe_object(path: &Path) {
+    use futures::{StreamExt, TryStreamExt};
+    let store = open_object(path).await.object_store();
+    let all: Vec<_> = store
+        .list(None)
+        .map_ok(|m| m.location)
+        .try_collect()
+        .await
+        .expect("list");
+    let paths = futures::stream::iter(all.into_iter().map(Ok)).boxed();
+    store
+        .delete_stream(paths)
+        .try_collect::<Vec<_>>()
+        .await
+        .expect("delete");
+}
+
 async fn open_ours(s: Subject, path: &Path, durable: bool) -> Arc<dyn StorageBackend> {
     match s {
+        Subject::Object => Arc::new(open_object(path).await),
         Subject::Memory => Arc::new(storage_memory::MemoryBackend::new()),
         Subject::Fs => Arc::new(
             storage_fs::FilesystemBackend::open(storage_fs::FsConfig {
@@ -99,7 +139,9 @@ async fn open_ours(s: Subject, path: &Path, durable: bool) -> Arc<dyn StorageBac
                 Arc::new(sqlite)
             }
         }
-        Subject::RocksdbRaw | Subject::SqliteRaw => unreachable!("raw engines are not backends"),
+        Subject::RocksdbRaw | Subject::SqliteRaw | Subject::ObjectRaw => {
+            unreachable!("raw engines are not backends")
+        }
     }
 }
 
@@ -165,6 +207,16 @@ fn bench_reads(
                             let h = blocks[(i as usize * STRIDE) % FULL].hash();
                             std::hint::black_box(full.retrieve_block(&h).await.expect("retrieve"));
                         }
+                        Op::RetrieveConcurrent100 => {
+                            let reads = (0..100).map(|k| {
+                                let h = blocks[((i as usize * 100 + k) * STRIDE) % FULL].hash();
+                                let full = full.clone();
+                                async move { full.retrieve_block(&h).await }
+                            });
+                            for got in futures::future::join_all(reads).await {
+                                std::hint::black_box(got.expect("retrieve").expect("stored"));
+                            }
+                        }
                         Op::List100 => {
                             let got = full.list_blocks(&list_options(i)).await.expect("list");
                             assert_eq!(got.len(), 100);
@@ -192,6 +244,9 @@ fn big_path(env: &Setup, s: Subject) -> PathBuf {
 
 async fn ingest_into(s: Subject, path: &Path, big: &[Block]) -> Duration {
     remove(path);
+    if s == Subject::Object {
+        wipe_object(path).await;
+    }
     let store = open_ours(s, path, false).await;
     let start = Instant::now();
     for chunk in big.chunks(1_000) {
@@ -475,10 +530,84 @@ mod raw_sqlite {
     }
 }
 
+mod raw_object {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use futures::{StreamExt, TryStreamExt};
+    use object_store::path::Path as ObjectPath;
+    use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+    use storage_core::{Block, WireFormat};
+
+    /// The cluster's bucket under this run's prefix for `path`, with the same
+    /// client settings (timeouts, retries) as the backend.
+    pub async fn open(path: &Path) -> Arc<dyn ObjectStore> {
+        super::open_object(path).await.object_store()
+    }
+
+    /// One PUT holding `blocks` back to back, as one segment of our backend.
+    pub async fn store(store: &dyn ObjectStore, name: &str, blocks: &[Block]) {
+        let mut bytes = Vec::new();
+        for b in blocks {
+            bytes.extend_from_slice(&WireFormat::BINARY.encode(b).unwrap());
+        }
+        store
+            .put(&ObjectPath::from(name), PutPayload::from(bytes))
+            .await
+            .unwrap();
+    }
+
+    fn block_path(b: &Block) -> ObjectPath {
+        ObjectPath::from(format!("blk/{}", b.hash()))
+    }
+
+    /// Every block as its own object (32 PUTs at a time).
+    pub async fn fill(store: &dyn ObjectStore, blocks: &[Block]) {
+        futures::stream::iter(blocks)
+            .map(|b| async move {
+                store
+                    .put(
+                        &block_path(b),
+                        PutPayload::from(WireFormat::BINARY.encode(b).unwrap()),
+                    )
+                    .await
+            })
+            .buffer_unordered(32)
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap();
+    }
+
+    /// A block back, as our retrieve returns it: one GET, decoded, hash checked.
+    pub async fn retrieve(store: &dyn ObjectStore, b: &Block) -> Block {
+        let bytes = store
+            .get(&block_path(b))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        WireFormat::BINARY.decode_stored(&bytes, &b.hash()).unwrap()
+    }
+
+    /// One LIST request's first 100 names after `offset`.
+    pub async fn list_100(store: &dyn ObjectStore, offset: &Block) -> usize {
+        let prefix = ObjectPath::from("blk");
+        store
+            .list_with_offset(Some(&prefix), &block_path(offset))
+            .take(100)
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap()
+            .len()
+    }
+}
+
 /// A raw engine with the full store's data.
 enum RawFull {
     Rocks(rocksdb::DB),
     Sqlite(rusqlite::Connection),
+    Object(Arc<dyn object_store::ObjectStore>),
 }
 
 fn raw_full(env: &Setup, s: Subject) -> RawFull {
@@ -498,6 +627,11 @@ fn raw_full(env: &Setup, s: Subject) -> RawFull {
             }
             RawFull::Sqlite(c)
         }
+        Subject::ObjectRaw => env.rt.block_on(async {
+            let store = raw_object::open(&path).await;
+            raw_object::fill(&*store, &env.small).await;
+            RawFull::Object(store)
+        }),
         _ => unreachable!("not raw"),
     }
 }
@@ -538,6 +672,14 @@ fn bench_raw_store(
                         }
                         total += start.elapsed();
                     }
+                    Subject::ObjectRaw => env.rt.block_on(async {
+                        let store = raw_object::open(&path).await;
+                        let start = Instant::now();
+                        for (k, chunk) in env.small.chunks(step).take(want).enumerate() {
+                            raw_object::store(&*store, &format!("w/{k}"), chunk).await;
+                        }
+                        total += start.elapsed();
+                    }),
                     _ => unreachable!("not raw"),
                 }
                 remove(&path);
@@ -585,6 +727,36 @@ fn bench_raw_reads(
                     (Op::Range10k, RawFull::Sqlite(c)) => {
                         assert_eq!(raw_sqlite::range(c, range_start(i), 10_000).len(), 10_000);
                     }
+                    (Op::RetrieveOne, RawFull::Object(store)) => {
+                        std::hint::black_box(
+                            env.rt.block_on(raw_object::retrieve(&**store, probe)),
+                        );
+                    }
+                    (Op::RetrieveConcurrent100, RawFull::Object(store)) => {
+                        let reads = (0..100).map(|k| {
+                            let b = &env.small[((i as usize * 100 + k) * STRIDE) % FULL];
+                            raw_object::retrieve(&**store, b)
+                        });
+                        std::hint::black_box(env.rt.block_on(futures::future::join_all(reads)));
+                    }
+                    (Op::RetrieveConcurrent100, _) => {
+                        for k in 0..100 {
+                            let b = &env.small[((i as usize * 100 + k) * STRIDE) % FULL];
+                            match full {
+                                RawFull::Rocks(db) => {
+                                    std::hint::black_box(raw_rocks::retrieve(db, b));
+                                }
+                                RawFull::Sqlite(c) => {
+                                    std::hint::black_box(raw_sqlite::retrieve(c, b));
+                                }
+                                RawFull::Object(_) => unreachable!("handled above"),
+                            }
+                        }
+                    }
+                    (Op::List100, RawFull::Object(store)) => {
+                        let n = env.rt.block_on(raw_object::list_100(&**store, probe));
+                        std::hint::black_box(n);
+                    }
                     _ => unreachable!("not a read"),
                 }
             }
@@ -613,6 +785,15 @@ fn raw_ingest(env: &Setup, s: Subject, big: &[Block]) -> Duration {
             }
             start.elapsed()
         }
+        Subject::ObjectRaw => env.rt.block_on(async {
+            wipe_object(&path).await;
+            let store = raw_object::open(&path).await;
+            let start = Instant::now();
+            for (k, chunk) in big.chunks(1_000).enumerate() {
+                raw_object::store(&*store, &format!("w/{k}"), chunk).await;
+            }
+            start.elapsed()
+        }),
         _ => unreachable!("not raw"),
     }
 }
@@ -643,7 +824,14 @@ fn names<T: Copy>(var: &str, all: &[T], name: fn(T) -> &'static str) -> Vec<T> {
 
 fn matrix(c: &mut Criterion) {
     let quick = std::env::var("OLOCUS_BENCH_QUICK").is_ok_and(|v| v == "1");
-    let backends = names("OLOCUS_BENCH_BACKENDS", &Subject::ALL, Subject::name);
+    let mut backends = names("OLOCUS_BENCH_BACKENDS", &Subject::ALL, Subject::name);
+    if storage_object::ObjectStoreConfig::from_cluster_env("probe").is_none() {
+        eprintln!(
+            "object rows left out: no cluster ({} unset; cargo xtask bench starts one)",
+            storage_object::CLUSTER_ENV.join(", ")
+        );
+        backends.retain(|s| !s.needs_cluster());
+    }
     // A backend brings its raw engine along.
     let subjects: Vec<Subject> = Subject::ALL
         .into_iter()
@@ -653,6 +841,8 @@ fn matrix(c: &mut Criterion) {
     let env = Setup {
         rt: tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
+            // The object store's client needs timers and sockets.
+            .enable_all()
             .build()
             .expect("runtime"),
         dir: tempfile::tempdir().expect("temp dir"),
@@ -666,9 +856,12 @@ fn matrix(c: &mut Criterion) {
     };
 
     // Stores holding FULL blocks, for the read operations.
-    let reads = ops
-        .iter()
-        .any(|o| matches!(o, Op::RetrieveOne | Op::List100 | Op::Range10k));
+    let reads = ops.iter().any(|o| {
+        matches!(
+            o,
+            Op::RetrieveOne | Op::RetrieveConcurrent100 | Op::List100 | Op::Range10k
+        )
+    });
     let mut full_ours = Vec::new();
     let mut full_raw = Vec::new();
     if reads {
@@ -720,7 +913,7 @@ fn matrix(c: &mut Criterion) {
                         bench_store(&mut g, &env, s, step, durable);
                     }
                 }
-                Op::RetrieveOne | Op::List100 | Op::Range10k => {
+                Op::RetrieveOne | Op::RetrieveConcurrent100 | Op::List100 | Op::Range10k => {
                     if let Some((_, full)) = full_raw.iter().find(|(x, _)| *x == s) {
                         bench_raw_reads(&mut g, &env, s, op, full);
                     } else if let Some((_, full)) = full_ours.iter().find(|(x, _)| *x == s) {
