@@ -290,7 +290,13 @@ impl ObjectStoreBackend {
             }),
         };
         let span = op_span(NAME, "open");
-        in_span_async(span, backend.inner.refresh()).await?;
+        in_span_async(span, async {
+            // A GET first: object_store types a refused GET (wrong credentials:
+            // `Configuration`), where a refused LIST is only a generic error.
+            backend.inner.read_head().await?;
+            backend.inner.refresh().await
+        })
+        .await?;
         Ok(backend)
     }
 
