@@ -402,14 +402,36 @@ impl Inner {
         }
     }
 
+    /// Ranges of one segment. A segment too short for a range its index entries
+    /// name was cut (damage), which is [`StorageError::Corrupted`]; stores report
+    /// such a request only as a generic error, so its size is checked then.
     async fn get_ranges(&self, path: &Path, ranges: &[Range<u64>]) -> Result<Option<Vec<Bytes>>> {
+        let end = ranges.iter().map(|r| r.end).max().unwrap_or(0);
+        let truncated = |size: u64| {
+            StorageError::corrupted(format!(
+                "object store: segment {path} on {} is {size} bytes, but its index entries                  reach byte {end} (truncated)",
+                self.describe
+            ))
+        };
         match self
             .call("ranged GET", path, self.store.get_ranges(path, ranges))
             .await?
         {
-            Ok(v) => Ok(Some(v)),
+            Ok(v) => {
+                if v.iter()
+                    .zip(ranges)
+                    .any(|(b, r)| b.len() as u64 != r.end - r.start)
+                {
+                    return Err(truncated(v.iter().map(|b| b.len() as u64).sum()));
+                }
+                Ok(Some(v))
+            }
             Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(self.fail("ranged GET", path, e)),
+            Err(e) => match self.call("HEAD", path, self.store.head(path)).await? {
+                Ok(meta) if meta.size < end => Err(truncated(meta.size)),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                _ => Err(self.fail("ranged GET", path, e)),
+            },
         }
     }
 

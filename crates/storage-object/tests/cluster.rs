@@ -90,7 +90,11 @@ fn volume_server_killed_mid_ingest(weed: PathBuf) -> Result<(), Failed> {
     // One step: a batch of 25 or a single block, retried until acknowledged.
     // Every error must be transient; anything else fails the test.
     let step = |store: &ObjectStoreBackend, tally: &mut Tally, n: usize, down: bool| {
-        let blocks = extend(tally.acked.last(), if n.is_multiple_of(3) { 1 } else { 25 }, 1);
+        let blocks = extend(
+            tally.acked.last(),
+            if n.is_multiple_of(3) { 1 } else { 25 },
+            1,
+        );
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let r = rt.block_on(async {

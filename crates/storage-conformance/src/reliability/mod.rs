@@ -70,7 +70,8 @@ pub trait DurableTarget: Send + Sync + 'static {
 
     /// Whether the sweep damages this file (a path inside the store's directory).
     /// Default: every file. Exclude files the engine never reads back, such as
-    /// diagnostic logs.
+    /// diagnostic logs; a layout with hundreds of files of one kind may damage a
+    /// sample of them (say which, in the target).
     fn damageable(&self, path: &Path) -> bool {
         let _ = path;
         true
