@@ -27,7 +27,7 @@ pub fn command(root: &Path, action: ClusterAction) -> Result<(), String> {
     match action {
         ClusterAction::Up => {
             if detached_env(&dir).is_some() {
-                println!("cluster already running in {}", dir.display());
+                eprintln!("cluster already running in {}", dir.display());
             } else {
                 stop_detached(&dir)?;
                 let weed = ensure_weed(&venv)?;

@@ -48,7 +48,7 @@ enum Cmd {
         /// A few minutes: 1 s per measurement, ingest and cold open of 100k blocks.
         #[arg(long)]
         quick: bool,
-        /// Only these backends (memory, fs, rocksdb, sqlite, cache_sqlite); raw
+        /// Only these backends (memory, fs, rocksdb, sqlite, cache_sqlite, object); raw
         /// engines come with theirs. Repeat or separate with commas.
         #[arg(long = "backend", value_delimiter = ',')]
         backends: Vec<String>,
@@ -67,7 +67,8 @@ enum Cmd {
     /// Kill a child process ingesting into each durable backend with SIGKILL,
     /// again and again, and check every acknowledged write after each reopen.
     Crash {
-        /// Only these backends (fs, rocksdb, sqlite). Repeat or separate with commas.
+        /// Only these backends (fs, rocksdb, sqlite, object). Repeat or separate
+        /// with commas.
         #[arg(long = "backend", value_delimiter = ',')]
         backends: Vec<String>,
         /// Kill-and-recover cycles per backend configuration.
@@ -80,7 +81,8 @@ enum Cmd {
     /// Damage each persistent backend's files (bit flips, truncations) at many
     /// offsets, reopen, read everything: right block or a Corrupted error only.
     Sweep {
-        /// Only these backends (fs, rocksdb, sqlite). Repeat or separate with commas.
+        /// Only these backends (fs, rocksdb, sqlite, object). Repeat or separate
+        /// with commas.
         #[arg(long = "backend", value_delimiter = ',')]
         backends: Vec<String>,
         /// Damage points per file and kind (plus one per 16 KiB of file).
@@ -126,10 +128,12 @@ const FUZZ_TARGETS: [&str; 3] = ["wire_decode", "fs_open", "model_ops"];
 
 /// Durable backends with reliability tests (crash cycles, corruption sweep), and
 /// the package whose `reliability` test target holds them.
-const RELIABILITY_TARGETS: [(&str, &str); 3] = [
+const RELIABILITY_TARGETS: [(&str, &str); 4] = [
     ("fs", "storage-fs"),
     ("rocksdb", "storage-rocksdb"),
     ("sqlite", "storage-sqlite"),
+    // Over object_store's local-file store: one object per file.
+    ("object", "storage-object"),
 ];
 
 fn main() -> ExitCode {

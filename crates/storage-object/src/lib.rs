@@ -40,8 +40,9 @@
 //! the pages. A crash between the two leaves a segment nothing references, never
 //! an index entry without its block; [`StorageBackend::compact`] removes such
 //! orphans once they are older than [`ObjectOptions::orphan_grace`] (another
-//! writer may be between its two steps) and repacks small or partly deleted
-//! segments.
+//! writer may be between its two steps; a segment whose blocks were all deleted
+//! looks the same and waits as long) and repacks small or partly deleted
+//! segments into segments of up to [`ObjectOptions::compact_segment_bytes`].
 //!
 //! **Batches are not atomic.** A batch whose indices span two pages is claimed
 //! with one request per page; S3 has no transaction across objects. A batch that
