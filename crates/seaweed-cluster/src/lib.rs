@@ -168,6 +168,9 @@ impl Cluster {
                     format!("-dir={}", dir.display()),
                     format!("-mserver={master}"),
                     "-max=40".into(),
+                    // The default (1% of the disk) refuses writes on a big, busy
+                    // disk long before space runs out for a test's few MB.
+                    "-minFreeSpace=256MiB".into(),
                 ],
             ));
         }
@@ -354,7 +357,8 @@ impl Cluster {
             }
             if Instant::now() > deadline {
                 return Err(format!(
-                    "cluster not healthy after {limit:?}: waiting for {}; logs in {}",
+                    "cluster not healthy after {limit:?}: waiting for {} (volume servers \
+                     refuse writes with under 256 MiB of free disk); logs in {}",
                     steps[step].0,
                     spec.dir.join("logs").display()
                 ));

@@ -748,13 +748,9 @@ impl Inner {
         entries: Vec<Entry>,
     ) -> Result<()> {
         let path = segment.path();
-        if let Put::Lost = self.put(&path, bytes, PutMode::Create).await? {
-            return Err(StorageError::Backend {
-                name: NAME.into(),
-                transient: true,
-                source: format!("segment name {path} already taken (random collision)").into(),
-            });
-        }
+        // A plain PUT: the name is 128 random bits, and an unconditional PUT may be
+        // retried after a lost response, where create-if-absent would then fail.
+        self.put(&path, bytes, PutMode::Overwrite).await?;
         // Claim page by page; pages in parallel.
         let mut per_page: BTreeMap<u64, Vec<(&Block, Entry)>> = BTreeMap::new();
         for (b, e) in blocks.iter().zip(entries) {
@@ -951,17 +947,24 @@ impl Inner {
                 start = end;
             }
         }
-        // Segments nothing references any more: repacked ones and orphans.
-        let referenced: HashSet<SegmentId> = self
+        // Segments nothing references any more: repacked ones and orphans. Checked
+        // again now: this process's writers may have claimed one meanwhile.
+        let mut keep: HashSet<SegmentId> = self
             .view()
             .pages
             .values()
             .flat_map(|c| c.page.entries.values().map(|e| e.segment))
             .collect();
+        keep.extend(
+            self.in_flight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter(),
+        );
         let doomed: Vec<Path> = repacked
             .into_iter()
-            .filter(|s| !referenced.contains(s))
             .chain(orphans)
+            .filter(|s| !keep.contains(s))
             .map(|s| s.path())
             .collect();
         let deletes = doomed
@@ -1014,13 +1017,7 @@ impl Inner {
         }
         self.in_flight_mark(segment, true);
         let result = async {
-            if let Put::Lost = self.put(&segment.path(), bytes, PutMode::Create).await? {
-                return Err(StorageError::Backend {
-                    name: NAME.into(),
-                    transient: true,
-                    source: "segment name already taken (random collision)".into(),
-                });
-            }
+            self.put(&segment.path(), bytes, PutMode::Overwrite).await?;
             for (number, items) in &moves {
                 self.update_page(*number, |page| {
                     let mut next = page.clone();

@@ -6,8 +6,9 @@
 //!   transient error (then retried), and afterwards every acknowledged block reads
 //!   back and verifies.
 //! - `two_writers_race_for_indices`: two backend instances on two runtimes append
-//!   to one chain on the shared cluster; each index has exactly one winner, the
-//!   loser of every race gets `IndexConflict`, and the chain verifies.
+//!   to one chain on the shared cluster, storing each index at the same moment;
+//!   each index has exactly one winner, the loser of every race gets
+//!   `IndexConflict`, and the chain verifies.
 //! - `wrong_credentials_are_a_configuration_error`.
 //!
 //! The shared cluster comes from `OLOCUS_S3_*` (`cargo xtask cluster up`, or
@@ -18,6 +19,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
@@ -185,10 +187,49 @@ fn volume_server_killed_mid_ingest(weed: PathBuf) -> Result<(), Failed> {
     Ok(())
 }
 
+/// Two parties meet here each round; a party that never comes fails the other
+/// after a minute instead of hanging it.
+struct Rendezvous {
+    state: std::sync::Mutex<(u64, usize)>,
+    turned: std::sync::Condvar,
+}
+
+impl Rendezvous {
+    fn new() -> Self {
+        Self {
+            state: std::sync::Mutex::new((0, 0)),
+            turned: std::sync::Condvar::new(),
+        }
+    }
+
+    fn wait(&self) -> Result<(), String> {
+        let mut s = self.state.lock().map_err(|_| "poisoned")?;
+        let round = s.0;
+        s.1 += 1;
+        if s.1 == 2 {
+            *s = (round + 1, 0);
+            self.turned.notify_all();
+            return Ok(());
+        }
+        let (s, timeout) = self
+            .turned
+            .wait_timeout_while(s, Duration::from_secs(60), |s| s.0 == round)
+            .map_err(|_| "poisoned")?;
+        drop(s);
+        if timeout.timed_out() {
+            return Err("the other writer did not arrive within 60 s".into());
+        }
+        Ok(())
+    }
+}
+
 fn two_writers_race_for_indices(config: ObjectStoreConfig) -> Result<(), Failed> {
     const TARGET: u64 = 40;
+    let meet = Arc::new(Rendezvous::new());
     // Each writer: its own runtime on its own thread, its own backend instance.
-    let writer = |key: u8, config: ObjectStoreConfig| {
+    // Every round both read the head, sign a block for the same next index, meet,
+    // and store at once; the winner moves the head before they meet again.
+    let writer = |key: u8, config: ObjectStoreConfig, meet: Arc<Rendezvous>| {
         std::thread::spawn(move || -> Result<Vec<(u8, u64, BlockHash, bool)>, String> {
             let rt = runtime();
             rt.block_on(async {
@@ -206,6 +247,7 @@ fn two_writers_race_for_indices(config: ObjectStoreConfig) -> Result<(), Failed>
                         return Ok(attempts);
                     }
                     let block = extend(prev.as_ref(), 1, key).remove(0);
+                    meet.wait()?;
                     match store.store_block(&block).await {
                         Ok(_) => {
                             attempts.push((key, block.index(), block.hash(), true));
@@ -216,17 +258,16 @@ fn two_writers_race_for_indices(config: ObjectStoreConfig) -> Result<(), Failed>
                         }
                         Err(e) if e.kind() == ErrorKind::IndexConflict => {
                             attempts.push((key, block.index(), block.hash(), false));
-                            // The winner sets the head next; wait for it.
-                            tokio::time::sleep(Duration::from_millis(5)).await;
                         }
                         Err(e) => return Err(format!("writer {key}: {:?} error: {e}", e.kind())),
                     }
+                    meet.wait()?;
                 }
             })
         })
     };
-    let a = writer(1, config.clone());
-    let b = writer(2, config.clone());
+    let a = writer(1, config.clone(), meet.clone());
+    let b = writer(2, config.clone(), meet);
     let mut attempts = a.join().map_err(|_| "writer 1 panicked")??;
     attempts.extend(b.join().map_err(|_| "writer 2 panicked")??);
 
@@ -255,6 +296,9 @@ fn two_writers_race_for_indices(config: ObjectStoreConfig) -> Result<(), Failed>
         } else {
             conflicts += 1;
         }
+    }
+    if conflicts != TARGET {
+        return Err(format!("{conflicts} lost races in {TARGET} rounds of two writers").into());
     }
     if wins.iter().sum::<u64>() != TARGET {
         return Err(format!(
