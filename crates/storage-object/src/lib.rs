@@ -410,7 +410,8 @@ impl Inner {
         let end = ranges.iter().map(|r| r.end).max().unwrap_or(0);
         let truncated = |size: u64| {
             StorageError::corrupted(format!(
-                "object store: segment {path} on {} is {size} bytes, but its index entries                  reach byte {end} (truncated)",
+                "object store: segment {path} on {} is {size} bytes, but its index entries \
+                 reach byte {end} (truncated)",
                 self.describe
             ))
         };
