@@ -284,15 +284,19 @@ fn ci(root: &Path, skip_third_party: bool) -> Result<(), String> {
     )?;
     drop(_cluster);
     // The CLI's end-to-end tests again with RocksDB, so `migrate` covers its pairs.
+    // Selected from the whole workspace (not `-p`): with the workspace's feature
+    // set only the facade and the CLI rebuild; `-p` alone resolves other features
+    // for shared dependencies (libc, tokio) and rebuilds RocksDB's C++ (~14 min).
     step(
         root,
         "cli tests with rocksdb",
         &[
             "test",
-            "-p",
-            "olocus-storage-cli",
+            "--workspace",
             "--features",
-            "rocksdb",
+            "olocus-storage-cli/rocksdb",
+            "--test",
+            "cli",
             "--locked",
             "--profile",
             "dev",
