@@ -438,28 +438,16 @@ pub fn decode_head(bytes: &[u8]) -> Result<Option<BlockHash>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::{Duration, UNIX_EPOCH};
-    use storage_core::SigningKey;
-
-    fn chain(n: u64) -> Vec<Block> {
-        let k = SigningKey::from_bytes(&[5; 32]);
-        let mut out: Vec<Block> = Vec::new();
-        for i in 0..n {
-            let prev = out.last().map(Block::hash);
-            let t = UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789 + i);
-            out.push(Block::sign_raw(i, t, prev, "t.page/v1", vec![i as u8; 40], &k).unwrap());
-        }
-        out
-    }
+    use storage_conformance::data;
 
     #[test]
     fn page_and_segment_round_trip_and_detect_damage() {
-        let blocks = chain(5);
+        let blocks = data::chain(5);
         let refs: Vec<&Block> = blocks.iter().collect();
         let seg = SegmentId::random().unwrap();
         for format in WireFormat::all() {
             let (bytes, entries) = encode_segment(seg, format, &refs).unwrap();
-            for (e, b) in entries.iter().zip(&blocks) {
+            for (e, b) in entries.iter().zip(blocks.iter()) {
                 let r = e.range();
                 let got = e.decode(&bytes[r.start as usize..r.end as usize]).unwrap();
                 assert_eq!(got.hash(), b.hash());

@@ -561,23 +561,7 @@ impl Inner {
             let Some(next) = change(held.as_ref().map_or(&empty, |c| &c.page))? else {
                 return Ok(());
             };
-            let mode = match &held {
-                None => PutMode::Create,
-                Some(_) if self.single_writer => PutMode::Overwrite,
-                Some(c) if c.version.e_tag.is_none() && c.version.version.is_none() => {
-                    return Err(StorageError::Backend {
-                        name: NAME.into(),
-                        transient: false,
-                        source: format!(
-                            "{} returned no ETag or version for {path}: conditional updates \
-                             are impossible (use with_store_single_writer for one writer)",
-                            self.describe
-                        )
-                        .into(),
-                    });
-                }
-                Some(c) => PutMode::Update(c.version.clone()),
-            };
+            let mode = self.cas_mode(&path, held.as_ref().map(|c| &c.version))?;
             match self.put(&path, next.encode(number), mode).await? {
                 Put::Done(version) => {
                     self.view()
@@ -593,15 +577,43 @@ impl Inner {
                 }
             }
         }
-        Err(StorageError::Backend {
+        Err(self.gave_up(&path))
+    }
+
+    /// How to replace `path`, read at version `held`: create-if-absent when it was
+    /// absent, `If-Match` on its version otherwise (a plain overwrite for a single
+    /// writer).
+    fn cas_mode(&self, path: &Path, held: Option<&UpdateVersion>) -> Result<PutMode> {
+        Ok(match held {
+            None => PutMode::Create,
+            Some(_) if self.single_writer => PutMode::Overwrite,
+            Some(v) if v.e_tag.is_none() && v.version.is_none() => {
+                return Err(StorageError::Backend {
+                    name: NAME.into(),
+                    transient: false,
+                    source: format!(
+                        "{} returned no ETag or version for {path}: conditional updates \
+                         are impossible (use with_store_single_writer for one writer)",
+                        self.describe
+                    )
+                    .into(),
+                });
+            }
+            Some(v) => PutMode::Update(v.clone()),
+        })
+    }
+
+    /// A compare-and-swap on `path` lost [`CAS_ATTEMPTS`] times in a row.
+    fn gave_up(&self, path: &Path) -> StorageError {
+        StorageError::Backend {
             name: NAME.into(),
             transient: true,
             source: format!(
-                "index page {path} on {} kept changing: gave up after {CAS_ATTEMPTS} attempts",
+                "{path} on {} kept changing: gave up after {CAS_ATTEMPTS} attempts",
                 self.describe
             )
             .into(),
-        })
+        }
     }
 
     /// The entry for `hash`, refreshing the view once if it is unknown.
@@ -620,20 +632,8 @@ impl Inner {
     /// (compacted by another writer) is looked up again; one deleted meanwhile is
     /// `None`.
     async fn read_entries(&self, entries: &[Entry]) -> Result<Vec<Option<Block>>> {
-        let mut by_segment: BTreeMap<SegmentId, Vec<usize>> = BTreeMap::new();
-        for (i, e) in entries.iter().enumerate() {
-            by_segment.entry(e.segment).or_default().push(i);
-        }
-        let reads = by_segment.into_iter().map(|(seg, idx)| async move {
-            let ranges: Vec<_> = idx.iter().map(|&i| entries[i].range()).collect();
-            let got = self.get_ranges(&seg.path(), &ranges).await?;
-            Ok::<_, StorageError>((idx, got))
-        });
-        let groups: Vec<_> = bounded(reads, self.options.parallelism)
-            .try_collect()
-            .await?;
         let mut out = vec![None; entries.len()];
-        for (idx, got) in groups {
+        for (idx, got) in self.fetch_records(entries).await? {
             match got {
                 Some(bytes) => {
                     for (i, b) in idx.into_iter().zip(bytes) {
@@ -648,6 +648,25 @@ impl Inner {
             }
         }
         Ok(out)
+    }
+
+    /// The records of `entries`, grouped by segment: one ranged GET per segment,
+    /// `parallelism` segments at a time. Each group gives the positions of its
+    /// entries in `entries` and their bytes, or `None` if the segment is gone.
+    async fn fetch_records(
+        &self,
+        entries: &[Entry],
+    ) -> Result<Vec<(Vec<usize>, Option<Vec<Bytes>>)>> {
+        let mut by_segment: BTreeMap<SegmentId, Vec<usize>> = BTreeMap::new();
+        for (i, e) in entries.iter().enumerate() {
+            by_segment.entry(e.segment).or_default().push(i);
+        }
+        let reads = by_segment.into_iter().map(|(seg, idx)| async move {
+            let ranges: Vec<_> = idx.iter().map(|&i| entries[i].range()).collect();
+            let got = self.get_ranges(&seg.path(), &ranges).await?;
+            Ok::<_, StorageError>((idx, got))
+        });
+        bounded(reads, self.options.parallelism).try_collect().await
     }
 
     /// `entry`'s segment was not found: re-read its page; the block was moved (read
@@ -860,25 +879,13 @@ impl Inner {
             let Some(next) = change(current.as_ref().and_then(|(h, _)| *h)) else {
                 return Ok(());
             };
-            let mode = match current {
-                None => PutMode::Create,
-                Some(_) if self.single_writer => PutMode::Overwrite,
-                Some((_, v)) => PutMode::Update(v),
-            };
+            let mode = self.cas_mode(&path, current.as_ref().map(|(_, v)| v))?;
             match self.put(&path, encode_head(next.as_ref()), mode).await? {
                 Put::Done(_) => return Ok(()),
                 Put::Lost => backoff(attempt).await,
             }
         }
-        Err(StorageError::Backend {
-            name: NAME.into(),
-            transient: true,
-            source: format!(
-                "head on {} kept changing: gave up after {CAS_ATTEMPTS} attempts",
-                self.describe
-            )
-            .into(),
-        })
+        Err(self.gave_up(&path))
     }
 
     // ---- maintenance ----------------------------------------------------------
@@ -981,24 +988,14 @@ impl Inner {
     /// entries at it (only entries still pointing where they did). Records that no
     /// longer decode, or whose segment has gone, stay as they are.
     async fn move_entries(&self, entries: &[Entry]) -> Result<()> {
-        let mut by_segment: BTreeMap<SegmentId, Vec<&Entry>> = BTreeMap::new();
-        for e in entries {
-            by_segment.entry(e.segment).or_default().push(e);
-        }
-        let reads = by_segment.into_iter().map(|(seg, group)| async move {
-            let ranges: Vec<_> = group.iter().map(|e| e.range()).collect();
-            let got = self.get_ranges(&seg.path(), &ranges).await?;
-            Ok::<_, StorageError>((group, got))
-        });
-        let groups: Vec<_> = bounded(reads, self.options.parallelism)
-            .try_collect()
-            .await?;
+        let groups = self.fetch_records(entries).await?;
         let segment = SegmentId::random()?;
         let mut bytes = encode_segment(segment, self.options.format, &[])?.0;
         let mut moves: BTreeMap<u64, Vec<(Entry, Entry)>> = BTreeMap::new();
-        for (group, got) in groups {
+        for (idx, got) in groups {
             let Some(records) = got else { continue };
-            for (e, record) in group.into_iter().zip(records) {
+            for (i, record) in idx.into_iter().zip(records) {
+                let e = &entries[i];
                 if let Err(err) = e.decode(&record) {
                     tracing::warn!(error = %err, "compact leaves a damaged record in place");
                     continue;
