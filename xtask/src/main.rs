@@ -8,7 +8,7 @@
 //! - `bench [--quick] [--backend …] [--op …]`: the benchmark matrix, and a report
 //!   with a chart in `target/bench-report/` (or `--out DIR`).
 //! - `crash [--backend …] [--cycles N] [--seed S]`: SIGKILL crash cycles against
-//!   each durable backend (CI runs the same tests with 20 cycles).
+//!   each durable backend (CI runs the same tests with 30 cycles).
 //! - `sweep [--backend …] [--points N] [--seed S]`: corruption sweeps over each
 //!   persistent backend's files (CI runs the same tests with 12 points).
 //! - `fuzz [--seconds N] [--target …]`: the cargo-fuzz targets in `fuzz/` on

@@ -146,3 +146,27 @@ pub(crate) fn same_blocks(
 pub(crate) fn indices(list: &[BlockMetadata]) -> Vec<u64> {
     list.iter().map(|m| m.index).collect()
 }
+
+/// `got` must be exactly `want`; on a difference the message names the lengths and
+/// the first entry that differs instead of printing both listings whole.
+pub(crate) fn same_listing(
+    got: &[BlockMetadata],
+    want: &[BlockMetadata],
+    what: impl fmt::Display,
+) -> Result<(), CaseError> {
+    if got == want {
+        return Ok(());
+    }
+    let at = got
+        .iter()
+        .zip(want)
+        .position(|(g, w)| g != w)
+        .unwrap_or(got.len().min(want.len()));
+    Err(fail(format!(
+        "{what}: got {} entries, want {}; first difference at position {at}:\n   got: {:?}\n  want: {:?}",
+        got.len(),
+        want.len(),
+        got.get(at),
+        want.get(at)
+    )))
+}

@@ -8,12 +8,20 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
-use storage_core::{Block, BlockPayload, SigningKey, system_time_from_unix_nanos};
+use storage_core::{Block, BlockHash, BlockPayload, SigningKey, system_time_from_unix_nanos};
 
 /// Payload type of [`Reading`].
 pub const READING: &str = "conformance.reading/v1";
 /// Payload type of [`Event`].
 pub const EVENT: &str = "conformance.event/v1";
+
+/// [`READING`] in capitals: a type filter must not match it for [`READING`] (nor
+/// the other way round).
+pub const READING_UPPER: &str = "CONFORMANCE.READING/V1";
+
+/// [`READING`] with a suffix: a type filter must not match it for [`READING`]
+/// (nor the other way round).
+pub const READING_EXTENDED: &str = "conformance.reading/v1+x";
 
 /// Timestamp of the first test block, in Unix nanoseconds (sub-second digits on
 /// purpose: backends must keep them).
@@ -192,4 +200,64 @@ pub fn big_block(bytes: usize) -> Block {
         .collect();
     Block::sign_raw(0, at(0), None, "conformance.blob/v1", payload, &signer(4))
         .expect("valid big block")
+}
+
+/// Blocks at `block`'s index that differ from it in exactly one signed field,
+/// each named by that field: `timestamp` (1 ns later), `payload` (one more byte),
+/// `signer` (key 4, same content), `payload_type` ([`READING_UPPER`] or
+/// [`READING_EXTENDED`] instead of a reading type, capitals of any other type),
+/// `previous_hash` (a hash no block has; not for index 0). All are validly signed; each is a
+/// different block at an occupied index wherever `block` is stored.
+pub fn one_field_variants(block: &Block) -> Vec<(&'static str, Block)> {
+    let parts = block.to_parts();
+    let key = if parts.public_key == storage_core::PublicKey::from(&signer(1).verifying_key()) {
+        signer(1)
+    } else if parts.public_key == storage_core::PublicKey::from(&signer(2).verifying_key()) {
+        signer(2)
+    } else {
+        signer(3)
+    };
+    let sign = |ts: u64, prev: Option<BlockHash>, ty: &str, payload: Vec<u8>, key: &SigningKey| {
+        Block::sign_raw(
+            block.index(),
+            system_time_from_unix_nanos(ts),
+            prev,
+            ty,
+            payload,
+            key,
+        )
+        .expect("valid variant block")
+    };
+    let ts = block.timestamp_nanos();
+    let prev = block.previous_hash().copied();
+    let ty = block.payload_type();
+    let payload = block.payload().to_vec();
+    let mut longer = payload.clone();
+    longer.push(b' ');
+    let other_type = if ty == READING {
+        if block.index() % 2 == 0 {
+            READING_UPPER.to_string()
+        } else {
+            READING_EXTENDED.to_string()
+        }
+    } else {
+        ty.to_uppercase()
+    };
+    let mut out = vec![
+        ("timestamp", sign(ts + 1, prev, ty, payload.clone(), &key)),
+        ("payload", sign(ts, prev, ty, longer, &key)),
+        ("signer", sign(ts, prev, ty, payload.clone(), &signer(4))),
+        (
+            "payload_type",
+            sign(ts, prev, &other_type, payload.clone(), &key),
+        ),
+    ];
+    // A genesis block has no previous hash to vary.
+    if block.index() > 0 {
+        out.push((
+            "previous_hash",
+            sign(ts, Some(BlockHash([0xAB; 32])), ty, payload, &key),
+        ));
+    }
+    out
 }

@@ -85,15 +85,69 @@ pub enum FaultMode {
     Hang,
 }
 
+/// A pause point set with [`FaultyBackend::pause`]: calls of one operation wait
+/// here, before reaching the wrapped backend, until the test lets them through.
+/// Waiting calls pass in the order they arrived.
+#[derive(Debug)]
+pub struct PausePoint {
+    /// Calls that arrived so far; each takes the next ticket.
+    arrived: tokio::sync::watch::Sender<u64>,
+    /// Tickets below this may pass.
+    released: tokio::sync::watch::Sender<u64>,
+    /// Arrivals the test has waited for with [`PausePoint::arrived`].
+    seen: AtomicU64,
+}
+
+impl Default for PausePoint {
+    fn default() -> Self {
+        Self {
+            arrived: tokio::sync::watch::Sender::new(0),
+            released: tokio::sync::watch::Sender::new(0),
+            seen: AtomicU64::new(0),
+        }
+    }
+}
+
+impl PausePoint {
+    /// Waits until one more call has arrived at this point (and is waiting).
+    pub async fn arrived(&self) {
+        let want = self.seen.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut rx = self.arrived.subscribe();
+        // The sender lives as long as `self`, so waiting cannot fail.
+        let _ = rx.wait_for(|n| *n >= want).await;
+    }
+
+    /// Lets `n` more calls through, in the order they arrived (calls that arrive
+    /// later use up what is left).
+    pub fn release(&self, n: usize) {
+        self.released.send_modify(|r| *r += n as u64);
+    }
+
+    async fn wait(&self) {
+        let mut ticket = 0;
+        self.arrived.send_modify(|n| {
+            ticket = *n;
+            *n += 1;
+        });
+        let mut rx = self.released.subscribe();
+        let _ = rx.wait_for(|r| *r > ticket).await;
+    }
+}
+
 /// A wrapper that injects failures into any backend: fail everything, fail a
 /// fraction of calls, hang, and come back — switched at run time with
 /// [`FaultyBackend::set_mode`]. Injected errors are transient `Backend` errors.
+///
+/// It also holds calls at pause points ([`FaultyBackend::pause`]), so a test can
+/// start several calls and decide the order in which they reach the backend, or
+/// release them together.
 #[derive(Debug)]
 pub struct FaultyBackend {
     inner: Arc<dyn StorageBackend>,
     mode: Mutex<FaultMode>,
     rng: AtomicU64,
     injected: AtomicU64,
+    paused: Mutex<Vec<(&'static str, Arc<PausePoint>)>>,
 }
 
 impl FaultyBackend {
@@ -104,7 +158,30 @@ impl FaultyBackend {
             mode: Mutex::new(FaultMode::Healthy),
             rng: AtomicU64::new(seed | 1),
             injected: AtomicU64::new(0),
+            paused: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Makes every call of `op` (a trait method's name, e.g. `"store_block"`) that
+    /// starts from now on wait at the returned point until released, replacing any
+    /// earlier point for `op`.
+    pub fn pause(&self, op: &'static str) -> Arc<PausePoint> {
+        let point = Arc::new(PausePoint::default());
+        let mut paused = self
+            .paused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        paused.retain(|(o, _)| *o != op);
+        paused.push((op, point.clone()));
+        point
+    }
+
+    /// Calls of `op` that start from now on no longer wait.
+    pub fn unpause(&self, op: &str) {
+        self.paused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|(o, _)| *o != op);
     }
 
     /// Switches behaviour; takes effect for calls that start afterwards.
@@ -126,6 +203,16 @@ impl FaultyBackend {
     }
 
     async fn gate(&self, op: &str) -> Result<()> {
+        let point = self
+            .paused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .find(|(o, _)| *o == op)
+            .map(|(_, p)| p.clone());
+        if let Some(point) = point {
+            point.wait().await;
+        }
         let mode = *self
             .mode
             .lock()

@@ -129,6 +129,13 @@ pub trait Fixture: Send + Sync + 'static {
         None
     }
 
+    /// How many random sequences one run of the model-based case tries (split over
+    /// its fixed seeds); `OLOCUS_MODEL_CASES` overrides it. Lower it only for a
+    /// store whose every operation is slow (a remote service), and say so.
+    fn model_sequences(&self) -> u32 {
+        1000
+    }
+
     /// Damages the stored bytes of block `hash` (capability `corruption`), e.g. by
     /// flipping a byte in the middle of its record. May close and reopen the store;
     /// returns the handle to use afterwards.
@@ -396,6 +403,7 @@ registry! {
     basic::index_conflict_rejected [] CurrentThread;
     basic::large_payload_8mib [] CurrentThread;
     basic::many_small_blocks [] CurrentThread;
+    basic::equivocation_is_index_conflict [] CurrentThread;
     bad_input::forged_blocks_are_refused [] CurrentThread;
     bad_input::wrong_previous_hash_rejected [] CurrentThread;
     bad_input::oversized_payload_rejected [] CurrentThread;
@@ -403,6 +411,10 @@ registry! {
     batch::batch_store_and_retrieve_in_order [] CurrentThread;
     batch::batch_conflict_is_reported [] CurrentThread;
     batch::batch_conflict_is_atomic [AtomicBatches] CurrentThread;
+    batch::invalid_batches_are_refused [] CurrentThread;
+    batch::invalid_batches_store_nothing [AtomicBatches] CurrentThread;
+    bulk::bulk_reads_agree_with_single_reads [] CurrentThread;
+    bulk::pages_beyond_internal_sizes [] CurrentThread;
     delete::delete_keeps_views_consistent [] CurrentThread;
     delete::delete_head_clears_head [] CurrentThread;
     delete::delete_frees_the_index [] CurrentThread;
@@ -414,17 +426,25 @@ registry! {
     list::sort_orders_and_ties [] CurrentThread;
     list::pagination_edges [] CurrentThread;
     list::list_metadata_is_exact [] CurrentThread;
+    list::time_bounds_in_every_order [] CurrentThread;
+    list::filters_match_exactly [] CurrentThread;
     range_head::range_bounds_and_gaps [] CurrentThread;
     range_head::chain_head_set_get_invalid [] CurrentThread;
     maintenance::stats_agree_with_list [] CurrentThread;
     maintenance::compact_keeps_data [] CurrentThread;
     maintenance::vacuum_keeps_data_or_is_unsupported [] CurrentThread;
     maintenance::close_then_use [] CurrentThread;
+    maintenance::maintenance_after_deletes_and_restores [] CurrentThread;
+    maintenance::head_around_deleted_blocks [] CurrentThread;
+    maintenance::stats_follow_ties_through_deletes [] CurrentThread;
     reopen::reopen_after_close [Persistent] CurrentThread;
     reopen::reopen_after_drop [Persistent] CurrentThread;
     concurrency::concurrent_writers_and_readers [] MultiThread;
     concurrency::concurrent_on_current_thread [] CurrentThread;
     concurrency::racing_writers_one_winner_per_index [] MultiThread;
+    concurrency::interleavings_agree_with_a_serial_order [] MultiThread;
+    concurrency::batch_racing_a_rival_is_all_or_nothing [] MultiThread;
     model::model_based_operations [] MultiThread;
     corruption::corrupted_block_is_reported [Corruption] CurrentThread;
+    corruption::damage_seen_through_bulk_reads [Corruption] CurrentThread;
 }

@@ -94,7 +94,43 @@ impl Fixture for FsFixture {
     }
 }
 
+/// A store on the simulated filesystem (no real files, so the model-based case's
+/// thousand sequences stay quick); data survives close and drop like on disk.
+struct SimFixture(storage_fs::io::SimVfs);
+
+#[async_trait]
+impl Fixture for SimFixture {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            persistent: true,
+            corruption: false,
+            atomic_batches: true,
+            vacuum: true,
+        }
+    }
+
+    fn max_payload_bytes(&self) -> Option<usize> {
+        Some(FIXTURE_PAYLOAD_LIMIT)
+    }
+
+    async fn open(&self) -> Result<Arc<dyn StorageBackend>, StorageError> {
+        let config = FsConfig {
+            path: "/sim/store".into(),
+            compression: CompressionType::Lz4,
+            durability: Durability::Buffered,
+            segment_size: 64 << 10,
+            max_payload_bytes: FIXTURE_PAYLOAD_LIMIT,
+        };
+        let vfs = Arc::new(self.0.clone());
+        let store = tokio::task::spawn_blocking(move || FilesystemBackend::open_on(config, vfs))
+            .await
+            .map_err(|e| StorageError::InvalidInput(format!("open task failed: {e}")))??;
+        Ok(Arc::new(store))
+    }
+}
+
 conformance_main! {
+    "fs_sim" => || SimFixture(storage_fs::io::SimVfs::new()),
     "fs_none" => || FsFixture::new(CompressionType::None),
     "fs_gzip" => || FsFixture::new(CompressionType::Gzip),
     "fs_zstd" => || FsFixture::new(CompressionType::Zstd),

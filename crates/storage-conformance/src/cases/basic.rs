@@ -315,3 +315,50 @@ pub async fn many_small_blocks(env: &Env) -> CaseResult {
     );
     Ok(())
 }
+
+/// A block that differs from the stored one at its index in any single field
+/// (timestamp, payload, signer, payload type, previous hash) is `IndexConflict`,
+/// alone or in a batch, whether the stored block is the head, the newest block or
+/// one in the middle; nothing changes.
+pub async fn equivocation_is_index_conflict(env: &Env) -> CaseResult {
+    let s = env.open().await?;
+    let chain = data::chain(5);
+    s.store_blocks(&chain).await?;
+    s.set_chain_head(&chain[2].hash()).await?;
+    let before = super::snapshot(&*s).await?;
+    for i in [0usize, 2, 4] {
+        let mut rivals = data::one_field_variants(&chain[i]);
+        rivals.push(("everything", data::rival(&chain[i])));
+        for (field, rival) in rivals {
+            let what = format!("block {i} with another {field}");
+            let err = expect_kind(s.store_block(&rival).await, ErrorKind::IndexConflict, &what)?;
+            if let StorageError::IndexConflict {
+                index,
+                existing,
+                attempted,
+            } = err
+            {
+                ensure_eq!(
+                    (index, existing, attempted),
+                    (i as u64, chain[i].hash(), rival.hash()),
+                    "{what}: conflict details"
+                );
+            }
+            expect_kind(
+                s.store_blocks(&[rival.clone()]).await,
+                ErrorKind::IndexConflict,
+                format!("{what}, in a batch"),
+            )?;
+            ensure!(
+                !s.block_exists(&rival.hash()).await?,
+                "{what}: the rival was stored"
+            );
+        }
+        ensure_eq!(
+            super::snapshot(&*s).await?,
+            before,
+            "store after rivals of block {i}"
+        );
+    }
+    Ok(())
+}

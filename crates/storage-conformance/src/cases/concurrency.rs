@@ -7,6 +7,7 @@ use storage_core::{Block, BlockHash, BlockMetadata, ErrorKind, ListOptions, Stor
 use tokio::task::JoinSet;
 
 use crate::check::{ensure, ensure_eq, fail, same_block};
+use crate::fault::{FaultyBackend, PausePoint};
 use crate::data;
 use crate::{CaseError, CaseResult, Env};
 
@@ -210,5 +211,323 @@ pub async fn racing_writers_one_winner_per_index(env: &Env) -> CaseResult {
         );
     }
     ensure_eq!(s.count_blocks().await?, N as u64, "count after the race");
+    Ok(())
+}
+
+/// Starts `call` on its own task and waits until it is held at `point`.
+async fn held<T: Send + 'static>(
+    point: &PausePoint,
+    call: impl std::future::Future<Output = T> + Send + 'static,
+) -> tokio::task::JoinHandle<T> {
+    let task = tokio::spawn(call);
+    point.arrived().await;
+    task
+}
+
+async fn joined<T>(task: tokio::task::JoinHandle<T>) -> Result<T, CaseError> {
+    task.await
+        .map_err(|e| fail(format!("task panicked or was cancelled: {e}")))
+}
+
+/// Calls held at pause points and let through in a chosen order (one after the
+/// other, or together) end as some serial order of the same calls would: two
+/// rivals at one index (first through wins, the other is `IndexConflict`),
+/// identical stores (both succeed, counted once), a delete racing the store of
+/// the same block, a head move racing the delete of its block, and a batch racing
+/// a rival of one of its blocks (all of the batch or none of it).
+///
+/// A call's own work is atomic only as far as the backend makes it so: for
+/// backends whose calls run inline under one lock (memory) every interleaving is
+/// one of these orders; for those that run on blocking threads (filesystem,
+/// RocksDB, SQLite) or over the network (object storage) the calls released
+/// together really overlap, and the result must still be one of the serial ones.
+pub async fn interleavings_agree_with_a_serial_order(env: &Env) -> CaseResult {
+    let faulty = Arc::new(FaultyBackend::new(env.open().await?, 1));
+    let s: Arc<dyn StorageBackend> = faulty.clone();
+    let plain = faulty.inner().clone();
+    let (ours, theirs) = forks();
+    // Each round uses four indices of its own (16 rounds × 4 = the forks' 64).
+    for round in 0..16usize {
+        let together = round % 2 == 1;
+        let [a, b, c, d] = [0, 1, 2, 3].map(|k| round * 4 + k);
+        let what = |s: &str| format!("round {round} ({}): {s}", if together { "together" } else { "in turn" });
+
+        // Two rivals at one index.
+        let point = faulty.pause("store_block");
+        let (x, y) = if round % 4 < 2 {
+            (ours[a].clone(), theirs[a].clone())
+        } else {
+            (theirs[a].clone(), ours[a].clone())
+        };
+        let first = held(&point, {
+            let (s, x) = (s.clone(), x.clone());
+            async move { s.store_block(&x).await }
+        })
+        .await;
+        let second = held(&point, {
+            let (s, y) = (s.clone(), y.clone());
+            async move { s.store_block(&y).await }
+        })
+        .await;
+        let (r1, r2) = if together {
+            point.release(2);
+            (joined(first).await?, joined(second).await?)
+        } else {
+            point.release(1);
+            let r1 = joined(first).await?;
+            point.release(1);
+            (r1, joined(second).await?)
+        };
+        faulty.unpause("store_block");
+        let stored = plain.get_blocks_by_range(x.index(), x.index()).await?;
+        ensure_eq!(stored.len(), 1, "{}", what("one block at a contested index"));
+        let winner = stored[0].hash();
+        let (ok1, ok2) = (r1.is_ok(), r2.is_ok());
+        for (r, b) in [(&r1, &x), (&r2, &y)] {
+            match r {
+                Ok(_) => ensure!(b.hash() == winner, "{}", what("a loser reported success")),
+                Err(e) => ensure!(
+                    e.kind() == ErrorKind::IndexConflict && b.hash() != winner,
+                    "{}: {:?}: {e}",
+                    what("the loser's error"),
+                    e.kind()
+                ),
+            }
+        }
+        ensure!(ok1 != ok2, "{}", what("exactly one rival wins"));
+        if !together {
+            ensure!(ok1, "{}", what("the rival let through first wins"));
+        }
+
+        // Identical stores, and a delete racing a store of the same block.
+        let blk = ours[b].clone();
+        let one = faulty.pause("store_block");
+        let many = faulty.pause("store_blocks");
+        let t1 = held(&one, {
+            let (s, blk) = (s.clone(), blk.clone());
+            async move { s.store_block(&blk).await }
+        })
+        .await;
+        let t2 = held(&many, {
+            let (s, blk) = (s.clone(), blk.clone());
+            async move { s.store_blocks(std::slice::from_ref(&blk)).await }
+        })
+        .await;
+        let before = plain.get_stats().await?;
+        many.release(1);
+        one.release(1);
+        joined(t1).await?.map_err(|e| fail(format!("{}: {e}", what("identical store 1"))))?;
+        joined(t2).await?.map_err(|e| fail(format!("{}: {e}", what("identical store 2"))))?;
+        faulty.unpause("store_block");
+        faulty.unpause("store_blocks");
+        let after = plain.get_stats().await?;
+        ensure_eq!(
+            (after.total_blocks, after.total_size_bytes),
+            (before.total_blocks + 1, before.total_size_bytes + blk.size_bytes()),
+            "{}",
+            what("identical concurrent stores count once")
+        );
+
+        let victim = ours[c].clone();
+        let del = faulty.pause("delete_block");
+        let put = faulty.pause("store_block");
+        let store_task = held(&put, {
+            let (s, v) = (s.clone(), victim.clone());
+            async move { s.store_block(&v).await }
+        })
+        .await;
+        let delete_task = held(&del, {
+            let (s, h) = (s.clone(), victim.hash());
+            async move { s.delete_block(&h).await }
+        })
+        .await;
+        let store_first = round % 4 != 3;
+        let (stored_r, deleted) = if together {
+            put.release(1);
+            del.release(1);
+            (joined(store_task).await?, joined(delete_task).await?)
+        } else if store_first {
+            put.release(1);
+            let st = joined(store_task).await?;
+            del.release(1);
+            (st, joined(delete_task).await?)
+        } else {
+            del.release(1);
+            let dl = joined(delete_task).await?;
+            put.release(1);
+            (joined(store_task).await?, dl)
+        };
+        faulty.unpause("store_block");
+        faulty.unpause("delete_block");
+        stored_r.map_err(|e| fail(format!("{}: {e}", what("store racing a delete"))))?;
+        let deleted = deleted.map_err(|e| fail(format!("{}: {e}", what("delete racing a store"))))?;
+        let present = plain.block_exists(&victim.hash()).await?;
+        ensure!(
+            deleted != present,
+            "{}: delete returned {deleted}, block present afterwards: {present}",
+            what("delete racing a store")
+        );
+        if !together {
+            ensure_eq!(deleted, store_first, "{}", what("delete after or before the store"));
+        }
+        let listed = plain
+            .list_blocks(&ListOptions {
+                filter: Some(storage_core::BlockFilter {
+                    min_index: Some(victim.index()),
+                    max_index: Some(victim.index()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await?;
+        ensure_eq!(listed.len(), usize::from(present), "{}", what("listing agrees with exists"));
+
+        // A head move racing the delete of its block.
+        let target = ours[d].clone();
+        plain.store_block(&target).await?;
+        let head_point = faulty.pause("set_chain_head");
+        let del = faulty.pause("delete_block");
+        let set_task = held(&head_point, {
+            let (s, h) = (s.clone(), target.hash());
+            async move { s.set_chain_head(&h).await }
+        })
+        .await;
+        let delete_task = held(&del, {
+            let (s, h) = (s.clone(), target.hash());
+            async move { s.delete_block(&h).await }
+        })
+        .await;
+        let set_first = round % 4 < 2;
+        let (set_r, del_r) = if together {
+            del.release(1);
+            head_point.release(1);
+            (joined(set_task).await?, joined(delete_task).await?)
+        } else if set_first {
+            head_point.release(1);
+            let st = joined(set_task).await?;
+            del.release(1);
+            (st, joined(delete_task).await?)
+        } else {
+            del.release(1);
+            let dl = joined(delete_task).await?;
+            head_point.release(1);
+            (joined(set_task).await?, dl)
+        };
+        faulty.unpause("set_chain_head");
+        faulty.unpause("delete_block");
+        ensure!(
+            del_r.as_ref().is_ok_and(|d| *d),
+            "{}: {del_r:?}",
+            what("the delete of the head's block")
+        );
+        let head = plain.get_chain_head().await?;
+        match &set_r {
+            // Set first, then deleted: the head is cleared.
+            Ok(()) => ensure_eq!(head, None, "{}", what("head set, then its block deleted")),
+            Err(e) => {
+                ensure!(
+                    e.kind() == ErrorKind::NotFound,
+                    "{}: {:?}: {e}",
+                    what("head set on a deleted block"),
+                    e.kind()
+                );
+                ensure!(head != Some(target.hash()), "{}", what("head names a deleted block"));
+            }
+        }
+        if !together {
+            ensure_eq!(set_r.is_ok(), set_first, "{}", what("head set before or after the delete"));
+        }
+    }
+    ensure!(
+        faulty.injected() == 0,
+        "pause points must not count as injected faults"
+    );
+    Ok(())
+}
+
+/// A batch racing a rival of one of its blocks, both held and then let through
+/// together or in turn: with atomic batches either the whole batch is stored and
+/// the rival refused, or the rival is stored and nothing of the batch.
+pub async fn batch_racing_a_rival_is_all_or_nothing(env: &Env) -> CaseResult {
+    let faulty = Arc::new(FaultyBackend::new(env.open().await?, 2));
+    let s: Arc<dyn StorageBackend> = faulty.clone();
+    let plain = faulty.inner().clone();
+    let (ours, theirs) = forks();
+    for round in 0..12usize {
+        let batch: Vec<Block> = ours[round * 5..round * 5 + 5].to_vec();
+        let rival = theirs[round * 5 + 2].clone();
+        let bp = faulty.pause("store_blocks");
+        let rp = faulty.pause("store_block");
+        let batch_task = held(&bp, {
+            let (s, b) = (s.clone(), batch.clone());
+            async move { s.store_blocks(&b).await }
+        })
+        .await;
+        let rival_task = held(&rp, {
+            let (s, r) = (s.clone(), rival.clone());
+            async move { s.store_block(&r).await }
+        })
+        .await;
+        let (br, rr) = match round % 3 {
+            0 => {
+                bp.release(1);
+                let br = joined(batch_task).await?;
+                rp.release(1);
+                (br, joined(rival_task).await?)
+            }
+            1 => {
+                rp.release(1);
+                let rr = joined(rival_task).await?;
+                bp.release(1);
+                (joined(batch_task).await?, rr)
+            }
+            _ => {
+                rp.release(1);
+                bp.release(1);
+                (joined(batch_task).await?, joined(rival_task).await?)
+            }
+        };
+        faulty.unpause("store_blocks");
+        faulty.unpause("store_block");
+        let what = format!("round {round}");
+        ensure!(
+            br.is_ok() != rr.is_ok(),
+            "{what}: batch {br:?}, rival {rr:?}: exactly one must succeed"
+        );
+        for r in [br.as_ref().err(), rr.as_ref().err()].into_iter().flatten() {
+            ensure!(
+                r.kind() == ErrorKind::IndexConflict,
+                "{what}: the loser failed with {:?}: {r}",
+                r.kind()
+            );
+        }
+        let present: Vec<bool> = {
+            let mut v = Vec::new();
+            for b in &batch {
+                v.push(plain.block_exists(&b.hash()).await?);
+            }
+            v
+        };
+        if br.is_ok() {
+            ensure!(present.iter().all(|p| *p), "{what}: a stored batch lost blocks");
+        } else if env.capabilities().atomic_batches {
+            ensure!(
+                present.iter().all(|p| !*p),
+                "{what}: a refused atomic batch left blocks {present:?}"
+            );
+        } else {
+            ensure!(!present[2], "{what}: the batch's block at the rival's index was stored");
+        }
+        ensure_eq!(
+            plain.block_exists(&rival.hash()).await?,
+            rr.is_ok(),
+            "{what}: the rival stored iff it succeeded"
+        );
+        if round % 3 == 0 {
+            ensure!(br.is_ok(), "{what}: the batch let through first wins");
+        } else if round % 3 == 1 {
+            ensure!(rr.is_ok(), "{what}: the rival let through first wins");
+        }
+    }
     Ok(())
 }

@@ -1,12 +1,17 @@
 //! `list_blocks`: every filter alone and combined, every order with ties, and
 //! pagination edges. Expected results are written out literally.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
 
-use storage_core::{BlockFilter, BlockMetadata, ListOptions, PublicKey, SortOrder, StorageBackend};
+use storage_core::{
+    Block, BlockFilter, BlockHash, BlockMetadata, ListOptions, MAX_TIMESTAMP_NANOS, PublicKey,
+    SortOrder, StorageBackend, system_time_from_unix_nanos,
+};
 
-use crate::check::{ensure_eq, indices};
-use crate::data::{self, EVENT, READING};
+use super::model::reference_list;
+use crate::check::{ensure_eq, indices, same_listing};
+use crate::data::{self, EVENT, READING, READING_EXTENDED, READING_UPPER};
 use crate::{CaseResult, Env};
 
 fn key(n: u8) -> PublicKey {
@@ -334,6 +339,170 @@ pub async fn list_metadata_is_exact(env: &Env) -> CaseResult {
             );
         }
         ensure_eq!(listed.len(), 12, "entries ({order:?})");
+    }
+    Ok(())
+}
+
+/// A linked chain of `types.len()` blocks with these payload types, timestamps
+/// as in [`data::chain`], signers per [`data::signer_of`].
+fn typed_chain(types: &[&str]) -> Vec<Block> {
+    let mut out: Vec<Block> = Vec::with_capacity(types.len());
+    for (i, ty) in types.iter().enumerate() {
+        let i = i as u64;
+        let block = Block::sign_raw(
+            i,
+            data::at(data::chain_offset(i)),
+            out.last().map(Block::hash),
+            *ty,
+            format!("{{\"seq\":{i}}}").into_bytes(),
+            &data::signer(data::signer_of(i)),
+        )
+        .expect("valid test block");
+        out.push(block);
+    }
+    out
+}
+
+/// Blocks stamped at the Unix epoch and at the latest representable instant, at
+/// indices 20 and 30 (no neighbours among the test chains).
+fn extreme_blocks() -> [Block; 2] {
+    let at = |index, nanos| {
+        Block::sign_raw(
+            index,
+            system_time_from_unix_nanos(nanos),
+            Some(BlockHash([1; 32])),
+            READING,
+            b"{}".to_vec(),
+            &data::signer(2),
+        )
+        .expect("valid block")
+    };
+    [at(20, 0), at(30, MAX_TIMESTAMP_NANOS)]
+}
+
+/// Time bounds equal to every stored timestamp, a nanosecond either side, before
+/// 1970, at the epoch, at the latest representable instant and past it: alone and
+/// in pairs, in every order, with and without a page.
+pub async fn time_bounds_in_every_order(env: &Env) -> CaseResult {
+    let s = env.open().await?;
+    let mut blocks: Vec<Block> = data::scrambled(12).to_vec();
+    blocks.extend(extreme_blocks());
+    s.store_blocks(&blocks).await?;
+    let stamps: BTreeSet<SystemTime> = blocks.iter().map(Block::timestamp).collect();
+    let mut exact: Vec<SystemTime> = stamps.iter().copied().collect();
+    exact.push(SystemTime::UNIX_EPOCH - Duration::from_secs(1));
+    exact.push(system_time_from_unix_nanos(MAX_TIMESTAMP_NANOS) + Duration::from_secs(86_400));
+    let mut near = exact.clone();
+    for t in &stamps {
+        near.push(*t + Duration::from_nanos(1));
+        if *t > SystemTime::UNIX_EPOCH {
+            near.push(*t - Duration::from_nanos(1));
+        }
+    }
+    let orders = [
+        SortOrder::Ascending,
+        SortOrder::Descending,
+        SortOrder::ByTimestamp,
+        SortOrder::ByIndex,
+    ];
+    let check = async |opts: ListOptions| -> CaseResult {
+        same_listing(
+            &s.list_blocks(&opts).await?,
+            &reference_list(&blocks, &opts),
+            format!(
+                "{:?}, start {:?}, end {:?}, offset {:?}, limit {:?}",
+                opts.order, opts.start_time, opts.end_time, opts.offset, opts.limit
+            ),
+        )
+    };
+    for order in orders {
+        for t in &near {
+            for (start_time, end_time) in [(Some(*t), None), (None, Some(*t))] {
+                check(ListOptions {
+                    order,
+                    start_time,
+                    end_time,
+                    ..Default::default()
+                })
+                .await?;
+            }
+        }
+        for a in &exact {
+            for b in &exact {
+                let opts = ListOptions {
+                    order,
+                    start_time: Some(*a),
+                    end_time: Some(*b),
+                    ..Default::default()
+                };
+                check(opts.clone()).await?;
+                check(ListOptions {
+                    offset: Some(1),
+                    limit: Some(2),
+                    ..opts
+                })
+                .await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Payload-type filters match exactly: not a prefix, not an extension, not in
+/// other capitals, not as a SQL `LIKE` pattern; signer filters likewise.
+pub async fn filters_match_exactly(env: &Env) -> CaseResult {
+    let s = env.open().await?;
+    let types = [
+        READING,
+        READING_UPPER,
+        READING_EXTENDED,
+        EVENT,
+        "conformance.reading",
+        "conformance_reading/v1",
+        READING,
+        "conformance.event/v1x",
+        EVENT,
+        "conformance-reading/v1",
+    ];
+    let blocks = typed_chain(&types);
+    s.store_blocks(&blocks).await?;
+    let mut filters: Vec<&str> = types.to_vec();
+    filters.extend([
+        "CONFORMANCE.EVENT/V1",
+        "conformance.reading/v",
+        "conformance._eading/v1",
+        "conformance_reading_v1",
+    ]);
+    for ty in filters {
+        for order in [SortOrder::Ascending, SortOrder::ByTimestamp] {
+            let opts = ListOptions {
+                order,
+                filter: Some(BlockFilter {
+                    payload_type: Some(ty.into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            same_listing(
+                &s.list_blocks(&opts).await?,
+                &reference_list(&blocks, &opts),
+                format!("payload type {ty:?}, {order:?}"),
+            )?;
+        }
+    }
+    for k in 1..=4 {
+        for ty in [None, Some(READING)] {
+            let opts = filtered(BlockFilter {
+                public_key: Some(key(k)),
+                payload_type: ty.map(Into::into),
+                ..Default::default()
+            });
+            same_listing(
+                &s.list_blocks(&opts).await?,
+                &reference_list(&blocks, &opts),
+                format!("signer {k}, type {ty:?}"),
+            )?;
+        }
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 pub mod bad_input;
 pub mod basic;
 pub mod batch;
+pub mod bulk;
 pub mod concurrency;
 pub mod corruption;
 pub mod delete;
@@ -22,7 +23,7 @@ use crate::CaseError;
 #[derive(Debug, PartialEq)]
 pub(crate) struct Snapshot {
     listed: Vec<BlockMetadata>,
-    blocks: Vec<Block>,
+    pub(crate) blocks: Vec<Block>,
     head: Option<BlockHash>,
     count: u64,
     stats: (u64, u64, Option<SystemTime>, Option<SystemTime>),

@@ -130,7 +130,7 @@ pub fn reliability_main(targets: Vec<(&'static str, Arc<dyn DurableTarget>)>) ->
     for (full, i, test) in selected {
         let (name, target) = &targets[*i];
         let outcome = if *test == crash::TEST_NAME {
-            let cycles = env_u64("OLOCUS_CRASH_CYCLES").unwrap_or(20);
+            let cycles = env_u64("OLOCUS_CRASH_CYCLES").unwrap_or(30);
             let seed = env_u64("OLOCUS_CRASH_SEED").unwrap_or(0x5eed_c0de);
             crash::run_cycles(name, target.as_ref(), cycles, seed).map(|r| r.to_string())
         } else {
