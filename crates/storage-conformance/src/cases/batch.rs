@@ -270,8 +270,15 @@ pub async fn invalid_batches_store_nothing(env: &Env) -> CaseResult {
         .store_blocks(&[c[3].clone(), c[3].clone(), c[4].clone(), c[0].clone()])
         .await?;
     ensure_eq!(hashes.len(), 4, "one hash per input block");
-    ensure_eq!(s.count_blocks().await?, 6, "count after a batch with duplicates");
-    let size: u64 = [0usize, 1, 2, 3, 4, 6].iter().map(|&i| c[i].size_bytes()).sum();
+    ensure_eq!(
+        s.count_blocks().await?,
+        6,
+        "count after a batch with duplicates"
+    );
+    let size: u64 = [0usize, 1, 2, 3, 4, 6]
+        .iter()
+        .map(|&i| c[i].size_bytes())
+        .sum();
     ensure_eq!(
         s.get_stats().await?.total_size_bytes,
         size,

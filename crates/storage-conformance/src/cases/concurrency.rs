@@ -7,8 +7,8 @@ use storage_core::{Block, BlockHash, BlockMetadata, ErrorKind, ListOptions, Stor
 use tokio::task::JoinSet;
 
 use crate::check::{ensure, ensure_eq, fail, same_block};
-use crate::fault::{FaultyBackend, PausePoint};
 use crate::data;
+use crate::fault::{FaultyBackend, PausePoint};
 use crate::{CaseError, CaseResult, Env};
 
 /// 16 tasks on a multi-thread runtime store (singly and in batches) and read at once.
@@ -250,7 +250,12 @@ pub async fn interleavings_agree_with_a_serial_order(env: &Env) -> CaseResult {
     for round in 0..16usize {
         let together = round % 2 == 1;
         let [a, b, c, d] = [0, 1, 2, 3].map(|k| round * 4 + k);
-        let what = |s: &str| format!("round {round} ({}): {s}", if together { "together" } else { "in turn" });
+        let what = |s: &str| {
+            format!(
+                "round {round} ({}): {s}",
+                if together { "together" } else { "in turn" }
+            )
+        };
 
         // Two rivals at one index.
         let point = faulty.pause("store_block");
@@ -280,7 +285,12 @@ pub async fn interleavings_agree_with_a_serial_order(env: &Env) -> CaseResult {
         };
         faulty.unpause("store_block");
         let stored = plain.get_blocks_by_range(x.index(), x.index()).await?;
-        ensure_eq!(stored.len(), 1, "{}", what("one block at a contested index"));
+        ensure_eq!(
+            stored.len(),
+            1,
+            "{}",
+            what("one block at a contested index")
+        );
         let winner = stored[0].hash();
         let (ok1, ok2) = (r1.is_ok(), r2.is_ok());
         for (r, b) in [(&r1, &x), (&r2, &y)] {
@@ -316,14 +326,21 @@ pub async fn interleavings_agree_with_a_serial_order(env: &Env) -> CaseResult {
         let before = plain.get_stats().await?;
         many.release(1);
         one.release(1);
-        joined(t1).await?.map_err(|e| fail(format!("{}: {e}", what("identical store 1"))))?;
-        joined(t2).await?.map_err(|e| fail(format!("{}: {e}", what("identical store 2"))))?;
+        joined(t1)
+            .await?
+            .map_err(|e| fail(format!("{}: {e}", what("identical store 1"))))?;
+        joined(t2)
+            .await?
+            .map_err(|e| fail(format!("{}: {e}", what("identical store 2"))))?;
         faulty.unpause("store_block");
         faulty.unpause("store_blocks");
         let after = plain.get_stats().await?;
         ensure_eq!(
             (after.total_blocks, after.total_size_bytes),
-            (before.total_blocks + 1, before.total_size_bytes + blk.size_bytes()),
+            (
+                before.total_blocks + 1,
+                before.total_size_bytes + blk.size_bytes()
+            ),
             "{}",
             what("identical concurrent stores count once")
         );
@@ -360,7 +377,8 @@ pub async fn interleavings_agree_with_a_serial_order(env: &Env) -> CaseResult {
         faulty.unpause("store_block");
         faulty.unpause("delete_block");
         stored_r.map_err(|e| fail(format!("{}: {e}", what("store racing a delete"))))?;
-        let deleted = deleted.map_err(|e| fail(format!("{}: {e}", what("delete racing a store"))))?;
+        let deleted =
+            deleted.map_err(|e| fail(format!("{}: {e}", what("delete racing a store"))))?;
         let present = plain.block_exists(&victim.hash()).await?;
         ensure!(
             deleted != present,
@@ -368,7 +386,12 @@ pub async fn interleavings_agree_with_a_serial_order(env: &Env) -> CaseResult {
             what("delete racing a store")
         );
         if !together {
-            ensure_eq!(deleted, store_first, "{}", what("delete after or before the store"));
+            ensure_eq!(
+                deleted,
+                store_first,
+                "{}",
+                what("delete after or before the store")
+            );
         }
         let listed = plain
             .list_blocks(&ListOptions {
@@ -380,7 +403,12 @@ pub async fn interleavings_agree_with_a_serial_order(env: &Env) -> CaseResult {
                 ..Default::default()
             })
             .await?;
-        ensure_eq!(listed.len(), usize::from(present), "{}", what("listing agrees with exists"));
+        ensure_eq!(
+            listed.len(),
+            usize::from(present),
+            "{}",
+            what("listing agrees with exists")
+        );
 
         // A head move racing the delete of its block.
         let target = ours[d].clone();
@@ -431,11 +459,20 @@ pub async fn interleavings_agree_with_a_serial_order(env: &Env) -> CaseResult {
                     what("head set on a deleted block"),
                     e.kind()
                 );
-                ensure!(head != Some(target.hash()), "{}", what("head names a deleted block"));
+                ensure!(
+                    head != Some(target.hash()),
+                    "{}",
+                    what("head names a deleted block")
+                );
             }
         }
         if !together {
-            ensure_eq!(set_r.is_ok(), set_first, "{}", what("head set before or after the delete"));
+            ensure_eq!(
+                set_r.is_ok(),
+                set_first,
+                "{}",
+                what("head set before or after the delete")
+            );
         }
     }
     ensure!(
@@ -509,14 +546,20 @@ pub async fn batch_racing_a_rival_is_all_or_nothing(env: &Env) -> CaseResult {
             v
         };
         if br.is_ok() {
-            ensure!(present.iter().all(|p| *p), "{what}: a stored batch lost blocks");
+            ensure!(
+                present.iter().all(|p| *p),
+                "{what}: a stored batch lost blocks"
+            );
         } else if env.capabilities().atomic_batches {
             ensure!(
                 present.iter().all(|p| !*p),
                 "{what}: a refused atomic batch left blocks {present:?}"
             );
         } else {
-            ensure!(!present[2], "{what}: the batch's block at the rival's index was stored");
+            ensure!(
+                !present[2],
+                "{what}: the batch's block at the rival's index was stored"
+            );
         }
         ensure_eq!(
             plain.block_exists(&rival.hash()).await?,

@@ -101,7 +101,12 @@ async fn bulk_reads_report_damage(
         whole_or_corrupted(
             s.retrieve_blocks(&hashes).await,
             |got: &Vec<Option<Block>>| {
-                ensure!(got.len() == ask.len(), "{} results for {}", got.len(), ask.len());
+                ensure!(
+                    got.len() == ask.len(),
+                    "{} results for {}",
+                    got.len(),
+                    ask.len()
+                );
                 for (g, w) in got.iter().zip(&ask) {
                     match g {
                         Some(g) => same_block(g, w, "result")?,
@@ -110,7 +115,10 @@ async fn bulk_reads_report_damage(
                 }
                 Ok(())
             },
-            &format!("retrieve_blocks of {} hashes around a damaged block", ask.len()),
+            &format!(
+                "retrieve_blocks of {} hashes around a damaged block",
+                ask.len()
+            ),
         )?;
     }
     for order in [
@@ -138,7 +146,9 @@ async fn bulk_reads_report_damage(
         "count with a damaged block",
     )?;
     whole_or_corrupted(
-        s.get_stats().await.map(|st| (st.total_blocks, st.total_size_bytes)),
+        s.get_stats()
+            .await
+            .map(|st| (st.total_blocks, st.total_size_bytes)),
         |got| {
             let size: u64 = chain.iter().map(Block::size_bytes).sum();
             ensure!(

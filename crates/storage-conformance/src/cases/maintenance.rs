@@ -173,27 +173,28 @@ pub async fn maintenance_after_deletes_and_restores(env: &Env) -> CaseResult {
         .filter(|b| b.index() != 19)
         .collect();
     held.push(&rival);
-    let check = async |s: &dyn StorageBackend, held: &[&storage_core::Block], what: &str| -> CaseResult {
-        let range = s.get_blocks_by_range(0, u64::MAX).await?;
-        crate::check::same_blocks(&range, held, format!("range {what}"))?;
-        for b in chain.iter().chain([&rival]) {
-            let want = held.iter().any(|h| h.hash() == b.hash());
+    let check =
+        async |s: &dyn StorageBackend, held: &[&storage_core::Block], what: &str| -> CaseResult {
+            let range = s.get_blocks_by_range(0, u64::MAX).await?;
+            crate::check::same_blocks(&range, held, format!("range {what}"))?;
+            for b in chain.iter().chain([&rival]) {
+                let want = held.iter().any(|h| h.hash() == b.hash());
+                ensure_eq!(
+                    s.retrieve_block(&b.hash()).await?.is_some(),
+                    want,
+                    "block {} ({}) {what}",
+                    b.index(),
+                    if want { "kept" } else { "deleted" }
+                );
+            }
+            ensure_eq!(s.count_blocks().await?, held.len() as u64, "count {what}");
             ensure_eq!(
-                s.retrieve_block(&b.hash()).await?.is_some(),
-                want,
-                "block {} ({}) {what}",
-                b.index(),
-                if want { "kept" } else { "deleted" }
+                s.get_chain_head().await?,
+                Some(chain[12].hash()),
+                "head {what}"
             );
-        }
-        ensure_eq!(s.count_blocks().await?, held.len() as u64, "count {what}");
-        ensure_eq!(
-            s.get_chain_head().await?,
-            Some(chain[12].hash()),
-            "head {what}"
-        );
-        Ok(())
-    };
+            Ok(())
+        };
     check(&*s, &held, "before compact").await?;
     s.compact().await?;
     check(&*s, &held, "after compact").await?;
@@ -229,7 +230,11 @@ pub async fn head_around_deleted_blocks(env: &Env) -> CaseResult {
         "storing newer blocks keeps the head"
     );
     s.delete_block(&chain[3].hash()).await?;
-    ensure_eq!(s.get_chain_head().await?, None, "deleting the head clears it");
+    ensure_eq!(
+        s.get_chain_head().await?,
+        None,
+        "deleting the head clears it"
+    );
     let s = maybe_reopen(env, s, false).await?;
     ensure_eq!(
         s.get_chain_head().await?,

@@ -340,12 +340,8 @@ fn chunk_strategy(pick: BoxedStrategy<usize>, n: usize) -> impl Strategy<Value =
     let revisit = prop_oneof![
         i.clone()
             .prop_map(|b| vec![Op::Delete(b), Op::Store(b), Op::Compact, Op::Reopen]),
-        i.clone().prop_map(|b| vec![
-            Op::Append(b),
-            Op::Delete(b),
-            Op::Store(b),
-            Op::DropReopen
-        ]),
+        i.clone()
+            .prop_map(|b| vec![Op::Append(b), Op::Delete(b), Op::Store(b), Op::DropReopen]),
         (i.clone(), i.clone()).prop_map(|(a, b)| vec![
             Op::Delete(a),
             Op::Store(b),
@@ -369,9 +365,7 @@ fn sequence_strategy() -> impl Strategy<Value = Vec<Op>> {
     let n = pool.blocks.len();
     (0..=(BASE as u64 - 3)).prop_flat_map(move |w| {
         let chain: Vec<usize> = (w..w + 3).map(|i| pool.at_index[&i][0]).collect();
-        let near: Vec<usize> = (w..w + 3)
-            .flat_map(|i| pool.at_index[&i].clone())
-            .collect();
+        let near: Vec<usize> = (w..w + 3).flat_map(|i| pool.at_index[&i].clone()).collect();
         let pick = prop_oneof![5 => select(chain), 3 => select(near), 2 => 0..n].boxed();
         vec(chunk_strategy(pick, n), 1..24)
             .prop_map(|chunks| chunks.into_iter().flatten().collect::<Vec<Op>>())
@@ -418,7 +412,11 @@ pub(crate) fn reference_list<'a>(
         .filter(|b| opts.end_time.is_none_or(|t| b.timestamp() <= t))
         .filter(|b| f.min_index.is_none_or(|i| b.index() >= i))
         .filter(|b| f.max_index.is_none_or(|i| b.index() <= i))
-        .filter(|b| f.payload_type.as_deref().is_none_or(|t| b.payload_type() == t))
+        .filter(|b| {
+            f.payload_type
+                .as_deref()
+                .is_none_or(|t| b.payload_type() == t)
+        })
         .filter(|b| f.public_key.is_none_or(|k| *b.public_key() == k))
         .collect();
     match opts.order {
@@ -680,7 +678,13 @@ async fn run_sequence(env: &Env, ops: &[Op], caps: Capabilities) -> CaseResult {
                 agree(step, op, "result", s.store_block(b).await, m.store(b))?;
                 if m.blocks.contains_key(&b.hash()) {
                     m.head = Some(b.hash());
-                    agree(step, op, "set head", s.set_chain_head(&b.hash()).await, Ok(()))?;
+                    agree(
+                        step,
+                        op,
+                        "set head",
+                        s.set_chain_head(&b.hash()).await,
+                        Ok(()),
+                    )?;
                 }
             }
             Op::StoreBatch(is) => {
@@ -847,8 +851,8 @@ pub async fn model_based_operations(env: &Env) -> CaseResult {
              OLOCUS_MODEL_CASES={per_seed}); minimal sequence of {} ops:\n{ops:#?}\n{reason}",
             ops.len()
         ))),
-        Err((seed, TestError::Abort(reason))) => Err(fail(format!(
-            "model test aborted (seed {seed}): {reason}"
-        ))),
+        Err((seed, TestError::Abort(reason))) => {
+            Err(fail(format!("model test aborted (seed {seed}): {reason}")))
+        }
     }
 }
