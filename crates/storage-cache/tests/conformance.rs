@@ -94,6 +94,15 @@ impl Fixture for CachedFixture {
         }
     }
 
+    /// As many as the store beneath affords: RocksDB and SQLite open slowly.
+    fn model_sequences(&self) -> u32 {
+        match self.inner {
+            Inner::Memory => 1000,
+            Inner::Sqlite(_) => 300,
+            Inner::Rocks(_) => 150,
+        }
+    }
+
     fn max_payload_bytes(&self) -> Option<usize> {
         Some(FIXTURE_PAYLOAD_LIMIT)
     }

@@ -235,7 +235,7 @@ pub fn one_field_variants(block: &Block) -> Vec<(&'static str, Block)> {
     let mut longer = payload.clone();
     longer.push(b' ');
     let other_type = if ty == READING {
-        if block.index() % 2 == 0 {
+        if block.index().is_multiple_of(2) {
             READING_UPPER.to_string()
         } else {
             READING_EXTENDED.to_string()

@@ -53,7 +53,8 @@ pub use ids::{
 pub use links::{check_links, check_payload_limit};
 pub use traits::{StorageBackend, StorageBackendExt};
 pub use types::{
-    BackendStats, BlockFilter, BlockMetadata, CompactionStats, ListOptions, SortOrder, StorageStats,
+    BackendStats, BlockFilter, BlockMetadata, CompactionStats, ListMatcher, ListOptions, SortOrder,
+    StorageStats,
 };
 pub use wire::{
     CONTENT_TYPE_BINARY, CONTENT_TYPE_JSON, Encoding, MAX_ENCODED_BLOCK_BYTES, WireFormat,

@@ -118,25 +118,19 @@ impl ListOptions {
 
     /// Whether one entry passes every filter and the time range.
     pub fn matches(&self, meta: &BlockMetadata) -> bool {
-        let Some((lo, hi)) = self.time_range_nanos() else {
-            return false;
-        };
-        let Some((min, max)) = self.index_range() else {
-            return false;
-        };
-        let ts = unix_nanos(meta.timestamp).unwrap_or(u64::MAX);
-        if ts < lo || ts > hi || meta.index < min || meta.index > max {
-            return false;
-        }
-        match &self.filter {
-            Some(f) => {
-                f.payload_type
-                    .as_ref()
-                    .is_none_or(|t| *t == meta.payload_type)
-                    && f.public_key.as_ref().is_none_or(|k| *k == meta.public_key)
-            }
-            None => true,
-        }
+        self.matcher().is_some_and(|m| m.matches(meta))
+    }
+
+    /// The filters and bounds resolved once, for checking many entries; `None` if
+    /// no entry can match (an empty time or index range).
+    pub fn matcher(&self) -> Option<ListMatcher<'_>> {
+        let f = self.filter.as_ref();
+        Some(ListMatcher {
+            times: self.time_range_nanos()?,
+            indices: self.index_range()?,
+            payload_type: f.and_then(|f| f.payload_type.as_deref()),
+            public_key: f.and_then(|f| f.public_key.as_ref()),
+        })
     }
 
     /// Compares two entries in this order.
@@ -156,6 +150,45 @@ impl ListOptions {
         let skip = usize::try_from(self.offset.unwrap_or(0)).unwrap_or(usize::MAX);
         let take = usize::try_from(self.limit.unwrap_or(u64::MAX)).unwrap_or(usize::MAX);
         out.into_iter().skip(skip).take(take).collect()
+    }
+}
+
+/// The filters and time and index bounds of a [`ListOptions`], resolved by
+/// [`ListOptions::matcher`]: the one place where a listed entry is admitted.
+#[derive(Debug, Clone, Copy)]
+pub struct ListMatcher<'a> {
+    times: (u64, u64),
+    indices: (u64, u64),
+    payload_type: Option<&'a str>,
+    public_key: Option<&'a PublicKey>,
+}
+
+impl ListMatcher<'_> {
+    /// The inclusive time range in Unix nanoseconds.
+    pub fn times(&self) -> (u64, u64) {
+        self.times
+    }
+
+    /// The inclusive index range.
+    pub fn indices(&self) -> (u64, u64) {
+        self.indices
+    }
+
+    /// Whether an entry passes every filter and both ranges.
+    pub fn matches(&self, meta: &BlockMetadata) -> bool {
+        self.matches_at(unix_nanos(meta.timestamp).unwrap_or(u64::MAX), meta)
+    }
+
+    /// [`ListMatcher::matches`] for an entry whose timestamp in Unix nanoseconds
+    /// the caller already has.
+    pub fn matches_at(&self, ts_nanos: u64, meta: &BlockMetadata) -> bool {
+        let ((tlo, thi), (ilo, ihi)) = (self.times, self.indices);
+        ts_nanos >= tlo
+            && ts_nanos <= thi
+            && meta.index >= ilo
+            && meta.index <= ihi
+            && self.payload_type.is_none_or(|t| t == meta.payload_type)
+            && self.public_key.is_none_or(|k| *k == meta.public_key)
     }
 }
 

@@ -279,25 +279,6 @@ impl Slot {
     }
 }
 
-impl Indexed {
-    fn matches(&self, opts: &ListOptions, (tlo, thi): (u64, u64)) -> bool {
-        if self.ts < tlo || self.ts > thi {
-            return false;
-        }
-        match &opts.filter {
-            None => true,
-            Some(f) => {
-                f.payload_type
-                    .as_ref()
-                    .is_none_or(|t| *t == self.meta.payload_type)
-                    && f.public_key
-                        .as_ref()
-                        .is_none_or(|k| *k == self.meta.public_key)
-            }
-        }
-    }
-}
-
 #[async_trait]
 impl StorageBackend for MemoryBackend {
     fn backend_name(&self) -> &str {
@@ -414,16 +395,16 @@ impl StorageBackend for MemoryBackend {
         let span = op_span(NAME, "list_blocks");
         in_span(span, || {
             let st = self.read()?;
-            let (Some(times), Some((lo, hi))) = (options.time_range_nanos(), options.index_range())
-            else {
+            let Some(m) = options.matcher() else {
                 return Ok(Vec::new());
             };
+            let ((tlo, thi), (lo, hi)) = (m.times(), m.indices());
             let skip = usize::try_from(options.offset.unwrap_or(0)).unwrap_or(usize::MAX);
             let take = usize::try_from(options.limit.unwrap_or(u64::MAX)).unwrap_or(usize::MAX);
             if take == 0 {
                 return Ok(Vec::new());
             }
-            let pick = |e: &Indexed| e.matches(options, times).then(|| e.meta.clone());
+            let pick = |e: &Indexed| m.matches_at(e.ts, &e.meta).then(|| e.meta.clone());
             let out = match options.order {
                 SortOrder::Ascending | SortOrder::ByIndex => st
                     .by_index
@@ -442,7 +423,7 @@ impl StorageBackend for MemoryBackend {
                     .collect(),
                 SortOrder::ByTimestamp => st
                     .by_time
-                    .range((times.0, 0)..=(times.1, u64::MAX))
+                    .range((tlo, 0)..=(thi, u64::MAX))
                     .filter(|(_, i)| (lo..=hi).contains(i))
                     .filter_map(|(_, i)| pick(&st.by_index[i]))
                     .skip(skip)

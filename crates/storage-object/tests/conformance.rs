@@ -82,6 +82,15 @@ impl Fixture for ObjectFixture {
         }
     }
 
+    /// On the cluster every call is a round trip (dozens per step): 40 sequences
+    /// there, the full number in memory.
+    fn model_sequences(&self) -> u32 {
+        match self.target {
+            Target::Memory(_) => 1000,
+            Target::Cluster(_) => 40,
+        }
+    }
+
     fn max_payload_bytes(&self) -> Option<usize> {
         Some(FIXTURE_PAYLOAD_LIMIT)
     }

@@ -519,6 +519,10 @@ impl StorageManager {
                 {
                     shared.enqueue(i, repair);
                 }
+                // Let go of the copies before reporting: a caller that drops the
+                // manager once the write returns must really release them (a
+                // RocksDB copy keeps its lock until its last handle is gone).
+                drop(shared);
                 let _ = tx.send((i, r));
             });
         }

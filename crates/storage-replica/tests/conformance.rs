@@ -57,6 +57,11 @@ impl Fixture for ManagerFixture {
         }
     }
 
+    /// The mixed fixture opens SQLite and RocksDB for every sequence.
+    fn model_sequences(&self) -> u32 {
+        if self.dir.is_some() { 150 } else { 1000 }
+    }
+
     fn max_payload_bytes(&self) -> Option<usize> {
         Some(FIXTURE_PAYLOAD_LIMIT)
     }

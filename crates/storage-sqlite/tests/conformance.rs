@@ -46,6 +46,12 @@ impl Fixture for SqliteFixture {
         }
     }
 
+    /// Each sequence creates a database file: 300 keep the case near half a
+    /// minute per fixture.
+    fn model_sequences(&self) -> u32 {
+        300
+    }
+
     fn max_payload_bytes(&self) -> Option<usize> {
         Some(FIXTURE_PAYLOAD_LIMIT)
     }

@@ -345,7 +345,7 @@ pub async fn equivocation_is_index_conflict(env: &Env) -> CaseResult {
                 );
             }
             expect_kind(
-                s.store_blocks(&[rival.clone()]).await,
+                s.store_blocks(std::slice::from_ref(&rival)).await,
                 ErrorKind::IndexConflict,
                 format!("{what}, in a batch"),
             )?;

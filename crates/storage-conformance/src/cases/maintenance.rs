@@ -287,7 +287,13 @@ pub async fn stats_follow_ties_through_deletes(env: &Env) -> CaseResult {
     let chain = data::chain(8);
     s.store_blocks(&chain).await?;
     let t = |i: usize| Some(chain[i].timestamp());
-    let steps: [(&str, usize, bool, (Option<SystemTime>, Option<SystemTime>)); 8] = [
+    type Step = (
+        &'static str,
+        usize,
+        bool,
+        (Option<SystemTime>, Option<SystemTime>),
+    );
+    let steps: [Step; 8] = [
         ("delete 0 (1 shares its time)", 0, false, (t(1), t(7))),
         ("delete 7 (6 shares its time)", 7, false, (t(1), t(6))),
         ("delete 1", 1, false, (t(2), t(6))),
