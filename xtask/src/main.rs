@@ -104,7 +104,7 @@ enum Cmd {
     /// write the report to docs/mutants.md.
     Mutants {
         /// Model-based sequences per suite for each mutant's test run.
-        #[arg(long, default_value_t = 200)]
+        #[arg(long, default_value_t = 100)]
         model_cases: u32,
         /// Mutants built and tested at once.
         #[arg(long, default_value_t = 2)]

@@ -27,14 +27,15 @@ pub fn run(root: &Path, model_cases: u32, jobs: u32, report_only: bool) -> Resul
         let started = Instant::now();
         // cargo-mutants exits 2 when mutants survive and 3 on timeouts: the report
         // says which; only a failure to run at all is an error here.
-        // Its own target directory: mutated builds would otherwise hold the
-        // workspace's build lock for the whole run.
+        // No shared CARGO_TARGET_DIR: each parallel worker builds its own copy
+        // of the tree into that copy's target directory (a shared one would let
+        // one worker test another's mutant).
         let status = Command::new("cargo")
             .args(["mutants", "--no-shuffle", "--timeout", "300", "--jobs"])
             .arg(jobs.to_string())
             .arg("--output")
             .arg(&out)
-            .env("CARGO_TARGET_DIR", out.join("target"))
+            .env_remove("CARGO_TARGET_DIR")
             .env("OLOCUS_MODEL_CASES", model_cases.to_string())
             .current_dir(root)
             .status()

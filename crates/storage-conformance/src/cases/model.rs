@@ -246,7 +246,7 @@ pub fn ops_from_bytes(data: &[u8]) -> Vec<Op> {
                     start,
                     end,
                     order: order % 4,
-                    payload_type: (ty % 8 != 0).then_some(ty % 8 - 1),
+                    payload_type: (ty % 8 != 0).then(|| ty % 8 - 1),
                     key: (key % 5 != 0).then_some(key % 5),
                     min: maybe(min, bound(min)),
                     max: maybe(max, bound(max)),
