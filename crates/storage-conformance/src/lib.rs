@@ -402,6 +402,7 @@ registry! {
     basic::duplicate_store_is_idempotent [] CurrentThread;
     basic::index_conflict_rejected [] CurrentThread;
     basic::large_payload_8mib [] CurrentThread;
+    basic::payload_at_the_store_limit [] CurrentThread;
     basic::many_small_blocks [] CurrentThread;
     basic::equivocation_is_index_conflict [] CurrentThread;
     bad_input::forged_blocks_are_refused [] CurrentThread;

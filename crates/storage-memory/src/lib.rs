@@ -404,7 +404,7 @@ impl StorageBackend for MemoryBackend {
             if take == 0 {
                 return Ok(Vec::new());
             }
-            let pick = |e: &Indexed| m.matches_at(e.ts, &e.meta).then(|| e.meta.clone());
+            let pick = |e: &Indexed| m.matches(&e.meta).then(|| e.meta.clone());
             let out = match options.order {
                 SortOrder::Ascending | SortOrder::ByIndex => st
                     .by_index

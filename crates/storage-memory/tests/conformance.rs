@@ -9,8 +9,9 @@ use storage_core::{
 };
 use storage_memory::MemoryBackend;
 
-/// The payload limit every fixture's store is configured with.
-const FIXTURE_PAYLOAD_LIMIT: usize = 9 << 20;
+/// The payload limit every fixture's store is configured with: the largest the
+/// suite allows, so the largest blocks (and their JSON encodings) are exercised.
+const FIXTURE_PAYLOAD_LIMIT: usize = storage_core::MAX_PAYLOAD_BYTES - 1;
 
 /// A fresh memory store per case. Memory is not persistent, so the reopen cases
 /// are skipped (and reported as such).

@@ -274,6 +274,43 @@ pub async fn large_payload_8mib(env: &Env) -> CaseResult {
     Ok(())
 }
 
+/// A payload exactly at the store's limit (when the fixture reports one) round
+/// trips intact: in every listing, range and bulk read, and its payload decodes.
+pub async fn payload_at_the_store_limit(env: &Env) -> CaseResult {
+    let Some(limit) = env.fixture().max_payload_bytes() else {
+        return Err(crate::CaseError::Skipped(
+            "the fixture reports no payload limit".into(),
+        ));
+    };
+    let s = env.open().await?;
+    let big = data::big_block(limit);
+    s.store_block(&big)
+        .await
+        .ctx(format!("store a block with a payload of {limit} bytes"))?;
+    let got = s
+        .retrieve_block(&big.hash())
+        .await?
+        .ok_or_else(|| crate::check::fail("the largest block is missing"))?;
+    same_block(&got, &big, "the largest block")?;
+    let bulk = s.retrieve_blocks(&[big.hash(), big.hash()]).await?;
+    ensure_eq!(bulk.len(), 2, "bulk results");
+    for b in bulk {
+        let b = b.ok_or_else(|| crate::check::fail("the largest block left out of a bulk read"))?;
+        same_block(&b, &big, "the largest block, bulk")?;
+    }
+    crate::check::same_blocks(
+        &s.get_blocks_by_range(0, 0).await?,
+        &[&big],
+        "the largest block, range",
+    )?;
+    ensure_eq!(
+        s.list_blocks(&ListOptions::default()).await?,
+        vec![BlockMetadata::of(&big)],
+        "metadata of the largest block"
+    );
+    Ok(())
+}
+
 /// Ten thousand small blocks: all counted, listed, ranged and retrievable.
 pub async fn many_small_blocks(env: &Env) -> CaseResult {
     const N: usize = 10_000;
