@@ -356,6 +356,16 @@ impl Suite {
 /// Runs suites under libtest-compatible arguments (filters, `--list`,
 /// `--test-threads`, ...) and returns the process exit code.
 pub fn run_suites(suites: Vec<Suite>) -> ExitCode {
+    run_suites_with(suites, Vec::new())
+}
+
+/// [`run_suites`] with tests of the backend's own beside the suites (named as
+/// they are given, e.g. `"mine::engine_stats"`), each a function that returns
+/// `Err(message)` on failure; for checks of behaviour the trait does not cover.
+pub fn run_suites_with(
+    suites: Vec<Suite>,
+    extra: Vec<(&'static str, fn() -> Result<(), String>)>,
+) -> ExitCode {
     let args = libtest_mimic::Arguments::from_args();
     // `--list` output is parsed by tools (cargo-nextest): keep it clean.
     if !args.list {
@@ -363,7 +373,12 @@ pub fn run_suites(suites: Vec<Suite>) -> ExitCode {
             println!("{}", suite.summary());
         }
     }
-    let trials = suites.iter().flat_map(Suite::trials).collect();
+    let mut trials: Vec<_> = suites.iter().flat_map(Suite::trials).collect();
+    trials.extend(
+        extra
+            .into_iter()
+            .map(|(name, test)| libtest_mimic::Trial::test(name, move || Ok(test()?))),
+    );
     libtest_mimic::run(&args, trials).exit_code()
 }
 

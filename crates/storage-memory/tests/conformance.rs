@@ -3,9 +3,10 @@
 
 use std::sync::{Arc, Mutex};
 
-use storage_conformance::{Capabilities, Fixture, conformance_main};
+use storage_conformance::{Capabilities, Fixture, Suite};
 use storage_core::{
-    BlockHash, CompressionType, Encoding, StorageBackend, StorageError, WireFormat, async_trait,
+    BackendStats, BlockHash, CompressionType, Encoding, StorageBackend, StorageError, WireFormat,
+    async_trait,
 };
 use storage_memory::MemoryBackend;
 
@@ -62,6 +63,11 @@ impl Fixture for MemoryFixture {
         hash: &BlockHash,
     ) -> Result<Arc<dyn StorageBackend>, StorageError> {
         let mem = self.store.lock().unwrap().clone();
+        if mem.as_ref().map(|m| m.wire_format()) != Some(self.format) {
+            return Err(StorageError::InvalidInput(
+                "the store keeps blocks in another form than configured".into(),
+            ));
+        }
         let flipped = mem.is_some_and(|m| {
             m.tamper_stored_bytes(hash, |bytes| {
                 let mid = bytes.len() / 2;
@@ -87,14 +93,103 @@ fn encoded(encoding: Encoding, compression: CompressionType) -> impl Fn() -> Mem
     }
 }
 
-conformance_main! {
-    "memory" => || MemoryFixture::new(None),
-    "memory_binary" => encoded(Encoding::Binary, CompressionType::None),
-    "memory_binary_gzip" => encoded(Encoding::Binary, CompressionType::Gzip),
-    "memory_binary_zstd" => encoded(Encoding::Binary, CompressionType::Zstd),
-    "memory_binary_lz4" => encoded(Encoding::Binary, CompressionType::Lz4),
-    "memory_json" => encoded(Encoding::Json, CompressionType::None),
-    "memory_json_gzip" => encoded(Encoding::Json, CompressionType::Gzip),
-    "memory_json_zstd" => encoded(Encoding::Json, CompressionType::Zstd),
-    "memory_json_lz4" => encoded(Encoding::Json, CompressionType::Lz4),
+async fn heap(s: &MemoryBackend) -> Result<u64, String> {
+    match s
+        .get_stats()
+        .await
+        .map_err(|e| e.to_string())?
+        .backend_specific
+    {
+        BackendStats::Memory { heap_usage } => Ok(heap_usage),
+        other => Err(format!("memory stats expected, got {other:?}")),
+    }
+}
+
+/// Memory-specific: the heap estimate in the backend's own statistics stays within
+/// sane bounds of what it holds, and returns to zero when everything is deleted.
+fn heap_usage_follows_contents() -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        for format in [None, Some(WireFormat::BINARY)] {
+            let store = match format {
+                None => MemoryBackend::new(),
+                Some(f) => MemoryBackend::with_wire_format(f),
+            };
+            let chain = storage_conformance::data::chain(40);
+            store
+                .store_blocks(&chain)
+                .await
+                .map_err(|e| e.to_string())?;
+            let held = heap(&store).await?;
+            // At least the payloads, the type strings twice and the map entries;
+            // at most that plus 2 KiB a block.
+            let floor: u64 = chain
+                .iter()
+                .map(|b| (b.payload().len() + 2 * b.payload_type().len() + 64) as u64)
+                .sum();
+            if held < floor || held > floor + 2048 * chain.len() as u64 {
+                return Err(format!(
+                    "heap estimate {held} for 40 blocks outside {floor}..={}",
+                    floor + 2048 * chain.len() as u64
+                ));
+            }
+            for b in chain.iter() {
+                store
+                    .delete_block(&b.hash())
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            let left = heap(&store).await?;
+            if left != 0 {
+                return Err(format!("heap estimate {left} after deleting everything"));
+            }
+        }
+        Ok(())
+    })
+}
+
+fn main() -> std::process::ExitCode {
+    storage_conformance::run_suites_with(
+        vec![
+            Suite::new("memory", || MemoryFixture::new(None)),
+            Suite::new(
+                "memory_binary",
+                encoded(Encoding::Binary, CompressionType::None),
+            ),
+            Suite::new(
+                "memory_binary_gzip",
+                encoded(Encoding::Binary, CompressionType::Gzip),
+            ),
+            Suite::new(
+                "memory_binary_zstd",
+                encoded(Encoding::Binary, CompressionType::Zstd),
+            ),
+            Suite::new(
+                "memory_binary_lz4",
+                encoded(Encoding::Binary, CompressionType::Lz4),
+            ),
+            Suite::new(
+                "memory_json",
+                encoded(Encoding::Json, CompressionType::None),
+            ),
+            Suite::new(
+                "memory_json_gzip",
+                encoded(Encoding::Json, CompressionType::Gzip),
+            ),
+            Suite::new(
+                "memory_json_zstd",
+                encoded(Encoding::Json, CompressionType::Zstd),
+            ),
+            Suite::new(
+                "memory_json_lz4",
+                encoded(Encoding::Json, CompressionType::Lz4),
+            ),
+        ],
+        vec![(
+            "memory::heap_usage_follows_contents",
+            heap_usage_follows_contents,
+        )],
+    )
 }
