@@ -359,13 +359,13 @@ pub fn run_suites(suites: Vec<Suite>) -> ExitCode {
     run_suites_with(suites, Vec::new())
 }
 
+/// A test of a backend's own for [`run_suites_with`]: `Err(message)` fails it.
+pub type ExtraTest = fn() -> Result<(), String>;
+
 /// [`run_suites`] with tests of the backend's own beside the suites (named as
 /// they are given, e.g. `"mine::engine_stats"`), each a function that returns
 /// `Err(message)` on failure; for checks of behaviour the trait does not cover.
-pub fn run_suites_with(
-    suites: Vec<Suite>,
-    extra: Vec<(&'static str, fn() -> Result<(), String>)>,
-) -> ExitCode {
+pub fn run_suites_with(suites: Vec<Suite>, extra: Vec<(&'static str, ExtraTest)>) -> ExitCode {
     let args = libtest_mimic::Arguments::from_args();
     // `--list` output is parsed by tools (cargo-nextest): keep it clean.
     if !args.list {
