@@ -109,6 +109,9 @@ enum Cmd {
         /// Mutants built and tested at once.
         #[arg(long, default_value_t = 2)]
         jobs: u32,
+        /// Test only the mutants the last run did not catch (and new ones).
+        #[arg(long)]
+        iterate: bool,
         /// Write the report from the last run's results without running.
         #[arg(long)]
         report_only: bool,
@@ -195,8 +198,9 @@ fn main() -> ExitCode {
         Cmd::Mutants {
             model_cases,
             jobs,
+            iterate,
             report_only,
-        } => mutants::run(&root, model_cases, jobs, report_only),
+        } => mutants::run(&root, model_cases, jobs, iterate, report_only),
         Cmd::Cluster { action } => cluster::command(&root, action),
         Cmd::Sweep {
             backends,

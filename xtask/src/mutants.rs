@@ -14,7 +14,13 @@ use std::process::Command;
 use std::time::Instant;
 
 /// Runs cargo-mutants (unless `report_only`) and writes `docs/mutants.md`.
-pub fn run(root: &Path, model_cases: u32, jobs: u32, report_only: bool) -> Result<(), String> {
+pub fn run(
+    root: &Path,
+    model_cases: u32,
+    jobs: u32,
+    iterate: bool,
+    report_only: bool,
+) -> Result<(), String> {
     let out = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"))
@@ -30,9 +36,13 @@ pub fn run(root: &Path, model_cases: u32, jobs: u32, report_only: bool) -> Resul
         // No shared CARGO_TARGET_DIR: each parallel worker builds its own copy
         // of the tree into that copy's target directory (a shared one would let
         // one worker test another's mutant).
-        let status = Command::new("cargo")
-            .args(["mutants", "--no-shuffle", "--timeout", "300", "--jobs"])
-            .arg(jobs.to_string())
+        let mut command = Command::new("cargo");
+        command.args(["mutants", "--no-shuffle", "--timeout", "300", "--jobs"]);
+        command.arg(jobs.to_string());
+        if iterate {
+            command.arg("--iterate");
+        }
+        let status = command
             .arg("--output")
             .arg(&out)
             .env_remove("CARGO_TARGET_DIR")

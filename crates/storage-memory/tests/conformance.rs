@@ -105,41 +105,69 @@ async fn heap(s: &MemoryBackend) -> Result<u64, String> {
     }
 }
 
-/// Memory-specific: the heap estimate in the backend's own statistics stays within
-/// sane bounds of what it holds, and returns to zero when everything is deleted.
+/// Memory-specific: the backend's name, and the heap estimate in its own
+/// statistics: exactly its documented sum over what it holds, equal for equal
+/// contents however they were reached, and zero when everything is deleted.
 fn heap_usage_follows_contents() -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .map_err(|e| e.to_string())?;
     rt.block_on(async {
-        for format in [None, Some(WireFormat::BINARY)] {
-            let store = match format {
+        let chain = storage_conformance::data::chain(40);
+        for format in [
+            None,
+            Some(WireFormat::BINARY),
+            Some(WireFormat {
+                encoding: Encoding::Json,
+                compression: CompressionType::Zstd,
+            }),
+        ] {
+            let open = || match format {
                 None => MemoryBackend::new(),
                 Some(f) => MemoryBackend::with_wire_format(f),
             };
-            let chain = storage_conformance::data::chain(40);
-            store
-                .store_blocks(&chain)
-                .await
-                .map_err(|e| e.to_string())?;
+            let expected = |blocks: &[storage_core::Block]| -> Result<u64, String> {
+                let mut sum = 0;
+                for b in blocks {
+                    let stored = match format {
+                        None => b.payload().len(),
+                        Some(f) => f.encode(b).map_err(|e| e.to_string())?.len(),
+                    };
+                    sum += stored as u64
+                        + 2 * b.payload_type().len() as u64
+                        + storage_memory::ENTRY_OVERHEAD_BYTES;
+                }
+                Ok(sum)
+            };
+            let store = open();
+            if store.backend_name() != "memory" {
+                return Err(format!("backend name {:?}", store.backend_name()));
+            }
+            store.store_blocks(&chain).await.map_err(|e| e.to_string())?;
             let held = heap(&store).await?;
-            // At least the payloads, the type strings twice and the map entries;
-            // at most that plus 2 KiB a block.
-            let floor: u64 = chain
-                .iter()
-                .map(|b| (b.payload().len() + 2 * b.payload_type().len() + 64) as u64)
-                .sum();
-            if held < floor || held > floor + 2048 * chain.len() as u64 {
+            if held != expected(&chain)? {
                 return Err(format!(
-                    "heap estimate {held} for 40 blocks outside {floor}..={}",
-                    floor + 2048 * chain.len() as u64
+                    "heap estimate {held} for 40 blocks ({format:?}), want {}",
+                    expected(&chain)?
                 ));
             }
-            for b in chain.iter() {
-                store
-                    .delete_block(&b.hash())
-                    .await
-                    .map_err(|e| e.to_string())?;
+            // Delete the first half: the same as a store that only got the rest.
+            for b in &chain[..20] {
+                store.delete_block(&b.hash()).await.map_err(|e| e.to_string())?;
+            }
+            let other = open();
+            other
+                .store_blocks(&chain[20..])
+                .await
+                .map_err(|e| e.to_string())?;
+            let (a, b) = (heap(&store).await?, heap(&other).await?);
+            if a != b || a != expected(&chain[20..])? {
+                return Err(format!(
+                    "heap estimate after deleting half {a}, of a store holding the same {b} ({format:?})"
+                ));
+            }
+            for b in &chain[20..] {
+                store.delete_block(&b.hash()).await.map_err(|e| e.to_string())?;
             }
             let left = heap(&store).await?;
             if left != 0 {
