@@ -92,6 +92,23 @@ fn key(line: &str) -> String {
     }
 }
 
+/// The mutants of the code as it is now, as `cargo mutants --list` names them.
+fn current_mutants(root: &Path) -> Result<std::collections::BTreeSet<String>, String> {
+    let out = Command::new("cargo")
+        .args(["mutants", "--list"])
+        .current_dir(root)
+        .output()
+        .map_err(|e| format!("cannot run cargo mutants --list: {e}"))?;
+    if !out.status.success() {
+        return Err("cargo mutants --list failed".into());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(String::from)
+        .collect())
+}
+
 fn lines(dir: &Path, name: &str) -> Result<Vec<String>, String> {
     let path = dir.join(name);
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -108,10 +125,28 @@ fn report(
     model_cases: u32,
     took: Option<std::time::Duration>,
 ) -> Result<String, String> {
-    let caught = lines(dir, "caught.txt")?;
+    let mut caught = lines(dir, "caught.txt")?;
     let missed = lines(dir, "missed.txt")?;
     let timeout = lines(dir, "timeout.txt")?;
-    let unviable = lines(dir, "unviable.txt")?;
+    let mut unviable = lines(dir, "unviable.txt")?;
+    // After `--iterate`: mutants of the current code that an earlier run caught
+    // (or found unviable) count as they did then; names that no longer exist
+    // (the code moved) are dropped, their new names were tested again.
+    if dir.join("previously_caught.txt").exists() {
+        let current = current_mutants(root)?;
+        let old = dir.with_extension("out.old");
+        let old_unviable = lines(&old, "unviable.txt").unwrap_or_default();
+        for m in lines(dir, "previously_caught.txt")? {
+            if !current.contains(&m) {
+                continue;
+            }
+            if old_unviable.contains(&m) {
+                unviable.push(m);
+            } else {
+                caught.push(m);
+            }
+        }
+    }
     let args_path = root.join("docs/mutants-equivalent.txt");
     let arguments: BTreeMap<String, String> = std::fs::read_to_string(&args_path)
         .unwrap_or_default()
