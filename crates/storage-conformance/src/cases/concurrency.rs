@@ -229,6 +229,45 @@ async fn joined<T>(task: tokio::task::JoinHandle<T>) -> Result<T, CaseError> {
         .map_err(|e| fail(format!("task panicked or was cancelled: {e}")))
 }
 
+/// How two held calls are let through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Release {
+    /// The first, to completion, then the second.
+    FirstThenSecond,
+    /// The second, to completion, then the first.
+    SecondThenFirst,
+    /// Both at once.
+    Together,
+}
+
+/// Lets two calls held at their points (the same point twice works too) through
+/// as `how` says; returns their outcomes in the order given.
+async fn release_pair<A, B>(
+    (pa, ta): (&PausePoint, tokio::task::JoinHandle<A>),
+    (pb, tb): (&PausePoint, tokio::task::JoinHandle<B>),
+    how: Release,
+) -> Result<(A, B), CaseError> {
+    match how {
+        Release::FirstThenSecond => {
+            pa.release(1);
+            let a = joined(ta).await?;
+            pb.release(1);
+            Ok((a, joined(tb).await?))
+        }
+        Release::SecondThenFirst => {
+            pb.release(1);
+            let b = joined(tb).await?;
+            pa.release(1);
+            Ok((joined(ta).await?, b))
+        }
+        Release::Together => {
+            pa.release(1);
+            pb.release(1);
+            Ok((joined(ta).await?, joined(tb).await?))
+        }
+    }
+}
+
 /// Calls held at pause points and let through in a chosen order (one after the
 /// other, or together) end as some serial order of the same calls would: two
 /// rivals at one index (first through wins, the other is `IndexConflict`),
@@ -274,15 +313,12 @@ pub async fn interleavings_agree_with_a_serial_order(env: &Env) -> CaseResult {
             async move { s.store_block(&y).await }
         })
         .await;
-        let (r1, r2) = if together {
-            point.release(2);
-            (joined(first).await?, joined(second).await?)
+        let how = if together {
+            Release::Together
         } else {
-            point.release(1);
-            let r1 = joined(first).await?;
-            point.release(1);
-            (r1, joined(second).await?)
+            Release::FirstThenSecond
         };
+        let (r1, r2) = release_pair((&point, first), (&point, second), how).await?;
         faulty.unpause("store_block");
         let stored = plain.get_blocks_by_range(x.index(), x.index()).await?;
         ensure_eq!(
@@ -359,21 +395,13 @@ pub async fn interleavings_agree_with_a_serial_order(env: &Env) -> CaseResult {
         })
         .await;
         let store_first = round % 4 != 3;
-        let (stored_r, deleted) = if together {
-            put.release(1);
-            del.release(1);
-            (joined(store_task).await?, joined(delete_task).await?)
-        } else if store_first {
-            put.release(1);
-            let st = joined(store_task).await?;
-            del.release(1);
-            (st, joined(delete_task).await?)
-        } else {
-            del.release(1);
-            let dl = joined(delete_task).await?;
-            put.release(1);
-            (joined(store_task).await?, dl)
+        let how = match (together, store_first) {
+            (true, _) => Release::Together,
+            (false, true) => Release::FirstThenSecond,
+            (false, false) => Release::SecondThenFirst,
         };
+        let (stored_r, deleted) =
+            release_pair((&put, store_task), (&del, delete_task), how).await?;
         faulty.unpause("store_block");
         faulty.unpause("delete_block");
         stored_r.map_err(|e| fail(format!("{}: {e}", what("store racing a delete"))))?;
@@ -426,21 +454,13 @@ pub async fn interleavings_agree_with_a_serial_order(env: &Env) -> CaseResult {
         })
         .await;
         let set_first = round % 4 < 2;
-        let (set_r, del_r) = if together {
-            del.release(1);
-            head_point.release(1);
-            (joined(set_task).await?, joined(delete_task).await?)
-        } else if set_first {
-            head_point.release(1);
-            let st = joined(set_task).await?;
-            del.release(1);
-            (st, joined(delete_task).await?)
-        } else {
-            del.release(1);
-            let dl = joined(delete_task).await?;
-            head_point.release(1);
-            (joined(set_task).await?, dl)
+        let how = match (together, set_first) {
+            (true, _) => Release::Together,
+            (false, true) => Release::FirstThenSecond,
+            (false, false) => Release::SecondThenFirst,
         };
+        let (set_r, del_r) =
+            release_pair((&head_point, set_task), (&del, delete_task), how).await?;
         faulty.unpause("set_chain_head");
         faulty.unpause("delete_block");
         ensure!(
@@ -505,25 +525,12 @@ pub async fn batch_racing_a_rival_is_all_or_nothing(env: &Env) -> CaseResult {
             async move { s.store_block(&r).await }
         })
         .await;
-        let (br, rr) = match round % 3 {
-            0 => {
-                bp.release(1);
-                let br = joined(batch_task).await?;
-                rp.release(1);
-                (br, joined(rival_task).await?)
-            }
-            1 => {
-                rp.release(1);
-                let rr = joined(rival_task).await?;
-                bp.release(1);
-                (joined(batch_task).await?, rr)
-            }
-            _ => {
-                rp.release(1);
-                bp.release(1);
-                (joined(batch_task).await?, joined(rival_task).await?)
-            }
-        };
+        let how = [
+            Release::FirstThenSecond,
+            Release::SecondThenFirst,
+            Release::Together,
+        ][round % 3];
+        let (br, rr) = release_pair((&bp, batch_task), (&rp, rival_task), how).await?;
         faulty.unpause("store_blocks");
         faulty.unpause("store_block");
         let what = format!("round {round}");
@@ -566,10 +573,14 @@ pub async fn batch_racing_a_rival_is_all_or_nothing(env: &Env) -> CaseResult {
             rr.is_ok(),
             "{what}: the rival stored iff it succeeded"
         );
-        if round % 3 == 0 {
-            ensure!(br.is_ok(), "{what}: the batch let through first wins");
-        } else if round % 3 == 1 {
-            ensure!(rr.is_ok(), "{what}: the rival let through first wins");
+        match how {
+            Release::FirstThenSecond => {
+                ensure!(br.is_ok(), "{what}: the batch let through first wins")
+            }
+            Release::SecondThenFirst => {
+                ensure!(rr.is_ok(), "{what}: the rival let through first wins")
+            }
+            Release::Together => {}
         }
     }
     Ok(())
