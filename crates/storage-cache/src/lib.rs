@@ -650,4 +650,12 @@ impl<B: StorageBackend> StorageBackend for CachedStorageBackend<B> {
         })
         .await
     }
+
+    async fn check_integrity(&self) -> Result<()> {
+        in_span_async(
+            op_span(NAME, "check_integrity"),
+            self.shared.inner.check_integrity(),
+        )
+        .await
+    }
 }

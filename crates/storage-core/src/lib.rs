@@ -37,6 +37,7 @@ mod links;
 pub mod trace;
 mod traits;
 mod types;
+mod verify;
 mod wire;
 
 pub use block::{
@@ -56,6 +57,7 @@ pub use types::{
     BackendStats, BlockFilter, BlockMetadata, CompactionStats, ListMatcher, ListOptions, SortOrder,
     StorageStats,
 };
+pub use verify::{VerifyOptions, VerifyReport};
 pub use wire::{
     CONTENT_TYPE_BINARY, CONTENT_TYPE_JSON, Encoding, MAX_ENCODED_BLOCK_BYTES, WireFormat,
 };

@@ -8,7 +8,7 @@ use ed25519_dalek::SigningKey;
 
 use crate::{
     Block, BlockHash, BlockMetadata, BlockPayload, ListOptions, Result, StorageError, StorageStats,
-    verify_chain,
+    VerifyOptions, VerifyReport, verify_chain,
 };
 
 /// A store of signed blocks, addressed by hash and by chain index.
@@ -107,6 +107,16 @@ pub trait StorageBackend: Send + Sync + std::fmt::Debug + 'static {
     /// Flushes and releases the store (files, locks, connections). Afterwards every
     /// other call fails with [`StorageError::Closed`]. Idempotent.
     async fn close(&self) -> Result<()>;
+
+    /// Runs the engine's own consistency check, beyond what reading every block
+    /// checks: for example SQLite's `integrity_check` and its stored counters
+    /// against its rows. Damage is [`StorageError::Corrupted`]. The default does
+    /// nothing (reads check every byte they return).
+    ///
+    /// [`StorageBackendExt::verify_store`] runs this first.
+    async fn check_integrity(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Forwards every method to the pointee, so `Arc<B>`/`Box<B>` (and
@@ -131,6 +141,7 @@ macro_rules! forward_backend {
             async fn vacuum(&self) -> Result<()> { (**self).vacuum().await }
             async fn get_stats(&self) -> Result<StorageStats> { (**self).get_stats().await }
             async fn close(&self) -> Result<()> { (**self).close().await }
+            async fn check_integrity(&self) -> Result<()> { (**self).check_integrity().await }
         }
     )*};
 }
@@ -175,6 +186,54 @@ pub trait StorageBackendExt: StorageBackend {
         self.store_block(&block).await?;
         self.set_chain_head(&block.hash()).await?;
         Ok(block)
+    }
+
+    /// Makes `hash` the chain head only if it is higher than the current head (or
+    /// no head is set); returns whether the head moved. Importing or copying blocks
+    /// below the head therefore never moves it backwards; [`set_chain_head`]
+    /// remains the way to move it anywhere, backwards too.
+    ///
+    /// Not atomic: two callers racing may both read the old head.
+    ///
+    /// [`set_chain_head`]: StorageBackend::set_chain_head
+    async fn advance_head(&self, hash: &BlockHash) -> Result<bool> {
+        let block = self
+            .retrieve_block(hash)
+            .await?
+            .ok_or(StorageError::BlockNotFound { hash: *hash })?;
+        if let Some(head) = self.get_chain_head().await? {
+            if head == *hash {
+                return Ok(false);
+            }
+            // A head naming no stored block is left to `verify_store` to report;
+            // any stored block is higher than nothing.
+            if let Some(current) = self.retrieve_block(&head).await?
+                && current.index() >= block.index()
+            {
+                return Ok(false);
+            }
+        }
+        self.set_chain_head(hash).await?;
+        Ok(true)
+    }
+
+    /// Checks the store against itself: the engine's own check
+    /// ([`StorageBackend::check_integrity`]), then every block from genesis in
+    /// index order (signatures, index sequence, hash links, timestamps), then the
+    /// store's count and head against what was walked: the head must be the
+    /// highest block. Gaps in the index sequence fail unless
+    /// [`VerifyOptions::allow_gaps`]. `progress` gets the number of blocks each
+    /// page verified.
+    ///
+    /// A broken chain, a gap or a misplaced head is [`StorageError::Verification`]
+    /// naming the index; damage, or a count that disagrees with the blocks found,
+    /// is [`StorageError::Corrupted`].
+    async fn verify_store(
+        &self,
+        options: &VerifyOptions,
+        progress: &mut (dyn FnMut(u64) + Send),
+    ) -> Result<VerifyReport> {
+        crate::verify::verify_store(self, options, progress).await
     }
 
     /// Reads every stored block in index order, `page` blocks at a time, and

@@ -4,7 +4,10 @@
 //!
 //! Segment `NNNNNNNNNNNNNNNN.seg`:
 //! ```text
-//! header   "OLSEG\0\0\x01" (8) | segment id u64
+//! header   "OLSEG\0\0\x02" (8) | segment id u64 | durable slot × 2
+//! slot     durable_len u64 | crc32 u32 (over segment id and durable_len) | 0 u32
+//!          (the larger valid slot: every byte below it was synced; rewritten in
+//!          turn, before each sync, with the length the previous sync made durable)
 //! record*  magic u16 = 0xB10C | kind u8 | 0 u8 | body_len u32 | crc32 u32 | body
 //!          (the crc covers the first 8 header bytes and the body)
 //! PUT      body = count u32 | entry*
@@ -25,6 +28,14 @@
 //! op DELETE 2 | hash [32]
 //! op HEAD   3 | 0|1 | hash [32]
 //! ```
+//!
+//! `MANIFEST`: the store's segments, rewritten atomically when the set changes
+//! (a segment sealed or started, a compaction committed):
+//! ```text
+//! "OLMAN\0\0\x01" | count u32 | (segment id u64 | sealed_len u64)* | crc32
+//! ```
+//! `sealed_len` is the length a sealed segment was synced at; 0 marks the active
+//! (last) segment, whose durable length is in its header slots.
 
 use std::collections::HashMap;
 
@@ -33,9 +44,17 @@ use storage_core::{
 };
 
 /// Segment file header magic.
-pub const SEG_MAGIC: &[u8; 8] = b"OLSEG\0\0\x01";
+pub const SEG_MAGIC: &[u8; 8] = b"OLSEG\0\0\x02";
+/// The magic of the first format, which kept no durable marks.
+pub const SEG_MAGIC_V1: &[u8; 8] = b"OLSEG\0\0\x01";
 /// Size of the segment file header.
-pub const SEG_HEADER: u64 = 16;
+pub const SEG_HEADER: u64 = 48;
+/// Offset of the first durable slot in the header.
+const SLOT_AT: usize = 16;
+/// Size of a durable slot.
+const SLOT: usize = 16;
+/// Manifest magic.
+pub const MANIFEST_MAGIC: &[u8; 8] = b"OLMAN\0\0\x01";
 /// Record header magic.
 pub const REC_MAGIC: u16 = 0xB10C;
 /// Size of a record header.
@@ -73,19 +92,101 @@ fn codec_of(b: u8) -> Option<CompressionType> {
     })
 }
 
-/// The segment file header for segment `id`.
+/// The segment file header for segment `id` (no durable length recorded yet).
 pub fn segment_header(id: u64) -> [u8; SEG_HEADER as usize] {
     let mut h = [0u8; SEG_HEADER as usize];
     h[..8].copy_from_slice(SEG_MAGIC);
-    h[8..].copy_from_slice(&id.to_le_bytes());
+    h[8..16].copy_from_slice(&id.to_le_bytes());
     h
 }
 
-/// Checks a segment file header.
-pub fn check_segment_header(bytes: &[u8], id: u64) -> bool {
-    bytes.len() >= SEG_HEADER as usize
-        && &bytes[..8] == SEG_MAGIC
-        && bytes[8..16] == id.to_le_bytes()
+/// What a segment header says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SegmentHeader {
+    /// This format; every byte below `durable` was synced. `slot` holds that
+    /// length (`None` when no slot was ever written).
+    Valid { durable: u64, slot: Option<usize> },
+    /// Written by the first format.
+    Version1,
+    /// Not the header of this segment.
+    Invalid,
+}
+
+/// Parses a segment file header.
+pub fn parse_segment_header(bytes: &[u8], id: u64) -> SegmentHeader {
+    if bytes.len() >= 16 && &bytes[..8] == SEG_MAGIC_V1 && bytes[8..16] == id.to_le_bytes() {
+        return SegmentHeader::Version1;
+    }
+    if bytes.len() < SEG_HEADER as usize
+        || &bytes[..8] != SEG_MAGIC
+        || bytes[8..16] != id.to_le_bytes()
+    {
+        return SegmentHeader::Invalid;
+    }
+    // A torn or never-written slot fails its checksum and counts as nothing.
+    let best = (0..2)
+        .filter_map(|k| {
+            let slot = &bytes[SLOT_AT + k * SLOT..SLOT_AT + (k + 1) * SLOT];
+            let len = u64::from_le_bytes(slot[..8].try_into().ok()?);
+            (slot[8..12] == slot_crc(id, len).to_le_bytes()).then_some((len, k))
+        })
+        .max();
+    SegmentHeader::Valid {
+        durable: best.map_or(SEG_HEADER, |b| b.0.max(SEG_HEADER)),
+        slot: best.map(|b| b.1),
+    }
+}
+
+fn slot_crc(id: u64, len: u64) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&id.to_le_bytes());
+    h.update(&len.to_le_bytes());
+    h.finalize()
+}
+
+/// Durable slot `k` (0 or 1) of segment `id` saying `len`: the bytes and where
+/// they go in the file.
+pub fn durable_slot(id: u64, k: usize, len: u64) -> ([u8; SLOT], u64) {
+    let mut slot = [0u8; SLOT];
+    slot[..8].copy_from_slice(&len.to_le_bytes());
+    slot[8..12].copy_from_slice(&slot_crc(id, len).to_le_bytes());
+    (slot, (SLOT_AT + (k % 2) * SLOT) as u64)
+}
+
+/// Encodes the manifest: `(segment id, sealed length or 0 for the active one)`.
+pub fn encode_manifest(segments: &[(u64, u64)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + segments.len() * 16);
+    out.extend_from_slice(MANIFEST_MAGIC);
+    out.extend_from_slice(&(segments.len() as u32).to_le_bytes());
+    for (id, sealed) in segments {
+        out.extend_from_slice(&id.to_le_bytes());
+        out.extend_from_slice(&sealed.to_le_bytes());
+    }
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// Parses the manifest; `None` when it is damaged.
+pub fn parse_manifest(bytes: &[u8]) -> Option<Vec<(u64, u64)>> {
+    let (body, crc) = bytes.split_at_checked(bytes.len().checked_sub(4)?)?;
+    if crc32fast::hash(body) != u32::from_le_bytes(crc.try_into().ok()?) {
+        return None;
+    }
+    let mut r = Reader { b: body, at: 0 };
+    if r.take(8)? != MANIFEST_MAGIC {
+        return None;
+    }
+    let n = r.u32()? as usize;
+    let mut out = Vec::with_capacity(n.min(1 << 20));
+    for _ in 0..n {
+        out.push((r.u64()?, r.u64()?));
+    }
+    let well_formed = r.at == body.len()
+        && out.windows(2).all(|w| w[0].0 < w[1].0)
+        && out.last().is_some_and(|l| l.1 == 0)
+        && out.iter().rev().skip(1).all(|e| e.1 >= SEG_HEADER);
+    well_formed.then_some(out)
 }
 
 /// A block encoded as a PUT entry, ready to append.

@@ -38,6 +38,46 @@ impl Dir {
 /// Lock file name.
 pub const LOCK_FILE: &str = "LOCK";
 
+/// The list of the store's segments (see `format`).
+pub const MANIFEST: &str = "MANIFEST";
+
+/// Writes the manifest atomically (temp file, sync, rename, directory sync).
+fn write_manifest(dir: &Dir, segments: &BTreeMap<u64, u64>) -> Result<()> {
+    let path = dir.path.join(MANIFEST);
+    let tmp = dir.path.join("MANIFEST.tmp");
+    let entries: Vec<(u64, u64)> = segments.iter().map(|(id, len)| (*id, *len)).collect();
+    let bytes = format::encode_manifest(&entries);
+    let write = || -> std::io::Result<()> {
+        let f = dir.vfs.create(&tmp, false)?;
+        f.write_all_at(&bytes, 0)?;
+        f.sync_data()?;
+        dir.vfs.rename(&tmp, &path)
+    };
+    write().map_err(|e| io(format!("writing {}", path.display()), e))?;
+    sync_dir(dir)
+}
+
+/// Reads the manifest: `None` when there is none; damage is `Corrupted`.
+fn read_manifest(dir: &Dir) -> Result<Option<Vec<(u64, u64)>>> {
+    let path = dir.path.join(MANIFEST);
+    let file = match dir.vfs.open(&path, false) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(format!("opening {}", path.display()), e)),
+    };
+    let len = file
+        .len()
+        .map_err(|e| io(format!("reading metadata of {}", path.display()), e))?;
+    let bytes = read_exact(&*file, 0, len as usize, &|| path.display().to_string())?;
+    format::parse_manifest(&bytes).map(Some).ok_or_else(|| {
+        StorageError::corrupted(format!(
+            "fs: {} is damaged, so which segments hold the store is unknown; \
+             salvage what is intact with `repair`",
+            path.display()
+        ))
+    })
+}
+
 pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every critical section below checks before it mutates, so a panic inside one
     // cannot leave half-applied state behind: a poisoned lock is safe to reuse.
@@ -140,6 +180,11 @@ pub struct Writer {
     buf: Vec<u8>,
     /// Set when a failed write could not be undone; the store refuses writes.
     broken: Option<String>,
+    /// Every segment of the store (as in the manifest): id → the length it was
+    /// sealed at, 0 for the active one.
+    pub segments: BTreeMap<u64, u64>,
+    /// Something was written since the last close (or open): close has work.
+    dirty: bool,
 }
 
 #[derive(Debug, Default)]
@@ -148,6 +193,9 @@ struct DurableState {
     synced: (u64, u64),
     /// A writer is syncing for the group right now.
     leader: bool,
+    /// The durable length last written to a header slot of segment `mark.0`, and
+    /// the slot the next write goes to.
+    mark: (u64, u64, usize),
 }
 
 #[derive(Default)]
@@ -212,21 +260,28 @@ impl Writer {
             ));
         }
         self.len += bytes.len() as u64;
+        self.dirty = true;
         Ok((self.seg, off))
     }
 
-    /// Seals the active segment (sync, index file) and starts the next one.
+    /// Seals the active segment (sync, index file), starts the next one and
+    /// records both in the manifest.
     fn roll(&mut self, inner: &Inner) -> Result<()> {
         self.seal(inner)?;
-        self.start(inner, self.seg + 1)
+        self.start(inner, self.seg + 1)?;
+        write_manifest(&inner.dir, &self.segments)
     }
 
+    /// Syncs the active segment and writes its index file; the manifest records
+    /// it as sealed at its length once the caller writes it.
     fn seal(&mut self, inner: &Inner) -> Result<()> {
         seal_segment(&inner.dir, self.seg, &self.file, self.len, &self.ops)?;
         inner.mark_synced((self.seg, self.len));
+        self.segments.insert(self.seg, self.len);
         Ok(())
     }
 
+    /// Starts segment `id` as the active one (the caller writes the manifest).
     fn start(&mut self, inner: &Inner, id: u64) -> Result<()> {
         let file = create_segment(&inner.dir, id)?;
         write_state(&inner.state).files.insert(id, file.clone());
@@ -234,6 +289,7 @@ impl Writer {
         self.file = file;
         self.len = SEG_HEADER;
         self.ops.clear();
+        self.segments.insert(id, 0);
         Ok(())
     }
 }
@@ -248,6 +304,21 @@ pub fn write_state(s: &RwLock<State>) -> std::sync::RwLockWriteGuard<'_, State> 
 
 fn put_op(block: &Block, off: u64, entry: &format::EncodedEntry) -> PutOp {
     PutOp::of(block, off, entry.bytes.len() as u32, entry.raw_len)
+}
+
+/// The header slot write that records `durable` (a synced position), if it says
+/// more than the last one: (segment, length, slot).
+fn next_mark(mark: (u64, u64, usize), durable: (u64, u64)) -> Option<(u64, u64, usize)> {
+    if mark.0 == durable.0 {
+        (durable.1 > mark.1).then_some((durable.0, durable.1, mark.2))
+    } else {
+        (durable.1 > SEG_HEADER).then_some((durable.0, durable.1, 0))
+    }
+}
+
+fn write_mark(file: &FileRef, (seg, len, slot): (u64, u64, usize)) -> std::io::Result<()> {
+    let (bytes, at) = format::durable_slot(seg, slot, len);
+    file.write_all_at(&bytes, at)
 }
 
 impl Inner {
@@ -274,20 +345,69 @@ impl Inner {
                 continue;
             }
             d.leader = true;
+            let (prior, mark) = (d.synced, d.mark);
             drop(d);
             let (file, target) = {
                 let w = lock(&self.writer);
                 (w.file.clone(), (w.seg, w.len))
             };
-            let synced = file.sync_data();
+            // The header learns what the previous sync made durable, in the same
+            // sync as the new data: it never claims more than is on disk, even if
+            // the power fails halfway through this sync.
+            let marked = (prior.0 == target.0)
+                .then(|| next_mark(mark, prior))
+                .flatten();
+            let synced = match marked {
+                Some(m) => write_mark(&file, m).and_then(|()| file.sync_data()),
+                None => file.sync_data(),
+            };
             d = lock(&self.durable);
             d.leader = false;
             if synced.is_ok() && target > d.synced {
                 d.synced = target;
             }
+            if let Some(m) = marked {
+                // The slot was written (or half-written): the next write takes the other.
+                d.mark = (m.0, m.1, (m.2 + 1) % 2);
+            }
             self.durable_cv.notify_all();
             synced.map_err(|e| io(format!("syncing {}", self.dir.seg(target.0).display()), e))?;
         }
+    }
+
+    /// Makes the active segment durable to its end and records that in its header
+    /// (two syncs: data first, then the header slot). Used by close.
+    fn sync_and_mark(&self, w: &Writer) -> Result<()> {
+        let mut d = lock(&self.durable);
+        while d.leader {
+            d = self
+                .durable_cv
+                .wait(d)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        d.leader = true;
+        let mark = d.mark;
+        drop(d);
+        let path = || self.dir.seg(w.seg).display().to_string();
+        let end = (w.seg, w.len);
+        let mut marked = None;
+        let result = w.file.sync_data().and_then(|()| {
+            marked = next_mark(mark, end);
+            match marked {
+                Some(m) => write_mark(&w.file, m).and_then(|()| w.file.sync_data()),
+                None => Ok(()),
+            }
+        });
+        let mut d = lock(&self.durable);
+        d.leader = false;
+        if result.is_ok() && end > d.synced {
+            d.synced = end;
+        }
+        if let Some(m) = marked {
+            d.mark = (m.0, m.1, (m.2 + 1) % 2);
+        }
+        self.durable_cv.notify_all();
+        result.map_err(|e| io(format!("syncing {}", path()), e))
     }
 
     fn after_write(&self, end: (u64, u64)) -> Result<()> {
@@ -507,11 +627,15 @@ impl Inner {
     pub fn close(&self) -> Result<()> {
         *lock(&self.stop.stopped) = true;
         self.stop.cv.notify_all();
-        let w = lock(&self.writer);
-        if w.broken.is_some() {
+        let mut w = lock(&self.writer);
+        // A store that was only read writes nothing (so reading works on a full disk).
+        if w.broken.is_some() || !w.dirty {
             return Ok(());
         }
-        seal_segment(&self.dir, w.seg, &w.file, w.len, &w.ops)
+        self.sync_and_mark(&w)?;
+        write_index(&self.dir, w.seg, w.len, &w.ops)?;
+        w.dirty = false;
+        Ok(())
     }
 
     /// Rewrites a prefix of the log without deleted entries (`compact`: up to the
@@ -542,7 +666,7 @@ impl Inner {
         if let Some(end) = prefix_end {
             self.rewrite_prefix(&mut w, end, all)?;
         }
-        drop(w);
+        // Under the writer lock: a roll creates a segment before listing it.
         self.remove_orphans()
     }
 
@@ -600,21 +724,29 @@ impl Inner {
         out.head(self, head)?;
         let written = out.finish(self)?;
 
-        // New writes go to a segment after the copies, so they replay after them.
-        let next = written.last().map_or(w.seg, |(id, _)| *id) + 1;
+        // New writes go to a segment after the copies.
+        let next = written.last().map_or(w.seg, |(id, _, _)| *id) + 1;
         let before = w.seg;
-        if w.len == SEG_HEADER && w.ops.is_empty() {
+        let unused = w.len == SEG_HEADER && w.ops.is_empty();
+        if unused {
             // Nothing was written to it (e.g. it was started by the roll above).
-            w.start(self, next)?;
-            write_state(&self.state).files.remove(&before);
-            remove_file(&self.dir, &self.dir.seg(before))?;
+            w.segments.remove(&before);
         } else {
             w.seal(self)?;
-            w.start(self, next)?;
         }
+        w.start(self, next)?;
+        for id in &old {
+            w.segments.remove(id);
+        }
+        for (id, _, len) in &written {
+            w.segments.insert(*id, *len);
+        }
+        // The commit point: from here on the copies are the store, and the old
+        // segments (no longer listed) are ignored until they are removed.
+        write_manifest(&self.dir, &w.segments)?;
         {
             let mut st = write_state(&self.state);
-            for (id, file) in written {
+            for (id, file, _) in written {
                 st.files.insert(id, file);
             }
             for (index, loc) in moved {
@@ -624,6 +756,12 @@ impl Inner {
                 st.files.remove(id);
                 st.index.segs.remove(id);
             }
+            if unused {
+                st.files.remove(&before);
+            }
+        }
+        if unused {
+            remove_file(&self.dir, &self.dir.seg(before))?;
         }
         for id in old {
             remove_file(&self.dir, &self.dir.seg(id))?;
@@ -637,9 +775,12 @@ impl Inner {
     pub fn remove_orphans(&self) -> Result<()> {
         let live: Vec<u64> = read_state(&self.state).files.keys().copied().collect();
         for name in read_dir(&self.dir)? {
+            // Segments the manifest no longer lists were replaced by a compaction
+            // that committed but did not finish removing them.
             let orphan = name.ends_with(".tmp")
                 || name.contains(".seg.torn-")
-                || parse_id(&name, ".idx").is_some_and(|id| !live.contains(&id));
+                || parse_id(&name, ".idx").is_some_and(|id| !live.contains(&id))
+                || parse_id(&name, ".seg").is_some_and(|id| !live.contains(&id));
             if orphan {
                 remove_file(&self.dir, &self.dir.path.join(&name))?;
             }
@@ -671,7 +812,8 @@ struct Output {
     ops: Vec<Op>,
     buf: Vec<u8>,
     entries: u32,
-    done: Vec<(u64, FileRef)>,
+    /// Sealed segments: id, file, length.
+    done: Vec<(u64, FileRef, u64)>,
 }
 
 /// Flush a compaction record at this size.
@@ -743,7 +885,7 @@ impl Output {
     fn seal(&mut self, inner: &Inner) -> Result<()> {
         seal_segment(&inner.dir, self.id, &self.file, self.len, &self.ops)?;
         self.ops.clear();
-        self.done.push((self.id, self.file.clone()));
+        self.done.push((self.id, self.file.clone(), self.len));
         Ok(())
     }
 
@@ -758,7 +900,7 @@ impl Output {
         Ok(())
     }
 
-    fn finish(mut self, inner: &Inner) -> Result<Vec<(u64, FileRef)>> {
+    fn finish(mut self, inner: &Inner) -> Result<Vec<(u64, FileRef, u64)>> {
         self.flush(inner)?;
         self.seal(inner)?;
         sync_dir(&inner.dir)?;
@@ -813,44 +955,57 @@ pub fn open(cfg: FsConfig, vfs: Arc<dyn Vfs>) -> Result<(Arc<Inner>, Recovery)> 
     for name in read_dir(&dir)? {
         if let Some(id) = parse_id(&name, ".seg") {
             ids.push(id);
-        } else if name.ends_with(".idx.tmp") {
-            // An index write that never finished.
+        } else if name.ends_with(".idx.tmp") || name == "MANIFEST.tmp" {
+            // A write that never finished.
             remove_file(&dir, &dir.path.join(&name))?;
         }
     }
     ids.sort_unstable();
-
+    let listed = match read_manifest(&dir)? {
+        Some(listed) => listed,
+        None => {
+            let fresh = start_fresh(&dir, &ids)?;
+            ids = fresh.iter().map(|(id, _)| *id).collect();
+            fresh
+        }
+    };
+    for (id, _) in &listed {
+        if !ids.contains(id) {
+            return Err(lost(
+                &dir,
+                *id,
+                "is missing",
+                (SEG_HEADER, u64::MAX),
+                "the manifest lists it",
+            ));
+        }
+    }
     let mut rec = Recovery {
-        segments: ids.len(),
+        segments: listed.len(),
         ..Recovery::default()
     };
-    let loaded = match load_all(&dir, &ids, true, &mut rec)? {
+    let loaded = match load_all(&dir, &listed, true, &mut rec)? {
         Some(l) => l,
         // The log has deletions or superseded copies: replay it. Recovery work
         // (cutting a torn tail) was done by the first pass.
-        None => load_all(&dir, &ids, false, &mut Recovery::default())?
+        None => load_all(&dir, &listed, false, &mut Recovery::default())?
             .expect("a replay always completes"),
     };
-    let (mut state, active) = (loaded.state, loaded.active);
-    let synced = active
-        .as_ref()
-        .map_or((0, 0), |(id, _, len, _)| (*id, *len));
-    let (seg, file, len, ops) = match active {
-        Some((id, file, len, ops)) if len < cfg.segment_size => (id, file, len, ops),
-        other => {
-            // A full last segment is sealed; an empty directory starts at 1.
-            let next = match other {
-                Some((id, file, len, ops)) => {
-                    seal_segment(&dir, id, &file, len, &ops)?;
-                    id + 1
-                }
-                None => 1,
-            };
-            let file = create_segment(&dir, next)?;
-            state.files.insert(next, file.clone());
-            (next, file, SEG_HEADER, Vec::new())
-        }
-    };
+    let (state, active) = (loaded.state, loaded.active);
+    // Segments after the last listed one were started by a roll or written by a
+    // compaction that stopped before its manifest commit.
+    let last_listed = listed.last().map_or(0, |l| l.0);
+    for &id in ids.iter().filter(|id| **id > last_listed) {
+        discard_uncommitted(&dir, id, &state.index)?;
+    }
+    let Active {
+        id: seg,
+        file,
+        len,
+        ops,
+        mark,
+        dirty,
+    } = active;
     let inner = Arc::new(Inner {
         dir: dir.clone(),
         cfg: cfg.clone(),
@@ -862,19 +1017,173 @@ pub fn open(cfg: FsConfig, vfs: Arc<dyn Vfs>) -> Result<(Arc<Inner>, Recovery)> 
             ops,
             buf: Vec::new(),
             broken: None,
+            segments: listed.into_iter().collect(),
+            dirty,
         }),
         durable: Mutex::new(DurableState {
-            synced,
+            synced: (seg, len),
             leader: false,
+            mark,
         }),
         durable_cv: Condvar::new(),
         stop: Arc::new(Stop::default()),
         _lock: lock_file,
     });
+    {
+        let mut w = lock(&inner.writer);
+        if w.len >= cfg.segment_size {
+            w.roll(&inner)?;
+        }
+    }
     if let Durability::Periodic(every) = cfg.durability {
         spawn_periodic(Arc::downgrade(&inner), inner.stop.clone(), every)?;
     }
     Ok((inner, rec))
+}
+
+/// A directory without a manifest: a new store (segments that hold no record
+/// are left from a creation that did not finish), or damage.
+fn start_fresh(dir: &Dir, ids: &[u64]) -> Result<Vec<(u64, u64)>> {
+    let mut holding = 0;
+    for &id in ids {
+        let path = dir.seg(id);
+        let file = dir
+            .vfs
+            .open(&path, false)
+            .map_err(|e| io(format!("opening {}", path.display()), e))?;
+        let len = file
+            .len()
+            .map_err(|e| io(format!("reading metadata of {}", path.display()), e))?;
+        let head = read_exact(&*file, 0, len.min(16) as usize, &|| {
+            path.display().to_string()
+        })?;
+        if format::parse_segment_header(&head, id) == format::SegmentHeader::Version1 {
+            return Err(StorageError::Backend {
+                name: crate::NAME.into(),
+                transient: false,
+                source: format!(
+                    "{} was written by the first version of the segment format, which \
+                     this version does not open; export it with the version that wrote it \
+                     and import the export",
+                    dir.path.display()
+                )
+                .into(),
+            });
+        }
+        if len > SEG_HEADER {
+            holding += 1;
+        }
+    }
+    if holding > 0 {
+        return Err(StorageError::corrupted(format!(
+            "fs: {} has no MANIFEST although {holding} segment files hold records, so \
+             which of them hold the store is unknown; salvage what is intact with `repair`",
+            dir.path.display()
+        )));
+    }
+    for &id in ids {
+        remove_file(dir, &dir.seg(id))?;
+        remove_file(dir, &dir.idx(id))?;
+    }
+    create_segment(dir, 1)?;
+    let listed = BTreeMap::from([(1, 0)]);
+    write_manifest(dir, &listed)?;
+    Ok(listed.into_iter().collect())
+}
+
+/// Removes segment `id`, which the manifest does not list although it comes
+/// after every listed one: it was started by a roll, or written by a compaction
+/// that did not commit. Either way every block in it is also in the listed
+/// segments; if not, the manifest is not the store's latest, and that is damage.
+fn discard_uncommitted(dir: &Dir, id: u64, index: &Index) -> Result<()> {
+    let path = dir.seg(id);
+    let file = dir
+        .vfs
+        .open(&path, false)
+        .map_err(|e| io(format!("opening {}", path.display()), e))?;
+    let len = file
+        .len()
+        .map_err(|e| io(format!("reading metadata of {}", path.display()), e))?;
+    if len > SEG_HEADER {
+        let bytes = read_exact(&*file, 0, len as usize, &|| path.display().to_string())?;
+        let (_, ops) = scan(&bytes[SEG_HEADER as usize..], SEG_HEADER, id)?;
+        let unknown = ops.iter().find_map(|op| match op {
+            Op::Put(p) if !index.contains(&p.hash) => Some(p.index),
+            _ => None,
+        });
+        if let Some(index) = unknown {
+            return Err(StorageError::corrupted(format!(
+                "fs: {} is not in the MANIFEST but holds block #{index}, which no listed \
+                 segment holds: the MANIFEST is not the store's latest; salvage what is \
+                 intact with `repair`",
+                path.display()
+            )));
+        }
+    }
+    drop(file);
+    remove_file(dir, &path)?;
+    remove_file(dir, &dir.idx(id))
+}
+
+/// The error for bytes `range` of segment `id` that the store made durable but
+/// can no longer read. Names the blocks its index file placed there, if it has one.
+fn lost(dir: &Dir, id: u64, what: &str, range: (u64, u64), why: &str) -> StorageError {
+    let (from, to) = range;
+    let blocks = indexed_blocks(dir, id, from, to);
+    let bytes = if to == u64::MAX {
+        String::new()
+    } else {
+        format!(" (bytes {from}..{to})")
+    };
+    StorageError::corrupted(format!(
+        "fs: segment {} {what}{bytes} although {why}; {blocks}; salvage what is intact \
+         with `repair`",
+        dir.seg(id).display()
+    ))
+}
+
+/// Which blocks segment `id`'s index file places at offsets `from..to`.
+fn indexed_blocks(dir: &Dir, id: u64, from: u64, to: u64) -> String {
+    let parsed = dir.vfs.open(&dir.idx(id), false).ok().and_then(|f| {
+        let mut buf = vec![0u8; f.len().ok()? as usize];
+        f.read_exact_at(&mut buf, 0).ok()?;
+        let h = format::parse_index_header(&buf, id)?;
+        let indices: Vec<u64> = format::index_ops(&buf, &h)
+            .map_while(|o| o)
+            .filter_map(|o| match h.op(&o) {
+                Op::Put(p) if p.off >= from && p.off < to => Some(p.index),
+                _ => None,
+            })
+            .collect();
+        Some(indices)
+    });
+    match parsed {
+        Some(v) if v.is_empty() => "its index file places no block there".into(),
+        Some(v) => format!("blocks lost: {}", index_ranges(&v)),
+        None => "which blocks were there is unknown (no index file covers them)".into(),
+    }
+}
+
+/// `[1, 2, 3, 7]` as `#1..=#3, #7`.
+pub fn index_ranges(indices: &[u64]) -> String {
+    let mut sorted = indices.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut parts = Vec::new();
+    let mut i = 0;
+    while i < sorted.len() {
+        let mut j = i;
+        while j + 1 < sorted.len() && sorted[j + 1] == sorted[j] + 1 {
+            j += 1;
+        }
+        parts.push(if i == j {
+            format!("#{}", sorted[i])
+        } else {
+            format!("#{}..=#{}", sorted[i], sorted[j])
+        });
+        i = j + 1;
+    }
+    parts.join(", ")
 }
 
 fn spawn_periodic(weak: Weak<Inner>, stop: Arc<Stop>, every: Duration) -> Result<()> {
@@ -911,22 +1220,39 @@ fn spawn_periodic(weak: Weak<Inner>, stop: Arc<Stop>, every: Duration) -> Result
         .map_err(|e| io("starting the periodic sync thread".into(), e))
 }
 
+/// The active (last) segment as loading left it.
+struct Active {
+    id: u64,
+    file: FileRef,
+    len: u64,
+    /// Its operations, for its next index file.
+    ops: Vec<Op>,
+    /// The durable mark: (segment, length, the slot the next write goes to).
+    mark: (u64, u64, usize),
+    /// Its index file or its durable mark does not cover it whole.
+    dirty: bool,
+}
+
 /// What loading the segments produced.
 struct Loaded {
     state: State,
-    /// The last segment: id, file, length, operations (for its next index file).
-    active: Option<(u64, FileRef, u64, Vec<Op>)>,
+    active: Active,
 }
 
-/// Loads every segment, in order, into an index: `bulk` builds it with [`Bulk`]
-/// and returns `None` when the log needs a replay; otherwise every operation is
-/// replayed.
-fn load_all(dir: &Dir, ids: &[u64], bulk: bool, rec: &mut Recovery) -> Result<Option<Loaded>> {
+/// Loads the listed segments `(id, sealed length or 0 for the active one)`, in
+/// order, into an index: `bulk` builds it with [`Bulk`] and returns `None` when
+/// the log needs a replay; otherwise every operation is replayed.
+fn load_all(
+    dir: &Dir,
+    listed: &[(u64, u64)],
+    bulk: bool,
+    rec: &mut Recovery,
+) -> Result<Option<Loaded>> {
     let idx_file = |id: u64| dir.vfs.open(&dir.idx(id), false);
     // Index files hold ~80 bytes per block: size the builder from them.
-    let expected: u64 = ids
+    let expected: u64 = listed
         .iter()
-        .filter_map(|id| idx_file(*id).and_then(|f| f.len()).ok())
+        .filter_map(|(id, _)| idx_file(*id).and_then(|f| f.len()).ok())
         .map(|len| len / 80)
         .sum();
     let mut builder = bulk.then(|| Bulk::new(expected as usize + 1024));
@@ -934,9 +1260,9 @@ fn load_all(dir: &Dir, ids: &[u64], bulk: bool, rec: &mut Recovery) -> Result<Op
     let mut files = BTreeMap::new();
     let mut active = None;
     let mut buf = Vec::new(); // one buffer for every index file
-    for (n, &id) in ids.iter().enumerate() {
-        let last = n + 1 == ids.len();
-        let (file, len) = open_segment(dir, id, last)?;
+    for (n, &(id, sealed)) in listed.iter().enumerate() {
+        let last = n + 1 == listed.len();
+        let (file, len, mark, mark_slot) = open_segment(dir, id)?;
         buf.clear();
         let header = idx_file(id)
             .and_then(|f| {
@@ -945,9 +1271,30 @@ fn load_all(dir: &Dir, ids: &[u64], bulk: bool, rec: &mut Recovery) -> Result<Op
             })
             .ok()
             .and_then(|_| format::parse_index_header(&buf, id))
-            .filter(|h| h.covered <= len && h.covered >= SEG_HEADER);
+            .filter(|h| h.covered >= SEG_HEADER);
         let covered = header.as_ref().map_or(SEG_HEADER, |h| h.covered);
-        let (len, tail) = recover_tail(dir, id, &*file, covered, len, last, rec)?;
+        // What the store knows it made durable: the sealed length, or the mark in
+        // the header; an index file is written only over synced bytes, too.
+        let durable = if sealed > 0 { sealed } else { mark }.max(covered);
+        if len < durable {
+            let why = if sealed > 0 {
+                format!("it was sealed at {sealed} bytes")
+            } else if covered >= mark {
+                format!("its index file covers {covered} bytes")
+            } else {
+                format!("{mark} bytes of it were synced")
+            };
+            return Err(lost(
+                dir,
+                id,
+                &format!("is cut short at {len} bytes"),
+                (len, durable),
+                &why,
+            ));
+        }
+        // A sealed segment ends where it was sealed.
+        let end = if sealed > 0 { sealed } else { len };
+        let (len, tail) = recover_tail(dir, id, &*file, covered, end, durable, last, rec)?;
         match &mut builder {
             Some(b) => {
                 if let Some(h) = &header
@@ -990,7 +1337,15 @@ fn load_all(dir: &Dir, ids: &[u64], bulk: bool, rec: &mut Recovery) -> Result<Op
                 // Sealed, but its index file never got written: write it now.
                 write_index(dir, id, len, &ops)?;
             } else {
-                active = Some((id, file.clone(), len, ops));
+                let next_slot = mark_slot.map_or(0, |k| (k + 1) % 2);
+                active = Some(Active {
+                    id,
+                    file: file.clone(),
+                    len,
+                    ops,
+                    mark: (id, mark, next_slot),
+                    dirty: covered < len || mark < len,
+                });
             }
         }
         files.insert(id, file);
@@ -1004,49 +1359,58 @@ fn load_all(dir: &Dir, ids: &[u64], bulk: bool, rec: &mut Recovery) -> Result<Op
     };
     Ok(Some(Loaded {
         state: State { index, files },
-        active,
+        active: active.expect("the manifest lists an active segment"),
     }))
 }
 
-/// Opens a segment file and checks its header; returns it and its length.
-fn open_segment(dir: &Dir, id: u64, last: bool) -> Result<(FileRef, u64)> {
+/// Opens a segment file and checks its header; returns it, its length, its
+/// durable mark and the header slot holding that mark.
+fn open_segment(dir: &Dir, id: u64) -> Result<(FileRef, u64, u64, Option<usize>)> {
     let path = dir.seg(id);
     let file = dir
         .vfs
-        .open(&path, last)
+        .open(&path, true)
         .map_err(|e| io(format!("opening {}", path.display()), e))?;
-    let mut len = file
+    let len = file
         .len()
         .map_err(|e| io(format!("reading metadata of {}", path.display()), e))?;
-    if len < SEG_HEADER && last {
-        // Created but its header never made it (crash right after creation).
-        file.set_len(0)
-            .and_then(|_| file.write_all_at(&format::segment_header(id), 0))
-            .and_then(|_| file.sync_all())
-            .map_err(|e| io(format!("re-initialising {}", path.display()), e))?;
-        len = SEG_HEADER;
+    if len < SEG_HEADER {
+        // The manifest lists only segments whose header was synced.
+        return Err(lost(
+            dir,
+            id,
+            &format!("is cut short at {len} bytes, inside its header"),
+            (len, u64::MAX),
+            "its header was synced before the manifest listed it",
+        ));
     }
     let header = read_exact(&*file, 0, SEG_HEADER as usize, &|| {
         path.display().to_string()
     })?;
-    if !format::check_segment_header(&header, id) {
-        return Err(StorageError::corrupted(format!(
-            "fs: {} does not start with the header of segment {id}",
+    match format::parse_segment_header(&header, id) {
+        format::SegmentHeader::Valid { durable, slot } => Ok((file, len, durable, slot)),
+        _ => Err(StorageError::corrupted(format!(
+            "fs: {} does not start with the header of segment {id}; salvage what is \
+             intact with `repair`",
             path.display()
-        )));
+        ))),
     }
-    Ok((file, len))
 }
 
-/// Decodes the part of a segment after `covered` (what no index file covers);
-/// cuts a torn tail off the last segment. Returns the length after recovery and
-/// the operations found.
+/// Decodes the part of a segment after `covered` (what no index file covers) up
+/// to `len`; cuts a torn tail off the last segment. Returns the length after
+/// recovery and the operations found.
+///
+/// Only an incomplete write can be cut: damage below `durable` (synced bytes),
+/// in a sealed segment, or followed by valid records is `Corrupted`.
+#[allow(clippy::too_many_arguments)]
 fn recover_tail(
     dir: &Dir,
     id: u64,
     file: &dyn VfsFile,
     covered: u64,
     len: u64,
+    durable: u64,
     last: bool,
     rec: &mut Recovery,
 ) -> Result<(u64, Vec<Op>)> {
@@ -1063,10 +1427,30 @@ fn recover_tail(
         return Ok((len, ops));
     }
     let cut = covered + good as u64;
-    if !last || valid_record_after(&tail, good + 1) {
+    let why = if cut < durable {
+        Some(format!("bytes up to {durable} were synced"))
+    } else if !last {
+        Some("the segment was sealed".to_string())
+    } else if valid_record_after(&tail, good + 1) {
+        Some("valid records follow, so this is not an interrupted write".to_string())
+    } else {
+        None
+    };
+    if let Some(why) = why {
+        let before = ops.iter().rev().find_map(|op| match op {
+            Op::Put(p) => Some(p.index),
+            _ => None,
+        });
+        let after = records_after(&tail, good + 1, covered, id);
+        let around = match (before, after) {
+            (Some(b), Some(a)) => format!("blocks between #{b} and #{a} may be lost"),
+            (Some(b), None) => format!("blocks after #{b} may be lost"),
+            (None, Some(a)) => format!("blocks before #{a} may be lost"),
+            (None, None) => "which blocks is unknown".to_string(),
+        };
         return Err(StorageError::corrupted(format!(
-            "fs: {} is damaged at byte {cut} (valid records follow, so this is not an \
-             interrupted write); restore it from a replica",
+            "fs: {} is damaged at byte {cut} (bytes {cut}..{len} do not read as records) \
+             although {why}; {around}; salvage what is intact with `repair`",
             path.display()
         )));
     }
@@ -1087,6 +1471,19 @@ fn recover_tail(
         "cut a torn tail left by an interrupted write"
     );
     Ok((cut, ops))
+}
+
+/// The lowest block index in the first valid record at or after `from` in
+/// `tail` (which starts at segment offset `base`).
+fn records_after(tail: &[u8], from: usize, base: u64, seg: u64) -> Option<u64> {
+    let at = next_valid_record(tail, from)?;
+    let (_, ops) = scan(&tail[at..], base + at as u64, seg).ok()?;
+    ops.iter()
+        .filter_map(|op| match op {
+            Op::Put(p) => Some(p.index),
+            _ => None,
+        })
+        .min()
 }
 
 /// Decodes records from `tail` (which starts at segment offset `base`); returns
@@ -1139,8 +1536,13 @@ fn scan(tail: &[u8], base: u64, seg: u64) -> Result<(usize, Vec<Op>)> {
 /// Whether any whole, valid record starts at or after `from`: if so, damage before
 /// it is not a torn tail.
 fn valid_record_after(tail: &[u8], from: usize) -> bool {
+    next_valid_record(tail, from).is_some()
+}
+
+/// Where the first whole, valid record at or after `from` starts.
+pub fn next_valid_record(tail: &[u8], from: usize) -> Option<usize> {
     let magic = format::REC_MAGIC.to_le_bytes();
-    (from..tail.len().saturating_sub(REC_HEADER - 1)).any(|at| {
+    (from..tail.len().saturating_sub(REC_HEADER - 1)).find(|&at| {
         tail[at..at + 2] == magic
             && format::parse_record_header(&tail[at..]).is_some_and(|h| {
                 tail.get(at + REC_HEADER..at + REC_HEADER + h.body_len)
@@ -1244,17 +1646,13 @@ mod tests {
             inner.store(&all[800..]).unwrap();
             inner.set_head(&all[899].hash()).unwrap();
         }
-        let mut ids: Vec<u64> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .filter_map(|e| parse_id(&e.unwrap().file_name().to_string_lossy(), ".seg"))
-            .collect();
-        ids.sort_unstable();
-        assert!(ids.len() > 3, "{ids:?}");
         let d = Dir {
             path: dir.path().to_path_buf(),
             vfs: Arc::new(crate::io::StdVfs),
         };
         let _lock = acquire_lock(&d).unwrap();
+        let ids = read_manifest(&d).unwrap().unwrap();
+        assert!(ids.len() > 3, "{ids:?}");
         let mut rec = Recovery::default();
         let bulk = load_all(&d, &ids, true, &mut rec).unwrap().unwrap();
         assert!(rec.scanned_bytes > 0);

@@ -925,6 +925,17 @@ impl StorageBackend for StorageManager {
         })
         .await
     }
+
+    /// Every copy is checked; the first failure (after trying all) is returned.
+    async fn check_integrity(&self) -> Result<()> {
+        in_span_async(op_span(NAME, "check_integrity"), async {
+            self.on_every_copy("check_integrity", |s| {
+                Box::pin(async move { s.check_integrity().await })
+            })
+            .await
+        })
+        .await
+    }
 }
 
 impl StorageManager {

@@ -1,0 +1,231 @@
+//! Checking a store against itself: [`StorageBackendExt::verify_store`].
+//!
+//! A store can lose blocks without any read failing (a file cut at a record
+//! boundary, a database page that no longer lists a row). Reading every block
+//! catches damaged bytes; only comparing the views with each other catches a block
+//! that is simply gone. So a verification:
+//! 1. runs the engine's own check ([`StorageBackend::check_integrity`]);
+//! 2. walks the chain from genesis in index order, checking signatures, the index
+//!    sequence, hash links and timestamps;
+//! 3. compares what it walked with what the store says it holds: the count, and
+//!    the head, which must be the highest block walked;
+//! 4. reports gaps in the index sequence (a failure unless
+//!    [`VerifyOptions::allow_gaps`]: some stores are filled from several sources).
+//!
+//! [`StorageBackendExt::verify_store`]: crate::StorageBackendExt::verify_store
+
+use crate::{
+    Block, BlockFilter, BlockHash, ErrorKind, ListOptions, Result, StorageBackend, StorageError,
+    verify_block,
+};
+
+/// What [`verify_store`](crate::StorageBackendExt::verify_store) checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct VerifyOptions {
+    /// Blocks read per request.
+    pub page: u64,
+    /// Accept missing indices (each gap is still reported in
+    /// [`VerifyReport::gaps`]); the hash link across a gap cannot be checked.
+    pub allow_gaps: bool,
+}
+
+impl Default for VerifyOptions {
+    fn default() -> Self {
+        Self {
+            page: 1_000,
+            allow_gaps: false,
+        }
+    }
+}
+
+impl VerifyOptions {
+    /// Reads `page` blocks per request.
+    pub fn page(mut self, page: u64) -> Self {
+        self.page = page.max(1);
+        self
+    }
+
+    /// Accepts gaps in the index sequence.
+    pub fn allow_gaps(mut self, allow: bool) -> Self {
+        self.allow_gaps = allow;
+        self
+    }
+}
+
+/// What a passing verification saw.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct VerifyReport {
+    /// Blocks read and verified.
+    pub checked: u64,
+    /// Blocks the store says it holds (equal to `checked` when it passes).
+    pub stored: u64,
+    /// The highest block: its index and hash.
+    pub last: Option<(u64, BlockHash)>,
+    /// The chain head (equal to `last` when it passes).
+    pub head: Option<BlockHash>,
+    /// Missing index ranges, inclusive (only when gaps are allowed).
+    pub gaps: Vec<(u64, u64)>,
+}
+
+/// Runs the whole verification (see the module docs); `progress` is called with
+/// the number of blocks each page verified.
+pub(crate) async fn verify_store<S: StorageBackend + ?Sized>(
+    store: &S,
+    options: &VerifyOptions,
+    progress: &mut (dyn FnMut(u64) + Send),
+) -> Result<VerifyReport> {
+    store.check_integrity().await?;
+    let stored = store.count_blocks().await?;
+    let mut report = VerifyReport {
+        stored,
+        ..VerifyReport::default()
+    };
+    let mut prev: Option<Block> = None;
+    // The index the next block should have.
+    let mut expected = 0u64;
+    loop {
+        let end = expected.saturating_add(options.page.max(1) - 1);
+        let blocks = read_window(store, expected, end).await?;
+        if blocks.is_empty() {
+            // Nothing in this window: find the next stored index, if any.
+            match next_stored(store, expected).await? {
+                None => break,
+                Some(next) => {
+                    gap(&mut report, options, expected, next, prev.as_ref())?;
+                    expected = next;
+                    continue;
+                }
+            }
+        }
+        let n = blocks.len() as u64;
+        for b in blocks {
+            gap(&mut report, options, expected, b.index(), prev.as_ref())?;
+            let linked = prev
+                .as_ref()
+                .filter(|p| p.index().checked_add(1) == Some(b.index()));
+            verify_block(&b, linked)?;
+            expected = b.index().saturating_add(1);
+            prev = Some(b);
+        }
+        report.checked += n;
+        progress(n);
+        if prev.as_ref().is_some_and(|b| b.index() == u64::MAX) {
+            break;
+        }
+    }
+    report.last = prev.as_ref().map(|b| (b.index(), b.hash()));
+    report.head = store.get_chain_head().await?;
+    if report.checked != stored {
+        return Err(StorageError::corrupted(format!(
+            "the store counts {stored} blocks but {} were found walking the chain \
+             (the difference is unreadable or lost)",
+            report.checked
+        )));
+    }
+    match (report.head, report.last) {
+        (None, None) => {}
+        (None, Some((i, _))) => {
+            return Err(StorageError::Verification {
+                index: i,
+                reason: format!("no head is set although blocks up to #{i} are stored"),
+            });
+        }
+        (Some(h), last) => {
+            let Some(block) = store.retrieve_block(&h).await? else {
+                return Err(StorageError::corrupted(format!(
+                    "the head names block {h}, which is not stored"
+                )));
+            };
+            if last.map(|(_, l)| l) != Some(h) {
+                let (i, l) = last.expect("a stored head block makes the store non-empty");
+                return Err(StorageError::Verification {
+                    index: block.index(),
+                    reason: format!(
+                        "the head is block #{} ({h}) but blocks up to #{i} ({l}) are stored",
+                        block.index()
+                    ),
+                });
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Records the missing indices `from..to` (exclusive), or fails unless allowed.
+fn gap(
+    report: &mut VerifyReport,
+    options: &VerifyOptions,
+    from: u64,
+    to: u64,
+    prev: Option<&Block>,
+) -> Result<()> {
+    if from >= to {
+        return Ok(());
+    }
+    if !options.allow_gaps {
+        let after = prev.map_or_else(String::new, |p| format!(" after block #{}", p.index()));
+        let missing = if to - from == 1 {
+            format!("block #{from} is missing")
+        } else {
+            format!("blocks #{from}..=#{} are missing", to - 1)
+        };
+        return Err(StorageError::Verification {
+            index: from,
+            reason: format!("gap: {missing}{after} (the next stored block is #{to})"),
+        });
+    }
+    report.gaps.push((from, to - 1));
+    Ok(())
+}
+
+/// The first stored index at or after `from`.
+async fn next_stored<S: StorageBackend + ?Sized>(store: &S, from: u64) -> Result<Option<u64>> {
+    let next = store
+        .list_blocks(&ListOptions {
+            limit: Some(1),
+            filter: Some(BlockFilter {
+                min_index: Some(from),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await?;
+    Ok(next.first().map(|m| m.index))
+}
+
+/// The blocks of `start..=end`. When the range read fails, each listed block is
+/// read on its own, so the error names the first block that cannot be read.
+async fn read_window<S: StorageBackend + ?Sized>(
+    store: &S,
+    start: u64,
+    end: u64,
+) -> Result<Vec<Block>> {
+    let range_error = match store.get_blocks_by_range(start, end).await {
+        Ok(blocks) => return Ok(blocks),
+        Err(e) => e,
+    };
+    let listed = store
+        .list_blocks(&ListOptions {
+            filter: Some(BlockFilter {
+                min_index: Some(start),
+                max_index: Some(end),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await?;
+    for m in listed {
+        if let Err(e) = store.retrieve_block(&m.hash).await {
+            let context = format!("block #{} ({}) cannot be read", m.index, m.hash);
+            return Err(match e.kind() {
+                ErrorKind::Corrupted => {
+                    StorageError::corrupted(format!("{context}: stored bytes are damaged: {e}"))
+                }
+                _ => e,
+            });
+        }
+    }
+    Err(range_error)
+}
