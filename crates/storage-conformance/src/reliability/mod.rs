@@ -76,6 +76,15 @@ pub trait DurableTarget: Send + Sync + 'static {
         let _ = path;
         true
     }
+
+    /// Offsets in `bytes` (the file at `path`) where the engine's own units
+    /// start: the sweep also cuts the file at each of them, since a cut that
+    /// lands exactly between two records leaves nothing half-written to notice.
+    /// Default: every 4 KiB (the page or block size of most engines).
+    fn boundaries(&self, path: &Path, bytes: &[u8]) -> Vec<u64> {
+        let _ = path;
+        (1..=bytes.len() as u64 / 4096).map(|k| k * 4096).collect()
+    }
 }
 
 /// Test names per target, in the order they run.

@@ -10,16 +10,20 @@
 //! - a wrong answer: a block, listed entry or head that the store never held,
 //!   or a block under another hash or index;
 //! - an error of any kind other than [`ErrorKind::Corrupted`] (opening included);
-//! - a panic, or a hang (no answer within a minute).
+//! - a panic, or a hang (no answer within a minute);
+//! - a silent loss: a stored block that the damaged store no longer finds
+//!   (`Ok(None)`, or left out of a listing or range), unless opening, reading or
+//!   [`verify_store`] reported the damage. Damage may cost blocks; it may never
+//!   cost them quietly.
 //!
-//! Blocks a damaged store no longer finds (`Ok(None)`) are counted, not failed:
-//! whether damage is noticed depends on the engine (SQLite has no page checksums,
-//! a damaged tail is indistinguishable from a torn write). Deleted blocks that come
-//! back are counted the same way.
+//! Deleted blocks that come back are counted, not failed.
 //!
 //! Damage points per file and kind: `points` plus one per 16 KiB, spread evenly
-//! with a random jitter, always including the first and last byte. Set
-//! `OLOCUS_SWEEP_VERBOSE` to print what each damaged store answered.
+//! with a random jitter, always including the first and last byte; and a cut at
+//! every boundary the target names ([`DurableTarget::boundaries`]: record or page
+//! starts). Set `OLOCUS_SWEEP_VERBOSE` to print what each damaged store answered.
+//!
+//! [`verify_store`]: storage_core::StorageBackendExt::verify_store
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -27,7 +31,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use storage_core::{
-    Block, BlockHash, BlockMetadata, ErrorKind, ListOptions, StorageBackend, StorageError,
+    Block, BlockHash, BlockMetadata, ErrorKind, ListOptions, StorageBackend, StorageBackendExt,
+    StorageError, VerifyOptions,
 };
 
 use super::{DurableTarget, Rng, runtime};
@@ -63,6 +68,8 @@ pub struct SweepReport {
     pub reads_missing: u64,
     /// Deleted blocks a damaged store returned again.
     pub resurrected: u64,
+    /// Damaged stores that lost blocks and said so when verified.
+    pub verify_reported: u64,
 }
 
 impl std::fmt::Display for SweepReport {
@@ -70,8 +77,8 @@ impl std::fmt::Display for SweepReport {
         write!(
             f,
             "{} settings, {} files, {} bit flips and {} truncations: {} opens refused \
-             as corrupted; reads: {} right, {} corrupted, {} missing, {} deleted blocks \
-             back, 0 wrong",
+             as corrupted; reads: {} right, {} corrupted, {} missing (every loss reported, \
+             {} by verify), {} deleted blocks back, 0 wrong",
             self.settings,
             self.files,
             self.flips,
@@ -80,6 +87,7 @@ impl std::fmt::Display for SweepReport {
             self.reads_right,
             self.reads_corrupted,
             self.reads_missing,
+            self.verify_reported,
             self.resurrected
         )
     }
@@ -138,6 +146,11 @@ pub fn run_sweep(
                         Damage::TruncateAt(off)
                     };
                     jobs.push((file_no, damage));
+                }
+            }
+            for off in target.boundaries(rel, bytes) {
+                if off < len {
+                    jobs.push((file_no, Damage::TruncateAt(off)));
                 }
             }
         }
@@ -209,6 +222,7 @@ pub fn run_sweep(
             report.reads_corrupted += tally.corrupted;
             report.reads_missing += tally.missing;
             report.resurrected += tally.resurrected;
+            report.verify_reported += u64::from(tally.verify_reported);
         }
     }
     Ok(report)
@@ -353,6 +367,7 @@ struct Tally {
     corrupted: u64,
     missing: u64,
     resurrected: u64,
+    verify_reported: bool,
 }
 
 /// Opens and reads the damaged store on its own thread, so a panic or a hang in
@@ -420,6 +435,8 @@ async fn read_all(
         return Ok(t);
     };
     let known = |h: &BlockHash| p.present.get(h).or_else(|| p.deleted.get(h));
+    // Whether any view left out a stored block (without an error).
+    let mut lost = Vec::new();
     judge("count", store.count_blocks().await, &mut t)?;
     judge("stats", store.get_stats().await, &mut t)?;
     if let Some(Some(h)) = judge("head", store.get_chain_head().await, &mut t)?
@@ -432,12 +449,14 @@ async fn read_all(
         store.list_blocks(&ListOptions::default()).await,
         &mut t,
     )? {
-        for m in listed {
+        for m in &listed {
             match known(&m.hash) {
-                Some(b) if BlockMetadata::of(b) == m => {}
+                Some(b) if BlockMetadata::of(b) == *m => {}
                 _ => return Err(format!("listed entry {m:?} is not one the store held")),
             }
         }
+        let seen: std::collections::HashSet<BlockHash> = listed.iter().map(|m| m.hash).collect();
+        lost.extend(p.present.keys().filter(|h| !seen.contains(h)).map(|h| ("list", *h)));
     }
     if let Some(blocks) = judge(
         "range",
@@ -445,6 +464,8 @@ async fn read_all(
         &mut t,
     )? {
         let mut last = None;
+        let seen: std::collections::HashSet<BlockHash> = blocks.iter().map(Block::hash).collect();
+        lost.extend(p.present.keys().filter(|h| !seen.contains(h)).map(|h| ("range", *h)));
         for b in blocks {
             if known(&b.hash()).is_none() || last >= Some(b.index()) {
                 return Err(format!(
@@ -476,7 +497,31 @@ async fn read_all(
                 Some(_) if deleted => t.resurrected += 1,
                 Some(_) => t.right += 1,
                 None if deleted => {}
-                None => t.missing += 1,
+                None => {
+                    t.missing += 1;
+                    lost.push(("retrieve", *h));
+                }
+            }
+        }
+    }
+    if !lost.is_empty() {
+        // Blocks are gone: acceptable only if the store says it is damaged.
+        let verified = store
+            .verify_store(&VerifyOptions::default().allow_gaps(true), &mut |_| {})
+            .await;
+        match verified {
+            Err(e) if matches!(e.kind(), ErrorKind::Corrupted | ErrorKind::Verification) => {
+                t.verify_reported = true;
+            }
+            other => {
+                let (view, h) = lost[0];
+                let index = known(&h).expect("known").index();
+                return Err(format!(
+                    "silent loss: {} stored blocks are gone (first: #{index} {h}, left out \
+                     by {view}), yet no read failed and verify_store answered {:?}",
+                    lost.iter().map(|l| l.1).collect::<std::collections::HashSet<_>>().len(),
+                    other.map(|_| "ok")
+                ));
             }
         }
     }
