@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use olocus_storage::{
     Block, BlockFilter, BlockHash, ErrorKind, ListOptions, SortOrder, Storage, StorageBackend,
-    StorageConfig, StorageError, WireFormat, verify_block,
+    StorageBackendExt, StorageConfig, StorageError, VerifyOptions, WireFormat, verify_block,
 };
 use serde_json::json;
 
@@ -52,10 +52,19 @@ fn read_blocks(
             let mut lineno = 0u64;
             loop {
                 line.clear();
-                if reader.read_line(&mut line)? == 0 {
+                // Bounded: a line longer than any block can encode to is refused
+                // after reading just past the limit, not buffered whole.
+                let limit = olocus_storage::MAX_ENCODED_BLOCK_BYTES as u64 + 2;
+                if (&mut reader).take(limit + 1).read_line(&mut line)? == 0 {
                     break;
                 }
                 lineno += 1;
+                if line.len() as u64 > limit && !line.ends_with('\n') {
+                    return Err(CliError(format!(
+                        "line {lineno}: longer than {limit} bytes, more than any block encodes \
+                         to; refused without reading the rest"
+                    )));
+                }
                 let text = line.trim();
                 if text.is_empty() {
                     continue;
@@ -171,23 +180,27 @@ pub async fn import(
         return Err(e);
     }
     read?;
-    if move_head && let Some(t) = &top {
-        store
-            .set_chain_head(&t.hash())
+    // The head only moves forward: importing blocks below it leaves it alone.
+    let moved = match (&top, move_head) {
+        (Some(t), true) => store
+            .advance_head(&t.hash())
             .await
-            .map_err(ctx_err("setting the head"))?;
-    }
+            .map_err(ctx_err("setting the head"))?,
+        _ => false,
+    };
     let elapsed = started.elapsed();
     if ctx.json {
         println!(
             "{}",
-            json!({ "imported": stored, "head": top.as_ref().filter(|_| move_head).map(|t| t.hash().to_string()), "seconds": elapsed.as_secs_f64() })
+            json!({ "imported": stored, "head": top.as_ref().filter(|_| moved).map(|t| t.hash().to_string()), "seconds": elapsed.as_secs_f64() })
         );
     } else {
         println!(
             "imported {stored} blocks in {elapsed:.2?}{}",
-            match (&top, move_head) {
-                (Some(t), true) => format!("; head is #{} {}", t.index(), t.hash()),
+            match (&top, moved, move_head) {
+                (Some(t), true, _) => format!("; head is #{} {}", t.index(), t.hash()),
+                (Some(_), false, true) =>
+                    "; the head stays (it is at or above these blocks)".into(),
                 _ => String::new(),
             }
         );
@@ -364,184 +377,79 @@ pub async fn export(
     Ok(())
 }
 
-/// Where and why a chain breaks.
-pub struct Break {
-    /// The first index that breaks.
-    pub index: u64,
-    /// The block there, if one is stored.
-    pub hash: Option<BlockHash>,
-    /// What does not hold.
-    pub reason: String,
-}
-
-/// `verify`.
-pub async fn verify(ctx: &Ctx, store: &Storage, page: u64) -> CliResult {
+/// `verify`: the library's whole check of the store against itself.
+pub async fn verify(ctx: &Ctx, store: &Storage, page: u64, allow_gaps: bool) -> CliResult {
     let started = Instant::now();
     let total = store.count_blocks().await.map_err(ctx_err("counting"))?;
     let bar = ctx.bar(total, "verify");
-    let (checked, last, broken) = walk_chain(&**store, page, |n| bar.inc(n)).await?;
+    let options = VerifyOptions::default().page(page).allow_gaps(allow_gaps);
+    let outcome = store.verify_store(&options, &mut |n| bar.inc(n)).await;
     bar.finish_and_clear();
-    let head = store
-        .get_chain_head()
-        .await
-        .map_err(ctx_err("reading the head"))?;
-    match broken {
-        Some(b) => {
+    match outcome {
+        Ok(report) => {
+            let gaps: Vec<String> = report
+                .gaps
+                .iter()
+                .map(|(a, b)| {
+                    if a == b {
+                        format!("#{a}")
+                    } else {
+                        format!("#{a}..=#{b}")
+                    }
+                })
+                .collect();
             if ctx.json {
                 println!(
                     "{}",
-                    json!({ "ok": false, "checked": checked, "index": b.index,
-                            "hash": b.hash.map(|h| h.to_string()), "reason": b.reason })
+                    json!({ "ok": true, "checked": report.checked, "stored": report.stored,
+                            "last_index": report.last.map(|l| l.0),
+                            "head": report.head.map(|h| h.to_string()),
+                            "gaps": gaps,
+                            "seconds": started.elapsed().as_secs_f64() })
                 );
             } else {
+                let gaps = if gaps.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; missing (accepted with --allow-gaps): {}",
+                        gaps.join(", ")
+                    )
+                };
+                let head = match report.last {
+                    Some((i, _)) => format!("head is the last block #{i}"),
+                    None => "the store is empty".into(),
+                };
                 println!(
-                    "chain broken at index {}{}: {} ({checked} blocks before it verified)",
-                    b.index,
-                    b.hash.map(|h| format!(" (block {h})")).unwrap_or_default(),
-                    b.reason
-                );
-            }
-            Err(CliError(format!(
-                "verification failed at index {}",
-                b.index
-            )))
-        }
-        None => {
-            let head_note = match (&head, &last) {
-                (None, _) => "no head set".to_string(),
-                (Some(h), Some(l)) if *h == l.hash() => {
-                    format!("head is the last block #{}", l.index())
-                }
-                (Some(h), _) => format!("head {h} is not the last block"),
-            };
-            if ctx.json {
-                println!(
-                    "{}",
-                    json!({ "ok": true, "checked": checked, "stored": total,
-                            "last_index": last.as_ref().map(Block::index),
-                            "head": head.map(|h| h.to_string()), "seconds": started.elapsed().as_secs_f64() })
-                );
-            } else {
-                println!(
-                    "verified {checked} blocks{}: signatures, index sequence, hash links and \
-                     stored hashes all hold; {head_note} ({:.2?})",
-                    last.as_ref()
-                        .map(|l| format!(" (#0..=#{})", l.index()))
-                        .unwrap_or_default(),
+                    "verified {} blocks: signatures, index sequence, hash links and stored \
+                     hashes hold, the count matches, {head}{gaps} ({:.2?})",
+                    report.checked,
                     started.elapsed()
                 );
             }
             Ok(())
         }
-    }
-}
-
-/// The break "block `index` is missing", `next` being the next stored index.
-fn missing(index: u64, next: u64) -> Break {
-    Break {
-        index,
-        hash: None,
-        reason: format!("block missing (the next stored block is #{next})"),
-    }
-}
-
-/// Checks the stored chain from genesis; returns blocks checked, the last block,
-/// and the first break.
-pub async fn walk_chain(
-    store: &dyn StorageBackend,
-    page: u64,
-    mut progress: impl FnMut(u64),
-) -> CliResult<(u64, Option<Block>, Option<Break>)> {
-    let mut prev: Option<Block> = None;
-    let mut checked = 0u64;
-    let mut pages = Pages::new(store, 0, olocus_storage::MAX_INDEX, page);
-    loop {
-        let (blocks, unreadable) = match pages.next().await {
-            Ok(Some(b)) => (b, None),
-            Ok(None) => return Ok((checked, prev, None)),
-            // Read this page block by block: verify what reads, stop at what does not.
-            Err(PageError { start, end, error }) => {
-                read_one_by_one(store, start, end, error).await?
-            }
-        };
-        for b in blocks {
-            let expected = prev.as_ref().map_or(0, |p| p.index() + 1);
-            if b.index() != expected {
-                return Ok((checked, prev, Some(missing(expected, b.index()))));
-            }
-            if let Err(e) = verify_block(&b, prev.as_ref()) {
-                let reason = match e {
-                    StorageError::Verification { reason, .. } => reason,
-                    other => CliError::from(other).0,
-                };
-                return Ok((
-                    checked,
-                    prev,
-                    Some(Break {
-                        index: b.index(),
-                        hash: Some(b.hash()),
-                        reason,
-                    }),
-                ));
-            }
-            checked += 1;
-            progress(1);
-            prev = Some(b);
-        }
-        if let Some(broken) = unreadable {
-            // A missing block before the unreadable one is the first break.
-            let expected = prev.as_ref().map_or(0, |p| p.index() + 1);
-            let broken = if broken.hash.is_some() && broken.index > expected {
-                missing(expected, broken.index)
-            } else {
-                broken
+        Err(e) => {
+            let (index, kind) = match &e {
+                StorageError::Verification { index, .. } => (Some(*index), "chain broken"),
+                other if other.kind() == ErrorKind::Corrupted => (None, "store damaged"),
+                _ => return Err(ctx_err("verifying")(e)),
             };
-            return Ok((checked, prev, Some(broken)));
-        }
-    }
-}
-
-/// The blocks of `start..=end` that read, in order, up to the first that does not,
-/// and where that one breaks.
-async fn read_one_by_one(
-    store: &dyn StorageBackend,
-    start: u64,
-    end: u64,
-    range_error: StorageError,
-) -> CliResult<(Vec<Block>, Option<Break>)> {
-    let listed = listed_between(store, start, end)
-        .await
-        .map_err(ctx_err("listing"))?;
-    let mut read = Vec::with_capacity(listed.len());
-    for m in listed {
-        match store.retrieve_block(&m.hash).await {
-            Ok(Some(b)) => read.push(b),
-            Ok(None) => {} // deleted meanwhile
-            Err(e) => {
-                let what = if e.kind() == ErrorKind::Corrupted {
-                    "stored bytes are damaged"
-                } else {
-                    "cannot be read"
-                };
-                let broken = Break {
-                    index: m.index,
-                    hash: Some(m.hash),
-                    reason: format!("{what}: {}", CliError::from(e).0),
-                };
-                return Ok((read, Some(broken)));
+            let reason = CliError::from(e).0;
+            if ctx.json {
+                println!(
+                    "{}",
+                    json!({ "ok": false, "index": index, "problem": kind, "reason": reason })
+                );
+            } else {
+                println!("{kind}: {reason}");
             }
+            Err(CliError(match index {
+                Some(i) => format!("verification failed at index {i}"),
+                None => "verification failed: the store is damaged".into(),
+            }))
         }
     }
-    // Every block read on its own: report the range failure itself.
-    let broken = Break {
-        index: start,
-        hash: None,
-        reason: format!(
-            "reading blocks {start}..={end} failed: {}",
-            CliError::from(range_error).0
-        ),
-    };
-    Ok((read, Some(broken)))
 }
 
 /// `list`.
@@ -758,7 +666,7 @@ async fn copy_all(
         .await
         .map_err(ctx_err("reading the source head"))?;
     if let Some(h) = head {
-        dst.set_chain_head(&h)
+        dst.advance_head(&h)
             .await
             .map_err(ctx_err("setting the destination head"))?;
     }

@@ -6,11 +6,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use olocus_storage::{
     BackendConfig, Block, BlockFilter, CompressionType, ListOptions, SigningKey, SortOrder,
-    Storage, StorageConfig,
+    Storage, StorageBackendExt, StorageConfig, VerifyOptions,
 };
 use serde_json::json;
 
-use crate::commands::walk_chain;
 use crate::render;
 use crate::{CliError, CliResult, Ctx, ctx_err};
 
@@ -147,13 +146,11 @@ pub async fn run(
 
     // Verify everything from storage.
     let started = Instant::now();
-    let (checked, _, broken) = walk_chain(&*storage, 1_000, |_| {}).await?;
-    if let Some(b) = broken {
-        return Err(CliError(format!(
-            "verification failed at index {}: {}",
-            b.index, b.reason
-        )));
-    }
+    let checked = storage
+        .verify_store(&VerifyOptions::default(), &mut |_| {})
+        .await
+        .map_err(|e| CliError(format!("verification failed: {}", CliError::from(e).0)))?
+        .checked;
     let took = started.elapsed();
     say(
         "verified",

@@ -100,12 +100,18 @@ enum Cmd {
         #[arg(long)]
         to: Option<u64>,
     },
-    /// Verify the whole stored chain: signatures, index sequence, hash links and
-    /// hashes recomputed from the stored bytes. Exits non-zero at the first break.
+    /// Verify the store against itself: the engine's own check, then the whole
+    /// chain (signatures, index sequence, hash links, hashes recomputed from the
+    /// stored bytes), then the count and the head (the highest block) against
+    /// what was read. Exits non-zero at the first problem.
     Verify {
         /// Blocks read per request.
         #[arg(long, default_value_t = 1_000)]
         page: u64,
+        /// Accept missing indices (a store filled in from several sources); they
+        /// are still listed.
+        #[arg(long)]
+        allow_gaps: bool,
     },
     /// List block metadata, with every filter and order.
     List {
@@ -270,7 +276,9 @@ async fn run(cli: Cli) -> CliResult {
             from,
             to,
         } => commands::export(&ctx, &store, file.as_deref(), *format, *from, *to).await,
-        Cmd::Verify { page } => commands::verify(&ctx, &store, *page).await,
+        Cmd::Verify { page, allow_gaps } => {
+            commands::verify(&ctx, &store, *page, *allow_gaps).await
+        }
         Cmd::List {
             limit,
             offset,

@@ -34,6 +34,7 @@ mod config;
 mod error;
 mod ids;
 mod links;
+pub mod salvage;
 pub mod trace;
 mod traits;
 mod types;

@@ -185,6 +185,10 @@ struct Counters {
 }
 
 struct Inner {
+    /// The database directory.
+    path: PathBuf,
+    /// The sequence number reached when opened (and recorded as durable).
+    durable_seq: u64,
     db: DB,
     sync: bool,
     max_payload_bytes: usize,
@@ -226,6 +230,46 @@ fn db_err(context: &str, e: rocksdb::Error) -> StorageError {
 /// complete record a valid checksum; a record cut short at the very end (an
 /// interrupted append) is left for RocksDB's own recovery. Nothing to check in a
 /// new directory.
+/// Beside the database: the sequence number it had reached at its last close.
+const DURABLE_FILE: &str = "OLOCUS-DURABLE";
+
+/// The sequence number recorded at the last close, if any.
+fn read_durable(db: &Path) -> Result<Option<u64>> {
+    let path = db.join(DURABLE_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(StorageError::io(format!("reading {}", path.display()), e)),
+    };
+    let parsed = (bytes.len() == 12)
+        .then(|| {
+            let seq = u64::from_le_bytes(bytes[..8].try_into().ok()?);
+            (crc32c::crc32c(&bytes[..8]).to_le_bytes() == bytes[8..12]).then_some(seq)
+        })
+        .flatten();
+    parsed.map(Some).ok_or_else(|| {
+        StorageError::corrupted(format!(
+            "rocksdb: {} is damaged, so whether the database lost writes cannot be checked",
+            path.display()
+        ))
+    })
+}
+
+/// Records `seq` as reached (temp file, sync, rename, directory sync).
+fn write_durable(db: &Path, seq: u64) -> Result<()> {
+    let path = db.join(DURABLE_FILE);
+    let tmp = db.join(format!("{DURABLE_FILE}.tmp"));
+    let mut bytes = seq.to_le_bytes().to_vec();
+    bytes.extend_from_slice(&crc32c::crc32c(&bytes).to_le_bytes());
+    let write = || -> std::io::Result<()> {
+        std::fs::write(&tmp, &bytes)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(db)?.sync_all()
+    };
+    write().map_err(|e| StorageError::io(format!("writing {}", path.display()), e))
+}
+
 fn check_manifest(db: &Path) -> Result<()> {
     let current = match std::fs::read(db.join("CURRENT")) {
         Ok(bytes) => bytes,
@@ -738,9 +782,26 @@ impl RocksDBBackend {
         let path = PathBuf::from(config.path.trim());
         let descriptors = ALL_CFS.map(|name| ColumnFamilyDescriptor::new(name, cf_opts.clone()));
         check_manifest(&path)?;
+        let durable = read_durable(&path)?;
         let db = DB::open_cf_descriptors(&db_opts, &path, descriptors)
             .map_err(|e| db_err(&format!("opening {}", path.display()), e))?;
+        // RocksDB recovers whatever state its MANIFEST and logs describe: a MANIFEST
+        // cut at a record boundary reads as an older, consistent state. Writes only
+        // move the sequence number forward, so one behind the last close is loss.
+        let seq = db.latest_sequence_number();
+        if let Some(closed_at) = durable
+            && seq < closed_at
+        {
+            return Err(StorageError::corrupted(format!(
+                "rocksdb: {} opened at sequence number {seq}, behind the {closed_at} it \
+                 had reached when last closed: writes it had made durable are lost (a \
+                 damaged MANIFEST or log); restore it from a copy",
+                path.display()
+            )));
+        }
         let mut inner = Inner {
+            path: path.clone(),
+            durable_seq: seq,
             db,
             sync: config.sync_writes,
             max_payload_bytes: config.max_payload_bytes,
@@ -976,12 +1037,20 @@ impl StorageBackend for RocksDBBackend {
                 // Wait (briefly) for calls still holding the database, so the lock
                 // file is released when close returns and the path can reopen.
                 let owned = wait_for_sole_owner(inner, NAME, Duration::from_secs(30))?;
-                owned.flush_all()?;
-                owned
-                    .db
-                    .flush_wal(true)
-                    .map_err(|e| db_err("syncing the WAL on close", e))?;
+                let seq = owned.db.latest_sequence_number();
+                if seq > owned.durable_seq {
+                    owned.flush_all()?;
+                    owned
+                        .db
+                        .flush_wal(true)
+                        .map_err(|e| db_err("syncing the WAL on close", e))?;
+                }
+                let (path, durable_seq) = (owned.path.clone(), owned.durable_seq);
                 drop(owned);
+                // Only read since opening: nothing to write.
+                if seq > durable_seq {
+                    write_durable(&path, seq)?;
+                }
                 Ok(())
             }),
         )

@@ -130,6 +130,8 @@ pub struct SQLiteBackend {
     path: PathBuf,
     writer: Arc<Mutex<Option<Connection>>>,
     readers: RwLock<Option<Pool>>,
+    /// Something was written since opening: close has a checkpoint to do.
+    wrote: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl SQLiteBackend {
@@ -144,6 +146,7 @@ impl SQLiteBackend {
                 std::fs::create_dir_all(dir)
                     .map_err(|e| StorageError::io(format!("creating {}", dir.display()), e))?;
             }
+            create_if_missing(&p, &cfg)?;
             let writer = open_writer(&p, &cfg)?;
             let pool = open_readers(&p, &cfg)?;
             Ok((writer, pool))
@@ -154,6 +157,7 @@ impl SQLiteBackend {
             path,
             writer: Arc::new(Mutex::new(Some(writer))),
             readers: RwLock::new(Some(pool)),
+            wrote: Arc::default(),
         })
     }
 
@@ -212,9 +216,11 @@ impl SQLiteBackend {
         f: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let writer = self.writer.clone();
+        let wrote = self.wrote.clone();
         blocking(move || {
             let mut guard = writer.lock().unwrap_or_else(PoisonError::into_inner);
             let conn = guard.as_mut().ok_or_else(|| StorageError::closed(NAME))?;
+            wrote.store(true, std::sync::atomic::Ordering::Relaxed);
             f(conn)
         })
         .await
@@ -295,6 +301,57 @@ fn pragmas(c: &SQLiteConfig, reader: bool) -> String {
     s
 }
 
+/// Creates a new database atomically: initialised under a temporary name, then
+/// renamed into place. So a database file that exists is never legitimately
+/// empty, and one cut below SQLite's 100-byte header is damage, not a new store.
+fn create_if_missing(path: &Path, cfg: &SQLiteConfig) -> Result<()> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.len() < 100 => {
+            return Err(StorageError::corrupted(format!(
+                "sqlite: {} is {} bytes, shorter than an SQLite header: the file was cut \
+                 short (a new store is never left like this); restore it, or remove it to \
+                 start an empty store",
+                path.display(),
+                m.len()
+            )));
+        }
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(StorageError::io(
+                format!("inspecting {}", path.display()),
+                e,
+            ));
+        }
+    }
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".creating");
+    let tmp = path.with_file_name(name);
+    for leftover in ["", "-wal", "-shm", "-journal"] {
+        let mut p = tmp.clone().into_os_string();
+        p.push(leftover);
+        let _ = std::fs::remove_file(p);
+    }
+    let conn = open_writer(&tmp, cfg)?;
+    if cfg.enable_wal {
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .map_err(|e| sql_err("checkpointing the new database", e))?;
+    }
+    conn.close()
+        .map_err(|(_, e)| sql_err("closing the new database", e))?;
+    let io = |what: &str, e| StorageError::io(format!("{what} {}", path.display()), e);
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| io("syncing the new database", e))?;
+    std::fs::rename(&tmp, path).map_err(|e| io("creating", e))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| io("syncing the directory of", e))?;
+    }
+    Ok(())
+}
+
 fn open_writer(path: &Path, cfg: &SQLiteConfig) -> Result<Connection> {
     let ctx = |what: &str| format!("{what} {}", path.display());
     let mut conn = Connection::open_with_flags(
@@ -344,8 +401,39 @@ fn open_writer(path: &Path, cfg: &SQLiteConfig) -> Result<Connection> {
             )));
         }
     }
+    check_counters(&tx, false)?;
     tx.commit().map_err(|e| sql_err(&ctx("initialising"), e))?;
     Ok(conn)
+}
+
+/// Compares the per-day counters (what `count_blocks` reports) with the rows:
+/// SQLite keeps no page checksums, so a damaged page can drop rows that nothing
+/// else would notice. `table_scan` counts by reading the table itself (for
+/// `check_integrity`); otherwise SQLite counts the smallest index (on open).
+fn check_counters(c: &Connection, table_scan: bool) -> Result<()> {
+    let rows_sql = if table_scan {
+        "SELECT count(*) FROM blocks NOT INDEXED"
+    } else {
+        "SELECT count(*) FROM blocks"
+    };
+    let rows: i64 = c
+        .query_row(rows_sql, [], |r| r.get(0))
+        .map_err(|e| sql_err("counting rows", e))?;
+    let recorded: i64 = c
+        .query_row(
+            "SELECT COALESCE(SUM(block_count), 0) FROM block_stats",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(|e| sql_err("reading the block counters", e))?;
+    if rows != recorded {
+        return Err(StorageError::corrupted(format!(
+            "sqlite: the block counters record {recorded} blocks but the blocks table \
+             holds {rows} rows{}; salvage what is intact with `repair`",
+            if table_scan { " (read in full)" } else { "" }
+        )));
+    }
+    Ok(())
 }
 
 /// Schema 1 → 2: adds and fills `meta_check`.
@@ -1008,6 +1096,31 @@ impl StorageBackend for SQLiteBackend {
         .await
     }
 
+    /// SQLite's own `integrity_check`, and the block counters against a full
+    /// read of the blocks table.
+    async fn check_integrity(&self) -> Result<()> {
+        in_span_async(
+            op_span(NAME, "check_integrity"),
+            self.read(|c| {
+                let problems: Vec<String> = c
+                    .prepare("PRAGMA integrity_check(20)")
+                    .and_then(|mut s| {
+                        s.query_map([], |r| r.get::<_, String>(0))?
+                            .collect::<rusqlite::Result<_>>()
+                    })
+                    .map_err(|e| sql_err("running integrity_check", e))?;
+                if problems != ["ok"] {
+                    return Err(StorageError::corrupted(format!(
+                        "sqlite: integrity_check found damage: {}",
+                        problems.join("; ")
+                    )));
+                }
+                check_counters(c, true)
+            }),
+        )
+        .await
+    }
+
     async fn close(&self) -> Result<()> {
         let span = op_span(NAME, "close");
         let wal = self.config.enable_wal;
@@ -1017,6 +1130,7 @@ impl StorageBackend for SQLiteBackend {
             .unwrap_or_else(PoisonError::into_inner)
             .take();
         let writer = self.writer.clone();
+        let wrote = self.wrote.load(std::sync::atomic::Ordering::Relaxed);
         in_span_async(
             span,
             blocking(move || {
@@ -1024,6 +1138,10 @@ impl StorageBackend for SQLiteBackend {
                 else {
                     return Ok(());
                 };
+                if !wrote {
+                    // Only read: close writes nothing (reading works on a full disk).
+                    return conn.close().map_err(|(_, e)| sql_err("closing", e));
+                }
                 if wal {
                     // Fold the WAL into the database so the file stands alone.
                     conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))

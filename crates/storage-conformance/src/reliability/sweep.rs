@@ -456,7 +456,12 @@ async fn read_all(
             }
         }
         let seen: std::collections::HashSet<BlockHash> = listed.iter().map(|m| m.hash).collect();
-        lost.extend(p.present.keys().filter(|h| !seen.contains(h)).map(|h| ("list", *h)));
+        lost.extend(
+            p.present
+                .keys()
+                .filter(|h| !seen.contains(h))
+                .map(|h| ("list", *h)),
+        );
     }
     if let Some(blocks) = judge(
         "range",
@@ -465,7 +470,12 @@ async fn read_all(
     )? {
         let mut last = None;
         let seen: std::collections::HashSet<BlockHash> = blocks.iter().map(Block::hash).collect();
-        lost.extend(p.present.keys().filter(|h| !seen.contains(h)).map(|h| ("range", *h)));
+        lost.extend(
+            p.present
+                .keys()
+                .filter(|h| !seen.contains(h))
+                .map(|h| ("range", *h)),
+        );
         for b in blocks {
             if known(&b.hash()).is_none() || last >= Some(b.index()) {
                 return Err(format!(
@@ -519,7 +529,10 @@ async fn read_all(
                 return Err(format!(
                     "silent loss: {} stored blocks are gone (first: #{index} {h}, left out \
                      by {view}), yet no read failed and verify_store answered {:?}",
-                    lost.iter().map(|l| l.1).collect::<std::collections::HashSet<_>>().len(),
+                    lost.iter()
+                        .map(|l| l.1)
+                        .collect::<std::collections::HashSet<_>>()
+                        .len(),
                     other.map(|_| "ok")
                 ));
             }
