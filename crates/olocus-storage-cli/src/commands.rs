@@ -555,6 +555,60 @@ pub async fn maintain(ctx: &Ctx, store: &Storage, vacuum: bool) -> CliResult {
 }
 
 /// `migrate`.
+/// `repair`: salvage what is intact into a new store.
+pub async fn repair(ctx: &Ctx, from: &str, to: &str) -> CliResult {
+    let (src_config, dst_config) = (
+        StorageConfig::new(from.parse().map_err(ctx_err("--from"))?),
+        StorageConfig::new(to.parse().map_err(ctx_err("--to"))?),
+    );
+    if src_config == dst_config {
+        return Err(CliError("--from and --to name the same store".into()));
+    }
+    let dst = Storage::new(dst_config)
+        .await
+        .map_err(ctx_err(format!("opening {to}")))?;
+    let report = match &src_config.backend {
+        // A damaged filesystem store does not open: its files are read directly.
+        #[cfg(feature = "fs")]
+        olocus_storage::BackendConfig::Filesystem { path, .. } => {
+            olocus_storage::filesystem::salvage(path.clone(), &*dst).await
+        }
+        _ => match Storage::new(src_config).await {
+            Ok(src) => {
+                let report = olocus_storage::salvage::copy_intact(&*src, &*dst).await;
+                let _ = src.close().await;
+                report
+            }
+            Err(e) => Err(e),
+        },
+    };
+    let closed = dst.close().await;
+    let report = report.map_err(ctx_err(format!("salvaging {from} into {to}")))?;
+    closed.map_err(ctx_err("closing the new store"))?;
+    if ctx.json {
+        println!(
+            "{}",
+            json!({ "copied": report.copied,
+                    "lost": report.lost.iter().map(|(a, b)| [a, b]).collect::<Vec<_>>(),
+                    "damage": report.damage, "head": report.head.map(|h| h.to_string()) })
+        );
+    } else {
+        for d in &report.damage {
+            println!("damaged: {d}");
+        }
+        println!(
+            "copied {} intact blocks from {from} into {to}; lost: {}; head {}",
+            report.copied,
+            report.lost_summary(),
+            report
+                .head
+                .map_or_else(|| "not set".to_string(), |h| h.to_string())
+        );
+    }
+    Ok(())
+}
+
+/// `migrate`.
 pub async fn migrate(ctx: &Ctx, from: &str, to: &str, batch: u64) -> CliResult {
     let (src_config, dst_config) = (
         StorageConfig::new(from.parse().map_err(ctx_err("--from"))?),

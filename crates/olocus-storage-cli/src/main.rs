@@ -156,6 +156,16 @@ enum Cmd {
     Compact,
     /// Return free space to the operating system (where the backend can).
     Vacuum,
+    /// Salvage a damaged store: copy every block that is intact into a new store
+    /// and report exactly which indices were lost. The damaged store is only read.
+    Repair {
+        /// The damaged store's URL.
+        #[arg(long)]
+        from: String,
+        /// A new store's URL.
+        #[arg(long)]
+        to: String,
+    },
     /// Copy every block and the head from one store to another, verifying as it
     /// goes; rerun to resume.
     Migrate {
@@ -261,9 +271,14 @@ async fn run(cli: Cli) -> CliResult {
     if let Cmd::Migrate { from, to, batch } = &cli.command {
         return commands::migrate(&ctx, from, to, *batch).await;
     }
+    if let Cmd::Repair { from, to } = &cli.command {
+        return commands::repair(&ctx, from, to).await;
+    }
     let store = open(&cli).await?;
     let result = match &cli.command {
-        Cmd::Demo { .. } | Cmd::Migrate { .. } => unreachable!("handled above"),
+        Cmd::Demo { .. } | Cmd::Migrate { .. } | Cmd::Repair { .. } => {
+            unreachable!("handled above")
+        }
         Cmd::Import {
             file,
             format,

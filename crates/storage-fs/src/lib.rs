@@ -223,6 +223,58 @@ impl std::fmt::Debug for FilesystemBackend {
     }
 }
 
+/// Copies what is intact in the store at `src` into `dst` (a new, empty store
+/// of any backend) and reports exactly which indices were lost.
+///
+/// For a store that refuses to open with [`StorageError::Corrupted`]: every
+/// segment file is read record by record, whatever the manifest and index files
+/// say; damaged bytes are skipped (reading resumes at the next valid record) and
+/// every block that decodes, matches its hash and verifies is copied. Deletions
+/// and head changes that still read are replayed. The source is only read (and
+/// locked meanwhile), so it can be kept for inspection.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use std::time::SystemTime;
+/// use storage_core::{Block, CompressionType, SigningKey, StorageBackend};
+/// use storage_fs::FilesystemBackend;
+///
+/// let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+/// let store = FilesystemBackend::new(src.path(), CompressionType::None).await?;
+/// let key = SigningKey::from_bytes(&[1; 32]);
+/// let g = Block::sign_raw(0, SystemTime::now(), None, "example.note/v1", b"hi".to_vec(), &key)?;
+/// store.store_block(&g).await?;
+/// store.close().await?;
+///
+/// let copy = FilesystemBackend::new(dst.path(), CompressionType::None).await?;
+/// let report = storage_fs::salvage(src.path(), &copy).await?;
+/// assert_eq!((report.copied, report.lost_summary()), (1, "none".to_string()));
+/// # Ok::<(), storage_core::StorageError>(())
+/// # }).unwrap();
+/// ```
+pub async fn salvage(
+    src: impl Into<PathBuf>,
+    dst: &dyn StorageBackend,
+) -> Result<storage_core::salvage::SalvageReport> {
+    use storage_core::salvage::{
+        SalvageReport, missing_ranges, require_empty, settle_head, store_salvaged,
+    };
+    let src = src.into();
+    let span = op_span(NAME, "salvage");
+    in_span_async(span, async move {
+        require_empty(dst.count_blocks().await?)?;
+        let found = run_blocking(NAME, move || store::salvage_scan(&src)).await?;
+        let mut report = SalvageReport::default();
+        report.damage = found.damage;
+        let mut copied = std::collections::BTreeSet::new();
+        store_salvaged(dst, found.blocks.into_values(), &mut report, &mut copied).await?;
+        report.lost = missing_ranges(&copied, &found.deleted, found.top);
+        report.head = settle_head(dst, found.head).await?;
+        Ok(report)
+    })
+    .await
+}
+
 impl FilesystemBackend {
     /// The seed's constructor: opens (or creates) the store at `base_path` with
     /// `compression` and the default durability (a sync every 5 s).

@@ -1284,11 +1284,18 @@ fn load_all(
             } else {
                 format!("{mark} bytes of it were synced")
             };
+            // Records are all or nothing: what is lost starts at the last whole one.
+            let whole = read_exact(&*file, 0, len as usize, &|| {
+                dir.seg(id).display().to_string()
+            })
+            .ok()
+            .and_then(|b| scan(&b[SEG_HEADER as usize..], SEG_HEADER, id).ok())
+            .map_or(SEG_HEADER, |(good, _)| SEG_HEADER + good as u64);
             return Err(lost(
                 dir,
                 id,
                 &format!("is cut short at {len} bytes"),
-                (len, durable),
+                (whole.min(len), durable),
                 &why,
             ));
         }
@@ -1549,6 +1556,135 @@ pub fn next_valid_record(tail: &[u8], from: usize) -> Option<usize> {
                     .is_some_and(|body| format::record_checksum_ok(&tail[at..], body, h.crc))
             })
     })
+}
+
+/// What reading a store's files directly recovered (see [`salvage_scan`]).
+pub struct Salvaged {
+    /// Blocks still stored, by index, as the log's operations leave them.
+    pub blocks: BTreeMap<u64, Block>,
+    /// Indices of blocks the log deletes.
+    pub deleted: std::collections::BTreeSet<u64>,
+    /// The last head the log records.
+    pub head: Option<BlockHash>,
+    /// The highest index any readable record or index file mentions.
+    pub top: Option<u64>,
+    /// Damaged byte ranges, per segment.
+    pub damage: Vec<String>,
+}
+
+/// Reads every segment file in `dir` record by record, whatever the manifest
+/// and index files say, skipping damaged bytes (resuming at the next valid
+/// record), and replays what reads: the salvage of a store that will not open.
+/// Index files, where they parse, tell which indices existed.
+pub fn salvage_scan(dir: &Path) -> Result<Salvaged> {
+    let vfs: Arc<dyn Vfs> = Arc::new(crate::io::StdVfs);
+    let d = Dir {
+        path: dir.to_path_buf(),
+        vfs,
+    };
+    // Nobody may write the store while it is read.
+    let _lock = acquire_lock(&d)?;
+    let mut ids: Vec<u64> = read_dir(&d)?
+        .iter()
+        .filter_map(|n| parse_id(n, ".seg"))
+        .collect();
+    ids.sort_unstable();
+    let mut out = Salvaged {
+        blocks: BTreeMap::new(),
+        deleted: Default::default(),
+        head: None,
+        top: None,
+        damage: Vec::new(),
+    };
+    let mut by_hash: HashMap<BlockHash, u64> = HashMap::new();
+    let mut index_of: HashMap<BlockHash, u64> = HashMap::new();
+    for id in ids {
+        let path = d.seg(id);
+        let bytes =
+            std::fs::read(&path).map_err(|e| io(format!("reading {}", path.display()), e))?;
+        // What its index file says existed.
+        if let Ok(idx) = std::fs::read(d.idx(id))
+            && let Some(h) = format::parse_index_header(&idx, id)
+        {
+            for raw in format::index_ops(&idx, &h).map_while(|o| o) {
+                if let Op::Put(p) = h.op(&raw) {
+                    out.top = out.top.max(Some(p.index));
+                    index_of.insert(p.hash, p.index);
+                }
+            }
+        }
+        let start = match format::parse_segment_header(&bytes, id) {
+            format::SegmentHeader::Version1 => 16,
+            format::SegmentHeader::Valid { .. } => SEG_HEADER as usize,
+            format::SegmentHeader::Invalid => {
+                out.damage.push(format!(
+                    "{}: bytes 0..{SEG_HEADER} (header)",
+                    path.display()
+                ));
+                SEG_HEADER as usize
+            }
+        };
+        let mut at = start.min(bytes.len());
+        while at < bytes.len() {
+            let whole = format::parse_record_header(&bytes[at..]).and_then(|h| {
+                let end = at + REC_HEADER + h.body_len;
+                let body = bytes.get(at + REC_HEADER..end)?;
+                format::record_checksum_ok(&bytes[at..], body, h.crc).then_some(end)
+            });
+            let ops = whole.and_then(|end| {
+                scan(&bytes[at..end], at as u64, id)
+                    .ok()
+                    .map(|r| (end, r.1))
+            });
+            let Some((end, ops)) = ops else {
+                let next = next_valid_record(&bytes, at + 1).unwrap_or(bytes.len());
+                out.damage
+                    .push(format!("{}: bytes {at}..{next}", path.display()));
+                at = next;
+                continue;
+            };
+            for op in ops {
+                match op {
+                    Op::Put(p) => {
+                        let entry = &bytes[p.off as usize..p.off as usize + p.len as usize];
+                        match format::decode_scanned_entry(entry) {
+                            Ok((block, _)) if block.hash() == p.hash => {
+                                out.top = out.top.max(Some(block.index()));
+                                index_of.insert(p.hash, block.index());
+                                if let Some(old) = out.blocks.insert(block.index(), block) {
+                                    by_hash.remove(&old.hash());
+                                }
+                                by_hash.insert(p.hash, p.index);
+                                out.deleted.remove(&p.index);
+                            }
+                            _ => out.damage.push(format!(
+                                "{}: block #{} at byte {} does not decode",
+                                path.display(),
+                                p.index,
+                                p.off
+                            )),
+                        }
+                    }
+                    Op::Delete(h) => {
+                        if let Some(i) = by_hash.remove(&h) {
+                            out.blocks.remove(&i);
+                        }
+                        if let Some(i) = index_of.get(&h) {
+                            out.deleted.insert(*i);
+                        }
+                    }
+                    Op::Head(h) => out.head = h,
+                }
+            }
+            at = end;
+        }
+    }
+    // A deleted index that holds a block again was re-stored.
+    let present: Vec<u64> = out.blocks.keys().copied().collect();
+    for i in present {
+        out.deleted.remove(&i);
+    }
+    Ok(out)
 }
 
 /// Bytes and files in the store directory.
