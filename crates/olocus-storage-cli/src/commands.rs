@@ -383,7 +383,13 @@ pub async fn verify(ctx: &Ctx, store: &Storage, page: u64, allow_gaps: bool) -> 
     let total = store.count_blocks().await.map_err(ctx_err("counting"))?;
     let bar = ctx.bar(total, "verify");
     let options = VerifyOptions::default().page(page).allow_gaps(allow_gaps);
-    let outcome = store.verify_store(&options, &mut |n| bar.inc(n)).await;
+    let mut verified = 0u64;
+    let outcome = store
+        .verify_store(&options, &mut |n| {
+            verified += n;
+            bar.inc(n);
+        })
+        .await;
     bar.finish_and_clear();
     match outcome {
         Ok(report) => {
@@ -430,19 +436,29 @@ pub async fn verify(ctx: &Ctx, store: &Storage, page: u64, allow_gaps: bool) -> 
             Ok(())
         }
         Err(e) => {
-            let (index, kind) = match &e {
-                StorageError::Verification { index, .. } => (Some(*index), "chain broken"),
-                other if other.kind() == ErrorKind::Corrupted => (None, "store damaged"),
-                _ => return Err(ctx_err("verifying")(e)),
+            let (index, kind, reason) = match e {
+                StorageError::Verification { index, reason } => {
+                    (Some(index), "chain broken", reason)
+                }
+                StorageError::Corrupted { context, source } => (
+                    None,
+                    "store damaged",
+                    match source {
+                        Some(s) => format!("{context}: {s}"),
+                        None => context,
+                    },
+                ),
+                other => return Err(ctx_err("verifying")(other)),
             };
-            let reason = CliError::from(e).0;
             if ctx.json {
                 println!(
                     "{}",
-                    json!({ "ok": false, "index": index, "problem": kind, "reason": reason })
+                    json!({ "ok": false, "index": index, "problem": kind, "reason": reason,
+                            "verified_before": verified })
                 );
             } else {
-                println!("{kind}: {reason}");
+                let at = index.map(|i| format!(" at index {i}")).unwrap_or_default();
+                println!("{kind}{at}: {reason} ({verified} blocks before it verified)");
             }
             Err(CliError(match index {
                 Some(i) => format!("verification failed at index {i}"),

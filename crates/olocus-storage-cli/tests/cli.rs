@@ -185,17 +185,18 @@ fn verify_names_the_first_damaged_block() {
     std::fs::write(&loc.path, bytes).unwrap();
 
     let (out, err) = fails(&["--store", &url, "verify"]);
-    assert!(out.contains("chain broken at index 17"), "{out}");
+    assert!(out.contains("store damaged: block #17"), "{out}");
     assert!(out.contains(&blocks[17].hash().to_string()), "{out}");
     assert!(out.contains("damaged"), "{out}");
     assert!(out.contains("17 blocks before it verified"), "{out}");
-    assert!(err.contains("verification failed at index 17"), "{err}");
+    assert!(err.contains("verification failed"), "{err}");
     let (out, _) = fails(&["--store", &url, "verify", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
-        (v["ok"].as_bool(), v["index"].as_u64()),
+        (v["ok"].as_bool(), v["verified_before"].as_u64()),
         (Some(false), Some(17))
     );
+    assert!(v["reason"].as_str().unwrap().contains("#17"), "{v}");
 }
 
 #[test]
@@ -209,9 +210,97 @@ fn verify_names_a_missing_block() {
     ok(&["--store", &url, "import", &s(&input)]);
     let (out, _) = fails(&["--store", &url, "verify"]);
     assert!(
-        out.contains("chain broken at index 23: block missing (the next stored block is #24)"),
+        out.contains("chain broken at index 23: gap: block #23 is missing after block #22 (the next stored block is #24)"),
         "{out}"
     );
+    // Accepted on request, and still listed.
+    let out = ok(&["--store", &url, "verify", "--allow-gaps"]);
+    assert!(out.contains("verified 39 blocks"), "{out}");
+    assert!(
+        out.contains("missing (accepted with --allow-gaps): #23"),
+        "{out}"
+    );
+}
+
+/// The store is checked against itself: a head below the last block fails, and
+/// importing blocks below the head leaves it where it is.
+#[test]
+fn verify_checks_the_head_and_import_never_moves_it_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocks = chain(50);
+    let all = dir.path().join("all.jsonl");
+    write_jsonl(&all, &blocks);
+    let some = dir.path().join("some.jsonl");
+    write_jsonl(&some, &blocks[20..25]);
+    for url in backends(dir.path(), "head") {
+        ok(&["--store", &url, "import", &s(&all)]);
+        let out = ok(&["--store", &url, "import", &s(&some)]);
+        assert!(out.contains("the head stays"), "{url}: {out}");
+        let out = ok(&["--store", &url, "head", "--json"]);
+        assert!(out.contains("\"index\":49"), "{url}: {out}");
+        ok(&["--store", &url, "verify"]);
+        // Import below the head without blocks above it: the head check catches
+        // a head that is not the highest block.
+        let other = format!("{url}-2");
+        let first = dir.path().join("first.jsonl");
+        write_jsonl(&first, &blocks[..10]);
+        ok(&["--store", &other, "import", &s(&first)]);
+        let more = dir.path().join("more.jsonl");
+        write_jsonl(&more, &blocks[10..12]);
+        ok(&["--store", &other, "import", "--no-head", &s(&more)]);
+        let (out, _) = fails(&["--store", &other, "verify"]);
+        assert!(out.contains("the head is block #9"), "{url}: {out}");
+    }
+}
+
+/// Synced blocks that go missing are never absorbed: a filesystem segment cut
+/// at a record boundary or inside a record, with or without its index file,
+/// refuses to open; `repair` copies what is intact and names what was lost.
+#[test]
+fn cut_segments_are_reported_and_repaired() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocks = chain(400);
+    let input = dir.path().join("in.jsonl");
+    write_jsonl(&input, &blocks);
+    for (n, keep_index) in [(0, true), (1, false)] {
+        let path = dir.path().join(format!("cut{n}"));
+        let url = format!("fs:{}", s(&path));
+        ok(&["--store", &url, "import", "--batch", "1", &s(&input)]);
+        let seg = path.join("0000000000000001.seg");
+        if !keep_index {
+            std::fs::remove_file(path.join("0000000000000001.idx")).unwrap();
+        }
+        let len = std::fs::metadata(&seg).unwrap().len();
+        let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+        f.set_len(len / 2).unwrap();
+        drop(f);
+        for cmd in [&["verify"][..], &["stats"], &["export", "-"]] {
+            let mut args = vec!["--store", url.as_str()];
+            args.extend_from_slice(cmd);
+            let (_, err) = fails(&args);
+            assert!(err.contains("cut short"), "{cmd:?}: {err}");
+        }
+        let fixed = format!("fs:{}", s(&dir.path().join(format!("fixed{n}"))));
+        let out = ok(&["repair", "--from", &url, "--to", &fixed, "--json"]);
+        let v: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+        let copied = v["copied"].as_u64().unwrap();
+        assert!(copied > 0 && copied < 400, "{v}");
+        if keep_index {
+            // The index file says exactly which blocks were there.
+            assert_eq!(v["lost"][0][0].as_u64(), Some(copied), "{v}");
+            assert_eq!(v["lost"][0][1].as_u64(), Some(399), "{v}");
+        } else {
+            // Without it, the durable mark still says bytes were lost.
+            assert!(
+                v["damage"]
+                    .to_string()
+                    .contains("were synced and are missing"),
+                "{v}"
+            );
+        }
+        let out = ok(&["--store", &fixed, "verify"]);
+        assert!(out.contains(&format!("verified {copied} blocks")), "{out}");
+    }
 }
 
 #[test]

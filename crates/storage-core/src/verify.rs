@@ -69,8 +69,8 @@ pub struct VerifyReport {
     pub gaps: Vec<(u64, u64)>,
 }
 
-/// Runs the whole verification (see the module docs); `progress` is called with
-/// the number of blocks each page verified.
+/// Runs the whole verification (see the module docs); `progress` is called as
+/// blocks verify.
 pub(crate) async fn verify_store<S: StorageBackend + ?Sized>(
     store: &S,
     options: &VerifyOptions,
@@ -87,8 +87,8 @@ pub(crate) async fn verify_store<S: StorageBackend + ?Sized>(
     let mut expected = 0u64;
     loop {
         let end = expected.saturating_add(options.page.max(1) - 1);
-        let blocks = read_window(store, expected, end).await?;
-        if blocks.is_empty() {
+        let (blocks, unreadable) = read_window(store, expected, end).await?;
+        if blocks.is_empty() && unreadable.is_none() {
             // Nothing in this window: find the next stored index, if any.
             match next_stored(store, expected).await? {
                 None => break,
@@ -99,7 +99,6 @@ pub(crate) async fn verify_store<S: StorageBackend + ?Sized>(
                 }
             }
         }
-        let n = blocks.len() as u64;
         for b in blocks {
             gap(&mut report, options, expected, b.index(), prev.as_ref())?;
             let linked = prev
@@ -108,9 +107,12 @@ pub(crate) async fn verify_store<S: StorageBackend + ?Sized>(
             verify_block(&b, linked)?;
             expected = b.index().saturating_add(1);
             prev = Some(b);
+            report.checked += 1;
+            progress(1);
         }
-        report.checked += n;
-        progress(n);
+        if let Some(e) = unreadable {
+            return Err(e);
+        }
         if prev.as_ref().is_some_and(|b| b.index() == u64::MAX) {
             break;
         }
@@ -196,14 +198,15 @@ async fn next_stored<S: StorageBackend + ?Sized>(store: &S, from: u64) -> Result
 }
 
 /// The blocks of `start..=end`. When the range read fails, each listed block is
-/// read on its own, so the error names the first block that cannot be read.
+/// read on its own: the blocks before the first that cannot be read come back
+/// with an error naming that one.
 async fn read_window<S: StorageBackend + ?Sized>(
     store: &S,
     start: u64,
     end: u64,
-) -> Result<Vec<Block>> {
+) -> Result<(Vec<Block>, Option<StorageError>)> {
     let range_error = match store.get_blocks_by_range(start, end).await {
-        Ok(blocks) => return Ok(blocks),
+        Ok(blocks) => return Ok((blocks, None)),
         Err(e) => e,
     };
     let listed = store
@@ -216,16 +219,23 @@ async fn read_window<S: StorageBackend + ?Sized>(
             ..Default::default()
         })
         .await?;
+    let mut read = Vec::with_capacity(listed.len());
     for m in listed {
-        if let Err(e) = store.retrieve_block(&m.hash).await {
-            let context = format!("block #{} ({}) cannot be read", m.index, m.hash);
-            return Err(match e.kind() {
-                ErrorKind::Corrupted => {
-                    StorageError::corrupted(format!("{context}: stored bytes are damaged: {e}"))
-                }
-                _ => e,
-            });
+        match store.retrieve_block(&m.hash).await {
+            Ok(Some(b)) => read.push(b),
+            Ok(None) => {}
+            Err(e) if e.kind() == ErrorKind::Corrupted => {
+                let e = StorageError::corrupted_by(
+                    format!(
+                        "block #{} ({}): its stored bytes are damaged",
+                        m.index, m.hash
+                    ),
+                    e,
+                );
+                return Ok((read, Some(e)));
+            }
+            Err(e) => return Ok((read, Some(e))),
         }
     }
-    Err(range_error)
+    Ok((read, Some(range_error)))
 }

@@ -1596,6 +1596,13 @@ pub fn salvage_scan(dir: &Path) -> Result<Salvaged> {
         top: None,
         damage: Vec::new(),
     };
+    // Sealed lengths, if the manifest still reads.
+    let sealed: HashMap<u64, u64> = read_manifest(&d)
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
     let mut by_hash: HashMap<BlockHash, u64> = HashMap::new();
     let mut index_of: HashMap<BlockHash, u64> = HashMap::new();
     for id in ids {
@@ -1615,7 +1622,18 @@ pub fn salvage_scan(dir: &Path) -> Result<Salvaged> {
         }
         let start = match format::parse_segment_header(&bytes, id) {
             format::SegmentHeader::Version1 => 16,
-            format::SegmentHeader::Valid { .. } => SEG_HEADER as usize,
+            format::SegmentHeader::Valid { durable, .. } => {
+                let synced = durable.max(sealed.get(&id).copied().unwrap_or(0));
+                if (bytes.len() as u64) < synced {
+                    out.damage.push(format!(
+                        "{}: bytes {}..{synced} were synced and are missing (blocks after \
+                         the last one copied from this segment are lost)",
+                        path.display(),
+                        bytes.len()
+                    ));
+                }
+                SEG_HEADER as usize
+            }
             format::SegmentHeader::Invalid => {
                 out.damage.push(format!(
                     "{}: bytes 0..{SEG_HEADER} (header)",
