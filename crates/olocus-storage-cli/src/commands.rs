@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use olocus_storage::{
-    Block, BlockFilter, BlockHash, ErrorKind, ListOptions, SortOrder, Storage, StorageBackend,
+    Block, BlockFilter, BlockHash, ListOptions, SortOrder, Storage, StorageBackend,
     StorageBackendExt, StorageConfig, StorageError, VerifyOptions, WireFormat, verify_block,
 };
 use serde_json::json;

@@ -5,6 +5,7 @@
 //! ```text
 //! store/
 //!   LOCK                    held by the one open handle (the second opener gets an error)
+//!   MANIFEST                the store's segments, and the length each sealed one was synced at
 //!   0000000000000001.seg    append-only log: records of blocks, deletions, head changes
 //!   0000000000000001.idx    the operations of the segment's first N bytes (written when
 //!                           the segment is sealed and on close)
@@ -25,10 +26,19 @@
 //!   depends on [`Durability`].
 //! - **Index files.** A segment's index holds each block's location and metadata
 //!   (key and type interned), so opening a cleanly closed store decodes no block.
-//!   After a crash only the bytes past the last index are decoded. A torn record at
-//!   the very end is cut off, and its bytes are kept in `*.seg.torn-OFFSET` until
-//!   the next `compact`. Damage followed by valid records is not a torn write, so
-//!   opening fails with [`StorageError::Corrupted`] rather than drop data silently.
+//!   After a crash only the bytes past the last index are decoded.
+//! - **Torn tails are cut; lost data is reported.** The store remembers what it
+//!   made durable: the `MANIFEST` lists every segment with the length it was sealed
+//!   at, and the active segment's header holds the length the last sync made
+//!   durable (rewritten before each sync, in the same sync as new data, so it never
+//!   claims more than the disk holds). On open, an incomplete record past that
+//!   point is an interrupted write: it is cut off and its bytes kept in
+//!   `*.seg.torn-OFFSET` until the next `compact`. Anything missing or damaged
+//!   below it (a segment cut short, a listed segment gone, a bad record in synced
+//!   bytes or followed by valid ones, a missing or damaged `MANIFEST`) fails the
+//!   open with [`StorageError::Corrupted`] naming the segment, the bytes and, where
+//!   an index file says, the blocks lost. [`salvage`] then copies what is intact
+//!   into a new store and reports exactly which indices were lost.
 //! - **In-memory index.** Blocks are kept by index, hash and time, with signers and
 //!   types interned, at about 130 bytes per block (130 MB per million blocks). The
 //!   whole index lives in RAM, as in Bitcoin Core. Opening a cleanly closed store of
@@ -52,8 +62,10 @@
 //! - `compact` rewrites the oldest segments, up to the last one holding a deleted
 //!   block, without the deleted blocks, and removes orphaned files (unfinished
 //!   index files, saved torn tails, indexes of removed segments). The copies are
-//!   synced before any old segment is deleted, so a crash at any point leaves a
-//!   store that opens to the same contents.
+//!   synced, then the `MANIFEST` is replaced to list them instead of the old
+//!   segments (the commit point), then the old segments are deleted, so a crash at
+//!   any point leaves a store that opens to the same contents.
+//! - Closing a store that was only read writes nothing.
 //! - `vacuum` rewrites every segment: entries come out in index order, re-encoded
 //!   with the configured compression (so changing `compression` applies to old
 //!   data too), and head records are collapsed to one.
