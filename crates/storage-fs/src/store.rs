@@ -1058,17 +1058,14 @@ fn start_fresh(dir: &Dir, ids: &[u64]) -> Result<Vec<(u64, u64)>> {
             path.display().to_string()
         })?;
         if format::parse_segment_header(&head, id) == format::SegmentHeader::Version1 {
-            return Err(StorageError::Backend {
-                name: crate::NAME.into(),
-                transient: false,
-                source: format!(
-                    "{} was written by the first version of the segment format, which \
-                     this version does not open; export it with the version that wrote it \
-                     and import the export",
-                    dir.path.display()
-                )
-                .into(),
-            });
+            // Not readable as a store of this format: typed like any other file
+            // this version cannot read.
+            return Err(StorageError::corrupted(format!(
+                "fs: {} was written by the first version of the segment format, which \
+                 this version does not open; export it with the version that wrote it and \
+                 import the export",
+                dir.path.display()
+            )));
         }
         if len > SEG_HEADER {
             holding += 1;
