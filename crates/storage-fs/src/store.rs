@@ -376,38 +376,35 @@ impl Inner {
     }
 
     /// Makes the active segment durable to its end and records that in its header
-    /// (two syncs: data first, then the header slot). Used by close.
+    /// (two syncs: data first, then the header slot). Used by close, under the
+    /// writer lock. It does not wait for a group-commit leader (which may itself
+    /// be waiting for the writer lock): if both write a slot, each writes a
+    /// length already synced, and a torn slot fails its checksum while the other
+    /// slot still holds an older true one.
     fn sync_and_mark(&self, w: &Writer) -> Result<()> {
-        let mut d = lock(&self.durable);
-        while d.leader {
-            d = self
-                .durable_cv
-                .wait(d)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
-        d.leader = true;
-        let mark = d.mark;
-        drop(d);
         let path = || self.dir.seg(w.seg).display().to_string();
         let end = (w.seg, w.len);
-        let mut marked = None;
-        let result = w.file.sync_data().and_then(|()| {
-            marked = next_mark(mark, end);
-            match marked {
-                Some(m) => write_mark(&w.file, m).and_then(|()| w.file.sync_data()),
-                None => Ok(()),
+        w.file
+            .sync_data()
+            .map_err(|e| io(format!("syncing {}", path()), e))?;
+        let marked = {
+            let mut d = lock(&self.durable);
+            if end > d.synced {
+                d.synced = end;
             }
-        });
-        let mut d = lock(&self.durable);
-        d.leader = false;
-        if result.is_ok() && end > d.synced {
-            d.synced = end;
-        }
+            let m = next_mark(d.mark, end);
+            if let Some(m) = m {
+                d.mark = (m.0, m.1, (m.2 + 1) % 2);
+            }
+            self.durable_cv.notify_all();
+            m
+        };
         if let Some(m) = marked {
-            d.mark = (m.0, m.1, (m.2 + 1) % 2);
+            write_mark(&w.file, m)
+                .and_then(|()| w.file.sync_data())
+                .map_err(|e| io(format!("recording the durable length of {}", path()), e))?;
         }
-        self.durable_cv.notify_all();
-        result.map_err(|e| io(format!("syncing {}", path()), e))
+        Ok(())
     }
 
     fn after_write(&self, end: (u64, u64)) -> Result<()> {
