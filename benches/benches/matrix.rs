@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkGroup, Criterion, Throughput, measurement::WallTime};
-use olocus_benches::spec::{BIG, BIG_QUICK, FULL, Op, Subject};
+use olocus_benches::spec::{BIG, BIG_QUICK, CONCURRENT_WRITERS, FULL, Op, Subject};
 use olocus_benches::{BULK_TYPE, bulk_blocks};
 use storage_conformance::data::{self, READING};
 use storage_core::{Block, BlockFilter, CompressionType, ListOptions, SortOrder, StorageBackend};
@@ -176,6 +176,46 @@ fn bench_store(
                     let start = Instant::now();
                     for chunk in blocks.chunks(step).take(want) {
                         store.store_blocks(chunk).await.expect("store");
+                    }
+                    total += start.elapsed();
+                    store.close().await.expect("close");
+                    drop(store);
+                    remove(&path);
+                    done += want as u64;
+                }
+                total
+            }
+        });
+    });
+}
+
+/// `CONCURRENT_WRITERS` tasks each store one block, synced, at once; an
+/// iteration ends when all are acknowledged. Fresh stores; only writes are timed.
+fn bench_concurrent_store(g: &mut BenchmarkGroup<'_, WallTime>, env: &Setup, s: Subject) {
+    let counter = std::sync::atomic::AtomicU64::new(0);
+    g.bench_function(s.name(), |b| {
+        b.to_async(&env.rt).iter_custom(|iters| {
+            let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let (dir, blocks) = (env.dir.path(), &env.small);
+            async move {
+                let mut total = Duration::ZERO;
+                let mut done = 0u64;
+                while done < iters {
+                    let path = dir.join(format!("c-{}-{n}-{done}", s.name()));
+                    let store = open_ours(s, &path, true).await;
+                    let want = ((iters - done) as usize).min(FULL / CONCURRENT_WRITERS);
+                    let start = Instant::now();
+                    for group in blocks.chunks(CONCURRENT_WRITERS).take(want) {
+                        let writes: Vec<_> = group
+                            .iter()
+                            .map(|b| {
+                                let (store, b) = (store.clone(), b.clone());
+                                tokio::spawn(async move { store.store_block(&b).await })
+                            })
+                            .collect();
+                        for w in writes {
+                            w.await.expect("writer task").expect("store");
+                        }
                     }
                     total += start.elapsed();
                     store.close().await.expect("close");
@@ -897,6 +937,7 @@ fn matrix(c: &mut Criterion) {
         }
         for &s in subjects.iter().filter(|s| op.applies_to(**s)) {
             match op {
+                Op::StoreConcurrentDurable => bench_concurrent_store(&mut g, &env, s),
                 Op::StoreOne
                 | Op::StoreBatch100
                 | Op::StoreOneDurable

@@ -106,6 +106,9 @@ pub enum Op {
     StoreOneDurable,
     /// 100 blocks per write, synced before acknowledging.
     StoreBatch100Durable,
+    /// 16 writers at once, one block each, synced before acknowledging (how far
+    /// concurrent writers share syncs: group commit).
+    StoreConcurrentDurable,
     /// One block by hash, at random over the store.
     RetrieveOne,
     /// 100 blocks by hash, at random, with all 100 `retrieve_block` calls in
@@ -123,11 +126,12 @@ pub enum Op {
 
 impl Op {
     /// Every operation, in report order.
-    pub const ALL: [Op; 10] = [
+    pub const ALL: [Op; 11] = [
         Op::StoreOne,
         Op::StoreBatch100,
         Op::StoreOneDurable,
         Op::StoreBatch100Durable,
+        Op::StoreConcurrentDurable,
         Op::RetrieveOne,
         Op::RetrieveConcurrent100,
         Op::List100,
@@ -143,6 +147,7 @@ impl Op {
             Op::StoreBatch100 => "store_batch_100",
             Op::StoreOneDurable => "store_one_durable",
             Op::StoreBatch100Durable => "store_batch_100_durable",
+            Op::StoreConcurrentDurable => "store_concurrent_durable",
             Op::RetrieveOne => "retrieve_one",
             Op::RetrieveConcurrent100 => "retrieve_concurrent_100",
             Op::List100 => "list_100",
@@ -166,6 +171,7 @@ impl Op {
             | Op::List100
             | Op::RetrieveConcurrent100 => 100,
             Op::Range10k => 10_000,
+            Op::StoreConcurrentDurable => CONCURRENT_WRITERS as u64,
             Op::Ingest => big,
         }
     }
@@ -177,13 +183,21 @@ impl Op {
             // durable mode; a cold open of 1M blocks over HTTP is out of scope.
             return !matches!(
                 self,
-                Op::StoreOneDurable | Op::StoreBatch100Durable | Op::ColdOpen
+                Op::StoreOneDurable
+                    | Op::StoreBatch100Durable
+                    | Op::StoreConcurrentDurable
+                    | Op::ColdOpen
             ) && (subject == Subject::Object || self != Op::Range10k);
         }
         match self {
             // Memory has nothing to sync; the cache's writes are SQLite's.
             Op::StoreOneDurable | Op::StoreBatch100Durable => {
                 !matches!(subject, Subject::Memory | Subject::CacheSqlite)
+            }
+            // Our backends' sharing of syncs; the raw engines are driven by one
+            // writer only.
+            Op::StoreConcurrentDurable => {
+                !matches!(subject, Subject::Memory | Subject::CacheSqlite) && !subject.is_raw()
             }
             // Memory has nothing to reopen; a raw engine opens as our backend does.
             Op::ColdOpen => {
@@ -264,6 +278,9 @@ pub fn max_raw_ratio(subject: Subject) -> Option<f64> {
         _ => None,
     }
 }
+
+/// Writers at once in `store_concurrent_durable`.
+pub const CONCURRENT_WRITERS: usize = 16;
 
 /// Blocks in the store that retrieve, list and range read from.
 pub const FULL: usize = 20_000;

@@ -589,6 +589,22 @@ pub async fn repair(ctx: &Ctx, from: &str, to: &str) -> CliResult {
         olocus_storage::BackendConfig::Filesystem { path, .. } => {
             olocus_storage::filesystem::salvage(path.clone(), &*dst).await
         }
+        // A SQLite file whose counters disagree with its rows opens for salvage.
+        #[cfg(feature = "sqlite")]
+        olocus_storage::BackendConfig::SQLite { path } => {
+            match olocus_storage::sqlite::SQLiteBackend::open_for_salvage(
+                olocus_storage::sqlite::SQLiteConfig::at(path),
+            )
+            .await
+            {
+                Ok(src) => {
+                    let report = olocus_storage::salvage::copy_intact(&src, &*dst).await;
+                    let _ = olocus_storage::StorageBackend::close(&src).await;
+                    report
+                }
+                Err(e) => Err(e),
+            }
+        }
         _ => match Storage::new(src_config).await {
             Ok(src) => {
                 let report = olocus_storage::salvage::copy_intact(&*src, &*dst).await;

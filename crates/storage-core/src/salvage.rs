@@ -8,8 +8,8 @@
 //! with [`copy_intact`].
 
 use crate::{
-    Block, BlockFilter, BlockHash, ListOptions, Result, StorageBackend, StorageBackendExt,
-    StorageError, verify_block,
+    Block, BlockHash, ListOptions, Result, StorageBackend, StorageBackendExt, StorageError,
+    verify_block,
 };
 
 /// What a salvage copied and what it lost.
@@ -19,7 +19,8 @@ pub struct SalvageReport {
     /// Blocks copied into the new store (each one's signature verified).
     pub copied: u64,
     /// Index ranges (inclusive) that were not copied: below the highest known
-    /// index, not deleted, and unreadable or gone.
+    /// index, and unreadable or gone (deleted blocks are left out where the
+    /// salvage can tell).
     pub lost: Vec<(u64, u64)>,
     /// Where the damage was, in the source's own terms (files and byte ranges,
     /// or blocks that failed to read).
@@ -127,50 +128,20 @@ pub async fn store_salvaged(
 
 /// Copies every block of `src` that reads and verifies into `dst` (which should
 /// be empty), then sets `dst`'s head: the source's head if it was copied, or
-/// the highest block copied. Blocks that fail to read are skipped and reported.
+/// the highest block copied.
+///
+/// Blocks are read by index range, up to the highest stored index; a range that
+/// fails is split in halves down to single indices, so damage costs only the
+/// blocks it touches. Each index that cannot be read is recorded as damage.
+/// Indices never stored (or deleted) cannot be told apart from lost ones here,
+/// so [`SalvageReport::lost`] lists every index below the top that was not copied.
 pub async fn copy_intact(
     src: &dyn StorageBackend,
     dst: &dyn StorageBackend,
 ) -> Result<SalvageReport> {
+    require_empty(dst.count_blocks().await?)?;
     let mut report = SalvageReport::default();
     let mut copied = std::collections::BTreeSet::new();
-    let mut top: Option<u64> = None;
-    let mut from = 0u64;
-    loop {
-        let listed = src
-            .list_blocks(&ListOptions {
-                limit: Some(1_000),
-                filter: Some(BlockFilter {
-                    min_index: Some(from),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            })
-            .await?;
-        let Some(last) = listed.last() else { break };
-        let last = last.index;
-        top = Some(last);
-        let mut page = Vec::with_capacity(listed.len());
-        for m in &listed {
-            match src.retrieve_block(&m.hash).await {
-                Ok(Some(b)) => page.push(b),
-                Ok(None) => report.damage.push(format!(
-                    "block #{} ({}) is listed but not stored",
-                    m.index, m.hash
-                )),
-                Err(e) => report.damage.push(format!(
-                    "block #{} ({}) cannot be read: {e}",
-                    m.index, m.hash
-                )),
-            }
-        }
-        store_salvaged(dst, page, &mut report, &mut copied).await?;
-        if last == u64::MAX {
-            break;
-        }
-        from = last + 1;
-    }
-    report.lost = missing_ranges(&copied, &Default::default(), top);
     let head = match src.get_chain_head().await {
         Ok(h) => h,
         Err(e) => {
@@ -178,8 +149,78 @@ pub async fn copy_intact(
             None
         }
     };
+    let top = highest_index(src, head, &mut report).await?;
+    if let Some(top) = top {
+        let mut from = 0u64;
+        loop {
+            let to = from.saturating_add(999).min(top);
+            let mut blocks = Vec::new();
+            read_salvageable(src, from, to, &mut blocks, &mut report).await;
+            store_salvaged(dst, blocks, &mut report, &mut copied).await?;
+            if to == top {
+                break;
+            }
+            from = to + 1;
+        }
+    }
+    report.lost = missing_ranges(&copied, &Default::default(), top);
     report.head = settle_head(dst, head).await?;
     Ok(report)
+}
+
+/// The highest stored index: from the listing, else from the head block.
+async fn highest_index(
+    src: &dyn StorageBackend,
+    head: Option<BlockHash>,
+    report: &mut SalvageReport,
+) -> Result<Option<u64>> {
+    let listed = src
+        .list_blocks(&ListOptions {
+            limit: Some(1),
+            order: crate::SortOrder::Descending,
+            ..Default::default()
+        })
+        .await;
+    match listed {
+        Ok(top) => Ok(top.first().map(|m| m.index)),
+        Err(e) => {
+            report
+                .damage
+                .push(format!("the highest index cannot be listed: {e}"));
+            match head {
+                Some(h) => Ok(src.retrieve_block(&h).await?.map(|b| b.index())),
+                None => Err(StorageError::corrupted_by(
+                    "salvage: neither the listing nor the head says how far the chain goes",
+                    e,
+                )),
+            }
+        }
+    }
+}
+
+/// Reads `from..=to` into `out`, splitting failed ranges down to single indices.
+async fn read_salvageable(
+    src: &dyn StorageBackend,
+    from: u64,
+    to: u64,
+    out: &mut Vec<Block>,
+    report: &mut SalvageReport,
+) {
+    let mut pending = vec![(from, to)];
+    while let Some((a, b)) = pending.pop() {
+        match src.get_blocks_by_range(a, b).await {
+            Ok(blocks) => out.extend(blocks),
+            Err(e) if a == b => report
+                .damage
+                .push(format!("block #{a} cannot be read: {e}")),
+            Err(_) => {
+                let mid = a + (b - a) / 2;
+                // Popped last-in-first-out: the lower half first, keeping order.
+                pending.push((mid + 1, b));
+                pending.push((a, mid));
+            }
+        }
+    }
 }
 
 /// Sets `dst`'s head to `wanted` if `dst` holds it, else to its highest block.

@@ -138,6 +138,26 @@ impl SQLiteBackend {
     /// Opens (creating if needed) the database, checks or creates the schema and
     /// starts the read pool.
     pub async fn new(config: SQLiteConfig) -> Result<Self> {
+        Self::open_checked(config, true).await
+    }
+
+    /// Opens an existing database that normal opening refuses because its block
+    /// counters disagree with its rows, so that what still reads can be copied
+    /// out (see `storage_core::salvage::copy_intact`). Nothing is created; reads
+    /// still check every row they return. Writing to a store opened this way
+    /// keeps its counters wrong: salvage into a new store instead.
+    pub async fn open_for_salvage(config: SQLiteConfig) -> Result<Self> {
+        let path = PathBuf::from(config.database_path.trim());
+        if !path.exists() {
+            return Err(StorageError::Configuration(format!(
+                "sqlite: {} does not exist; nothing to salvage",
+                path.display()
+            )));
+        }
+        Self::open_checked(config, false).await
+    }
+
+    async fn open_checked(config: SQLiteConfig, check: bool) -> Result<Self> {
         config.validate()?;
         let path = PathBuf::from(config.database_path.trim());
         let (cfg, p) = (config.clone(), path.clone());
@@ -146,8 +166,10 @@ impl SQLiteBackend {
                 std::fs::create_dir_all(dir)
                     .map_err(|e| StorageError::io(format!("creating {}", dir.display()), e))?;
             }
-            create_if_missing(&p, &cfg)?;
-            let writer = open_writer(&p, &cfg)?;
+            if check {
+                create_if_missing(&p, &cfg)?;
+            }
+            let writer = open_writer(&p, &cfg, check)?;
             let pool = open_readers(&p, &cfg)?;
             Ok((writer, pool))
         })
@@ -332,7 +354,7 @@ fn create_if_missing(path: &Path, cfg: &SQLiteConfig) -> Result<()> {
         p.push(leftover);
         let _ = std::fs::remove_file(p);
     }
-    let conn = open_writer(&tmp, cfg)?;
+    let conn = open_writer(&tmp, cfg, true)?;
     if cfg.enable_wal {
         conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
             .map_err(|e| sql_err("checkpointing the new database", e))?;
@@ -352,7 +374,9 @@ fn create_if_missing(path: &Path, cfg: &SQLiteConfig) -> Result<()> {
     Ok(())
 }
 
-fn open_writer(path: &Path, cfg: &SQLiteConfig) -> Result<Connection> {
+/// Opens the writer connection, creating or upgrading the schema; `check`
+/// compares the block counters with the rows.
+fn open_writer(path: &Path, cfg: &SQLiteConfig, check: bool) -> Result<Connection> {
     let ctx = |what: &str| format!("{what} {}", path.display());
     let mut conn = Connection::open_with_flags(
         path,
@@ -401,7 +425,9 @@ fn open_writer(path: &Path, cfg: &SQLiteConfig) -> Result<Connection> {
             )));
         }
     }
-    check_counters(&tx, false)?;
+    if check {
+        check_counters(&tx, false)?;
+    }
     tx.commit().map_err(|e| sql_err(&ctx("initialising"), e))?;
     Ok(conn)
 }
