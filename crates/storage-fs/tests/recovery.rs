@@ -308,3 +308,145 @@ async fn config_is_validated() {
     assert_eq!(err.kind(), ErrorKind::Io, "{err}");
     assert!(err.to_string().contains("a-file"), "{err}");
 }
+
+/// A store of 200 single-block records over several 64 KiB segments, closed
+/// (everything synced): its blocks and where each record starts, per segment.
+async fn closed_store(dir: &Path) -> (Vec<Block>, Vec<(PathBuf, u64)>) {
+    let chain = data::chain_with_note(200, 610).to_vec();
+    let s = open(dir);
+    for b in &chain {
+        s.store_block(b).await.unwrap();
+    }
+    s.set_chain_head(&chain[199].hash()).await.unwrap();
+    let starts = chain
+        .iter()
+        .map(|b| {
+            let loc = s.locate(&b.hash()).unwrap().unwrap();
+            // A single-block record: 12-byte record header, 4-byte count, entry.
+            (loc.path, loc.offset - 16)
+        })
+        .collect();
+    s.close().await.unwrap();
+    (chain, starts)
+}
+
+fn cut(path: &Path, len: u64) {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_len(len)
+        .unwrap();
+}
+
+fn open_err(dir: &Path) -> storage_core::StorageError {
+    FilesystemBackend::open(config(dir, CompressionType::None, 64 << 10))
+        .err()
+        .expect("opening a store that lost synced blocks must fail")
+}
+
+/// Synced records cut away are lost data, not a torn tail: at a record boundary
+/// or inside a record, in a sealed or the active segment, with or without index
+/// files, opening fails naming the segment, the bytes and (from the index file)
+/// the blocks.
+#[tokio::test]
+async fn synced_records_cut_away_fail_the_open() {
+    for keep_index in [true, false] {
+        for (which, inside) in [(60usize, false), (60, true), (190, false), (190, true)] {
+            let dir = tempfile::tempdir().unwrap();
+            let (chain, starts) = closed_store(dir.path()).await;
+            let (seg, start) = &starts[which];
+            assert!(files(dir.path(), ".seg").len() > 2);
+            if !keep_index {
+                for idx in files(dir.path(), ".idx") {
+                    std::fs::remove_file(idx).unwrap();
+                }
+            }
+            cut(seg, start + if inside { 20 } else { 0 });
+            let err = open_err(dir.path());
+            let what = format!("block {which}, inside {inside}, index {keep_index}: {err}");
+            assert_eq!(err.kind(), ErrorKind::Corrupted, "{what}");
+            let text = err.to_string();
+            assert!(text.contains(&seg.display().to_string()), "{what}");
+            assert!(text.contains(&format!("bytes {start}..")), "{what}");
+            if keep_index {
+                assert!(
+                    text.contains(&format!("blocks lost: #{which}..=#")),
+                    "{what}"
+                );
+            }
+            // Salvage keeps everything before the cut and names what was lost.
+            let copy = tempfile::tempdir().unwrap();
+            let dst = open(copy.path());
+            let report = storage_fs::salvage(dir.path(), &dst).await.unwrap();
+            let same_segment = starts.iter().filter(|(p, _)| p == seg).count() as u64;
+            assert!(report.copied >= which as u64, "{what}: {report:?}");
+            assert!(report.copied < 200, "{what}: {report:?}");
+            assert_eq!(
+                dst.retrieve_block(&chain[which - 1].hash()).await.unwrap(),
+                Some(chain[which - 1].clone())
+            );
+            if keep_index || same_segment < 200 {
+                assert!(
+                    !report.lost.is_empty() || !report.damage.is_empty(),
+                    "{what}"
+                );
+            }
+        }
+    }
+}
+
+/// The manifest is the list of the store: without it, or with a listed segment
+/// gone, the store refuses to open instead of opening what is left.
+#[tokio::test]
+async fn a_missing_manifest_or_segment_fails_the_open() {
+    let dir = tempfile::tempdir().unwrap();
+    closed_store(dir.path()).await;
+    let manifest = dir.path().join("MANIFEST");
+    let saved = std::fs::read(&manifest).unwrap();
+    std::fs::remove_file(&manifest).unwrap();
+    let err = open_err(dir.path());
+    assert!(err.to_string().contains("no MANIFEST"), "{err}");
+    std::fs::write(&manifest, &saved).unwrap();
+    let seg = files(dir.path(), ".seg")[1].clone();
+    std::fs::remove_file(&seg).unwrap();
+    let err = open_err(dir.path());
+    assert!(err.to_string().contains("is missing"), "{err}");
+    assert!(err.to_string().contains("blocks lost: #"), "{err}");
+}
+
+/// Opening, reading and closing a store that was cleanly closed changes no file
+/// of the store (only the lock file names its new holder), so reading works on a
+/// full disk.
+#[tokio::test]
+async fn reading_a_closed_store_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    closed_store(dir.path()).await;
+    let snapshot = |dir: &Path| -> Vec<(PathBuf, u32, std::time::SystemTime)> {
+        files(dir, "")
+            .into_iter()
+            .filter(|p| !p.ends_with("LOCK"))
+            .map(|p| {
+                let m = std::fs::metadata(&p).unwrap();
+                let crc = digest(&std::fs::read(&p).unwrap());
+                (p.clone(), crc, m.modified().unwrap())
+            })
+            .collect()
+    };
+    let before = snapshot(dir.path());
+    let s = open(dir.path());
+    assert_eq!(s.count_blocks().await.unwrap(), 200);
+    s.get_blocks_by_range(0, 199).await.unwrap();
+    s.close().await.unwrap();
+    assert!(
+        snapshot(dir.path()) == before,
+        "a read-only session changed files"
+    );
+}
+
+/// A digest to compare file contents without printing them.
+fn digest(bytes: &[u8]) -> u32 {
+    bytes
+        .iter()
+        .fold(0u32, |h, b| h.rotate_left(5) ^ u32::from(*b))
+}

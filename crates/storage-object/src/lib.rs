@@ -65,6 +65,17 @@
 //! credentials are [`StorageError::Configuration`], and damaged pages, head or
 //! records are [`StorageError::Corrupted`].
 //!
+//! **Damage.** Nothing is ever repaired by cutting: segments are written once and
+//! never appended to, and pages and the head carry a CRC-32C, so there is no torn
+//! tail to tell from lost data. A segment shorter than its index entries say, or
+//! gone while a page still names it, is [`StorageError::Corrupted`] for every read
+//! of its blocks; a damaged page or head is `Corrupted` for every operation that
+//! reads it (counts, statistics, listings and ranges read every page). A page
+//! deleted outright takes its indices out of every view, because no object records
+//! how many pages exist: [`verify_store`](storage_core::StorageBackendExt::verify_store) reports it, as a gap
+//! in the index sequence or a head that names no stored block. Salvage with
+//! `storage_core::salvage::copy_intact`, which reads around damaged blocks.
+//!
 //! **Stores.** S3 needs conditional PUTs (`If-None-Match` and `If-Match`; AWS S3,
 //! MinIO, Ceph, SeaweedFS and R2 have both). object_store's local-file store has
 //! no conditional update, so [`ObjectStoreBackend::with_store_single_writer`] (and
