@@ -2,7 +2,8 @@
 //! many writers at once (they share syncs: group commit), and from one.
 //!
 //! `cargo run --release -p storage-fs --example group_commit [WRITERS] [BLOCKS]`
-//! (defaults: 16 writers, 4,000 blocks). Prints one line per run.
+//! (default: 4,000 blocks from 1 writer, then from 16; given WRITERS, from that
+//! many only). Prints one line per run.
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -13,7 +14,10 @@ use storage_fs::{FilesystemBackend, FsConfig};
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> storage_core::Result<()> {
     let mut args = std::env::args().skip(1);
-    let writers: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(16);
+    let runs: Vec<usize> = match args.next().and_then(|a| a.parse().ok()) {
+        Some(n) => vec![n],
+        None => vec![1, 16],
+    };
     let total: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(4_000);
     let key = SigningKey::from_bytes(&[5; 32]);
     let mut blocks = Vec::with_capacity(total as usize);
@@ -30,7 +34,7 @@ async fn main() -> storage_core::Result<()> {
         )?);
     }
     let blocks = Arc::new(blocks);
-    for writers in [1, writers] {
+    for writers in runs {
         let temp =
             tempfile::tempdir().map_err(|e| storage_core::StorageError::io("temp dir", e))?;
         let config = FsConfig::from_wal(temp.path(), CompressionType::None, &WALConfig::synced());
