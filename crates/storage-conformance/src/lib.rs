@@ -446,6 +446,8 @@ registry! {
     list::filters_match_exactly [] CurrentThread;
     range_head::range_bounds_and_gaps [] CurrentThread;
     range_head::chain_head_set_get_invalid [] CurrentThread;
+    range_head::advance_head_only_moves_up [] CurrentThread;
+    range_head::verify_store_checks_the_store_against_itself [] CurrentThread;
     maintenance::stats_agree_with_list [] CurrentThread;
     maintenance::compact_keeps_data [] CurrentThread;
     maintenance::vacuum_keeps_data_or_is_unsupported [] CurrentThread;
@@ -463,4 +465,5 @@ registry! {
     model::model_based_operations [] MultiThread;
     corruption::corrupted_block_is_reported [Corruption] CurrentThread;
     corruption::damage_seen_through_bulk_reads [Corruption] CurrentThread;
+    corruption::verify_store_reports_damage [Corruption] CurrentThread;
 }

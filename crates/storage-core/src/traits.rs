@@ -197,24 +197,7 @@ pub trait StorageBackendExt: StorageBackend {
     ///
     /// [`set_chain_head`]: StorageBackend::set_chain_head
     async fn advance_head(&self, hash: &BlockHash) -> Result<bool> {
-        let block = self
-            .retrieve_block(hash)
-            .await?
-            .ok_or(StorageError::BlockNotFound { hash: *hash })?;
-        if let Some(head) = self.get_chain_head().await? {
-            if head == *hash {
-                return Ok(false);
-            }
-            // A head naming no stored block is left to `verify_store` to report;
-            // any stored block is higher than nothing.
-            if let Some(current) = self.retrieve_block(&head).await?
-                && current.index() >= block.index()
-            {
-                return Ok(false);
-            }
-        }
-        self.set_chain_head(hash).await?;
-        Ok(true)
+        crate::verify::advance_head(self, hash).await
     }
 
     /// Checks the store against itself: the engine's own check

@@ -155,6 +155,32 @@ pub(crate) async fn verify_store<S: StorageBackend + ?Sized>(
     Ok(report)
 }
 
+/// Moves the head to `hash` only if it is higher than the current head (see
+/// [`StorageBackendExt::advance_head`](crate::StorageBackendExt::advance_head)).
+pub(crate) async fn advance_head<S: StorageBackend + ?Sized>(
+    store: &S,
+    hash: &BlockHash,
+) -> Result<bool> {
+    let block = store
+        .retrieve_block(hash)
+        .await?
+        .ok_or(StorageError::BlockNotFound { hash: *hash })?;
+    if let Some(head) = store.get_chain_head().await? {
+        if head == *hash {
+            return Ok(false);
+        }
+        // A head naming no stored block is left to `verify_store` to report;
+        // any stored block is higher than nothing.
+        if let Some(current) = store.retrieve_block(&head).await?
+            && current.index() >= block.index()
+        {
+            return Ok(false);
+        }
+    }
+    store.set_chain_head(hash).await?;
+    Ok(true)
+}
+
 /// Records the missing indices `from..to` (exclusive), or fails unless allowed.
 fn gap(
     report: &mut VerifyReport,

@@ -1,6 +1,8 @@
 //! Damaged stored bytes are reported, never returned as a block.
 
-use storage_core::{Block, ErrorKind, StorageBackend, StorageError};
+use storage_core::{
+    Block, ErrorKind, StorageBackend, StorageBackendExt, StorageError, VerifyOptions,
+};
 
 use storage_core::{BlockMetadata, ListOptions, SortOrder};
 
@@ -31,6 +33,30 @@ pub async fn corrupted_block_is_reported(env: &Env) -> CaseResult {
         check_read(s.retrieve_block(&b.hash()).await, b, "neighbour")?;
     }
     bulk_reads_report_damage(&*s, &chain, victim).await?;
+    Ok(())
+}
+
+/// `verify_store` on a store with one damaged block fails with `Corrupted`
+/// after verifying only blocks below it, never passes.
+pub async fn verify_store_reports_damage(env: &Env) -> CaseResult {
+    let chain = data::chain(8);
+    let s = env.open().await?;
+    s.store_blocks(&chain).await?;
+    s.set_chain_head(&chain[7].hash()).await?;
+    let s = env
+        .fixture()
+        .corrupt(s, &chain[3].hash())
+        .await
+        .map_err(|e| fail(format!("fixture could not corrupt block 3: {e}")))?;
+    let mut verified = 0;
+    let got = s
+        .verify_store(&VerifyOptions::default(), &mut |n| verified += n)
+        .await;
+    expect_kind(got, ErrorKind::Corrupted, "verify_store of a damaged store")?;
+    ensure!(
+        verified <= 3,
+        "{verified} blocks verified before the damage at #3 was reported"
+    );
     Ok(())
 }
 

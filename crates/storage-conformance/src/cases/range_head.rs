@@ -1,8 +1,11 @@
-//! `get_blocks_by_range` bounds and the chain head.
+//! `get_blocks_by_range` bounds, the chain head, and verifying a store against
+//! itself.
 
-use storage_core::{BlockHash, ErrorKind, StorageBackend};
+use storage_core::{
+    BlockHash, ErrorKind, StorageBackend, StorageBackendExt, StorageError, VerifyOptions,
+};
 
-use crate::check::{ensure_eq, expect_kind, same_blocks};
+use crate::check::{ensure, ensure_eq, expect_kind, fail, same_blocks};
 use crate::data;
 use crate::{CaseResult, Env};
 
@@ -95,5 +98,142 @@ pub async fn chain_head_set_get_invalid(env: &Env) -> CaseResult {
         Some(chain[0].hash()),
         "head kept after failed set"
     );
+    Ok(())
+}
+
+/// `advance_head` moves the head only upwards (or onto the first block), and
+/// names an unknown block; `set_chain_head` still moves it anywhere.
+pub async fn advance_head_only_moves_up(env: &Env) -> CaseResult {
+    let s = env.open().await?;
+    let chain = data::chain(12);
+    s.store_blocks(&chain[..8]).await?;
+    ensure!(
+        s.advance_head(&chain[5].hash()).await?,
+        "advance with no head set must move it"
+    );
+    ensure_eq!(
+        s.get_chain_head().await?,
+        Some(chain[5].hash()),
+        "first head"
+    );
+    for lower in [0usize, 4, 5] {
+        ensure!(
+            !s.advance_head(&chain[lower].hash()).await?,
+            "advance to #{lower}, not above #5, must not move the head"
+        );
+        ensure_eq!(
+            s.get_chain_head().await?,
+            Some(chain[5].hash()),
+            "head after advancing to #{lower}"
+        );
+    }
+    ensure!(
+        s.advance_head(&chain[7].hash()).await?,
+        "advance to #7 above #5 must move it"
+    );
+    ensure_eq!(
+        s.get_chain_head().await?,
+        Some(chain[7].hash()),
+        "head moved up"
+    );
+    expect_kind(
+        s.advance_head(&chain[9].hash()).await,
+        ErrorKind::NotFound,
+        "advance to an unstored block",
+    )?;
+    ensure_eq!(
+        s.get_chain_head().await?,
+        Some(chain[7].hash()),
+        "head kept"
+    );
+    // Re-storing lower blocks (an import of old blocks) leaves the head alone.
+    s.store_blocks(&chain[2..4]).await?;
+    ensure_eq!(
+        s.get_chain_head().await?,
+        Some(chain[7].hash()),
+        "after re-store"
+    );
+    s.set_chain_head(&chain[1].hash()).await?;
+    ensure_eq!(
+        s.get_chain_head().await?,
+        Some(chain[1].hash()),
+        "set moves back"
+    );
+    Ok(())
+}
+
+/// `verify_store` passes a whole chain and fails, with the index, on a gap, a
+/// head below the top, a missing head, and a head naming no stored block.
+pub async fn verify_store_checks_the_store_against_itself(env: &Env) -> CaseResult {
+    let none = VerifyOptions::default();
+    let gaps = VerifyOptions::default().allow_gaps(true);
+    let s = env.open().await?;
+    let report = s.verify_store(&none.page(3), &mut |_| {}).await?;
+    ensure_eq!((report.checked, report.stored), (0, 0), "empty store");
+
+    let chain = data::chain(10);
+    s.store_blocks(&chain).await?;
+    // Blocks but no head.
+    let e = expect_kind(
+        s.verify_store(&none, &mut |_| {}).await,
+        ErrorKind::Verification,
+        "verify without a head",
+    )?;
+    ensure!(
+        e.to_string().contains("no head"),
+        "names the missing head: {e}"
+    );
+    s.set_chain_head(&chain[9].hash()).await?;
+    let mut progress = 0;
+    let report = s
+        .verify_store(&none.page(3), &mut |n| progress += n)
+        .await?;
+    ensure_eq!(
+        (report.checked, report.stored, progress),
+        (10, 10, 10),
+        "checked, stored, progress"
+    );
+    ensure_eq!(report.last, Some((9, chain[9].hash())), "last");
+    ensure_eq!(report.head, Some(chain[9].hash()), "head");
+    ensure!(report.gaps.is_empty(), "no gaps: {:?}", report.gaps);
+
+    // A head below the highest block.
+    s.set_chain_head(&chain[6].hash()).await?;
+    match s.verify_store(&none, &mut |_| {}).await {
+        Err(StorageError::Verification { index: 6, .. }) => {}
+        other => return Err(fail(format!("head at #6 of #0..=#9: {other:?}"))),
+    }
+    s.set_chain_head(&chain[9].hash()).await?;
+
+    // Gaps: #3, and #5..=#6; allowed, they are listed.
+    for i in [3usize, 5, 6] {
+        s.delete_block(&chain[i].hash()).await?;
+    }
+    match s.verify_store(&none.page(2), &mut |_| {}).await {
+        Err(StorageError::Verification { index: 3, .. }) => {}
+        other => return Err(fail(format!("gap at #3: {other:?}"))),
+    }
+    let report = s.verify_store(&gaps.page(2), &mut |_| {}).await?;
+    ensure_eq!(report.gaps, vec![(3, 3), (5, 6)], "gaps listed");
+    ensure_eq!((report.checked, report.stored), (7, 7), "checked with gaps");
+
+    // A chain that does not start at genesis is a gap too.
+    s.delete_block(&chain[0].hash()).await?;
+    match s.verify_store(&none, &mut |_| {}).await {
+        Err(StorageError::Verification { index: 0, .. }) => {}
+        other => return Err(fail(format!("gap at #0: {other:?}"))),
+    }
+    let report = s.verify_store(&gaps, &mut |_| {}).await?;
+    ensure_eq!(report.gaps, vec![(0, 0), (3, 3), (5, 6)], "leading gap");
+
+    // The head names a deleted block: deleting the head clears it on every
+    // backend, so the store has blocks and no head.
+    s.delete_block(&chain[9].hash()).await?;
+    expect_kind(
+        s.verify_store(&gaps, &mut |_| {}).await,
+        ErrorKind::Verification,
+        "verify after the head block was deleted",
+    )?;
+    s.check_integrity().await?;
     Ok(())
 }
