@@ -1256,7 +1256,7 @@ fn load_all(
     let mut buf = Vec::new(); // one buffer for every index file
     for (n, &(id, sealed)) in listed.iter().enumerate() {
         let last = n + 1 == listed.len();
-        let (file, len, mark, mark_slot) = open_segment(dir, id)?;
+        let (file, len, mark, mark_slot) = open_segment(dir, id, last)?;
         buf.clear();
         let header = idx_file(id)
             .and_then(|f| {
@@ -1364,13 +1364,14 @@ fn load_all(
     }))
 }
 
-/// Opens a segment file and checks its header; returns it, its length, its
-/// durable mark and the header slot holding that mark.
-fn open_segment(dir: &Dir, id: u64) -> Result<(FileRef, u64, u64, Option<usize>)> {
+/// Opens a segment file (writable only if it is the active one) and checks its
+/// header; returns it, its length, its durable mark and the header slot holding
+/// that mark.
+fn open_segment(dir: &Dir, id: u64, writable: bool) -> Result<(FileRef, u64, u64, Option<usize>)> {
     let path = dir.seg(id);
     let file = dir
         .vfs
-        .open(&path, true)
+        .open(&path, writable)
         .map_err(|e| io(format!("opening {}", path.display()), e))?;
     let len = file
         .len()
