@@ -210,12 +210,24 @@ pub async fn verify_store_checks_the_store_against_itself(env: &Env) -> CaseResu
         s.delete_block(&chain[i].hash()).await?;
     }
     match s.verify_store(&none.page(2), &mut |_| {}).await {
-        Err(StorageError::Verification { index: 3, .. }) => {}
+        Err(StorageError::Verification { index: 3, reason }) => ensure!(
+            reason.contains("block #3 is missing after block #2"),
+            "a one-block gap is named: {reason}"
+        ),
         other => return Err(fail(format!("gap at #3: {other:?}"))),
     }
     let report = s.verify_store(&gaps.page(2), &mut |_| {}).await?;
     ensure_eq!(report.gaps, vec![(3, 3), (5, 6)], "gaps listed");
     ensure_eq!((report.checked, report.stored), (7, 7), "checked with gaps");
+    s.store_block(&chain[3]).await?;
+    match s.verify_store(&none.page(4), &mut |_| {}).await {
+        Err(StorageError::Verification { index: 5, reason }) => ensure!(
+            reason.contains("blocks #5..=#6 are missing after block #4"),
+            "a two-block gap is named: {reason}"
+        ),
+        other => return Err(fail(format!("gap at #5..=#6: {other:?}"))),
+    }
+    s.delete_block(&chain[3].hash()).await?;
 
     // A chain that does not start at genesis is a gap too.
     s.delete_block(&chain[0].hash()).await?;
