@@ -83,6 +83,8 @@ pub enum FaultMode {
     FailFraction(f64),
     /// Every call waits forever (until the caller's timeout gives up).
     Hang,
+    /// Calls of these operations (trait methods' names) fail; others go through.
+    FailOps(&'static [&'static str]),
 }
 
 /// A pause point set with [`FaultyBackend::pause`]: calls of one operation wait
@@ -220,6 +222,7 @@ impl FaultyBackend {
         let fail = match mode {
             FaultMode::Healthy => false,
             FaultMode::FailAll => true,
+            FaultMode::FailOps(ops) => ops.contains(&op),
             FaultMode::FailFraction(p) => {
                 // xorshift64*: deterministic per seed, shared across calls.
                 let mut x = self.rng.load(Ordering::SeqCst);
@@ -312,5 +315,9 @@ impl StorageBackend for FaultyBackend {
     async fn close(&self) -> Result<()> {
         self.gate("close").await?;
         self.inner.close().await
+    }
+    async fn check_integrity(&self) -> Result<()> {
+        self.gate("check_integrity").await?;
+        self.inner.check_integrity().await
     }
 }

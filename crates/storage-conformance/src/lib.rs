@@ -448,6 +448,7 @@ registry! {
     range_head::chain_head_set_get_invalid [] CurrentThread;
     range_head::advance_head_only_moves_up [] CurrentThread;
     range_head::verify_store_checks_the_store_against_itself [] CurrentThread;
+    range_head::verify_store_passes_other_failures_through [] CurrentThread;
     maintenance::stats_agree_with_list [] CurrentThread;
     maintenance::compact_keeps_data [] CurrentThread;
     maintenance::vacuum_keeps_data_or_is_unsupported [] CurrentThread;

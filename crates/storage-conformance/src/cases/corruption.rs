@@ -48,14 +48,21 @@ pub async fn verify_store_reports_damage(env: &Env) -> CaseResult {
         .corrupt(s, &chain[3].hash())
         .await
         .map_err(|e| fail(format!("fixture could not corrupt block 3: {e}")))?;
+    // Two blocks a page: the damage is in the second window.
     let mut verified = 0;
     let got = s
-        .verify_store(&VerifyOptions::default(), &mut |n| verified += n)
+        .verify_store(&VerifyOptions::default().page(2), &mut |n| verified += n)
         .await;
-    expect_kind(got, ErrorKind::Corrupted, "verify_store of a damaged store")?;
+    let e = expect_kind(got, ErrorKind::Corrupted, "verify_store of a damaged store")?;
     ensure!(
         verified <= 3,
         "{verified} blocks verified before the damage at #3 was reported"
+    );
+    // Neighbours sharing damaged storage may be named first, never later blocks.
+    let text = e.to_string();
+    ensure!(
+        (0..=3).any(|i| text.contains(&format!("block #{i} ({})", chain[i].hash()))),
+        "the error names the damaged block: {text}"
     );
     Ok(())
 }

@@ -7,6 +7,7 @@ use storage_core::{
 
 use crate::check::{ensure, ensure_eq, expect_kind, fail, same_blocks};
 use crate::data;
+use crate::fault::{FaultMode, FaultyBackend};
 use crate::{CaseResult, Env};
 
 /// Inclusive bounds, gaps skipped, ascending order; `start > end` is invalid input.
@@ -247,5 +248,43 @@ pub async fn verify_store_checks_the_store_against_itself(env: &Env) -> CaseResu
         "verify after the head block was deleted",
     )?;
     s.check_integrity().await?;
+    Ok(())
+}
+
+/// A read that fails for another reason than damage reaches the caller of
+/// `verify_store` as it is (a transient error stays transient), and a failing
+/// engine check stops the verification before any block is read.
+pub async fn verify_store_passes_other_failures_through(env: &Env) -> CaseResult {
+    let s = env.open().await?;
+    let chain = data::chain(6);
+    s.store_blocks(&chain).await?;
+    s.set_chain_head(&chain[5].hash()).await?;
+    let faulty = FaultyBackend::new(s, 7);
+    faulty.set_mode(FaultMode::FailOps(&[
+        "get_blocks_by_range",
+        "retrieve_block",
+    ]));
+    match faulty
+        .verify_store(&VerifyOptions::default(), &mut |_| {})
+        .await
+    {
+        Err(e) if e.kind() == ErrorKind::Backend && e.is_transient() => {}
+        other => {
+            return Err(fail(format!(
+                "a transient read failure must come through unchanged: {other:?}"
+            )));
+        }
+    }
+    faulty.set_mode(FaultMode::FailOps(&["check_integrity"]));
+    let mut verified = 0;
+    let got = faulty
+        .verify_store(&VerifyOptions::default(), &mut |n| verified += n)
+        .await;
+    expect_kind(
+        got,
+        ErrorKind::Backend,
+        "verify_store with a failing engine check",
+    )?;
+    ensure_eq!(verified, 0, "blocks verified after the engine check failed");
     Ok(())
 }
