@@ -100,6 +100,14 @@ pub(crate) async fn verify_store<S: StorageBackend + ?Sized>(
             }
         }
         for b in blocks {
+            // A store answering out of order would walk in circles: damage.
+            if b.index() < expected || b.index() > end {
+                return Err(StorageError::corrupted(format!(
+                    "reading blocks #{expected}..=#{end} returned block #{} ({})",
+                    b.index(),
+                    b.hash()
+                )));
+            }
             gap(&mut report, options, expected, b.index(), prev.as_ref())?;
             let linked = prev
                 .as_ref()

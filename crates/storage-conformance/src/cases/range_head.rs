@@ -275,6 +275,26 @@ pub async fn verify_store_passes_other_failures_through(env: &Env) -> CaseResult
             )));
         }
     }
+    // Only range reads fail: the window's blocks are read one by one and verify,
+    // and then the range read's own error is returned.
+    faulty.set_mode(FaultMode::FailOps(&["get_blocks_by_range"]));
+    let mut verified = 0;
+    match faulty
+        .verify_store(&VerifyOptions::default().page(2), &mut |n| verified += n)
+        .await
+    {
+        Err(e) if e.kind() == ErrorKind::Backend && e.is_transient() => {}
+        other => {
+            return Err(fail(format!(
+                "a failing range read must come through unchanged: {other:?}"
+            )));
+        }
+    }
+    ensure_eq!(
+        verified,
+        2,
+        "blocks of the first window verified one by one"
+    );
     faulty.set_mode(FaultMode::FailOps(&["check_integrity"]));
     let mut verified = 0;
     let got = faulty
