@@ -393,17 +393,7 @@ pub async fn verify(ctx: &Ctx, store: &Storage, page: u64, allow_gaps: bool) -> 
     bar.finish_and_clear();
     match outcome {
         Ok(report) => {
-            let gaps: Vec<String> = report
-                .gaps
-                .iter()
-                .map(|(a, b)| {
-                    if a == b {
-                        format!("#{a}")
-                    } else {
-                        format!("#{a}..=#{b}")
-                    }
-                })
-                .collect();
+            let gaps = olocus_storage::salvage::format_ranges(&report.gaps);
             if ctx.json {
                 println!(
                     "{}",

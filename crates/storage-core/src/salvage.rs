@@ -35,18 +35,22 @@ impl SalvageReport {
         if self.lost.is_empty() {
             return "none".into();
         }
-        self.lost
-            .iter()
-            .map(|(a, b)| {
-                if a == b {
-                    format!("#{a}")
-                } else {
-                    format!("#{a}..=#{b}")
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
+        format_ranges(&self.lost).join(", ")
     }
+}
+
+/// Inclusive index ranges as `#7` or `#1..=#3`, one string each.
+pub fn format_ranges(ranges: &[(u64, u64)]) -> Vec<String> {
+    ranges
+        .iter()
+        .map(|(a, b)| {
+            if a == b {
+                format!("#{a}")
+            } else {
+                format!("#{a}..=#{b}")
+            }
+        })
+        .collect()
 }
 
 /// Index ranges missing from `present` below `top` (inclusive), leaving out

@@ -1038,19 +1038,25 @@ pub fn open(cfg: FsConfig, vfs: Arc<dyn Vfs>) -> Result<(Arc<Inner>, Recovery)> 
     Ok((inner, rec))
 }
 
+/// Opens a store file (read-only unless `write`) and reads its length.
+fn open_with_len(dir: &Dir, path: &Path, write: bool) -> Result<(FileRef, u64)> {
+    let file = dir
+        .vfs
+        .open(path, write)
+        .map_err(|e| io(format!("opening {}", path.display()), e))?;
+    let len = file
+        .len()
+        .map_err(|e| io(format!("reading metadata of {}", path.display()), e))?;
+    Ok((file, len))
+}
+
 /// A directory without a manifest: a new store (segments that hold no record
 /// are left from a creation that did not finish), or damage.
 fn start_fresh(dir: &Dir, ids: &[u64]) -> Result<Vec<(u64, u64)>> {
     let mut holding = 0;
     for &id in ids {
         let path = dir.seg(id);
-        let file = dir
-            .vfs
-            .open(&path, false)
-            .map_err(|e| io(format!("opening {}", path.display()), e))?;
-        let len = file
-            .len()
-            .map_err(|e| io(format!("reading metadata of {}", path.display()), e))?;
+        let (file, len) = open_with_len(dir, &path, false)?;
         let head = read_exact(&*file, 0, len.min(16) as usize, &|| {
             path.display().to_string()
         })?;
@@ -1091,13 +1097,7 @@ fn start_fresh(dir: &Dir, ids: &[u64]) -> Result<Vec<(u64, u64)>> {
 /// segments; if not, the manifest is not the store's latest, and that is damage.
 fn discard_uncommitted(dir: &Dir, id: u64, index: &Index) -> Result<()> {
     let path = dir.seg(id);
-    let file = dir
-        .vfs
-        .open(&path, false)
-        .map_err(|e| io(format!("opening {}", path.display()), e))?;
-    let len = file
-        .len()
-        .map_err(|e| io(format!("reading metadata of {}", path.display()), e))?;
+    let (file, len) = open_with_len(dir, &path, false)?;
     if len > SEG_HEADER {
         let bytes = read_exact(&*file, 0, len as usize, &|| path.display().to_string())?;
         let (_, ops) = scan(&bytes[SEG_HEADER as usize..], SEG_HEADER, id)?;
@@ -1163,21 +1163,14 @@ pub fn index_ranges(indices: &[u64]) -> String {
     let mut sorted = indices.to_vec();
     sorted.sort_unstable();
     sorted.dedup();
-    let mut parts = Vec::new();
-    let mut i = 0;
-    while i < sorted.len() {
-        let mut j = i;
-        while j + 1 < sorted.len() && sorted[j + 1] == sorted[j] + 1 {
-            j += 1;
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    for i in sorted {
+        match ranges.last_mut() {
+            Some(last) if last.1 + 1 == i => last.1 = i,
+            _ => ranges.push((i, i)),
         }
-        parts.push(if i == j {
-            format!("#{}", sorted[i])
-        } else {
-            format!("#{}..=#{}", sorted[i], sorted[j])
-        });
-        i = j + 1;
     }
-    parts.join(", ")
+    storage_core::salvage::format_ranges(&ranges).join(", ")
 }
 
 fn spawn_periodic(weak: Weak<Inner>, stop: Arc<Stop>, every: Duration) -> Result<()> {
@@ -1369,13 +1362,7 @@ fn load_all(
 /// that mark.
 fn open_segment(dir: &Dir, id: u64, writable: bool) -> Result<(FileRef, u64, u64, Option<usize>)> {
     let path = dir.seg(id);
-    let file = dir
-        .vfs
-        .open(&path, writable)
-        .map_err(|e| io(format!("opening {}", path.display()), e))?;
-    let len = file
-        .len()
-        .map_err(|e| io(format!("reading metadata of {}", path.display()), e))?;
+    let (file, len) = open_with_len(dir, &path, writable)?;
     if len < SEG_HEADER {
         // The manifest lists only segments whose header was synced.
         return Err(lost(
