@@ -368,8 +368,12 @@ impl StorageConfig {
 
     /// Parses a TOML configuration.
     pub fn from_toml(text: &str) -> Result<Self> {
-        toml::from_str(text)
-            .map_err(|e| StorageError::Configuration(format!("storage configuration: {e}")))
+        Self::parse(text, "storage configuration")
+    }
+
+    /// Parses TOML from `origin` (a file name), naming it once in any error.
+    fn parse(text: &str, origin: &str) -> Result<Self> {
+        toml::from_str(text).map_err(|e| StorageError::Configuration(format!("{origin}: {e}")))
     }
 
     /// Reads and parses a TOML configuration file.
@@ -377,8 +381,7 @@ impl StorageConfig {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path)
             .map_err(|e| StorageError::io(format!("reading {}", path.display()), e))?;
-        Self::from_toml(&text)
-            .map_err(|e| StorageError::Configuration(format!("{}: {e}", path.display())))
+        Self::parse(&text, &path.display().to_string())
     }
 
     /// Checks everything that can be checked without opening the store.
@@ -534,10 +537,13 @@ async fn open_backend(config: &StorageConfig) -> Result<Arc<dyn StorageBackend>>
             let store =
                 tokio::task::spawn_blocking(move || storage_rocksdb::RocksDBBackend::new(rc))
                     .await
-                    .map_err(|e| StorageError::Backend {
-                        name: "rocksdb".into(),
-                        transient: false,
-                        source: format!("open task failed: {e}").into(),
+                    .map_err(|e| {
+                        StorageError::backend(
+                            "rocksdb",
+                            "opening a store",
+                            storage_core::ErrorStatus::Permanent,
+                            e,
+                        )
                     })??;
             Ok(Arc::new(store))
         }

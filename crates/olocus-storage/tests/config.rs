@@ -65,7 +65,16 @@ fn bad_toml_names_the_problem() {
     assert!(
         err.to_string().contains("/nonexistent/olocus.toml"),
         "{err}"
-    );
+    ); // A bad file is named once, and "invalid configuration" is said once.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("olocus.toml");
+    std::fs::write(&file, "[backend]\ntype = \"cassandra\"\n").unwrap();
+    let err = StorageConfig::load(&file).unwrap_err();
+    let text = err.to_string();
+    assert_eq!(err.kind(), ErrorKind::Configuration);
+    assert_eq!(text.matches("invalid configuration").count(), 1, "{text}");
+    assert_eq!(text.matches("olocus.toml").count(), 1, "{text}");
+    assert!(text.contains("cassandra"), "{text}");
 }
 
 #[test]

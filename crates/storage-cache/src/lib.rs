@@ -46,7 +46,7 @@ use std::time::Duration;
 use moka::notification::RemovalCause;
 use moka::sync::Cache;
 use serde::{Deserialize, Serialize};
-use storage_core::trace::{in_span_async, op_span, record_count, record_hash};
+use storage_core::raw::{in_span_async, op_span, record_count, record_hash};
 use storage_core::{
     Block, BlockHash, BlockMetadata, ListOptions, Result, StorageBackend, StorageError,
     StorageStats, async_trait,

@@ -241,11 +241,11 @@ impl FaultyBackend {
         };
         if fail {
             self.injected.fetch_add(1, Ordering::SeqCst);
-            return Err(StorageError::Backend {
-                name: "faulty".into(),
-                transient: true,
-                source: format!("injected fault in {op}").into(),
-            });
+            return Err(StorageError::backend_msg(
+                "faulty",
+                format!("{op}: injected fault"),
+                storage_core::ErrorStatus::Temporary,
+            ));
         }
         Ok(())
     }

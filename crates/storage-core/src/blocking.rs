@@ -18,13 +18,14 @@ pub async fn run_blocking<T: Send + 'static>(
     if Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread) {
         return tokio::task::block_in_place(f);
     }
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| StorageError::Backend {
-            name: backend.into(),
-            transient: false,
-            source: format!("blocking task failed: {e}").into(),
-        })?
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        StorageError::backend(
+            backend,
+            "running a blocking call",
+            crate::ErrorStatus::Permanent,
+            e,
+        )
+    })?
 }
 
 /// Waits (blocking, polling every millisecond) until `shared` has no other owner,

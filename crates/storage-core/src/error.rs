@@ -111,17 +111,37 @@ pub enum StorageError {
     #[error("encoding failed: {0}")]
     Encoding(String),
 
-    /// An engine-specific failure that fits no other kind.
-    #[error("{name} backend error: {source}")]
+    /// An engine-specific failure that fits no other kind. The engine's own error
+    /// is kept as the [source](std::error::Error::source), so it can be walked
+    /// and downcast (to `rusqlite::Error`, `rocksdb::Error`, ...).
+    #[error("{name} backend error while {context}")]
     Backend {
         /// The backend's name.
         name: String,
-        /// Whether retrying may succeed (busy, unavailable, connection reset).
-        transient: bool,
-        /// The engine's error.
+        /// What was being done (and on what), e.g. `"committing a batch"`.
+        context: String,
+        /// Whether and when retrying may succeed.
+        status: ErrorStatus,
+        /// The engine's error, if there was one.
         #[source]
-        source: BoxError,
+        source: Option<BoxError>,
     },
+}
+
+/// Whether retrying a failed call may succeed, for [`StorageError::status`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorStatus {
+    /// Retrying will not help: bad input, damage, a refused or unsupported call.
+    Permanent,
+    /// Retrying the same call soon may succeed: a lock held, a busy engine, a
+    /// reset connection, a deadline that passed.
+    Temporary,
+    /// The condition was temporary, but the backend's own retries are exhausted
+    /// (an object store that kept failing, a compare-and-swap that kept losing).
+    /// Worth trying again later (a queued repair, a health check), not in a
+    /// tight loop.
+    Persistent,
 }
 
 /// The semantic kind of a [`StorageError`], stable across variants.
@@ -176,27 +196,39 @@ impl StorageError {
         }
     }
 
-    /// Whether retrying the same call later may succeed.
+    /// Whether and when retrying may succeed.
     ///
-    /// The replication layer retries and queues repairs only for transient errors;
-    /// permanent ones (conflicts, corruption, bad input) are reported at once.
-    pub fn is_transient(&self) -> bool {
+    /// The replication layer queues repairs for copies that failed with anything
+    /// but [`ErrorStatus::Permanent`]; permanent failures (conflicts, damage, bad
+    /// input) are reported at once.
+    pub fn status(&self) -> ErrorStatus {
         match self {
-            Self::Timeout { .. } | Self::InsufficientReplicas { .. } => true,
-            Self::Backend { transient, .. } => *transient,
-            Self::Io { source, .. } => matches!(
-                source.kind(),
-                std::io::ErrorKind::Interrupted
-                    | std::io::ErrorKind::WouldBlock
-                    | std::io::ErrorKind::TimedOut
-                    | std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::ConnectionAborted
-                    | std::io::ErrorKind::ConnectionRefused
-                    | std::io::ErrorKind::NotConnected
-                    | std::io::ErrorKind::BrokenPipe
-            ),
-            _ => false,
+            Self::Timeout { .. } | Self::InsufficientReplicas { .. } => ErrorStatus::Temporary,
+            Self::Backend { status, .. } => *status,
+            Self::Io { source, .. }
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::Interrupted
+                        | std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::ConnectionAborted
+                        | std::io::ErrorKind::ConnectionRefused
+                        | std::io::ErrorKind::NotConnected
+                        | std::io::ErrorKind::BrokenPipe
+                ) =>
+            {
+                ErrorStatus::Temporary
+            }
+            _ => ErrorStatus::Permanent,
         }
+    }
+
+    /// Whether retrying the same call soon may succeed
+    /// ([`ErrorStatus::Temporary`]). False once a backend's own retries are
+    /// exhausted ([`ErrorStatus::Persistent`]).
+    pub fn is_transient(&self) -> bool {
+        self.status() == ErrorStatus::Temporary
     }
 
     /// A [`StorageError::Corrupted`] with context and no source.
@@ -220,6 +252,38 @@ impl StorageError {
         Self::Io {
             context: context.into(),
             source,
+        }
+    }
+
+    /// A [`StorageError::Backend`]: the named backend failed while doing
+    /// `context`, because of `source` (the engine's error, kept for walking and
+    /// downcasting).
+    pub fn backend(
+        name: impl Into<String>,
+        context: impl Into<String>,
+        status: ErrorStatus,
+        source: impl Into<BoxError>,
+    ) -> Self {
+        Self::Backend {
+            name: name.into(),
+            context: context.into(),
+            status,
+            source: Some(source.into()),
+        }
+    }
+
+    /// A [`StorageError::Backend`] with no engine error behind it: `context` says
+    /// what failed and why.
+    pub fn backend_msg(
+        name: impl Into<String>,
+        context: impl Into<String>,
+        status: ErrorStatus,
+    ) -> Self {
+        Self::Backend {
+            name: name.into(),
+            context: context.into(),
+            status,
+            source: None,
         }
     }
 
@@ -266,5 +330,20 @@ mod tests {
             StorageError::closed("memory").to_string(),
             "memory store is closed"
         );
+    }
+
+    #[test]
+    fn backend_errors_keep_their_cause_once() {
+        let cause = std::io::Error::other("lock held by another process");
+        let e = StorageError::backend("rocksdb", "opening /data", ErrorStatus::Temporary, cause);
+        assert_eq!(e.to_string(), "rocksdb backend error while opening /data");
+        let source = std::error::Error::source(&e).expect("a source");
+        assert_eq!(source.to_string(), "lock held by another process");
+        assert!(source.downcast_ref::<std::io::Error>().is_some());
+        assert!(e.is_transient());
+        let e = StorageError::backend_msg("object", "gave up", ErrorStatus::Persistent);
+        assert_eq!(e.status(), ErrorStatus::Persistent);
+        assert!(!e.is_transient());
+        assert!(std::error::Error::source(&e).is_none());
     }
 }

@@ -28,14 +28,14 @@
 //! ```
 
 mod block;
-pub mod blocking;
+mod blocking;
 mod compression;
 mod config;
 mod error;
 mod ids;
 mod links;
 pub mod salvage;
-pub mod trace;
+mod trace;
 mod traits;
 mod types;
 mod verify;
@@ -48,11 +48,10 @@ pub use block::{
 };
 pub use compression::CompressionType;
 pub use config::{WALConfig, human_duration, parse_duration};
-pub use error::{BoxError, ErrorKind, Result, StorageError};
+pub use error::{BoxError, ErrorKind, ErrorStatus, Result, StorageError};
 pub use ids::{
     BlockHash, BlockHashBuildHasher, BlockHashHasher, BlockHashMap, PublicKey, Signature,
 };
-pub use links::{check_links, check_payload_limit};
 pub use traits::{StorageBackend, StorageBackendExt};
 pub use types::{
     BackendStats, BlockFilter, BlockMetadata, CompactionStats, ListMatcher, ListOptions, SortOrder,
@@ -62,6 +61,18 @@ pub use verify::{VerifyOptions, VerifyReport};
 pub use wire::{
     CONTENT_TYPE_BINARY, CONTENT_TYPE_JSON, Encoding, MAX_ENCODED_BLOCK_BYTES, WireFormat,
 };
+
+/// What backend implementors use and applications need not: the admission rule
+/// every write follows, the span every operation runs in, and how engines run
+/// blocking calls. A third-party backend built from these behaves like the
+/// workspace's own.
+pub mod raw {
+    pub use crate::blocking::{OpenHandle, run_blocking, wait_for_sole_owner};
+    pub use crate::links::{ChainView, ChainViewFn, admit, check_links, check_payload_limit};
+    pub use crate::trace::{
+        in_span, in_span_async, op_span, record_count, record_hash, record_index, record_outcome,
+    };
+}
 
 /// Re-exported so users and backends name the same versions.
 pub use async_trait::async_trait;

@@ -24,7 +24,7 @@ use crate::{
 /// a chain can be filled in from several sources (e.g. by replica repair), but a
 /// block must agree with the hash links of the neighbours already stored (or in
 /// the same batch): its previous hash is the hash of the block before it, and the
-/// block after it names it as its previous block ([`crate::check_links`]; a
+/// block after it names it as its previous block ([`crate::raw::admit`]; a
 /// mismatch is [`StorageError::Verification`] and nothing is written). A whole
 /// chain is checked with [`verify_chain`].
 ///

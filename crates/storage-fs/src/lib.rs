@@ -72,7 +72,7 @@
 //!
 //! Writes are serialised by one writer lock and reads run concurrently with them.
 //! All disk I/O runs off the async runtime's worker threads (see
-//! [`storage_core::blocking::run_blocking`]).
+//! [`storage_core::raw::run_blocking`]).
 //!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -98,13 +98,11 @@ use std::sync::Arc;
 
 use std::time::{Duration, Instant};
 
-use storage_core::blocking::{OpenHandle, run_blocking, wait_for_sole_owner};
-use storage_core::trace::{
-    in_span, in_span_async, op_span, record_count, record_hash, record_index,
-};
+use storage_core::raw::{OpenHandle, run_blocking, wait_for_sole_owner};
+use storage_core::raw::{in_span, in_span_async, op_span, record_count, record_hash, record_index};
 use storage_core::{
-    BackendStats, Block, BlockHash, BlockMetadata, CompressionType, ListOptions, Result,
-    StorageBackend, StorageError, StorageStats, WALConfig, async_trait,
+    BackendStats, Block, BlockHash, BlockMetadata, CompressionType, ErrorStatus, ListOptions,
+    Result, StorageBackend, StorageError, StorageStats, WALConfig, async_trait,
     system_time_from_unix_nanos,
 };
 
@@ -301,10 +299,8 @@ impl FilesystemBackend {
     pub async fn open_async(config: FsConfig) -> Result<Self> {
         tokio::task::spawn_blocking(move || Self::open(config))
             .await
-            .map_err(|e| StorageError::Backend {
-                name: NAME.into(),
-                transient: false,
-                source: format!("open task failed: {e}").into(),
+            .map_err(|e| {
+                StorageError::backend(NAME, "opening a store", ErrorStatus::Permanent, e)
             })?
     }
 

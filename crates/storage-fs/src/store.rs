@@ -228,11 +228,11 @@ impl Writer {
     fn usable(&self) -> Result<()> {
         match &self.broken {
             None => Ok(()),
-            Some(why) => Err(StorageError::Backend {
-                name: crate::NAME.into(),
-                transient: false,
-                source: format!("store refuses writes until reopened: {why}").into(),
-            }),
+            Some(why) => Err(StorageError::backend_msg(
+                crate::NAME,
+                format!("writing: the store refuses writes until reopened, because {why}"),
+                storage_core::ErrorStatus::Permanent,
+            )),
         }
     }
 
@@ -416,7 +416,7 @@ impl Inner {
 
     /// Stores blocks as one record: all or nothing.
     pub fn store(&self, blocks: &[Block]) -> Result<()> {
-        storage_core::check_payload_limit(blocks, self.cfg.max_payload_bytes)?;
+        storage_core::raw::check_payload_limit(blocks, self.cfg.max_payload_bytes)?;
         // Encoding and compression are the CPU-heavy part: outside the lock.
         let encoded = blocks
             .iter()
@@ -426,48 +426,21 @@ impl Inner {
         w.usable()?;
         let fresh = {
             let st = read_state(&self.state);
-            let mut claimed: HashMap<u64, BlockHash> = HashMap::new();
-            let mut fresh = Vec::with_capacity(blocks.len());
-            for (i, b) in blocks.iter().enumerate() {
-                let hash = b.hash();
-                if st.index.contains(&hash) {
-                    continue;
-                }
-                let holder = st
-                    .index
-                    .at(b.index())
-                    .map(|e| e.hash)
-                    .or_else(|| claimed.get(&b.index()).copied());
-                match holder {
-                    Some(h) if h == hash => continue,
-                    Some(h) => {
-                        return Err(StorageError::IndexConflict {
-                            index: b.index(),
-                            existing: h,
-                            attempted: hash,
-                        });
-                    }
-                    None => {
-                        claimed.insert(b.index(), hash);
-                        fresh.push(i);
-                    }
-                }
-            }
-            let new: Vec<&Block> = fresh.iter().map(|i| &blocks[*i]).collect();
-            storage_core::check_links(
-                &new,
-                |i| Ok(st.index.at(i).map(|e| e.hash)),
-                |i| {
-                    let Some(e) = st.index.at(i) else {
-                        return Ok(None);
-                    };
-                    // Only when filling a gap before a stored block: read it.
-                    let file = self.file_of(&st, e.loc.seg)?;
-                    let block = format::decode_entry(&self.read_entry(&file, e.loc)?, &e.hash)?;
-                    Ok(Some(block.previous_hash().copied()))
-                },
-            )?;
-            fresh
+            storage_core::raw::admit(
+                blocks,
+                &mut storage_core::raw::ChainViewFn(
+                    |i| Ok(st.index.at(i).map(|e| e.hash)),
+                    |i| {
+                        let Some(e) = st.index.at(i) else {
+                            return Ok(None);
+                        };
+                        // Only when filling a gap before a stored block: read it.
+                        let file = self.file_of(&st, e.loc.seg)?;
+                        let block = format::decode_entry(&self.read_entry(&file, e.loc)?, &e.hash)?;
+                        Ok(Some(block.previous_hash().copied()))
+                    },
+                ),
+            )?
         };
         if fresh.is_empty() {
             return Ok(());
@@ -924,16 +897,16 @@ fn acquire_lock(dir: &Dir) -> Result<Box<dyn Any + Send + Sync>> {
     let path = dir.path.join(LOCK_FILE);
     match dir.vfs.lock(&dir.path) {
         Ok(Ok(guard)) => Ok(guard),
-        Ok(Err(holder)) => Err(StorageError::Backend {
-            name: crate::NAME.into(),
-            transient: false,
-            source: format!(
-                "store {} is already open (lock held by {holder}); one process and one \
-                 handle own a store directory at a time",
+        // Not temporary for retry loops: the holder keeps it until it closes.
+        Ok(Err(holder)) => Err(StorageError::backend_msg(
+            crate::NAME,
+            format!(
+                "opening {}: the store is already open (lock held by {holder}); one \
+                 process and one handle own a store directory at a time",
                 dir.path.display(),
-            )
-            .into(),
-        }),
+            ),
+            storage_core::ErrorStatus::Permanent,
+        )),
         Err(e) => Err(io(format!("locking {}", path.display()), e)),
     }
 }

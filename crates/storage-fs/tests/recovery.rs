@@ -451,3 +451,23 @@ fn digest(bytes: &[u8]) -> u32 {
         .iter()
         .fold(0u32, |h, b| h.rotate_left(5) ^ u32::from(*b))
 }
+
+/// A failed open keeps the operating system's error as its source, names the
+/// path, and prints the cause once.
+#[tokio::test]
+async fn engine_errors_keep_their_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("plain-file");
+    std::fs::write(&file, b"not a directory").unwrap();
+    let err = FilesystemBackend::open(config(&file.join("store"), CompressionType::None, 64 << 10))
+        .unwrap_err();
+    let source = std::error::Error::source(&err).expect("a source");
+    let io = source
+        .downcast_ref::<std::io::Error>()
+        .unwrap_or_else(|| panic!("not an io::Error: {source}"));
+    assert!(
+        !err.to_string().contains(&io.to_string()),
+        "cause printed twice: {err}"
+    );
+    assert!(err.to_string().contains("plain-file"), "{err}");
+}

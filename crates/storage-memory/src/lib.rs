@@ -26,11 +26,11 @@
 //! # }).unwrap();
 //! ```
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::SystemTime;
 
-use storage_core::trace::{in_span, op_span, record_count, record_hash, record_index};
+use storage_core::raw::{in_span, op_span, record_count, record_hash, record_index};
 use storage_core::{
     BackendStats, Block, BlockHash, BlockHashMap, BlockMetadata, ListOptions, Result, SortOrder,
     StorageBackend, StorageError, StorageStats, WireFormat, async_trait,
@@ -225,36 +225,23 @@ fn heap_estimate(stored_bytes: usize, payload_type_len: usize) -> u64 {
 }
 
 impl State {
-    /// Checks new blocks' hash links against stored neighbours and each other.
-    fn check_links(&self, fresh: &[&Block]) -> Result<()> {
-        storage_core::check_links(
-            fresh,
-            |i| Ok(self.by_index.get(&i).map(|e| e.meta.hash)),
-            |i| {
-                let Some(e) = self.by_index.get(&i) else {
-                    return Ok(None);
-                };
-                Ok(Some(
-                    self.block(&e.meta.hash)?
-                        .and_then(|b| b.previous_hash().copied()),
-                ))
-            },
+    /// The admission rule over this state: positions of the blocks to insert.
+    fn admit(&self, blocks: &[Block]) -> Result<Vec<usize>> {
+        storage_core::raw::admit(
+            blocks,
+            &mut storage_core::raw::ChainViewFn(
+                |i| Ok(self.by_index.get(&i).map(|e| e.meta.hash)),
+                |i| {
+                    let Some(e) = self.by_index.get(&i) else {
+                        return Ok(None);
+                    };
+                    Ok(Some(
+                        self.block(&e.meta.hash)?
+                            .and_then(|b| b.previous_hash().copied()),
+                    ))
+                },
+            ),
         )
-    }
-
-    fn check_insert(&self, block: &Block) -> Result<bool> {
-        let hash = block.hash();
-        if self.blocks.contains_key(&hash) {
-            return Ok(false);
-        }
-        match self.by_index.get(&block.index()) {
-            Some(existing) => Err(StorageError::IndexConflict {
-                index: block.index(),
-                existing: existing.meta.hash,
-                attempted: hash,
-            }),
-            None => Ok(true),
-        }
     }
 
     fn insert(&mut self, Entry { slot, indexed }: Entry) {
@@ -293,11 +280,13 @@ impl StorageBackend for MemoryBackend {
         let span = op_span(NAME, "store_block");
         record_hash(&span, &block.hash());
         in_span(span, || {
-            storage_core::check_payload_limit(std::slice::from_ref(block), self.max_payload_bytes)?;
+            storage_core::raw::check_payload_limit(
+                std::slice::from_ref(block),
+                self.max_payload_bytes,
+            )?;
             let entry = self.make_entry(block)?;
             let mut st = self.write()?;
-            if st.check_insert(block)? {
-                st.check_links(&[block])?;
+            if !st.admit(std::slice::from_ref(block))?.is_empty() {
                 st.insert(entry);
             }
             Ok(block.hash())
@@ -342,43 +331,16 @@ impl StorageBackend for MemoryBackend {
         let span = op_span(NAME, "store_blocks");
         record_count(&span, blocks.len());
         in_span(span, || {
-            storage_core::check_payload_limit(blocks, self.max_payload_bytes)?;
-            let entries = blocks
+            storage_core::raw::check_payload_limit(blocks, self.max_payload_bytes)?;
+            let mut entries = blocks
                 .iter()
-                .map(|b| self.make_entry(b))
+                .map(|b| self.make_entry(b).map(Some))
                 .collect::<Result<Vec<_>>>()?;
             let mut st = self.write()?;
-            // Check the whole batch, against the store and itself, before changing
-            // anything: all or nothing.
-            let mut claimed: HashMap<u64, BlockHash> = HashMap::new();
-            let mut fresh = vec![false; blocks.len()];
-            for (i, block) in blocks.iter().enumerate() {
-                if !st.check_insert(block)? {
-                    continue;
-                }
-                match claimed.get(&block.index()) {
-                    Some(h) if *h == block.hash() => {}
-                    Some(h) => {
-                        return Err(StorageError::IndexConflict {
-                            index: block.index(),
-                            existing: *h,
-                            attempted: block.hash(),
-                        });
-                    }
-                    None => {
-                        claimed.insert(block.index(), block.hash());
-                        fresh[i] = true;
-                    }
-                }
-            }
-            let new: Vec<&Block> = blocks
-                .iter()
-                .zip(&fresh)
-                .filter_map(|(b, f)| f.then_some(b))
-                .collect();
-            st.check_links(&new)?;
-            for (entry, new) in entries.into_iter().zip(fresh) {
-                if new {
+            // The whole batch is checked before anything changes: all or nothing.
+            let fresh = st.admit(blocks)?;
+            for pos in fresh {
+                if let Some(entry) = entries[pos].take() {
                     st.insert(entry);
                 }
             }

@@ -32,7 +32,7 @@ pub struct ObjectOptions {
     pub max_retries: usize,
     /// Time after a request's first attempt past which it is not retried again
     /// (object_store's default is 3 minutes; ours is short so that a cluster
-    /// without enough live servers gives a transient error soon, not a hang).
+    /// without enough live servers gives an error soon, not a hang).
     #[serde(with = "human_duration")]
     pub retry_timeout: Duration,
     /// A segment no index entry references is removed by `compact` only once it

@@ -60,10 +60,13 @@ impl SegmentId {
     /// A fresh random id.
     pub fn random() -> Result<Self> {
         let mut id = [0u8; 16];
-        getrandom::fill(&mut id).map_err(|e| StorageError::Backend {
-            name: "object".into(),
-            transient: false,
-            source: format!("no randomness for a segment name: {e}").into(),
+        getrandom::fill(&mut id).map_err(|e| {
+            StorageError::backend(
+                "object",
+                "drawing a random segment name",
+                storage_core::ErrorStatus::Permanent,
+                e.to_string(),
+            )
         })?;
         Ok(Self(id))
     }

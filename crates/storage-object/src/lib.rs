@@ -60,8 +60,9 @@
 //! change, so what is returned is always the right block.
 //!
 //! **Errors.** Every request has a timeout and a bounded retry budget
-//! ([`ObjectOptions`]); failures that persist are transient
-//! [`StorageError::Backend`] errors or [`StorageError::Timeout`], rejected
+//! ([`ObjectOptions`]); failures that persist through it are
+//! [`StorageError::Backend`] errors with [`storage_core::ErrorStatus::Persistent`]
+//! (the object store's error as their source) or [`StorageError::Timeout`], rejected
 //! credentials are [`StorageError::Configuration`], and damaged pages, head or
 //! records are [`StorageError::Corrupted`].
 //!
@@ -98,10 +99,13 @@ use object_store::prefix::PrefixStore;
 use object_store::{
     ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion,
 };
-use storage_core::trace::{in_span_async, op_span, record_count, record_hash, record_index};
+use storage_core::raw::{
+    ChainViewFn, admit, check_payload_limit, in_span_async, op_span, record_count, record_hash,
+    record_index,
+};
 use storage_core::{
-    BackendStats, Block, BlockHash, BlockHashMap, BlockMetadata, ListOptions, Result, SortOrder,
-    StorageBackend, StorageError, StorageStats, async_trait, check_links, check_payload_limit,
+    BackendStats, Block, BlockHash, BlockHashMap, BlockMetadata, ErrorStatus, ListOptions, Result,
+    SortOrder, StorageBackend, StorageError, StorageStats, async_trait,
     system_time_from_unix_nanos,
 };
 use tokio::sync::Mutex as AsyncMutex;
@@ -115,7 +119,7 @@ use layout::{
 
 const NAME: &str = "object";
 
-/// Attempts at one compare-and-swap before giving up with a transient error.
+/// Attempts at one compare-and-swap before giving up with a persistent error.
 const CAS_ATTEMPTS: u32 = 50;
 
 /// A [`StorageBackend`] over an object store. See the crate docs for the layout.
@@ -377,22 +381,17 @@ impl Inner {
 
     fn fail(&self, op: &str, path: &Path, e: object_store::Error) -> StorageError {
         use object_store::Error as E;
-        let context = format!("{op} of {path} on {}: {e}", self.describe);
+        let context = format!("{op} of {path} on {}", self.describe);
         match e {
             E::PermissionDenied { .. } | E::Unauthenticated { .. } => {
-                StorageError::Configuration(format!("object store refused access: {context}"))
+                StorageError::Configuration(format!("object store refused access: {context}: {e}"))
             }
-            E::NotImplemented { .. } | E::NotSupported { .. } => StorageError::Backend {
-                name: NAME.into(),
-                transient: false,
-                source: format!("the store cannot do this: {context}").into(),
-            },
-            // Retries are exhausted: 5xx, connection and timeout errors persisted.
-            _ => StorageError::Backend {
-                name: NAME.into(),
-                transient: true,
-                source: context.into(),
-            },
+            E::NotImplemented { .. } | E::NotSupported { .. } => {
+                StorageError::backend(NAME, context, ErrorStatus::Permanent, e)
+            }
+            // object_store's own retries are exhausted: 5xx, connection and
+            // timeout errors persisted.
+            _ => StorageError::backend(NAME, context, ErrorStatus::Persistent, e),
         }
     }
 
@@ -599,16 +598,15 @@ impl Inner {
             None => PutMode::Create,
             Some(_) if self.single_writer => PutMode::Overwrite,
             Some(v) if v.e_tag.is_none() && v.version.is_none() => {
-                return Err(StorageError::Backend {
-                    name: NAME.into(),
-                    transient: false,
-                    source: format!(
-                        "{} returned no ETag or version for {path}: conditional updates \
-                         are impossible (use with_store_single_writer for one writer)",
+                return Err(StorageError::backend_msg(
+                    NAME,
+                    format!(
+                        "updating {path}: {} returned no ETag or version, so conditional \
+                         updates are impossible (use with_store_single_writer for one writer)",
                         self.describe
-                    )
-                    .into(),
-                });
+                    ),
+                    ErrorStatus::Permanent,
+                ));
             }
             Some(v) => PutMode::Update(v.clone()),
         })
@@ -616,15 +614,14 @@ impl Inner {
 
     /// A compare-and-swap on `path` lost [`CAS_ATTEMPTS`] times in a row.
     fn gave_up(&self, path: &Path) -> StorageError {
-        StorageError::Backend {
-            name: NAME.into(),
-            transient: true,
-            source: format!(
-                "{path} on {} kept changing: gave up after {CAS_ATTEMPTS} attempts",
+        StorageError::backend_msg(
+            NAME,
+            format!(
+                "updating {path} on {}: it kept changing; gave up after {CAS_ATTEMPTS} attempts",
                 self.describe
-            )
-            .into(),
-        }
+            ),
+            ErrorStatus::Persistent,
+        )
     }
 
     /// The entry for `hash`, refreshing the view once if it is unknown.
@@ -708,51 +705,26 @@ impl Inner {
     async fn store_many(&self, blocks: &[Block]) -> Result<Vec<BlockHash>> {
         check_payload_limit(blocks, self.options.max_payload_bytes)?;
         let hashes: Vec<BlockHash> = blocks.iter().map(Block::hash).collect();
-        let mut fresh: BTreeMap<u64, &Block> = BTreeMap::new();
-        for b in blocks {
-            if let Some(other) = fresh.insert(b.index(), b)
-                && other.hash() != b.hash()
-            {
-                return Err(StorageError::IndexConflict {
-                    index: b.index(),
-                    existing: other.hash(),
-                    attempted: b.hash(),
-                });
-            }
-        }
         // Fail fast, before uploading anything, on what this instance already
         // knows; the claims below decide for good.
-        {
+        let mut ordered: Vec<&Block> = {
             let view = self.view();
-            let mut known = Vec::new();
-            for (index, b) in &fresh {
-                match view.entry(*index) {
-                    Some(e) if e.meta.hash == b.hash() => known.push(*index),
-                    Some(e) => {
-                        return Err(StorageError::IndexConflict {
-                            index: *index,
-                            existing: e.meta.hash,
-                            attempted: b.hash(),
-                        });
-                    }
-                    None => {}
-                }
-            }
-            for i in known {
-                fresh.remove(&i);
-            }
-            let all: Vec<&Block> = fresh.values().copied().collect();
-            check_links(
-                &all,
-                |i| Ok(view.entry(i).map(|e| e.meta.hash)),
-                |i| Ok(view.entry(i).map(|e| e.previous)),
-            )?;
-        }
-        if fresh.is_empty() {
+            admit(
+                blocks,
+                &mut ChainViewFn(
+                    |i| Ok(view.entry(i).map(|e| e.meta.hash)),
+                    |i| Ok(view.entry(i).map(|e| e.previous)),
+                ),
+            )?
+            .into_iter()
+            .map(|p| &blocks[p])
+            .collect()
+        };
+        if ordered.is_empty() {
             return Ok(hashes);
         }
+        ordered.sort_by_key(|b| b.index());
         let segment = SegmentId::random()?;
-        let ordered: Vec<&Block> = fresh.values().copied().collect();
         let (bytes, entries) = encode_segment(segment, self.options.format, &ordered)?;
         self.in_flight_mark(segment, true);
         let result = self
@@ -836,32 +808,22 @@ impl Inner {
     /// to neighbours in the same page against its current version.
     async fn claim(&self, number: u64, items: &[(&Block, Entry)]) -> Result<()> {
         self.update_page(number, |page| {
-            let mut next = page.clone();
-            let mut added = Vec::new();
-            for (b, e) in items {
-                match page.entries.get(&b.index()) {
-                    Some(have) if have.meta.hash == b.hash() => {}
-                    Some(have) => {
-                        return Err(StorageError::IndexConflict {
-                            index: b.index(),
-                            existing: have.meta.hash,
-                            attempted: b.hash(),
-                        });
-                    }
-                    None => {
-                        next.entries.insert(b.index(), e.clone());
-                        added.push(*b);
-                    }
-                }
-            }
-            if added.is_empty() {
+            let claimed: Vec<&Block> = items.iter().map(|(b, _)| *b).collect();
+            let fresh = admit(
+                &claimed,
+                &mut ChainViewFn(
+                    |i| Ok(page.entries.get(&i).map(|e| e.meta.hash)),
+                    |i| Ok(page.entries.get(&i).map(|e| e.previous)),
+                ),
+            )?;
+            if fresh.is_empty() {
                 return Ok(None);
             }
-            check_links(
-                &added,
-                |i| Ok(page.entries.get(&i).map(|e| e.meta.hash)),
-                |i| Ok(page.entries.get(&i).map(|e| e.previous)),
-            )?;
+            let mut next = page.clone();
+            for p in fresh {
+                let (b, e) = &items[p];
+                next.entries.insert(b.index(), e.clone());
+            }
             Ok(Some(next))
         })
         .await

@@ -112,7 +112,10 @@ fn volume_server_killed_mid_ingest(weed: PathBuf) -> Result<(), Failed> {
                     tally.acked_while_down += u64::from(down);
                     return Ok(());
                 }
-                Err(e) if e.is_transient() && Instant::now() < deadline => {
+                Err(e)
+                    if e.status() != storage_core::ErrorStatus::Permanent
+                        && Instant::now() < deadline =>
+                {
                     tally.transient_errors += 1;
                     eprintln!("transient error (retrying): {e}");
                     std::thread::sleep(Duration::from_millis(200));

@@ -112,10 +112,13 @@ impl Fixture for ObjectFixture {
             .await?
             .ok_or(StorageError::BlockNotFound { hash: *hash })?;
         let objects: Arc<dyn ObjectStore> = backend.object_store();
-        let fail = |e: object_store::Error| StorageError::Backend {
-            name: "fixture".into(),
-            transient: false,
-            source: e.into(),
+        let fail = |e: object_store::Error| {
+            StorageError::backend(
+                "fixture",
+                "damaging a stored block",
+                storage_core::ErrorStatus::Permanent,
+                e,
+            )
         };
         let mut bytes = objects
             .get(&path)

@@ -162,10 +162,10 @@ async fn two_instances_share_one_chain() {
 }
 
 /// A server that accepts connections and never answers: every call gives up
-/// within the configured budget with a transient error, instead of object_store's
+/// within the configured budget with a retryable (not permanent) error, instead of object_store's
 /// default three-minute retry window.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_silent_server_gives_a_transient_error_in_bounded_time() {
+async fn a_silent_server_gives_a_retryable_error_in_bounded_time() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
     // Accept and hold every connection without a byte in reply.
@@ -189,7 +189,12 @@ async fn a_silent_server_gives_a_transient_error_in_bounded_time() {
     let started = Instant::now();
     let err = ObjectStoreBackend::open(config).await.unwrap_err();
     let took = started.elapsed();
-    assert!(err.is_transient(), "{:?}: {err}", err.kind());
+    assert_ne!(
+        err.status(),
+        storage_core::ErrorStatus::Permanent,
+        "{:?}: {err}",
+        err.kind()
+    );
     assert!(
         matches!(
             err,
@@ -204,4 +209,42 @@ async fn a_silent_server_gives_a_transient_error_in_bounded_time() {
         "took {took:?} for a budget of {budget:?}"
     );
     eprintln!("silent server: {err} after {took:?}");
+}
+
+/// A server that refuses connections: once object_store's retries are exhausted
+/// the error is persistent (not a plain transient one), names the request, and
+/// keeps object_store's error as its source, printed once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhausted_retries_are_persistent_and_keep_their_cause() {
+    // A port that was free a moment ago: nothing listens there.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let mut config = ObjectStoreConfig::s3(
+        "s3://olocus/refused",
+        &format!("http://{addr}"),
+        "key",
+        "secret",
+    );
+    config.options.request_timeout = Duration::from_millis(300);
+    config.options.connect_timeout = Duration::from_millis(300);
+    config.options.retry_timeout = Duration::from_millis(600);
+    config.options.max_retries = 1;
+    let err = ObjectStoreBackend::open(config).await.unwrap_err();
+    // A refused connection fails at once, well inside the call's deadline.
+    assert_eq!(err.kind(), ErrorKind::Backend, "{err}");
+    assert_eq!(err.status(), storage_core::ErrorStatus::Persistent, "{err}");
+    assert!(!err.is_transient());
+    let source = std::error::Error::source(&err).expect("a source");
+    let engine = source
+        .downcast_ref::<object_store::Error>()
+        .unwrap_or_else(|| panic!("not an object_store::Error: {source}"));
+    assert!(
+        !err.to_string().contains(&engine.to_string()),
+        "cause printed twice: {err}"
+    );
+    assert!(
+        err.to_string().contains("object backend error while "),
+        "{err}"
+    );
 }

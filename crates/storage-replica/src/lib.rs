@@ -18,7 +18,8 @@
 //! win an index on different copies.
 //!
 //! # Repair
-//! A copy that fails a write with a transient error or times out gets the write
+//! A copy that fails a write with an error that is not permanent
+//! ([`storage_core::ErrorStatus`]; a timeout, a busy engine) gets the write
 //! queued; [`StorageManager::process_repairs`] (also run by the periodic health
 //! check) replays the queue. [`StorageManager::repair`] is anti-entropy: it lists
 //! every copy, copies each block a copy lacks from one that has it, aligns the head
@@ -38,7 +39,7 @@
 //! copy (it is never rolled back). With `sync_writes = false`, an acknowledged write
 //! may not yet be on the primary when the call returns (the level was met by
 //! replicas); it is there once the primary's own write finishes or repair runs. With
-//! `auto_failover`, a read the primary fails (transient error, timeout, corrupted
+//! `auto_failover`, a read the primary fails (an error that is not permanent, corrupted
 //! data) or a primary marked unhealthy is served by the first healthy replica, which
 //! may lag behind; reads return to the primary once a health check sees it well.
 
@@ -50,10 +51,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use storage_core::trace::{in_span_async, op_span, record_count, record_hash, record_index};
+use storage_core::raw::{in_span_async, op_span, record_count, record_hash, record_index};
 use storage_core::{
-    Block, BlockHash, BlockMetadata, ErrorKind, ListOptions, Result, StorageBackend, StorageError,
-    StorageStats, async_trait,
+    Block, BlockHash, BlockMetadata, ErrorKind, ErrorStatus, ListOptions, Result, StorageBackend,
+    StorageError, StorageStats, async_trait,
 };
 use tokio::sync::mpsc;
 
@@ -515,7 +516,7 @@ impl StorageManager {
             tokio::spawn(async move {
                 let r = with_timeout(timeout, op, fut).await;
                 if let Err(e) = &r
-                    && (e.is_transient() || e.kind() == ErrorKind::Timeout)
+                    && e.status() != ErrorStatus::Permanent
                 {
                     shared.enqueue(i, repair);
                 }
@@ -554,7 +555,7 @@ impl StorageManager {
         errors.sort_by_key(|(i, _)| *i);
         let refused = errors
             .iter()
-            .position(|(_, e)| !e.is_transient() && e.kind() != ErrorKind::Timeout);
+            .position(|(_, e)| e.status() == ErrorStatus::Permanent);
         match refused {
             Some(p) => Err(errors.swap_remove(p).1),
             None => Err(StorageError::InsufficientReplicas {
@@ -619,11 +620,7 @@ impl StorageManager {
 }
 
 fn worth_failing_over(e: &StorageError) -> bool {
-    e.is_transient()
-        || matches!(
-            e.kind(),
-            ErrorKind::Timeout | ErrorKind::Corrupted | ErrorKind::Io
-        )
+    e.status() != ErrorStatus::Permanent || matches!(e.kind(), ErrorKind::Corrupted | ErrorKind::Io)
 }
 
 impl Shared {

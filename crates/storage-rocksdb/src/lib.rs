@@ -57,12 +57,12 @@ use rocksdb::{
     ReadOptions, WriteBatch, WriteOptions,
 };
 use serde::{Deserialize, Serialize};
-use storage_core::blocking::{OpenHandle, run_blocking, wait_for_sole_owner};
-use storage_core::trace::{in_span_async, op_span, record_count, record_hash, record_index};
+use storage_core::raw::{OpenHandle, run_blocking, wait_for_sole_owner};
+use storage_core::raw::{in_span_async, op_span, record_count, record_hash, record_index};
 use storage_core::{
-    BackendStats, Block, BlockHash, BlockMetadata, CompactionStats, CompressionType, ListOptions,
-    PublicKey, Result, SortOrder, StorageBackend, StorageError, StorageStats, WireFormat,
-    async_trait, system_time_from_unix_nanos,
+    BackendStats, Block, BlockHash, BlockMetadata, CompactionStats, CompressionType, ErrorStatus,
+    ListOptions, PublicKey, Result, SortOrder, StorageBackend, StorageError, StorageStats,
+    WireFormat, async_trait, system_time_from_unix_nanos,
 };
 
 const NAME: &str = "rocksdb";
@@ -215,11 +215,16 @@ fn db_err(context: &str, e: rocksdb::Error) -> StorageError {
     use rocksdb::ErrorKind as K;
     match e.kind() {
         K::Corruption => StorageError::corrupted_by(format!("rocksdb: {context}"), e),
-        kind => StorageError::Backend {
-            name: NAME.into(),
-            transient: matches!(kind, K::Busy | K::TryAgain | K::TimedOut | K::Incomplete),
-            source: format!("{context}: {e}").into(),
-        },
+        kind => StorageError::backend(
+            NAME,
+            context,
+            if matches!(kind, K::Busy | K::TryAgain | K::TimedOut | K::Incomplete) {
+                ErrorStatus::Temporary
+            } else {
+                ErrorStatus::Permanent
+            },
+            e,
+        ),
     }
 }
 
@@ -431,42 +436,41 @@ impl Inner {
     }
 
     fn store(&self, blocks: &[Block]) -> Result<()> {
-        storage_core::check_payload_limit(blocks, self.max_payload_bytes)?;
+        storage_core::raw::check_payload_limit(blocks, self.max_payload_bytes)?;
         let mut counters = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let db = &self.db;
         let (cf_blocks, cf_meta, cf_index) =
             (cf(db, CF_BLOCKS)?, cf(db, CF_METADATA)?, cf(db, CF_INDEX)?);
         let (cf_time, cf_key, cf_type) =
             (cf(db, CF_BY_TIME)?, cf(db, CF_BY_KEY)?, cf(db, CF_BY_TYPE)?);
+        let hash_at = |i: u64| -> Result<Option<BlockHash>> {
+            db.get_pinned_cf(cf_index, i.to_be_bytes())
+                .map_err(|e| db_err("checking an index", e))?
+                .map(|v| parse_record(i, &v).map(|m| m.hash))
+                .transpose()
+        };
+        let fresh = storage_core::raw::admit(
+            blocks,
+            &mut storage_core::raw::ChainViewFn(hash_at, |i| {
+                // Only when filling a gap before a stored block: read it.
+                let Some(h) = hash_at(i)? else {
+                    return Ok(None);
+                };
+                let block = self.retrieve(&h)?.ok_or_else(|| {
+                    StorageError::corrupted(format!(
+                        "rocksdb: block {i} ({h}) is indexed but missing"
+                    ))
+                })?;
+                Ok(Some(block.previous_hash().copied()))
+            }),
+        )?;
+        if fresh.is_empty() {
+            return Ok(());
+        }
         let mut batch = WriteBatch::default();
         let mut next = *counters;
-        let mut claimed: std::collections::HashMap<u64, BlockHash> = Default::default();
-        let mut fresh = Vec::new();
-        for b in blocks {
-            let idx = b.index().to_be_bytes();
-            // A hash covers its index: same index + same hash = already stored.
-            let existing = match claimed.get(&b.index()) {
-                Some(h) => Some(*h),
-                None => db
-                    .get_pinned_cf(cf_index, idx)
-                    .map_err(|e| db_err("checking an index", e))?
-                    .map(|v| parse_record(b.index(), &v).map(|m| m.hash))
-                    .transpose()?,
-            };
-            match existing {
-                Some(h) if h == b.hash() => continue,
-                Some(h) => {
-                    return Err(StorageError::IndexConflict {
-                        index: b.index(),
-                        existing: h,
-                        attempted: b.hash(),
-                    });
-                }
-                None => {}
-            }
-            claimed.insert(b.index(), b.hash());
-            fresh.push(b);
-            let hash = b.hash();
+        for b in fresh.into_iter().map(|p| &blocks[p]) {
+            let (hash, idx) = (b.hash(), b.index().to_be_bytes());
             batch.put_cf(cf_blocks, hash.as_bytes(), WireFormat::BINARY.encode(b)?);
             batch.put_cf(cf_meta, hash.as_bytes(), idx);
             batch.put_cf(cf_index, idx, index_record(b));
@@ -480,25 +484,6 @@ impl Inner {
             next.count += 1;
             next.size += b.size_bytes();
         }
-        if next.count == counters.count {
-            return Ok(());
-        }
-        let hash_at = |i: u64| -> Result<Option<BlockHash>> {
-            db.get_pinned_cf(cf_index, i.to_be_bytes())
-                .map_err(|e| db_err("checking a neighbour", e))?
-                .map(|v| parse_record(i, &v).map(|m| m.hash))
-                .transpose()
-        };
-        storage_core::check_links(&fresh, hash_at, |i| {
-            // Only when filling a gap before a stored block: read it.
-            let Some(h) = hash_at(i)? else {
-                return Ok(None);
-            };
-            let block = self.retrieve(&h)?.ok_or_else(|| {
-                StorageError::corrupted(format!("rocksdb: block {i} ({h}) is indexed but missing"))
-            })?;
-            Ok(Some(block.previous_hash().copied()))
-        })?;
         self.put_counters(&mut batch, &next)?;
         self.write(batch)?;
         *counters = next;
@@ -1079,6 +1064,36 @@ mod tests {
             store.store_block(&block).await.unwrap();
             store.close().await.unwrap();
         });
+    }
+
+    /// An engine error keeps RocksDB's error as its source: walkable,
+    /// downcastable, and printed once.
+    #[test]
+    fn engine_errors_keep_their_cause() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = RocksDBConfig {
+            path: dir.path().to_string_lossy().into_owned(),
+            ..RocksDBConfig::default()
+        };
+        let first = RocksDBBackend::new(config.clone()).unwrap();
+        let err = RocksDBBackend::new(config).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Backend, "{err}");
+        let mut chain = Vec::new();
+        let mut at: Option<&(dyn std::error::Error + 'static)> = Some(&err);
+        while let Some(e) = at {
+            chain.push(e.to_string());
+            at = e.source();
+        }
+        let engine = std::error::Error::source(&err)
+            .and_then(|s| s.downcast_ref::<rocksdb::Error>())
+            .unwrap_or_else(|| panic!("no rocksdb::Error under {chain:?}"));
+        let cause = engine.to_string();
+        assert!(!chain[0].contains(&cause), "cause printed twice: {chain:?}");
+        assert!(
+            chain[0].starts_with("rocksdb backend error while "),
+            "{chain:?}"
+        );
+        drop(first);
     }
 
     /// The MANIFEST that `CURRENT` names (each open starts a new one).

@@ -60,9 +60,9 @@ use rusqlite::types::Value;
 use rusqlite::{
     Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params,
 };
-use storage_core::trace::{in_span_async, op_span, record_count, record_hash, record_index};
+use storage_core::raw::{in_span_async, op_span, record_count, record_hash, record_index};
 use storage_core::{
-    BackendStats, Block, BlockHash, BlockMetadata, BlockParts, ListOptions, MAX_INDEX,
+    BackendStats, Block, BlockHash, BlockMetadata, BlockParts, ErrorStatus, ListOptions, MAX_INDEX,
     MAX_TIMESTAMP_NANOS, PublicKey, Result, Signature, SortOrder, StorageBackend, StorageError,
     StorageStats, async_trait, system_time_from_unix_nanos,
 };
@@ -260,10 +260,8 @@ impl SQLiteBackend {
             .clone()
             .ok_or_else(|| StorageError::closed(NAME))?;
         blocking(move || {
-            let conn = pool.get().map_err(|e| StorageError::Backend {
-                name: NAME.into(),
-                transient: true,
-                source: format!("no read connection available: {e}").into(),
+            let conn = pool.get().map_err(|e| {
+                StorageError::backend(NAME, "taking a read connection", ErrorStatus::Temporary, e)
             })?;
             f(&conn)
         })
@@ -289,7 +287,7 @@ impl SQLiteBackend {
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    storage_core::blocking::run_blocking(NAME, f).await
+    storage_core::raw::run_blocking(NAME, f).await
 }
 
 fn sql_err(context: &str, e: rusqlite::Error) -> StorageError {
@@ -298,11 +296,16 @@ fn sql_err(context: &str, e: rusqlite::Error) -> StorageError {
         Some(C::DatabaseCorrupt | C::NotADatabase) => {
             StorageError::corrupted_by(format!("sqlite: {context}"), e)
         }
-        code => StorageError::Backend {
-            name: NAME.into(),
-            transient: matches!(code, Some(C::DatabaseBusy | C::DatabaseLocked)),
-            source: format!("{context}: {e}").into(),
-        },
+        code => StorageError::backend(
+            NAME,
+            context,
+            if matches!(code, Some(C::DatabaseBusy | C::DatabaseLocked)) {
+                ErrorStatus::Temporary
+            } else {
+                ErrorStatus::Permanent
+            },
+            e,
+        ),
     }
 }
 
@@ -515,10 +518,13 @@ fn open_readers(path: &Path, cfg: &SQLiteConfig) -> Result<Pool> {
         .idle_timeout(None)
         .connection_timeout(cfg.busy_timeout * 2)
         .build(manager)
-        .map_err(|e| StorageError::Backend {
-            name: NAME.into(),
-            transient: false,
-            source: format!("opening read connections to {}: {e}", path.display()).into(),
+        .map_err(|e| {
+            StorageError::backend(
+                NAME,
+                format!("opening read connections to {}", path.display()),
+                ErrorStatus::Permanent,
+                e,
+            )
         })
 }
 
@@ -612,9 +618,8 @@ fn retrieve_one(c: &Connection, hash: &BlockHash) -> Result<Option<Block>> {
     }
 }
 
-/// Inserts the blocks not yet stored, in order, with their daily statistics.
-/// A block's hash covers its index, so "same index, same hash" means "already
-/// stored" and "same index, other hash" is a conflict — one lookup decides.
+/// Inserts the blocks not yet stored, in order, with their daily statistics,
+/// after the admission rule has passed the whole batch.
 fn insert_blocks(tx: &Transaction<'_>, blocks: &[Block]) -> Result<()> {
     let err = |e| sql_err("storing a block", e);
     let mut at_index = tx
@@ -650,41 +655,9 @@ fn insert_blocks(tx: &Transaction<'_>, blocks: &[Block]) -> Result<()> {
             "UPDATE block_stats SET unique_keys = unique_keys + 1 WHERE date = date(?1, 'unixepoch')",
         )
         .map_err(err)?;
-    // Index conflicts first, for the whole batch (as every backend reports them
-    // before broken links).
-    let mut claimed: std::collections::HashMap<u64, BlockHash> = Default::default();
-    let mut fresh = Vec::with_capacity(blocks.len());
-    for b in blocks {
-        let existing = match claimed.get(&b.index()) {
-            Some(h) => Some(*h),
-            None => at_index
-                .query_row([b.index() as i64], |r| r.get::<_, Vec<u8>>(0))
-                .optional()
-                .map_err(err)?
-                .map(|h| fixed(h, "hash").map(BlockHash))
-                .transpose()?,
-        };
-        match existing {
-            Some(h) if h == b.hash() => {}
-            Some(h) => {
-                return Err(StorageError::IndexConflict {
-                    index: b.index(),
-                    existing: h,
-                    attempted: b.hash(),
-                });
-            }
-            None => {
-                claimed.insert(b.index(), b.hash());
-                fresh.push(b);
-            }
-        }
-    }
-    for b in fresh {
-        let index = b.index() as i64;
-        // Rows of this batch are inserted in the transaction as we go, so checking
-        // one block at a time covers neighbours in the batch too.
-        storage_core::check_links(
-            std::slice::from_ref(&b),
+    let fresh = storage_core::raw::admit(
+        blocks,
+        &mut storage_core::raw::ChainViewFn(
             |i| {
                 at_index
                     .query_row([sql_index(i)], |r| r.get::<_, Vec<u8>>(0))
@@ -704,7 +677,10 @@ fn insert_blocks(tx: &Transaction<'_>, blocks: &[Block]) -> Result<()> {
                     })
                     .transpose()
             },
-        )?;
+        ),
+    )?;
+    for b in fresh.into_iter().map(|p| &blocks[p]) {
+        let index = b.index() as i64;
         let secs = (b.timestamp_nanos() / 1_000_000_000) as i64;
         insert
             .execute(params![
@@ -858,7 +834,7 @@ impl StorageBackend for SQLiteBackend {
         in_span_async(
             span,
             self.transaction(move |tx| {
-                storage_core::check_payload_limit(std::slice::from_ref(&b), limit)?;
+                storage_core::raw::check_payload_limit(std::slice::from_ref(&b), limit)?;
                 insert_blocks(tx, std::slice::from_ref(&b)).map(|_| b.hash())
             }),
         )
@@ -911,7 +887,7 @@ impl StorageBackend for SQLiteBackend {
         in_span_async(
             span,
             self.transaction(move |tx| {
-                storage_core::check_payload_limit(&owned, limit)?;
+                storage_core::raw::check_payload_limit(&owned, limit)?;
                 insert_blocks(tx, &owned).map(|_| hashes)
             }),
         )

@@ -68,3 +68,34 @@ async fn damaged_metadata_column_is_corrupted() {
     let err = s.retrieve_block(&blocks[2].hash()).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Corrupted, "{err}");
 }
+
+/// An engine error keeps SQLite's error as its source (walkable, downcastable,
+/// printed once) and says it is temporary when the database is busy.
+#[tokio::test]
+async fn engine_errors_keep_their_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("busy.db");
+    let mut config = SQLiteConfig::at(&path);
+    config.busy_timeout = std::time::Duration::from_millis(20);
+    let s = SQLiteBackend::new(config).await.unwrap();
+    // Another connection holds the write lock.
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let err = s.store_blocks(&chain(1)).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Backend, "{err}");
+    assert!(err.is_transient(), "{err}");
+    let source = std::error::Error::source(&err).expect("a source");
+    let engine = source
+        .downcast_ref::<rusqlite::Error>()
+        .unwrap_or_else(|| panic!("not a rusqlite::Error: {source}"));
+    assert_eq!(
+        engine.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy)
+    );
+    assert!(
+        !err.to_string().contains(&engine.to_string()),
+        "cause printed twice: {err}"
+    );
+    other.execute_batch("ROLLBACK").unwrap();
+    s.close().await.unwrap();
+}

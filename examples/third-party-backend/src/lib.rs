@@ -174,42 +174,18 @@ fn replay(path: &Path) -> Result<Inner> {
     Ok(inner)
 }
 
+/// The blocks of a write that are new. The admission rule (idempotent repeats,
+/// index conflicts, hash links) is the shared one every backend uses; a backend
+/// only says how to read its own store.
 fn check_put(g: &Inner, blocks: &[Block]) -> Result<Vec<Block>> {
-    let mut claimed: HashMap<u64, BlockHash> = HashMap::new();
-    let mut fresh = Vec::new();
-    for b in blocks {
-        if g.index_of.contains_key(&b.hash()) {
-            continue;
-        }
-        let existing = g
-            .by_index
-            .get(&b.index())
-            .map(Block::hash)
-            .or(claimed.get(&b.index()).copied());
-        match existing {
-            Some(e) if e != b.hash() => {
-                return Err(StorageError::IndexConflict {
-                    index: b.index(),
-                    existing: e,
-                    attempted: b.hash(),
-                });
-            }
-            Some(_) => {}
-            None => {
-                claimed.insert(b.index(), b.hash());
-                fresh.push(b.clone());
-            }
-        }
-    }
-    // The trait's link rule, with the shared helper: against stored neighbours
-    // and the rest of the batch.
-    let refs: Vec<&Block> = fresh.iter().collect();
-    storage_core::check_links(
-        &refs,
-        |i| Ok(g.by_index.get(&i).map(Block::hash)),
-        |i| Ok(g.by_index.get(&i).map(|b| b.previous_hash().copied())),
+    let fresh = storage_core::raw::admit(
+        blocks,
+        &mut storage_core::raw::ChainViewFn(
+            |i| Ok(g.by_index.get(&i).map(Block::hash)),
+            |i| Ok(g.by_index.get(&i).map(|b| b.previous_hash().copied())),
+        ),
     )?;
-    Ok(fresh)
+    Ok(fresh.into_iter().map(|p| blocks[p].clone()).collect())
 }
 
 #[async_trait]
