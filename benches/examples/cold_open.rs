@@ -20,6 +20,7 @@ fn main() {
         durability: Durability::Buffered,
         segment_size: 100 << 20,
         max_payload_bytes: storage_core::MAX_PAYLOAD_BYTES,
+        execution: Default::default(),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -46,7 +46,17 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use storage_core::*;
+// What applications use; implementor helpers stay in `storage_core::raw`.
+pub use storage_core::{
+    BackendStats, Block, BlockFilter, BlockHash, BlockHashBuildHasher, BlockHashHasher,
+    BlockHashMap, BlockMetadata, BlockParts, BlockPayload, BoxError, CONTENT_TYPE_BINARY,
+    CONTENT_TYPE_JSON, CompactionStats, CompressionType, DOMAIN_TAG, Encoding, ErrorKind,
+    ErrorStatus, ListMatcher, ListOptions, MAX_ENCODED_BLOCK_BYTES, MAX_INDEX, MAX_PAYLOAD_BYTES,
+    MAX_PAYLOAD_TYPE_LEN, MAX_TIMESTAMP_NANOS, PublicKey, Result, Signature, SigningKey, SortOrder,
+    StorageBackend, StorageBackendExt, StorageError, StorageStats, VerifyOptions, VerifyReport,
+    VerifyingKey, WALConfig, WireFormat, async_trait, human_duration, is_valid_payload_type,
+    parse_duration, salvage, system_time_from_unix_nanos, unix_nanos, verify_block, verify_chain,
+};
 
 /// The trait and its extension, as the seed imports them
 /// (`use olocus_storage::traits::*`).
@@ -516,6 +526,7 @@ async fn open_backend(config: &StorageConfig) -> Result<Arc<dyn StorageBackend>>
         BackendConfig::Filesystem { path, compression } => Ok(Arc::new(
             storage_fs::FilesystemBackend::open_async(storage_fs::FsConfig {
                 max_payload_bytes: config.max_payload_bytes,
+                execution: Default::default(),
                 ..storage_fs::FsConfig::from_wal(path, *compression, wal)
             })
             .await?,

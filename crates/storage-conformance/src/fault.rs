@@ -85,6 +85,12 @@ pub enum FaultMode {
     Hang,
     /// Calls of these operations (trait methods' names) fail; others go through.
     FailOps(&'static [&'static str]),
+    /// Every call first blocks a thread for this long, the way a stalled disk
+    /// blocks a disk backend: through the same blocking-call path, so inline (the
+    /// default) it holds the caller's worker thread and a surrounding timeout
+    /// cannot fire, while under `Execution::BlockingPool` it holds a pool thread
+    /// and the timeout fires on time. Then the call goes through.
+    Stall(std::time::Duration),
 }
 
 /// A pause point set with [`FaultyBackend::pause`]: calls of one operation wait
@@ -150,6 +156,7 @@ pub struct FaultyBackend {
     rng: AtomicU64,
     injected: AtomicU64,
     paused: Mutex<Vec<(&'static str, Arc<PausePoint>)>>,
+    execution: storage_core::Execution,
 }
 
 impl FaultyBackend {
@@ -161,7 +168,15 @@ impl FaultyBackend {
             rng: AtomicU64::new(seed | 1),
             injected: AtomicU64::new(0),
             paused: Mutex::new(Vec::new()),
+            execution: storage_core::Execution::Inline,
         }
+    }
+
+    /// Runs [`FaultMode::Stall`]'s blocking call as a disk backend opened with
+    /// `execution` would (inline by default).
+    pub fn with_execution(mut self, execution: storage_core::Execution) -> Self {
+        self.execution = execution;
+        self
     }
 
     /// Makes every call of `op` (a trait method's name, e.g. `"store_block"`) that
@@ -237,6 +252,15 @@ impl FaultyBackend {
                 self.injected.fetch_add(1, Ordering::SeqCst);
                 std::future::pending::<()>().await;
                 unreachable!("pending never completes")
+            }
+            FaultMode::Stall(pause) => {
+                self.injected.fetch_add(1, Ordering::SeqCst);
+                storage_core::raw::run_blocking("faulty", self.execution, move || {
+                    std::thread::sleep(pause);
+                    Ok(())
+                })
+                .await?;
+                false
             }
         };
         if fail {

@@ -33,6 +33,7 @@ mod compression;
 mod config;
 mod error;
 mod ids;
+mod layer;
 mod links;
 pub mod salvage;
 mod trace;
@@ -46,6 +47,7 @@ pub use block::{
     MAX_PAYLOAD_TYPE_LEN, MAX_TIMESTAMP_NANOS, is_valid_payload_type, system_time_from_unix_nanos,
     unix_nanos, verify_block, verify_chain,
 };
+pub use blocking::Execution;
 pub use compression::CompressionType;
 pub use config::{WALConfig, human_duration, parse_duration};
 pub use error::{BoxError, ErrorKind, ErrorStatus, Result, StorageError};
@@ -68,6 +70,7 @@ pub use wire::{
 /// workspace's own.
 pub mod raw {
     pub use crate::blocking::{OpenHandle, run_blocking, wait_for_sole_owner};
+    pub use crate::layer::{Engine, Gate};
     pub use crate::links::{ChainView, ChainViewFn, admit, check_links, check_payload_limit};
     pub use crate::trace::{
         in_span, in_span_async, op_span, record_count, record_hash, record_index, record_outcome,

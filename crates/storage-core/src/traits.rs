@@ -13,11 +13,29 @@ use crate::{
 
 /// A store of signed blocks, addressed by hash and by chain index.
 ///
-/// Object-safe: use it as `Arc<dyn StorageBackend>` or `Box<dyn StorageBackend>`.
+/// Object-safe: use it as `Arc<dyn StorageBackend>` (itself a backend, for
+/// wrappers) or `Box<dyn StorageBackend>`.
 /// Every method takes `&self`; implementations synchronise internally and are safe
 /// to call from many tasks at once, on multi-thread and current-thread tokio
-/// runtimes alike. Implementations that touch the disk must not block runtime
-/// workers (use `spawn_blocking` or a dedicated thread).
+/// runtimes alike.
+///
+/// # Implementing a backend
+/// Implement [`crate::raw::Engine`] (the engine work only) rather than this
+/// trait: every engine gets this trait from one shared layer, which runs each
+/// call in its tracing span, refuses calls after `close`, checks arguments and
+/// adds the operation to errors, the same way for every backend. Decide which
+/// blocks of a write are new with [`crate::raw::admit`].
+///
+/// # Cancellation
+/// Dropping a call's future (a timeout that fires, a `select!` that takes another
+/// branch) abandons the *wait*, not the work: a write already handed to the
+/// engine completes or fails as a whole in the background, so afterwards the
+/// block is either stored or not, never half stored, and [`StorageBackend::close`]
+/// waits for such work before releasing files. A dropped read has no effect.
+/// Disk backends opened with [`crate::Execution::Inline`] (the default) run
+/// blocking calls on the calling worker, where a timeout cannot fire until the
+/// call returns; open them with [`crate::Execution::BlockingPool`], or run the
+/// calls inside [`crate::Execution::scope`], for timeouts that fire on time.
 ///
 /// # One chain per store
 /// A store holds at most one block per index. Blocks need not arrive in order, so
@@ -39,7 +57,8 @@ use crate::{
 ///   [`StorageError::Closed`]; `close` is idempotent.
 /// - A failed write leaves the store unchanged.
 ///
-/// There are no default methods: a wrapper must forward each one deliberately.
+/// Only [`StorageBackend::check_integrity`] has a default: a wrapper must forward
+/// every other method deliberately.
 #[async_trait]
 pub trait StorageBackend: Send + Sync + std::fmt::Debug + 'static {
     /// A short name for logs, spans and errors (e.g. `"memory"`, `"rocksdb"`).
@@ -119,8 +138,8 @@ pub trait StorageBackend: Send + Sync + std::fmt::Debug + 'static {
     }
 }
 
-/// Forwards every method to the pointee, so `Arc<B>`/`Box<B>` (and
-/// `Arc<dyn StorageBackend>`) are backends too and wrappers can hold either.
+/// Forwards every method to the pointee, so `Arc<B>` (and
+/// `Arc<dyn StorageBackend>`) is a backend too and wrappers can hold either.
 macro_rules! forward_backend {
     ($($ptr:ident),*) => {$(
         #[async_trait]
@@ -145,7 +164,7 @@ macro_rules! forward_backend {
         }
     )*};
 }
-forward_backend!(Arc, Box);
+forward_backend!(Arc);
 
 /// Typed conveniences over any [`StorageBackend`] (blanket-implemented).
 #[async_trait]

@@ -98,11 +98,11 @@ use std::sync::Arc;
 
 use std::time::{Duration, Instant};
 
-use storage_core::raw::{OpenHandle, run_blocking, wait_for_sole_owner};
-use storage_core::raw::{in_span, in_span_async, op_span, record_count, record_hash, record_index};
+use storage_core::raw::{Engine, Gate, OpenHandle, run_blocking, wait_for_sole_owner};
+use storage_core::raw::{in_span, in_span_async, op_span};
 use storage_core::{
-    BackendStats, Block, BlockHash, BlockMetadata, CompressionType, ErrorStatus, ListOptions,
-    Result, StorageBackend, StorageError, StorageStats, WALConfig, async_trait,
+    BackendStats, Block, BlockHash, BlockMetadata, CompressionType, ErrorStatus, Execution,
+    ListOptions, Result, StorageBackend, StorageError, StorageStats, WALConfig,
     system_time_from_unix_nanos,
 };
 
@@ -144,6 +144,10 @@ pub struct FsConfig {
     /// Blocks with a longer payload are refused with `InvalidInput` (at most, and
     /// by default, [`storage_core::MAX_PAYLOAD_BYTES`]).
     pub max_payload_bytes: usize,
+    /// Where blocking engine calls run: inline (the default, fastest) or on
+    /// tokio's blocking pool, where a timeout around a call fires even if the
+    /// disk stalls (see [`storage_core::Execution`]).
+    pub execution: Execution,
 }
 
 impl FsConfig {
@@ -174,6 +178,7 @@ impl FsConfig {
             durability,
             segment_size: wal.max_log_size,
             max_payload_bytes: storage_core::MAX_PAYLOAD_BYTES,
+            execution: Execution::Inline,
         }
     }
 
@@ -222,7 +227,9 @@ pub struct BlockLocation {
 pub struct FilesystemBackend {
     path: PathBuf,
     recovery: Recovery,
+    max_payload_bytes: usize,
     inner: OpenHandle<Inner>,
+    gate: Gate,
 }
 
 impl std::fmt::Debug for FilesystemBackend {
@@ -273,7 +280,8 @@ pub async fn salvage(
     let span = op_span(NAME, "salvage");
     in_span_async(span, async move {
         require_empty(dst.count_blocks().await?)?;
-        let found = run_blocking(NAME, move || store::salvage_scan(&src)).await?;
+        let found =
+            run_blocking(NAME, Execution::Inline, move || store::salvage_scan(&src)).await?;
         let mut report = SalvageReport::default();
         report.damage = found.damage;
         let mut copied = std::collections::BTreeSet::new();
@@ -317,6 +325,7 @@ impl FilesystemBackend {
     /// [`io::SimVfs`] for power-loss tests. Blocking.
     pub fn open_on(config: FsConfig, vfs: Arc<dyn io::Vfs>) -> Result<Self> {
         config.validate()?;
+        let execution = config.execution;
         let span = op_span(NAME, "open");
         let path = config.path.clone();
         in_span(span, || {
@@ -334,7 +343,9 @@ impl FilesystemBackend {
             Ok(Self {
                 path,
                 recovery,
-                inner: OpenHandle::new(NAME, inner),
+                max_payload_bytes: inner.cfg.max_payload_bytes,
+                inner: OpenHandle::new(NAME, inner, execution),
+                gate: Gate::new(),
             })
         })
     }
@@ -361,132 +372,78 @@ impl FilesystemBackend {
     }
 }
 
-#[async_trait]
-impl StorageBackend for FilesystemBackend {
-    fn backend_name(&self) -> &str {
+impl Engine for FilesystemBackend {
+    fn name(&self) -> &str {
         NAME
     }
 
-    async fn store_block(&self, block: &Block) -> Result<BlockHash> {
-        let span = op_span(NAME, "store_block");
-        record_hash(&span, &block.hash());
-        let b = block.clone();
-        in_span_async(
-            span,
-            self.inner
-                .with(move |i| i.store(std::slice::from_ref(&b)).map(|_| b.hash())),
-        )
-        .await
+    fn gate(&self) -> &Gate {
+        &self.gate
     }
 
-    async fn retrieve_block(&self, hash: &BlockHash) -> Result<Option<Block>> {
-        let span = op_span(NAME, "retrieve_block");
-        record_hash(&span, hash);
-        let h = *hash;
-        in_span_async(span, self.inner.with(move |i| i.retrieve(&h))).await
+    fn max_payload_bytes(&self) -> usize {
+        self.max_payload_bytes
     }
 
-    async fn delete_block(&self, hash: &BlockHash) -> Result<bool> {
-        let span = op_span(NAME, "delete_block");
-        record_hash(&span, hash);
-        let h = *hash;
-        in_span_async(span, self.inner.with(move |i| i.delete(&h))).await
-    }
-
-    async fn block_exists(&self, hash: &BlockHash) -> Result<bool> {
-        let span = op_span(NAME, "block_exists");
-        record_hash(&span, hash);
-        in_span(span, || {
-            Ok(read_state(&self.inner.get()?.state).index.contains(hash))
-        })
-    }
-
-    async fn store_blocks(&self, blocks: &[Block]) -> Result<Vec<BlockHash>> {
-        let span = op_span(NAME, "store_blocks");
-        record_count(&span, blocks.len());
+    async fn write_blocks(&self, blocks: &[Block]) -> Result<()> {
         let owned = blocks.to_vec();
-        in_span_async(
-            span,
-            self.inner.with(move |i| {
-                i.store(&owned)?;
-                Ok(owned.iter().map(Block::hash).collect())
-            }),
-        )
-        .await
+        self.inner.with(move |i| i.store(&owned)).await
     }
 
-    async fn retrieve_blocks(&self, hashes: &[BlockHash]) -> Result<Vec<Option<Block>>> {
-        let span = op_span(NAME, "retrieve_blocks");
-        record_count(&span, hashes.len());
-        let hs = hashes.to_vec();
-        in_span_async(
-            span,
-            self.inner
-                .with(move |i| hs.iter().map(|h| i.retrieve(h)).collect()),
-        )
-        .await
-    }
-
-    async fn list_blocks(&self, options: &ListOptions) -> Result<Vec<BlockMetadata>> {
-        // Memory only: no I/O, so no thread hand-off.
-        in_span(op_span(NAME, "list_blocks"), || {
-            Ok(read_state(&self.inner.get()?.state).index.list(options))
-        })
-    }
-
-    async fn count_blocks(&self) -> Result<u64> {
-        in_span(op_span(NAME, "count_blocks"), || {
-            Ok(read_state(&self.inner.get()?.state).index.len() as u64)
-        })
-    }
-
-    async fn get_chain_head(&self) -> Result<Option<BlockHash>> {
-        in_span(op_span(NAME, "get_chain_head"), || {
-            Ok(read_state(&self.inner.get()?.state).index.head)
-        })
-    }
-
-    async fn set_chain_head(&self, hash: &BlockHash) -> Result<()> {
-        let span = op_span(NAME, "set_chain_head");
-        record_hash(&span, hash);
+    async fn read_block(&self, hash: &BlockHash) -> Result<Option<Block>> {
         let h = *hash;
-        in_span_async(span, self.inner.with(move |i| i.set_head(&h))).await
+        self.inner.with(move |i| i.retrieve(&h)).await
     }
 
-    async fn get_blocks_by_range(&self, start: u64, end: u64) -> Result<Vec<Block>> {
-        let span = op_span(NAME, "get_blocks_by_range");
-        record_index(&span, start);
-        in_span_async(span, async {
-            if start > end {
-                return Err(StorageError::InvalidInput(format!(
-                    "range start {start} is greater than end {end}"
-                )));
-            }
-            self.inner.with(move |i| i.range(start, end)).await
-        })
-        .await
+    async fn remove_block(&self, hash: &BlockHash) -> Result<bool> {
+        let h = *hash;
+        self.inner.with(move |i| i.delete(&h)).await
     }
 
-    async fn compact(&self) -> Result<()> {
-        in_span_async(
-            op_span(NAME, "compact"),
-            self.inner.with(|i| i.rewrite(false)),
-        )
-        .await
+    async fn has_block(&self, hash: &BlockHash) -> Result<bool> {
+        Ok(read_state(&self.inner.get()?.state).index.contains(hash))
     }
 
-    async fn vacuum(&self) -> Result<()> {
-        in_span_async(
-            op_span(NAME, "vacuum"),
-            self.inner.with(|i| i.rewrite(true)),
-        )
-        .await
+    async fn read_blocks(&self, hashes: &[BlockHash]) -> Result<Vec<Option<Block>>> {
+        let hs = hashes.to_vec();
+        self.inner
+            .with(move |i| hs.iter().map(|h| i.retrieve(h)).collect())
+            .await
     }
 
-    async fn get_stats(&self) -> Result<StorageStats> {
-        in_span_async(
-            op_span(NAME, "get_stats"),
-            self.inner.with(|i| {
+    async fn list(&self, options: &ListOptions) -> Result<Vec<BlockMetadata>> {
+        // Memory only: no I/O, so no thread hand-off.
+        Ok(read_state(&self.inner.get()?.state).index.list(options))
+    }
+
+    async fn count(&self) -> Result<u64> {
+        Ok(read_state(&self.inner.get()?.state).index.len() as u64)
+    }
+
+    async fn head(&self) -> Result<Option<BlockHash>> {
+        Ok(read_state(&self.inner.get()?.state).index.head)
+    }
+
+    async fn write_head(&self, hash: &BlockHash) -> Result<()> {
+        let h = *hash;
+        self.inner.with(move |i| i.set_head(&h)).await
+    }
+
+    async fn read_range(&self, start: u64, end: u64) -> Result<Vec<Block>> {
+        self.inner.with(move |i| i.range(start, end)).await
+    }
+
+    async fn run_compaction(&self) -> Result<()> {
+        self.inner.with(|i| i.rewrite(false)).await
+    }
+
+    async fn run_vacuum(&self) -> Result<()> {
+        self.inner.with(|i| i.rewrite(true)).await
+    }
+
+    async fn stats(&self) -> Result<StorageStats> {
+        self.inner
+            .with(|i| {
                 let (directory_size, file_count, seg_bytes) = store::dir_usage(&i.dir)?;
                 let st = read_state(&i.state);
                 let ix = &st.index;
@@ -508,25 +465,21 @@ impl StorageBackend for FilesystemBackend {
                         dead_bytes: seg_bytes.saturating_sub(live + headers),
                     },
                 })
-            }),
-        )
-        .await
+            })
+            .await
     }
 
-    async fn close(&self) -> Result<()> {
+    async fn shutdown(&self) -> Result<()> {
         let Some(inner) = self.inner.take() else {
             return Ok(());
         };
-        in_span_async(
-            op_span(NAME, "close"),
-            run_blocking(NAME, move || {
-                inner.close()?;
-                // Wait (briefly) for calls still holding the store, so the lock is
-                // released when close returns and the directory can be reopened.
-                drop(wait_for_sole_owner(inner, NAME, Duration::from_secs(30))?);
-                Ok(())
-            }),
-        )
+        run_blocking(NAME, self.inner.execution(), move || {
+            inner.close()?;
+            // Wait (briefly) for blocking work a dropped call left running, so the
+            // lock is released when close returns and the directory can be reopened.
+            drop(wait_for_sole_owner(inner, NAME, Duration::from_secs(30))?);
+            Ok(())
+        })
         .await
     }
 }

@@ -415,8 +415,8 @@ impl Inner {
     }
 
     /// Stores blocks as one record: all or nothing.
+    /// The payload limit is checked by the layer before this runs.
     pub fn store(&self, blocks: &[Block]) -> Result<()> {
-        storage_core::raw::check_payload_limit(blocks, self.cfg.max_payload_bytes)?;
         // Encoding and compression are the CPU-heavy part: outside the lock.
         let encoded = blocks
             .iter()
@@ -1739,6 +1739,7 @@ mod tests {
             durability: Durability::Buffered,
             segment_size: 64 << 10,
             max_payload_bytes: storage_core::MAX_PAYLOAD_BYTES,
+            execution: Default::default(),
         };
         let all = blocks(900);
         {

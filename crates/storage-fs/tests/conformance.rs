@@ -60,6 +60,7 @@ impl Fixture for FsFixture {
             durability: self.durability,
             segment_size: self.segment_size,
             max_payload_bytes: FIXTURE_PAYLOAD_LIMIT,
+            execution: Default::default(),
         };
         let store = Arc::new(FilesystemBackend::open_async(config).await?);
         *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Arc::downgrade(&store);
@@ -120,6 +121,7 @@ impl Fixture for SimFixture {
             durability: Durability::Buffered,
             segment_size: 64 << 10,
             max_payload_bytes: FIXTURE_PAYLOAD_LIMIT,
+            execution: Default::default(),
         };
         let vfs = Arc::new(self.0.clone());
         let store = tokio::task::spawn_blocking(move || FilesystemBackend::open_on(config, vfs))

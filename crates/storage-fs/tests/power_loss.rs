@@ -32,6 +32,7 @@ fn config() -> FsConfig {
         durability: Durability::Sync,
         segment_size: 64 << 10,
         max_payload_bytes: storage_core::MAX_PAYLOAD_BYTES,
+        execution: Default::default(),
     }
 }
 

@@ -17,6 +17,7 @@ fn config(dir: &Path, compression: CompressionType, segment_size: u64) -> FsConf
         durability: Durability::Buffered,
         segment_size,
         max_payload_bytes: storage_core::MAX_PAYLOAD_BYTES,
+        execution: Default::default(),
     }
 }
 

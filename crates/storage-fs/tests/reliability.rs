@@ -36,6 +36,7 @@ impl DurableTarget for Fs {
             durability,
             segment_size,
             max_payload_bytes: storage_core::MAX_PAYLOAD_BYTES,
+            execution: Default::default(),
         };
         Ok(Arc::new(FilesystemBackend::open_async(config).await?))
     }

@@ -112,6 +112,7 @@ fn fs_config(compression: CompressionType) -> FsConfig {
         durability: Durability::Buffered,
         segment_size: 64 << 10,
         max_payload_bytes: storage_core::MAX_PAYLOAD_BYTES,
+        execution: Default::default(),
     }
 }
 

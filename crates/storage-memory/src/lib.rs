@@ -30,11 +30,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::SystemTime;
 
-use storage_core::raw::{in_span, op_span, record_count, record_hash, record_index};
+use storage_core::raw::{Engine, Gate};
 use storage_core::{
     BackendStats, Block, BlockHash, BlockHashMap, BlockMetadata, ListOptions, Result, SortOrder,
-    StorageBackend, StorageError, StorageStats, WireFormat, async_trait,
-    system_time_from_unix_nanos,
+    StorageError, StorageStats, WireFormat, system_time_from_unix_nanos,
 };
 
 const NAME: &str = "memory";
@@ -80,7 +79,6 @@ struct Entry {
 
 #[derive(Debug, Default)]
 struct State {
-    open: bool,
     /// Keyed by hash with the prefix hasher: block hashes need no rehashing.
     blocks: BlockHashMap<Slot>,
     by_index: BTreeMap<u64, Indexed>,
@@ -97,6 +95,7 @@ pub struct MemoryBackend {
     format: Option<WireFormat>,
     max_payload_bytes: usize,
     state: RwLock<State>,
+    gate: Gate,
 }
 
 impl Default for MemoryBackend {
@@ -127,10 +126,10 @@ impl MemoryBackend {
             format,
             max_payload_bytes: storage_core::MAX_PAYLOAD_BYTES,
             state: RwLock::new(State {
-                open: true,
                 blocks: BlockHashMap::with_capacity_and_hasher(capacity, Default::default()),
                 ..State::default()
             }),
+            gate: Gate::new(),
         }
     }
 
@@ -159,24 +158,14 @@ impl MemoryBackend {
         }
     }
 
-    fn read(&self) -> Result<RwLockReadGuard<'_, State>> {
+    fn read(&self) -> RwLockReadGuard<'_, State> {
         // A panic cannot leave State half-updated: every mutation below is checked
         // before the first change. So a poisoned lock is safe to reuse.
-        let st = self.state.read().unwrap_or_else(PoisonError::into_inner);
-        if st.open {
-            Ok(st)
-        } else {
-            Err(StorageError::closed(NAME))
-        }
+        self.state.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn write(&self) -> Result<RwLockWriteGuard<'_, State>> {
-        let st = self.state.write().unwrap_or_else(PoisonError::into_inner);
-        if st.open {
-            Ok(st)
-        } else {
-            Err(StorageError::closed(NAME))
-        }
+    fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Builds the entry outside the lock (encoding is the expensive part).
@@ -270,218 +259,169 @@ impl Slot {
     }
 }
 
-#[async_trait]
-impl StorageBackend for MemoryBackend {
-    fn backend_name(&self) -> &str {
+impl Engine for MemoryBackend {
+    fn name(&self) -> &str {
         NAME
     }
 
-    async fn store_block(&self, block: &Block) -> Result<BlockHash> {
-        let span = op_span(NAME, "store_block");
-        record_hash(&span, &block.hash());
-        in_span(span, || {
-            storage_core::raw::check_payload_limit(
-                std::slice::from_ref(block),
-                self.max_payload_bytes,
-            )?;
+    fn gate(&self) -> &Gate {
+        &self.gate
+    }
+
+    fn max_payload_bytes(&self) -> usize {
+        self.max_payload_bytes
+    }
+
+    async fn write_blocks(&self, blocks: &[Block]) -> Result<()> {
+        // Entries are built outside the lock (encoding is the expensive part).
+        if let [block] = blocks {
             let entry = self.make_entry(block)?;
-            let mut st = self.write()?;
-            if !st.admit(std::slice::from_ref(block))?.is_empty() {
+            let mut st = self.write();
+            if !st.admit(blocks)?.is_empty() {
                 st.insert(entry);
             }
-            Ok(block.hash())
-        })
+            return Ok(());
+        }
+        let mut entries = blocks
+            .iter()
+            .map(|b| self.make_entry(b).map(Some))
+            .collect::<Result<Vec<_>>>()?;
+        let mut st = self.write();
+        // The whole batch is checked before anything changes: all or nothing.
+        for pos in st.admit(blocks)? {
+            if let Some(entry) = entries[pos].take() {
+                st.insert(entry);
+            }
+        }
+        Ok(())
     }
 
-    async fn retrieve_block(&self, hash: &BlockHash) -> Result<Option<Block>> {
-        let span = op_span(NAME, "retrieve_block");
-        record_hash(&span, hash);
-        in_span(span, || self.read()?.block(hash))
+    async fn read_block(&self, hash: &BlockHash) -> Result<Option<Block>> {
+        self.read().block(hash)
     }
 
-    async fn delete_block(&self, hash: &BlockHash) -> Result<bool> {
-        let span = op_span(NAME, "delete_block");
-        record_hash(&span, hash);
-        in_span(span, || {
-            let mut st = self.write()?;
-            let Some(slot) = st.blocks.remove(hash) else {
-                return Ok(false);
-            };
-            let indexed = st
+    async fn read_blocks(&self, hashes: &[BlockHash]) -> Result<Vec<Option<Block>>> {
+        let st = self.read();
+        hashes.iter().map(|h| st.block(h)).collect()
+    }
+
+    async fn remove_block(&self, hash: &BlockHash) -> Result<bool> {
+        let mut st = self.write();
+        let Some(slot) = st.blocks.remove(hash) else {
+            return Ok(false);
+        };
+        let indexed = st
+            .by_index
+            .remove(&slot.index)
+            .expect("every stored block is indexed");
+        st.by_time.remove(&(indexed.ts, slot.index));
+        st.total_size -= indexed.meta.size_bytes;
+        st.heap -= slot.heap;
+        if st.head == Some(*hash) {
+            st.head = None;
+        }
+        Ok(true)
+    }
+
+    async fn has_block(&self, hash: &BlockHash) -> Result<bool> {
+        Ok(self.read().blocks.contains_key(hash))
+    }
+
+    async fn list(&self, options: &ListOptions) -> Result<Vec<BlockMetadata>> {
+        let st = self.read();
+        let Some(m) = options.matcher() else {
+            return Ok(Vec::new());
+        };
+        let ((tlo, thi), (lo, hi)) = (m.times(), m.indices());
+        let skip = usize::try_from(options.offset.unwrap_or(0)).unwrap_or(usize::MAX);
+        let take = usize::try_from(options.limit.unwrap_or(u64::MAX)).unwrap_or(usize::MAX);
+        let pick = |e: &Indexed| m.matches(&e.meta).then(|| e.meta.clone());
+        let out = match options.order {
+            SortOrder::Ascending | SortOrder::ByIndex => st
                 .by_index
-                .remove(&slot.index)
-                .expect("every stored block is indexed");
-            st.by_time.remove(&(indexed.ts, slot.index));
-            st.total_size -= indexed.meta.size_bytes;
-            st.heap -= slot.heap;
-            if st.head == Some(*hash) {
-                st.head = None;
-            }
-            Ok(true)
-        })
+                .range(lo..=hi)
+                .filter_map(|(_, e)| pick(e))
+                .skip(skip)
+                .take(take)
+                .collect(),
+            SortOrder::Descending => st
+                .by_index
+                .range(lo..=hi)
+                .rev()
+                .filter_map(|(_, e)| pick(e))
+                .skip(skip)
+                .take(take)
+                .collect(),
+            SortOrder::ByTimestamp => st
+                .by_time
+                .range((tlo, 0)..=(thi, u64::MAX))
+                .filter(|(_, i)| (lo..=hi).contains(i))
+                .filter_map(|(_, i)| pick(&st.by_index[i]))
+                .skip(skip)
+                .take(take)
+                .collect(),
+        };
+        Ok(out)
     }
 
-    async fn block_exists(&self, hash: &BlockHash) -> Result<bool> {
-        let span = op_span(NAME, "block_exists");
-        record_hash(&span, hash);
-        in_span(span, || Ok(self.read()?.blocks.contains_key(hash)))
+    async fn count(&self) -> Result<u64> {
+        Ok(self.read().blocks.len() as u64)
     }
 
-    async fn store_blocks(&self, blocks: &[Block]) -> Result<Vec<BlockHash>> {
-        let span = op_span(NAME, "store_blocks");
-        record_count(&span, blocks.len());
-        in_span(span, || {
-            storage_core::raw::check_payload_limit(blocks, self.max_payload_bytes)?;
-            let mut entries = blocks
-                .iter()
-                .map(|b| self.make_entry(b).map(Some))
-                .collect::<Result<Vec<_>>>()?;
-            let mut st = self.write()?;
-            // The whole batch is checked before anything changes: all or nothing.
-            let fresh = st.admit(blocks)?;
-            for pos in fresh {
-                if let Some(entry) = entries[pos].take() {
-                    st.insert(entry);
-                }
-            }
-            Ok(blocks.iter().map(Block::hash).collect())
-        })
+    async fn head(&self) -> Result<Option<BlockHash>> {
+        Ok(self.read().head)
     }
 
-    async fn retrieve_blocks(&self, hashes: &[BlockHash]) -> Result<Vec<Option<Block>>> {
-        let span = op_span(NAME, "retrieve_blocks");
-        record_count(&span, hashes.len());
-        in_span(span, || {
-            let st = self.read()?;
-            hashes.iter().map(|h| st.block(h)).collect()
-        })
+    async fn write_head(&self, hash: &BlockHash) -> Result<()> {
+        let mut st = self.write();
+        if !st.blocks.contains_key(hash) {
+            return Err(StorageError::BlockNotFound { hash: *hash });
+        }
+        st.head = Some(*hash);
+        Ok(())
     }
 
-    async fn list_blocks(&self, options: &ListOptions) -> Result<Vec<BlockMetadata>> {
-        let span = op_span(NAME, "list_blocks");
-        in_span(span, || {
-            let st = self.read()?;
-            let Some(m) = options.matcher() else {
-                return Ok(Vec::new());
-            };
-            let ((tlo, thi), (lo, hi)) = (m.times(), m.indices());
-            let skip = usize::try_from(options.offset.unwrap_or(0)).unwrap_or(usize::MAX);
-            let take = usize::try_from(options.limit.unwrap_or(u64::MAX)).unwrap_or(usize::MAX);
-            if take == 0 {
-                return Ok(Vec::new());
-            }
-            let pick = |e: &Indexed| m.matches(&e.meta).then(|| e.meta.clone());
-            let out = match options.order {
-                SortOrder::Ascending | SortOrder::ByIndex => st
-                    .by_index
-                    .range(lo..=hi)
-                    .filter_map(|(_, e)| pick(e))
-                    .skip(skip)
-                    .take(take)
-                    .collect(),
-                SortOrder::Descending => st
-                    .by_index
-                    .range(lo..=hi)
-                    .rev()
-                    .filter_map(|(_, e)| pick(e))
-                    .skip(skip)
-                    .take(take)
-                    .collect(),
-                SortOrder::ByTimestamp => st
-                    .by_time
-                    .range((tlo, 0)..=(thi, u64::MAX))
-                    .filter(|(_, i)| (lo..=hi).contains(i))
-                    .filter_map(|(_, i)| pick(&st.by_index[i]))
-                    .skip(skip)
-                    .take(take)
-                    .collect(),
-            };
-            Ok(out)
-        })
+    async fn read_range(&self, start: u64, end: u64) -> Result<Vec<Block>> {
+        let st = self.read();
+        st.by_index
+            .range(start..=end)
+            .map(|(_, e)| st.blocks[&e.meta.hash].block(&e.meta.hash))
+            .collect()
     }
 
-    async fn count_blocks(&self) -> Result<u64> {
-        in_span(op_span(NAME, "count_blocks"), || {
-            Ok(self.read()?.blocks.len() as u64)
-        })
+    async fn run_compaction(&self) -> Result<()> {
+        self.write().blocks.shrink_to_fit();
+        Ok(())
     }
 
-    async fn get_chain_head(&self) -> Result<Option<BlockHash>> {
-        in_span(op_span(NAME, "get_chain_head"), || Ok(self.read()?.head))
-    }
-
-    async fn set_chain_head(&self, hash: &BlockHash) -> Result<()> {
-        let span = op_span(NAME, "set_chain_head");
-        record_hash(&span, hash);
-        in_span(span, || {
-            let mut st = self.write()?;
-            if !st.blocks.contains_key(hash) {
-                return Err(StorageError::BlockNotFound { hash: *hash });
-            }
-            st.head = Some(*hash);
-            Ok(())
-        })
-    }
-
-    async fn get_blocks_by_range(&self, start: u64, end: u64) -> Result<Vec<Block>> {
-        let span = op_span(NAME, "get_blocks_by_range");
-        record_index(&span, start);
-        in_span(span, || {
-            if start > end {
-                return Err(StorageError::InvalidInput(format!(
-                    "range start {start} is greater than end {end}"
-                )));
-            }
-            let st = self.read()?;
-            st.by_index
-                .range(start..=end)
-                .map(|(_, e)| st.blocks[&e.meta.hash].block(&e.meta.hash))
-                .collect()
-        })
-    }
-
-    async fn compact(&self) -> Result<()> {
-        in_span(op_span(NAME, "compact"), || {
-            self.write()?.blocks.shrink_to_fit();
-            Ok(())
-        })
-    }
-
-    async fn vacuum(&self) -> Result<()> {
+    async fn run_vacuum(&self) -> Result<()> {
         // Memory has no files; vacuum returns spare capacity like compact does.
-        in_span(op_span(NAME, "vacuum"), || {
-            self.write()?.blocks.shrink_to_fit();
-            Ok(())
+        self.write().blocks.shrink_to_fit();
+        Ok(())
+    }
+
+    async fn stats(&self) -> Result<StorageStats> {
+        let st = self.read();
+        Ok(StorageStats {
+            total_blocks: st.blocks.len() as u64,
+            total_size_bytes: st.total_size,
+            oldest_block: st
+                .by_time
+                .first()
+                .map(|(t, _)| system_time_from_unix_nanos(*t)),
+            newest_block: st
+                .by_time
+                .last()
+                .map(|(t, _)| system_time_from_unix_nanos(*t)),
+            backend_specific: BackendStats::Memory {
+                heap_usage: st.heap,
+            },
         })
     }
 
-    async fn get_stats(&self) -> Result<StorageStats> {
-        in_span(op_span(NAME, "get_stats"), || {
-            let st = self.read()?;
-            Ok(StorageStats {
-                total_blocks: st.blocks.len() as u64,
-                total_size_bytes: st.total_size,
-                oldest_block: st
-                    .by_time
-                    .first()
-                    .map(|(t, _)| system_time_from_unix_nanos(*t)),
-                newest_block: st
-                    .by_time
-                    .last()
-                    .map(|(t, _)| system_time_from_unix_nanos(*t)),
-                backend_specific: BackendStats::Memory {
-                    heap_usage: st.heap,
-                },
-            })
-        })
-    }
-
-    async fn close(&self) -> Result<()> {
-        in_span(op_span(NAME, "close"), || {
-            let mut st = self.state.write().unwrap_or_else(PoisonError::into_inner);
-            // Memory is gone either way; free it now rather than at drop.
-            *st = State::default();
-            Ok(())
-        })
+    async fn shutdown(&self) -> Result<()> {
+        // Memory is gone either way; free it now rather than at drop.
+        *self.write() = State::default();
+        Ok(())
     }
 }

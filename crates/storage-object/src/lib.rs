@@ -99,14 +99,10 @@ use object_store::prefix::PrefixStore;
 use object_store::{
     ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion,
 };
-use storage_core::raw::{
-    ChainViewFn, admit, check_payload_limit, in_span_async, op_span, record_count, record_hash,
-    record_index,
-};
+use storage_core::raw::{ChainViewFn, Engine, Gate, admit, in_span_async, op_span};
 use storage_core::{
     BackendStats, Block, BlockHash, BlockHashMap, BlockMetadata, ErrorStatus, ListOptions, Result,
-    SortOrder, StorageBackend, StorageError, StorageStats, async_trait,
-    system_time_from_unix_nanos,
+    SortOrder, StorageError, StorageStats, system_time_from_unix_nanos,
 };
 use tokio::sync::Mutex as AsyncMutex;
 
@@ -126,6 +122,8 @@ const CAS_ATTEMPTS: u32 = 50;
 #[derive(Clone)]
 pub struct ObjectStoreBackend {
     inner: Arc<Inner>,
+    /// Shared by clones: closing one closes them all.
+    gate: Arc<Gate>,
 }
 
 struct Inner {
@@ -304,6 +302,7 @@ impl ObjectStoreBackend {
                 in_flight: Mutex::new(HashSet::new()),
                 closed: AtomicBool::new(false),
             }),
+            gate: Arc::new(Gate::new()),
         };
         let span = op_span(NAME, "open");
         in_span_async(span, async {
@@ -336,11 +335,6 @@ impl ObjectStoreBackend {
             .lookup_fresh(hash)
             .await?
             .map(|e| (e.segment.path(), e.range())))
-    }
-
-    fn op(&self, op: &'static str) -> Result<tracing::Span> {
-        self.inner.check_open()?;
-        Ok(op_span(NAME, op))
     }
 }
 
@@ -703,7 +697,6 @@ impl Inner {
     }
 
     async fn store_many(&self, blocks: &[Block]) -> Result<Vec<BlockHash>> {
-        check_payload_limit(blocks, self.options.max_payload_bytes)?;
         let hashes: Vec<BlockHash> = blocks.iter().map(Block::hash).collect();
         // Fail fast, before uploading anything, on what this instance already
         // knows; the claims below decide for good.
@@ -1043,37 +1036,35 @@ async fn backoff(attempt: u32) {
     tokio::time::sleep(Duration::from_millis(ms)).await;
 }
 
-#[async_trait]
-impl StorageBackend for ObjectStoreBackend {
-    fn backend_name(&self) -> &str {
+impl Engine for ObjectStoreBackend {
+    fn name(&self) -> &str {
         NAME
     }
 
-    async fn store_block(&self, block: &Block) -> Result<BlockHash> {
-        let span = self.op("store_block")?;
-        record_hash(&span, &block.hash());
-        record_index(&span, block.index());
-        let hashes =
-            in_span_async(span, self.inner.store_many(std::slice::from_ref(block))).await?;
-        Ok(hashes[0])
+    fn gate(&self) -> &Gate {
+        &self.gate
     }
 
-    async fn retrieve_block(&self, hash: &BlockHash) -> Result<Option<Block>> {
-        let span = self.op("retrieve_block")?;
-        record_hash(&span, hash);
-        in_span_async(span, async {
+    fn max_payload_bytes(&self) -> usize {
+        self.inner.options.max_payload_bytes
+    }
+
+    async fn write_blocks(&self, blocks: &[Block]) -> Result<()> {
+        self.inner.store_many(blocks).await.map(|_| ())
+    }
+
+    async fn read_block(&self, hash: &BlockHash) -> Result<Option<Block>> {
+        async {
             let Some(entry) = self.inner.lookup_fresh(hash).await? else {
                 return Ok(None);
             };
             Ok(self.inner.read_entries(&[entry]).await?.pop().flatten())
-        })
+        }
         .await
     }
 
-    async fn delete_block(&self, hash: &BlockHash) -> Result<bool> {
-        let span = self.op("delete_block")?;
-        record_hash(&span, hash);
-        in_span_async(span, async {
+    async fn remove_block(&self, hash: &BlockHash) -> Result<bool> {
+        async {
             let Some(entry) = self.inner.lookup_fresh(hash).await? else {
                 return Ok(false);
             };
@@ -1102,29 +1093,16 @@ impl StorageBackend for ObjectStoreBackend {
                     .await?;
             }
             Ok(removed)
-        })
+        }
         .await
     }
 
-    async fn block_exists(&self, hash: &BlockHash) -> Result<bool> {
-        let span = self.op("block_exists")?;
-        record_hash(&span, hash);
-        in_span_async(span, async {
-            Ok(self.inner.lookup_fresh(hash).await?.is_some())
-        })
-        .await
+    async fn has_block(&self, hash: &BlockHash) -> Result<bool> {
+        async { Ok(self.inner.lookup_fresh(hash).await?.is_some()) }.await
     }
 
-    async fn store_blocks(&self, blocks: &[Block]) -> Result<Vec<BlockHash>> {
-        let span = self.op("store_blocks")?;
-        record_count(&span, blocks.len());
-        in_span_async(span, self.inner.store_many(blocks)).await
-    }
-
-    async fn retrieve_blocks(&self, hashes: &[BlockHash]) -> Result<Vec<Option<Block>>> {
-        let span = self.op("retrieve_blocks")?;
-        record_count(&span, hashes.len());
-        in_span_async(span, async {
+    async fn read_blocks(&self, hashes: &[BlockHash]) -> Result<Vec<Option<Block>>> {
+        async {
             let mut found: Vec<Option<Entry>> = {
                 let view = self.inner.view();
                 hashes.iter().map(|h| view.lookup(h)).collect()
@@ -1144,13 +1122,12 @@ impl StorageBackend for ObjectStoreBackend {
                 .iter()
                 .map(|f| f.as_ref().and_then(|_| blocks.next().flatten()))
                 .collect())
-        })
+        }
         .await
     }
 
-    async fn list_blocks(&self, options: &ListOptions) -> Result<Vec<BlockMetadata>> {
-        let span = self.op("list_blocks")?;
-        in_span_async(span, async {
+    async fn list(&self, options: &ListOptions) -> Result<Vec<BlockMetadata>> {
+        async {
             self.inner.refresh().await?;
             let Some((lo, hi)) = options.index_range() else {
                 return Ok(Vec::new());
@@ -1185,34 +1162,30 @@ impl StorageBackend for ObjectStoreBackend {
                 ),
             };
             Ok(out)
-        })
+        }
         .await
     }
 
-    async fn count_blocks(&self) -> Result<u64> {
-        let span = self.op("count_blocks")?;
-        in_span_async(span, async {
+    async fn count(&self) -> Result<u64> {
+        async {
             self.inner.refresh().await?;
             Ok(self.inner.view().totals().count)
-        })
+        }
         .await
     }
 
-    async fn get_chain_head(&self) -> Result<Option<BlockHash>> {
-        let span = self.op("get_chain_head")?;
-        in_span_async(span, async {
+    async fn head(&self) -> Result<Option<BlockHash>> {
+        async {
             let Some((Some(head), _)) = self.inner.read_head().await? else {
                 return Ok(None);
             };
             Ok(self.inner.lookup_fresh(&head).await?.map(|_| head))
-        })
+        }
         .await
     }
 
-    async fn set_chain_head(&self, hash: &BlockHash) -> Result<()> {
-        let span = self.op("set_chain_head")?;
-        record_hash(&span, hash);
-        in_span_async(span, async {
+    async fn write_head(&self, hash: &BlockHash) -> Result<()> {
+        async {
             if self.inner.lookup_fresh(hash).await?.is_none() {
                 return Err(StorageError::BlockNotFound { hash: *hash });
             }
@@ -1220,19 +1193,12 @@ impl StorageBackend for ObjectStoreBackend {
             self.inner
                 .update_head(|h| (h != Some(hash)).then_some(Some(hash)))
                 .await
-        })
+        }
         .await
     }
 
-    async fn get_blocks_by_range(&self, start: u64, end: u64) -> Result<Vec<Block>> {
-        let span = self.op("get_blocks_by_range")?;
-        record_index(&span, start);
-        in_span_async(span, async {
-            if start > end {
-                return Err(StorageError::InvalidInput(format!(
-                    "range start {start} is after end {end}"
-                )));
-            }
+    async fn read_range(&self, start: u64, end: u64) -> Result<Vec<Block>> {
+        async {
             self.inner.refresh().await?;
             let entries: Vec<Entry> = {
                 let view = self.inner.view();
@@ -1248,27 +1214,21 @@ impl StorageBackend for ObjectStoreBackend {
                 .into_iter()
                 .flatten()
                 .collect())
-        })
+        }
         .await
     }
 
-    async fn compact(&self) -> Result<()> {
-        let span = self.op("compact")?;
-        in_span_async(span, self.inner.compact()).await
+    async fn run_compaction(&self) -> Result<()> {
+        self.inner.compact().await
     }
 
-    async fn vacuum(&self) -> Result<()> {
-        let span = self.op("vacuum")?;
+    async fn run_vacuum(&self) -> Result<()> {
         // Deleted objects are freed by the store itself; there is nothing to return.
-        in_span_async(span, async {
-            Err(StorageError::unsupported(NAME, "vacuum"))
-        })
-        .await
+        async { Err(StorageError::unsupported(NAME, "vacuum")) }.await
     }
 
-    async fn get_stats(&self) -> Result<StorageStats> {
-        let span = self.op("get_stats")?;
-        in_span_async(span, async {
+    async fn stats(&self) -> Result<StorageStats> {
+        async {
             self.inner.refresh().await?;
             let view = self.inner.view();
             let t = view.totals();
@@ -1290,11 +1250,11 @@ impl StorageBackend for ObjectStoreBackend {
                     values,
                 },
             })
-        })
+        }
         .await
     }
 
-    async fn close(&self) -> Result<()> {
+    async fn shutdown(&self) -> Result<()> {
         // Every write is acknowledged only once the store has it: nothing to flush.
         self.inner.closed.store(true, Ordering::Release);
         Ok(())

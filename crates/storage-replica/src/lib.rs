@@ -53,8 +53,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use storage_core::raw::{in_span_async, op_span, record_count, record_hash, record_index};
 use storage_core::{
-    Block, BlockHash, BlockMetadata, ErrorKind, ErrorStatus, ListOptions, Result, StorageBackend,
-    StorageError, StorageStats, async_trait,
+    Block, BlockHash, BlockMetadata, ErrorKind, ErrorStatus, Execution, ListOptions, Result,
+    StorageBackend, StorageError, StorageStats, async_trait,
 };
 use tokio::sync::mpsc;
 
@@ -699,12 +699,16 @@ async fn with_timeout<T>(
     op: &str,
     fut: impl Future<Output = Result<T>>,
 ) -> Result<T> {
-    tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| {
-        Err(StorageError::Timeout {
-            operation: op.to_string(),
-            after: limit,
+    // On the blocking pool, so that the timeout fires even while a disk-backed
+    // copy is stuck in a blocking call (inline, it would hold this worker).
+    tokio::time::timeout(limit, Execution::BlockingPool.scope(fut))
+        .await
+        .unwrap_or_else(|_| {
+            Err(StorageError::Timeout {
+                operation: op.to_string(),
+                after: limit,
+            })
         })
-    })
 }
 
 /// Runs the futures concurrently (one task each) and collects their outputs in order.

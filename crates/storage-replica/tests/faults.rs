@@ -319,3 +319,107 @@ fn configuration_is_checked() {
     };
     assert!(StorageManager::from_arcs(p, r, cfg).is_err());
 }
+
+/// How long a stalled disk holds a thread in the tests below: far longer than
+/// the replica timeout, so finishing near the timeout shows the stall was
+/// abandoned rather than waited out.
+const STALL: Duration = Duration::from_secs(3);
+
+/// Three filesystem stores, opened inline (the default), each behind a fault
+/// injector whose stall blocks a thread as a stuck disk would.
+struct DiskCluster {
+    _dirs: Vec<tempfile::TempDir>,
+    copies: Vec<Arc<FaultyBackend>>,
+}
+
+impl DiskCluster {
+    async fn new() -> Self {
+        let mut dirs = Vec::new();
+        let mut copies = Vec::new();
+        for i in 0..3 {
+            let dir = tempfile::tempdir().unwrap();
+            let fs =
+                storage_fs::FilesystemBackend::open_async(storage_fs::FsConfig::new(dir.path()))
+                    .await
+                    .unwrap();
+            copies.push(Arc::new(FaultyBackend::new(Arc::new(fs), 40 + i)));
+            dirs.push(dir);
+        }
+        Self {
+            _dirs: dirs,
+            copies,
+        }
+    }
+
+    fn manager(&self, level: ConsistencyLevel) -> StorageManager {
+        let dyns: Vec<Arc<dyn StorageBackend>> = self
+            .copies
+            .iter()
+            .map(|c| c.clone() as Arc<dyn StorageBackend>)
+            .collect();
+        StorageManager::from_arcs(
+            dyns[0].clone(),
+            dyns[1..].to_vec(),
+            StorageManagerConfig {
+                replication_factor: 3,
+                consistency_level: level,
+                sync_writes: true,
+                replica_timeout: T,
+                health_check_interval: Duration::from_secs(3600),
+                auto_failover: true,
+            },
+        )
+        .unwrap()
+    }
+}
+
+/// Within the timeout, with a margin for a loaded machine, and well short of the
+/// stall.
+fn within_timeout(took: Duration) {
+    assert!(
+        took < T + Duration::from_millis(1500) && took < STALL,
+        "took {took:?}: the stall was waited out instead of the {T:?} timeout"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_disk_primary_fails_reads_over_within_the_timeout() {
+    let c = DiskCluster::new().await;
+    let m = c.manager(ConsistencyLevel::Quorum);
+    let chain = data::chain(3);
+    m.store_blocks(&chain).await.unwrap();
+    c.copies[0].set_mode(FaultMode::Stall(STALL));
+    let started = Instant::now();
+    let got = m.retrieve_block(&chain[1].hash()).await.unwrap();
+    within_timeout(started.elapsed());
+    assert_eq!(got.as_ref(), Some(&chain[1]));
+    assert!(c.copies[0].injected() >= 1, "the primary was never asked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quorum_write_with_a_stalled_disk_copy_returns_within_the_timeout() {
+    let c = DiskCluster::new().await;
+    let m = c.manager(ConsistencyLevel::Quorum);
+    let chain = data::chain(2);
+    c.copies[2].set_mode(FaultMode::Stall(STALL));
+    let started = Instant::now();
+    m.store_block(&chain[0]).await.unwrap();
+    within_timeout(started.elapsed());
+    assert!(
+        m.pending_repairs() >= 1,
+        "the stalled copy is queued for repair"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_check_reports_a_stalled_disk_copy() {
+    let c = DiskCluster::new().await;
+    let m = c.manager(ConsistencyLevel::Quorum);
+    c.copies[1].set_mode(FaultMode::Stall(STALL));
+    let started = Instant::now();
+    let report = m.health_check().await;
+    within_timeout(started.elapsed());
+    assert!(report.primary_healthy, "{report:?}");
+    assert_eq!(report.healthy_replicas, 1, "{report:?}");
+    assert!(!report.issues.is_empty(), "{report:?}");
+}

@@ -57,12 +57,11 @@ use rocksdb::{
     ReadOptions, WriteBatch, WriteOptions,
 };
 use serde::{Deserialize, Serialize};
-use storage_core::raw::{OpenHandle, run_blocking, wait_for_sole_owner};
-use storage_core::raw::{in_span_async, op_span, record_count, record_hash, record_index};
+use storage_core::raw::{Engine, Gate, OpenHandle, run_blocking, wait_for_sole_owner};
 use storage_core::{
     BackendStats, Block, BlockHash, BlockMetadata, CompactionStats, CompressionType, ErrorStatus,
-    ListOptions, PublicKey, Result, SortOrder, StorageBackend, StorageError, StorageStats,
-    WireFormat, async_trait, system_time_from_unix_nanos,
+    Execution, ListOptions, PublicKey, Result, SortOrder, StorageError, StorageStats, WireFormat,
+    system_time_from_unix_nanos,
 };
 
 const NAME: &str = "rocksdb";
@@ -108,6 +107,10 @@ pub struct RocksDBConfig {
     /// Blocks with a longer payload are refused with `InvalidInput` (at most, and
     /// by default, [`storage_core::MAX_PAYLOAD_BYTES`]).
     pub max_payload_bytes: usize,
+    /// Where blocking engine calls run: inline (the default, fastest) or on
+    /// tokio's blocking pool, where a timeout around a call fires even if the
+    /// disk stalls (see [`storage_core::Execution`]).
+    pub execution: Execution,
 }
 
 impl Default for RocksDBConfig {
@@ -123,6 +126,7 @@ impl Default for RocksDBConfig {
             bloom_filter_bits: 10.0,
             sync_writes: false,
             max_payload_bytes: storage_core::MAX_PAYLOAD_BYTES,
+            execution: Execution::Inline,
         }
     }
 }
@@ -200,7 +204,9 @@ struct Inner {
 /// The RocksDB backend. Cheap to share behind an `Arc`; all methods take `&self`.
 pub struct RocksDBBackend {
     path: PathBuf,
+    max_payload_bytes: usize,
     inner: OpenHandle<Inner>,
+    gate: Gate,
 }
 
 impl std::fmt::Debug for RocksDBBackend {
@@ -436,7 +442,6 @@ impl Inner {
     }
 
     fn store(&self, blocks: &[Block]) -> Result<()> {
-        storage_core::raw::check_payload_limit(blocks, self.max_payload_bytes)?;
         let mut counters = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let db = &self.db;
         let (cf_blocks, cf_meta, cf_index) =
@@ -804,7 +809,9 @@ impl RocksDBBackend {
             .unwrap_or_else(PoisonError::into_inner) = counters;
         Ok(Self {
             path,
-            inner: OpenHandle::new(NAME, Arc::new(inner)),
+            max_payload_bytes: inner.max_payload_bytes,
+            inner: OpenHandle::new(NAME, Arc::new(inner), config.execution),
+            gate: Gate::new(),
         })
     }
 
@@ -814,106 +821,71 @@ impl RocksDBBackend {
     }
 }
 
-#[async_trait]
-impl StorageBackend for RocksDBBackend {
-    fn backend_name(&self) -> &str {
+impl Engine for RocksDBBackend {
+    fn name(&self) -> &str {
         NAME
     }
 
-    async fn store_block(&self, block: &Block) -> Result<BlockHash> {
-        let span = op_span(NAME, "store_block");
-        record_hash(&span, &block.hash());
-        let b = block.clone();
-        in_span_async(
-            span,
-            self.inner
-                .with(move |i| i.store(std::slice::from_ref(&b)).map(|_| b.hash())),
-        )
-        .await
+    fn gate(&self) -> &Gate {
+        &self.gate
     }
 
-    async fn retrieve_block(&self, hash: &BlockHash) -> Result<Option<Block>> {
-        let span = op_span(NAME, "retrieve_block");
-        record_hash(&span, hash);
-        let h = *hash;
-        in_span_async(span, self.inner.with(move |i| i.retrieve(&h))).await
+    fn max_payload_bytes(&self) -> usize {
+        self.max_payload_bytes
     }
 
-    async fn delete_block(&self, hash: &BlockHash) -> Result<bool> {
-        let span = op_span(NAME, "delete_block");
-        record_hash(&span, hash);
-        let h = *hash;
-        in_span_async(span, self.inner.with(move |i| i.delete(&h))).await
+    async fn write_blocks(&self, blocks: &[Block]) -> Result<()> {
+        let owned = blocks.to_vec();
+        self.inner.with(move |i| i.store(&owned)).await
     }
 
-    async fn block_exists(&self, hash: &BlockHash) -> Result<bool> {
-        let span = op_span(NAME, "block_exists");
-        record_hash(&span, hash);
+    async fn read_block(&self, hash: &BlockHash) -> Result<Option<Block>> {
         let h = *hash;
-        in_span_async(
-            span,
-            self.inner.with(move |i| {
+        self.inner.with(move |i| i.retrieve(&h)).await
+    }
+
+    async fn remove_block(&self, hash: &BlockHash) -> Result<bool> {
+        let h = *hash;
+        self.inner.with(move |i| i.delete(&h)).await
+    }
+
+    async fn has_block(&self, hash: &BlockHash) -> Result<bool> {
+        let h = *hash;
+        self.inner
+            .with(move |i| {
                 Ok(i.db
                     .get_pinned_cf(cf(&i.db, CF_METADATA)?, h.as_bytes())
                     .map_err(|e| db_err("checking a block", e))?
                     .is_some())
-            }),
-        )
-        .await
+            })
+            .await
     }
 
-    async fn store_blocks(&self, blocks: &[Block]) -> Result<Vec<BlockHash>> {
-        let span = op_span(NAME, "store_blocks");
-        record_count(&span, blocks.len());
-        let owned = blocks.to_vec();
-        in_span_async(
-            span,
-            self.inner.with(move |i| {
-                i.store(&owned)?;
-                Ok(owned.iter().map(Block::hash).collect())
-            }),
-        )
-        .await
-    }
-
-    async fn retrieve_blocks(&self, hashes: &[BlockHash]) -> Result<Vec<Option<Block>>> {
-        let span = op_span(NAME, "retrieve_blocks");
-        record_count(&span, hashes.len());
+    async fn read_blocks(&self, hashes: &[BlockHash]) -> Result<Vec<Option<Block>>> {
         let hs = hashes.to_vec();
-        in_span_async(
-            span,
-            self.inner
-                .with(move |i| hs.iter().map(|h| i.retrieve(h)).collect()),
-        )
-        .await
+        self.inner
+            .with(move |i| hs.iter().map(|h| i.retrieve(h)).collect())
+            .await
     }
 
-    async fn list_blocks(&self, options: &ListOptions) -> Result<Vec<BlockMetadata>> {
+    async fn list(&self, options: &ListOptions) -> Result<Vec<BlockMetadata>> {
         let o = options.clone();
-        in_span_async(
-            op_span(NAME, "list_blocks"),
-            self.inner.with(move |i| i.list(&o)),
-        )
-        .await
+        self.inner.with(move |i| i.list(&o)).await
     }
 
-    async fn count_blocks(&self) -> Result<u64> {
-        in_span_async(op_span(NAME, "count_blocks"), async {
-            let inner = self.inner.get()?;
-            let count = inner
-                .writer
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .count;
-            Ok(count)
-        })
-        .await
+    async fn count(&self) -> Result<u64> {
+        let inner = self.inner.get()?;
+        let count = inner
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .count;
+        Ok(count)
     }
 
-    async fn get_chain_head(&self) -> Result<Option<BlockHash>> {
-        in_span_async(
-            op_span(NAME, "get_chain_head"),
-            self.inner.with(|i| {
+    async fn head(&self) -> Result<Option<BlockHash>> {
+        self.inner
+            .with(|i| {
                 match i
                     .db
                     .get_cf(cf(&i.db, CF_CHAIN)?, "head")
@@ -924,18 +896,14 @@ impl StorageBackend for RocksDBBackend {
                         .map_err(|_| StorageError::corrupted("rocksdb: head is malformed")),
                     None => Ok(None),
                 }
-            }),
-        )
-        .await
+            })
+            .await
     }
 
-    async fn set_chain_head(&self, hash: &BlockHash) -> Result<()> {
-        let span = op_span(NAME, "set_chain_head");
-        record_hash(&span, hash);
+    async fn write_head(&self, hash: &BlockHash) -> Result<()> {
         let h = *hash;
-        in_span_async(
-            span,
-            self.inner.with(move |i| {
+        self.inner
+            .with(move |i| {
                 // Under the writer lock, so a concurrent delete cannot slip between.
                 let _writer = i.writer.lock().unwrap_or_else(PoisonError::into_inner);
                 let stored =
@@ -948,47 +916,27 @@ impl StorageBackend for RocksDBBackend {
                 let mut batch = WriteBatch::default();
                 batch.put_cf(cf(&i.db, CF_CHAIN)?, "head", h.as_bytes());
                 i.write(batch)
-            }),
-        )
-        .await
+            })
+            .await
     }
 
-    async fn get_blocks_by_range(&self, start: u64, end: u64) -> Result<Vec<Block>> {
-        let span = op_span(NAME, "get_blocks_by_range");
-        record_index(&span, start);
-        in_span_async(span, async {
-            if start > end {
-                return Err(StorageError::InvalidInput(format!(
-                    "range start {start} is greater than end {end}"
-                )));
-            }
-            self.inner.with(move |i| i.range(start, end)).await
-        })
-        .await
+    async fn read_range(&self, start: u64, end: u64) -> Result<Vec<Block>> {
+        self.inner.with(move |i| i.range(start, end)).await
     }
 
-    async fn compact(&self) -> Result<()> {
-        in_span_async(
-            op_span(NAME, "compact"),
-            self.inner.with(|i| i.compact(false)),
-        )
-        .await
+    async fn run_compaction(&self) -> Result<()> {
+        self.inner.with(|i| i.compact(false)).await
     }
 
-    async fn vacuum(&self) -> Result<()> {
+    async fn run_vacuum(&self) -> Result<()> {
         // Rewrites the bottommost level too, dropping deletion tombstones and
         // returning their space.
-        in_span_async(
-            op_span(NAME, "vacuum"),
-            self.inner.with(|i| i.compact(true)),
-        )
-        .await
+        self.inner.with(|i| i.compact(true)).await
     }
 
-    async fn get_stats(&self) -> Result<StorageStats> {
-        in_span_async(
-            op_span(NAME, "get_stats"),
-            self.inner.with(|i| {
+    async fn stats(&self) -> Result<StorageStats> {
+        self.inner
+            .with(|i| {
                 let c = *i.writer.lock().unwrap_or_else(PoisonError::into_inner);
                 Ok(StorageStats {
                     total_blocks: c.count,
@@ -1007,38 +955,34 @@ impl StorageBackend for RocksDBBackend {
                             .clone(),
                     },
                 })
-            }),
-        )
-        .await
+            })
+            .await
     }
 
-    async fn close(&self) -> Result<()> {
+    async fn shutdown(&self) -> Result<()> {
         let Some(inner) = self.inner.take() else {
             return Ok(());
         };
-        in_span_async(
-            op_span(NAME, "close"),
-            run_blocking(NAME, move || {
-                // Wait (briefly) for calls still holding the database, so the lock
-                // file is released when close returns and the path can reopen.
-                let owned = wait_for_sole_owner(inner, NAME, Duration::from_secs(30))?;
-                let seq = owned.db.latest_sequence_number();
-                if seq > owned.durable_seq {
-                    owned.flush_all()?;
-                    owned
-                        .db
-                        .flush_wal(true)
-                        .map_err(|e| db_err("syncing the WAL on close", e))?;
-                }
-                let (path, durable_seq) = (owned.path.clone(), owned.durable_seq);
-                drop(owned);
-                // Only read since opening: nothing to write.
-                if seq > durable_seq {
-                    write_durable(&path, seq)?;
-                }
-                Ok(())
-            }),
-        )
+        run_blocking(NAME, self.inner.execution(), move || {
+            // Wait (briefly) for blocking work a dropped call left running, so the
+            // lock file is released when close returns and the path can reopen.
+            let owned = wait_for_sole_owner(inner, NAME, Duration::from_secs(30))?;
+            let seq = owned.db.latest_sequence_number();
+            if seq > owned.durable_seq {
+                owned.flush_all()?;
+                owned
+                    .db
+                    .flush_wal(true)
+                    .map_err(|e| db_err("syncing the WAL on close", e))?;
+            }
+            let (path, durable_seq) = (owned.path.clone(), owned.durable_seq);
+            drop(owned);
+            // Only read since opening: nothing to write.
+            if seq > durable_seq {
+                write_durable(&path, seq)?;
+            }
+            Ok(())
+        })
         .await
     }
 }
@@ -1046,7 +990,7 @@ impl StorageBackend for RocksDBBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use storage_core::ErrorKind;
+    use storage_core::{ErrorKind, StorageBackend};
 
     /// A closed store with one block in `dir`.
     fn closed_store(dir: &Path) {

@@ -34,6 +34,11 @@ pub struct SQLiteConfig {
     /// Blocks with a longer payload are refused with `InvalidInput` (at most, and
     /// by default, [`storage_core::MAX_PAYLOAD_BYTES`]).
     pub max_payload_bytes: usize,
+    /// Where blocking engine calls run: inline (the default, fastest) or on
+    /// tokio's blocking pool, where a timeout around a call fires even if the
+    /// disk stalls (see [`storage_core::Execution`]).
+    #[serde(default)]
+    pub execution: storage_core::Execution,
 }
 
 impl Default for SQLiteConfig {
@@ -48,6 +53,7 @@ impl Default for SQLiteConfig {
             enable_wal: true,
             busy_timeout: Duration::from_secs(5),
             max_payload_bytes: storage_core::MAX_PAYLOAD_BYTES,
+            execution: storage_core::Execution::Inline,
         }
     }
 }

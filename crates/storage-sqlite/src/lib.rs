@@ -60,11 +60,11 @@ use rusqlite::types::Value;
 use rusqlite::{
     Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params,
 };
-use storage_core::raw::{in_span_async, op_span, record_count, record_hash, record_index};
+use storage_core::raw::{Engine, Gate, in_span_async, op_span};
 use storage_core::{
     BackendStats, Block, BlockHash, BlockMetadata, BlockParts, ErrorStatus, ListOptions, MAX_INDEX,
-    MAX_TIMESTAMP_NANOS, PublicKey, Result, Signature, SortOrder, StorageBackend, StorageError,
-    StorageStats, async_trait, system_time_from_unix_nanos,
+    MAX_TIMESTAMP_NANOS, PublicKey, Result, Signature, SortOrder, StorageError, StorageStats,
+    system_time_from_unix_nanos,
 };
 
 pub use config::{JournalMode, SQLiteConfig, SynchronousMode, TempStore};
@@ -132,6 +132,7 @@ pub struct SQLiteBackend {
     readers: RwLock<Option<Pool>>,
     /// Something was written since opening: close has a checkpoint to do.
     wrote: Arc<std::sync::atomic::AtomicBool>,
+    gate: Gate,
 }
 
 impl SQLiteBackend {
@@ -161,7 +162,7 @@ impl SQLiteBackend {
         config.validate()?;
         let path = PathBuf::from(config.database_path.trim());
         let (cfg, p) = (config.clone(), path.clone());
-        let (writer, pool) = blocking(move || {
+        let (writer, pool) = blocking(config.execution, move || {
             if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir)
                     .map_err(|e| StorageError::io(format!("creating {}", dir.display()), e))?;
@@ -180,6 +181,7 @@ impl SQLiteBackend {
             writer: Arc::new(Mutex::new(Some(writer))),
             readers: RwLock::new(Some(pool)),
             wrote: Arc::default(),
+            gate: Gate::new(),
         })
     }
 
@@ -239,7 +241,7 @@ impl SQLiteBackend {
     ) -> Result<T> {
         let writer = self.writer.clone();
         let wrote = self.wrote.clone();
-        blocking(move || {
+        blocking(self.config.execution, move || {
             let mut guard = writer.lock().unwrap_or_else(PoisonError::into_inner);
             let conn = guard.as_mut().ok_or_else(|| StorageError::closed(NAME))?;
             wrote.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -259,7 +261,7 @@ impl SQLiteBackend {
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
             .ok_or_else(|| StorageError::closed(NAME))?;
-        blocking(move || {
+        blocking(self.config.execution, move || {
             let conn = pool.get().map_err(|e| {
                 StorageError::backend(NAME, "taking a read connection", ErrorStatus::Temporary, e)
             })?;
@@ -286,8 +288,11 @@ impl SQLiteBackend {
     }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    storage_core::raw::run_blocking(NAME, f).await
+async fn blocking<T: Send + 'static>(
+    execution: storage_core::Execution,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    storage_core::raw::run_blocking(NAME, execution, f).await
 }
 
 fn sql_err(context: &str, e: rusqlite::Error) -> StorageError {
@@ -820,248 +825,171 @@ fn list_query(o: &ListOptions) -> Option<(String, Vec<Value>)> {
     Some((sql, args))
 }
 
-#[async_trait]
-impl StorageBackend for SQLiteBackend {
-    fn backend_name(&self) -> &str {
+impl Engine for SQLiteBackend {
+    fn name(&self) -> &str {
         NAME
     }
 
-    async fn store_block(&self, block: &Block) -> Result<BlockHash> {
-        let span = op_span(NAME, "store_block");
-        record_hash(&span, &block.hash());
-        let b = block.clone();
-        let limit = self.config.max_payload_bytes;
-        in_span_async(
-            span,
-            self.transaction(move |tx| {
-                storage_core::raw::check_payload_limit(std::slice::from_ref(&b), limit)?;
-                insert_blocks(tx, std::slice::from_ref(&b)).map(|_| b.hash())
-            }),
-        )
-        .await
+    fn gate(&self) -> &Gate {
+        &self.gate
     }
 
-    async fn retrieve_block(&self, hash: &BlockHash) -> Result<Option<Block>> {
-        let span = op_span(NAME, "retrieve_block");
-        record_hash(&span, hash);
-        let h = *hash;
-        in_span_async(span, self.read(move |c| retrieve_one(c, &h))).await
+    fn max_payload_bytes(&self) -> usize {
+        self.config.max_payload_bytes
     }
 
-    async fn delete_block(&self, hash: &BlockHash) -> Result<bool> {
-        let span = op_span(NAME, "delete_block");
-        record_hash(&span, hash);
-        let h = *hash;
-        in_span_async(span, self.transaction(move |tx| delete_one(tx, &h))).await
-    }
-
-    async fn block_exists(&self, hash: &BlockHash) -> Result<bool> {
-        let span = op_span(NAME, "block_exists");
-        record_hash(&span, hash);
-        let h = *hash;
-        in_span_async(
-            span,
-            self.read(move |c| {
-                c.prepare_cached("SELECT EXISTS (SELECT 1 FROM blocks WHERE hash = ?1)")
-                    .and_then(|mut s| s.query_row([h.as_bytes().as_slice()], |r| r.get(0)))
-                    .map_err(|e| sql_err("checking a block", e))
-            }),
-        )
-        .await
-    }
-
-    async fn store_blocks(&self, blocks: &[Block]) -> Result<Vec<BlockHash>> {
-        let span = op_span(NAME, "store_blocks");
-        record_count(&span, blocks.len());
-        let hashes: Vec<BlockHash> = blocks.iter().map(Block::hash).collect();
-        if blocks.is_empty() {
-            return in_span_async(span, async {
-                // Still report a closed store.
-                self.write(|_| Ok(())).await?;
-                Ok(hashes)
-            })
-            .await;
-        }
+    async fn write_blocks(&self, blocks: &[Block]) -> Result<()> {
         let owned = blocks.to_vec();
-        let limit = self.config.max_payload_bytes;
-        in_span_async(
-            span,
-            self.transaction(move |tx| {
-                storage_core::raw::check_payload_limit(&owned, limit)?;
-                insert_blocks(tx, &owned).map(|_| hashes)
-            }),
-        )
+        self.transaction(move |tx| insert_blocks(tx, &owned)).await
+    }
+
+    async fn read_block(&self, hash: &BlockHash) -> Result<Option<Block>> {
+        let h = *hash;
+        self.read(move |c| retrieve_one(c, &h)).await
+    }
+
+    async fn remove_block(&self, hash: &BlockHash) -> Result<bool> {
+        let h = *hash;
+        self.transaction(move |tx| delete_one(tx, &h)).await
+    }
+
+    async fn has_block(&self, hash: &BlockHash) -> Result<bool> {
+        let h = *hash;
+        self.read(move |c| {
+            c.prepare_cached("SELECT EXISTS (SELECT 1 FROM blocks WHERE hash = ?1)")
+                .and_then(|mut s| s.query_row([h.as_bytes().as_slice()], |r| r.get(0)))
+                .map_err(|e| sql_err("checking a block", e))
+        })
         .await
     }
 
-    async fn retrieve_blocks(&self, hashes: &[BlockHash]) -> Result<Vec<Option<Block>>> {
-        let span = op_span(NAME, "retrieve_blocks");
-        record_count(&span, hashes.len());
+    async fn read_blocks(&self, hashes: &[BlockHash]) -> Result<Vec<Option<Block>>> {
         let hs = hashes.to_vec();
-        in_span_async(
-            span,
-            self.read(move |c| hs.iter().map(|h| retrieve_one(c, h)).collect()),
-        )
-        .await
+        self.read(move |c| hs.iter().map(|h| retrieve_one(c, h)).collect())
+            .await
     }
 
-    async fn list_blocks(&self, options: &ListOptions) -> Result<Vec<BlockMetadata>> {
-        let span = op_span(NAME, "list_blocks");
+    async fn list(&self, options: &ListOptions) -> Result<Vec<BlockMetadata>> {
         let query = list_query(options);
         let filter = options.clone();
-        in_span_async(
-            span,
-            self.read(move |c| {
-                let Some((sql, args)) = query else {
-                    return Ok(Vec::new());
-                };
-                let err = |e| sql_err("listing blocks", e);
-                let mut stmt = c.prepare_cached(&sql).map_err(err)?;
-                let mut rows = stmt.query(rusqlite::params_from_iter(args)).map_err(err)?;
-                let mut out = Vec::new();
-                while let Some(row) = rows.next().map_err(err)? {
-                    let meta = meta_from_row(row)?;
-                    // A damaged index entry can point at a row that does not match,
-                    // or put it out of order.
-                    let out_of_order = out.last().is_some_and(|prev| {
-                        filter.compare(prev, &meta) == std::cmp::Ordering::Greater
-                    });
-                    if !filter.matches(&meta) || out_of_order {
-                        return Err(StorageError::corrupted(format!(
-                            "sqlite: an index selected block {} out of order or against the filter",
-                            meta.index
-                        )));
-                    }
-                    out.push(meta);
+        self.read(move |c| {
+            let Some((sql, args)) = query else {
+                return Ok(Vec::new());
+            };
+            let err = |e| sql_err("listing blocks", e);
+            let mut stmt = c.prepare_cached(&sql).map_err(err)?;
+            let mut rows = stmt.query(rusqlite::params_from_iter(args)).map_err(err)?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(err)? {
+                let meta = meta_from_row(row)?;
+                // A damaged index entry can point at a row that does not match,
+                // or put it out of order.
+                let out_of_order = out
+                    .last()
+                    .is_some_and(|prev| filter.compare(prev, &meta) == std::cmp::Ordering::Greater);
+                if !filter.matches(&meta) || out_of_order {
+                    return Err(StorageError::corrupted(format!(
+                        "sqlite: an index selected block {} out of order or against the filter",
+                        meta.index
+                    )));
                 }
-                Ok(out)
-            }),
-        )
+                out.push(meta);
+            }
+            Ok(out)
+        })
         .await
     }
 
-    async fn count_blocks(&self) -> Result<u64> {
-        in_span_async(
-            op_span(NAME, "count_blocks"),
-            self.read(|c| {
-                c.prepare_cached("SELECT COALESCE(SUM(block_count), 0) FROM block_stats")
-                    .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
-                    .map(|n| n as u64)
-                    .map_err(|e| sql_err("counting blocks", e))
-            }),
-        )
+    async fn count(&self) -> Result<u64> {
+        self.read(|c| {
+            c.prepare_cached("SELECT COALESCE(SUM(block_count), 0) FROM block_stats")
+                .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
+                .map(|n| n as u64)
+                .map_err(|e| sql_err("counting blocks", e))
+        })
         .await
     }
 
-    async fn get_chain_head(&self) -> Result<Option<BlockHash>> {
-        in_span_async(
-            op_span(NAME, "get_chain_head"),
-            self.read(|c| {
-                let head: Option<Vec<u8>> = c
-                    .prepare_cached("SELECT value FROM chain_metadata WHERE key = 'head'")
-                    .and_then(|mut s| s.query_row([], |r| r.get(0)).optional())
-                    .map_err(|e| sql_err("reading the head", e))?;
-                head.map(|h| fixed(h, "head").map(BlockHash)).transpose()
-            }),
-        )
+    async fn head(&self) -> Result<Option<BlockHash>> {
+        self.read(|c| {
+            let head: Option<Vec<u8>> = c
+                .prepare_cached("SELECT value FROM chain_metadata WHERE key = 'head'")
+                .and_then(|mut s| s.query_row([], |r| r.get(0)).optional())
+                .map_err(|e| sql_err("reading the head", e))?;
+            head.map(|h| fixed(h, "head").map(BlockHash)).transpose()
+        })
         .await
     }
 
-    async fn set_chain_head(&self, hash: &BlockHash) -> Result<()> {
-        let span = op_span(NAME, "set_chain_head");
-        record_hash(&span, hash);
+    async fn write_head(&self, hash: &BlockHash) -> Result<()> {
         let h = *hash;
-        in_span_async(
-            span,
-            self.transaction(move |tx| {
-                let err = |e| sql_err("setting the head", e);
-                let stored: bool = tx
-                    .prepare_cached("SELECT EXISTS (SELECT 1 FROM blocks WHERE hash = ?1)")
-                    .and_then(|mut s| s.query_row([h.as_bytes().as_slice()], |r| r.get(0)))
-                    .map_err(err)?;
-                if !stored {
-                    return Err(StorageError::BlockNotFound { hash: h });
-                }
-                tx.prepare_cached(
-                    "INSERT INTO chain_metadata (key, value) VALUES ('head', ?1) \
-                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                )
-                .and_then(|mut s| s.execute([h.as_bytes().as_slice()]))
+        self.transaction(move |tx| {
+            let err = |e| sql_err("setting the head", e);
+            let stored: bool = tx
+                .prepare_cached("SELECT EXISTS (SELECT 1 FROM blocks WHERE hash = ?1)")
+                .and_then(|mut s| s.query_row([h.as_bytes().as_slice()], |r| r.get(0)))
                 .map_err(err)?;
-                Ok(())
-            }),
-        )
+            if !stored {
+                return Err(StorageError::BlockNotFound { hash: h });
+            }
+            tx.prepare_cached(
+                "INSERT INTO chain_metadata (key, value) VALUES ('head', ?1) \
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )
+            .and_then(|mut s| s.execute([h.as_bytes().as_slice()]))
+            .map_err(err)?;
+            Ok(())
+        })
         .await
     }
 
-    async fn get_blocks_by_range(&self, start: u64, end: u64) -> Result<Vec<Block>> {
-        let span = op_span(NAME, "get_blocks_by_range");
-        record_index(&span, start);
-        if start > end {
-            return in_span_async(span, async {
-                Err(StorageError::InvalidInput(format!(
-                    "range start {start} is greater than end {end}"
-                )))
-            })
-            .await;
-        }
-        in_span_async(
-            span,
-            self.read(move |c| {
-                if start > MAX_INDEX {
-                    return Ok(Vec::new());
-                }
-                let err = |e| sql_err("reading a range", e);
-                let mut stmt = c
-                    .prepare_cached(&format!(
-                        "SELECT {BLOCK_COLUMNS} FROM blocks WHERE block_index BETWEEN ?1 AND ?2 \
+    async fn read_range(&self, start: u64, end: u64) -> Result<Vec<Block>> {
+        self.read(move |c| {
+            if start > MAX_INDEX {
+                return Ok(Vec::new());
+            }
+            let err = |e| sql_err("reading a range", e);
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "SELECT {BLOCK_COLUMNS} FROM blocks WHERE block_index BETWEEN ?1 AND ?2 \
                          ORDER BY block_index"
-                    ))
-                    .map_err(err)?;
-                let mut rows = stmt
-                    .query([sql_index(start), sql_index(end)])
-                    .map_err(err)?;
-                let mut out = Vec::new();
-                while let Some(row) = rows.next().map_err(err)? {
-                    out.push(block_from_row(row)?);
-                }
-                Ok(out)
-            }),
-        )
+                ))
+                .map_err(err)?;
+            let mut rows = stmt
+                .query([sql_index(start), sql_index(end)])
+                .map_err(err)?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(err)? {
+                out.push(block_from_row(row)?);
+            }
+            Ok(out)
+        })
         .await
     }
 
-    async fn compact(&self) -> Result<()> {
+    async fn run_compaction(&self) -> Result<()> {
         let wal = self.config.enable_wal;
-        in_span_async(
-            op_span(NAME, "compact"),
-            self.write(move |c| {
-                if wal {
-                    c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-                        .map_err(|e| sql_err("checkpointing the WAL", e))?;
-                }
-                c.execute_batch("PRAGMA optimize;")
-                    .map_err(|e| sql_err("optimizing", e))
-            }),
-        )
+        self.write(move |c| {
+            if wal {
+                c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                    .map_err(|e| sql_err("checkpointing the WAL", e))?;
+            }
+            c.execute_batch("PRAGMA optimize;")
+                .map_err(|e| sql_err("optimizing", e))
+        })
         .await
     }
 
-    async fn vacuum(&self) -> Result<()> {
-        in_span_async(
-            op_span(NAME, "vacuum"),
-            self.write(|c| {
-                c.execute_batch("VACUUM;")
-                    .map_err(|e| sql_err("vacuuming", e))
-            }),
-        )
+    async fn run_vacuum(&self) -> Result<()> {
+        self.write(|c| {
+            c.execute_batch("VACUUM;")
+                .map_err(|e| sql_err("vacuuming", e))
+        })
         .await
     }
 
-    async fn get_stats(&self) -> Result<StorageStats> {
-        in_span_async(
-            op_span(NAME, "get_stats"),
-            self.read(|c| {
+    async fn stats(&self) -> Result<StorageStats> {
+        self.read(|c| {
                 let err = |e| sql_err("reading statistics", e);
                 let (blocks, size): (i64, i64) = c
                     .prepare_cached(
@@ -1093,38 +1021,33 @@ impl StorageBackend for SQLiteBackend {
                         fragmentation_ratio: if pages == 0 { 0.0 } else { free as f64 / pages as f64 },
                     },
                 })
-            }),
-        )
+            })
         .await
     }
 
     /// SQLite's own `integrity_check`, and the block counters against a full
     /// read of the blocks table.
-    async fn check_integrity(&self) -> Result<()> {
-        in_span_async(
-            op_span(NAME, "check_integrity"),
-            self.read(|c| {
-                let problems: Vec<String> = c
-                    .prepare("PRAGMA integrity_check(20)")
-                    .and_then(|mut s| {
-                        s.query_map([], |r| r.get::<_, String>(0))?
-                            .collect::<rusqlite::Result<_>>()
-                    })
-                    .map_err(|e| sql_err("running integrity_check", e))?;
-                if problems != ["ok"] {
-                    return Err(StorageError::corrupted(format!(
-                        "sqlite: integrity_check found damage: {}",
-                        problems.join("; ")
-                    )));
-                }
-                check_counters(c, true)
-            }),
-        )
+    async fn integrity_check(&self) -> Result<()> {
+        self.read(|c| {
+            let problems: Vec<String> = c
+                .prepare("PRAGMA integrity_check(20)")
+                .and_then(|mut s| {
+                    s.query_map([], |r| r.get::<_, String>(0))?
+                        .collect::<rusqlite::Result<_>>()
+                })
+                .map_err(|e| sql_err("running integrity_check", e))?;
+            if problems != ["ok"] {
+                return Err(StorageError::corrupted(format!(
+                    "sqlite: integrity_check found damage: {}",
+                    problems.join("; ")
+                )));
+            }
+            check_counters(c, true)
+        })
         .await
     }
 
-    async fn close(&self) -> Result<()> {
-        let span = op_span(NAME, "close");
+    async fn shutdown(&self) -> Result<()> {
         let wal = self.config.enable_wal;
         // Readers first, so the checkpoint below is not held back by them.
         self.readers
@@ -1133,27 +1056,23 @@ impl StorageBackend for SQLiteBackend {
             .take();
         let writer = self.writer.clone();
         let wrote = self.wrote.load(std::sync::atomic::Ordering::Relaxed);
-        in_span_async(
-            span,
-            blocking(move || {
-                let Some(conn) = writer.lock().unwrap_or_else(PoisonError::into_inner).take()
-                else {
-                    return Ok(());
-                };
-                if !wrote {
-                    // Only read: close writes nothing (reading works on a full disk).
-                    return conn.close().map_err(|(_, e)| sql_err("closing", e));
-                }
-                if wal {
-                    // Fold the WAL into the database so the file stands alone.
-                    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-                        .map_err(|e| sql_err("checkpointing on close", e))?;
-                }
-                conn.execute_batch("PRAGMA optimize;")
-                    .map_err(|e| sql_err("optimizing on close", e))?;
-                conn.close().map_err(|(_, e)| sql_err("closing", e))
-            }),
-        )
+        blocking(self.config.execution, move || {
+            let Some(conn) = writer.lock().unwrap_or_else(PoisonError::into_inner).take() else {
+                return Ok(());
+            };
+            if !wrote {
+                // Only read: close writes nothing (reading works on a full disk).
+                return conn.close().map_err(|(_, e)| sql_err("closing", e));
+            }
+            if wal {
+                // Fold the WAL into the database so the file stands alone.
+                conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                    .map_err(|e| sql_err("checkpointing on close", e))?;
+            }
+            conn.execute_batch("PRAGMA optimize;")
+                .map_err(|e| sql_err("optimizing on close", e))?;
+            conn.close().map_err(|(_, e)| sql_err("closing", e))
+        })
         .await
     }
 }

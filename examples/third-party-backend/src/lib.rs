@@ -6,6 +6,12 @@
 //! batch is written with one `write_all`, and a torn last line (a crash mid-write)
 //! is ignored on replay. Writes are flushed to the OS before they are acknowledged,
 //! so they survive a process crash (not a power loss: there is no fsync).
+//!
+//! It implements `storage_core::raw::Engine`, the engine work only, and decides
+//! which blocks of a write are new with `storage_core::raw::admit`, the admission
+//! rule every backend shares. The layer those come with makes it a
+//! `StorageBackend`: one tracing span per call, refusal after `close`, argument
+//! checks and error context, exactly as for the workspace's own backends.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
@@ -13,9 +19,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use storage_core::raw::{Engine, Gate};
 use storage_core::{
-    BackendStats, Block, BlockHash, BlockMetadata, ListOptions, Result, StorageBackend,
-    StorageError, StorageStats, WireFormat, async_trait,
+    BackendStats, Block, BlockHash, BlockMetadata, ListOptions, Result, StorageError, StorageStats,
+    WireFormat,
 };
 
 const NAME: &str = "log";
@@ -40,6 +47,8 @@ enum Change {
 pub struct LogBackend {
     path: PathBuf,
     inner: Arc<Mutex<Inner>>,
+    /// Shared by clones: closing one closes them all.
+    gate: Arc<Gate>,
 }
 
 impl LogBackend {
@@ -53,15 +62,12 @@ impl LogBackend {
         Ok(Self {
             path,
             inner: Arc::new(Mutex::new(inner)),
+            gate: Arc::new(Gate::new()),
         })
     }
 
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Inner>> {
-        let g = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        if g.file.is_none() {
-            return Err(StorageError::closed(NAME));
-        }
-        Ok(g)
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Validates under the lock, appends the record, then applies the change: a
@@ -74,6 +80,7 @@ impl LogBackend {
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || {
             let mut g = inner.lock().unwrap_or_else(PoisonError::into_inner);
+            // A write whose caller gave up can still be running here after close.
             if g.file.is_none() {
                 return Err(StorageError::closed(NAME));
             }
@@ -188,22 +195,33 @@ fn check_put(g: &Inner, blocks: &[Block]) -> Result<Vec<Block>> {
     Ok(fresh.into_iter().map(|p| blocks[p].clone()).collect())
 }
 
-#[async_trait]
-impl StorageBackend for LogBackend {
-    fn backend_name(&self) -> &str {
+/// The engine work only: spans, refusing calls after close, argument checks and
+/// error context come from the layer every backend is built on, so this type is
+/// a `StorageBackend` without implementing that trait itself.
+impl Engine for LogBackend {
+    fn name(&self) -> &str {
         NAME
     }
 
-    async fn store_block(&self, block: &Block) -> Result<BlockHash> {
-        Ok(self.store_blocks(std::slice::from_ref(block)).await?[0])
+    fn gate(&self) -> &Gate {
+        &self.gate
     }
 
-    async fn retrieve_block(&self, hash: &BlockHash) -> Result<Option<Block>> {
-        let g = self.lock()?;
+    async fn write_blocks(&self, blocks: &[Block]) -> Result<()> {
+        let blocks = blocks.to_vec();
+        self.mutate(move |g| {
+            let fresh = check_put(g, &blocks)?;
+            Ok(((), (!fresh.is_empty()).then_some(Change::Put(fresh))))
+        })
+        .await
+    }
+
+    async fn read_block(&self, hash: &BlockHash) -> Result<Option<Block>> {
+        let g = self.lock();
         Ok(g.index_of.get(hash).map(|i| g.by_index[i].clone()))
     }
 
-    async fn delete_block(&self, hash: &BlockHash) -> Result<bool> {
+    async fn remove_block(&self, hash: &BlockHash) -> Result<bool> {
         let h = *hash;
         self.mutate(move |g| {
             Ok(if g.index_of.contains_key(&h) {
@@ -215,43 +233,33 @@ impl StorageBackend for LogBackend {
         .await
     }
 
-    async fn block_exists(&self, hash: &BlockHash) -> Result<bool> {
-        Ok(self.lock()?.index_of.contains_key(hash))
+    async fn has_block(&self, hash: &BlockHash) -> Result<bool> {
+        Ok(self.lock().index_of.contains_key(hash))
     }
 
-    async fn store_blocks(&self, blocks: &[Block]) -> Result<Vec<BlockHash>> {
-        let hashes: Vec<BlockHash> = blocks.iter().map(Block::hash).collect();
-        let blocks = blocks.to_vec();
-        self.mutate(move |g| {
-            let fresh = check_put(g, &blocks)?;
-            Ok((hashes, (!fresh.is_empty()).then_some(Change::Put(fresh))))
-        })
-        .await
-    }
-
-    async fn retrieve_blocks(&self, hashes: &[BlockHash]) -> Result<Vec<Option<Block>>> {
-        let g = self.lock()?;
+    async fn read_blocks(&self, hashes: &[BlockHash]) -> Result<Vec<Option<Block>>> {
+        let g = self.lock();
         Ok(hashes
             .iter()
             .map(|h| g.index_of.get(h).map(|i| g.by_index[i].clone()))
             .collect())
     }
 
-    async fn list_blocks(&self, options: &ListOptions) -> Result<Vec<BlockMetadata>> {
+    async fn list(&self, options: &ListOptions) -> Result<Vec<BlockMetadata>> {
         // The reference semantics from storage-core: simple and always right.
-        let g = self.lock()?;
+        let g = self.lock();
         Ok(options.apply(g.by_index.values().map(BlockMetadata::of)))
     }
 
-    async fn count_blocks(&self) -> Result<u64> {
-        Ok(self.lock()?.by_index.len() as u64)
+    async fn count(&self) -> Result<u64> {
+        Ok(self.lock().by_index.len() as u64)
     }
 
-    async fn get_chain_head(&self) -> Result<Option<BlockHash>> {
-        Ok(self.lock()?.head)
+    async fn head(&self) -> Result<Option<BlockHash>> {
+        Ok(self.lock().head)
     }
 
-    async fn set_chain_head(&self, hash: &BlockHash) -> Result<()> {
+    async fn write_head(&self, hash: &BlockHash) -> Result<()> {
         let h = *hash;
         self.mutate(move |g| {
             if !g.index_of.contains_key(&h) {
@@ -262,32 +270,26 @@ impl StorageBackend for LogBackend {
         .await
     }
 
-    async fn get_blocks_by_range(&self, start: u64, end: u64) -> Result<Vec<Block>> {
-        if start > end {
-            return Err(StorageError::InvalidInput(format!(
-                "range start {start} > end {end}"
-            )));
-        }
+    async fn read_range(&self, start: u64, end: u64) -> Result<Vec<Block>> {
         Ok(self
-            .lock()?
+            .lock()
             .by_index
             .range(start..=end)
             .map(|(_, b)| b.clone())
             .collect())
     }
 
-    async fn compact(&self) -> Result<()> {
+    async fn run_compaction(&self) -> Result<()> {
         // A real backend would rewrite the log without deleted blocks.
-        self.lock().map(drop)
+        Ok(())
     }
 
-    async fn vacuum(&self) -> Result<()> {
-        drop(self.lock()?);
+    async fn run_vacuum(&self) -> Result<()> {
         Err(StorageError::unsupported(NAME, "vacuum"))
     }
 
-    async fn get_stats(&self) -> Result<StorageStats> {
-        let g = self.lock()?;
+    async fn stats(&self) -> Result<StorageStats> {
+        let g = self.lock();
         let metas: Vec<BlockMetadata> = g.by_index.values().map(BlockMetadata::of).collect();
         let file_len = g
             .file
@@ -306,9 +308,9 @@ impl StorageBackend for LogBackend {
         })
     }
 
-    async fn close(&self) -> Result<()> {
-        let mut g = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        *g = Inner::default();
+    async fn shutdown(&self) -> Result<()> {
+        // Drops the file and the replayed state.
+        *self.lock() = Inner::default();
         Ok(())
     }
 }
