@@ -39,17 +39,17 @@
 //! # }).unwrap();
 //! ```
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use moka::notification::RemovalCause;
 use moka::sync::Cache;
 use serde::{Deserialize, Serialize};
-use storage_core::raw::{in_span_async, op_span, record_count, record_hash};
+use storage_core::raw::{Engine, Gate};
 use storage_core::{
     Block, BlockHash, BlockMetadata, ListOptions, Result, StorageBackend, StorageError,
-    StorageStats, async_trait,
+    StorageStats,
 };
 use tokio::sync::Semaphore;
 
@@ -177,7 +177,8 @@ struct Shared<B> {
     /// Held shared by fills (check epoch, insert), exclusively by invalidations
     /// (bump epoch, remove), so no fill can insert after an invalidation it missed.
     gate: RwLock<()>,
-    closed: AtomicBool,
+    /// Refuses calls after close; shared by clones.
+    lifecycle: Gate,
     prefetch_slots: Arc<Semaphore>,
 }
 
@@ -260,7 +261,7 @@ impl<B: StorageBackend> CachedStorageBackend<B> {
                 counters,
                 epoch: AtomicU64::new(0),
                 gate: RwLock::new(()),
-                closed: AtomicBool::new(false),
+                lifecycle: Gate::new(),
                 prefetch_slots: Arc::new(Semaphore::new(PREFETCH_SLOTS)),
             }),
         })
@@ -338,17 +339,6 @@ impl<B: StorageBackend> CachedStorageBackend<B> {
         self.shared.config().clone()
     }
 
-    fn check_open(&self) -> Result<()> {
-        if self.shared.closed.load(SeqCst) {
-            Err(StorageError::closed(format!(
-                "cache over {}",
-                self.shared.inner.backend_name()
-            )))
-        } else {
-            Ok(())
-        }
-    }
-
     /// Starts a background load of the indices around `block`, if allowed.
     fn prefetch_around(&self, block: &Block) {
         let (enabled, size) = {
@@ -390,7 +380,7 @@ impl<B: StorageBackend> Shared<B> {
             return;
         }
         let _gate = self.gate.read().unwrap_or_else(PoisonError::into_inner);
-        if self.epoch.load(SeqCst) != epoch || self.closed.load(SeqCst) {
+        if self.epoch.load(SeqCst) != epoch || self.lifecycle.is_closed() {
             return;
         }
         let caches = self.caches();
@@ -406,7 +396,7 @@ impl<B: StorageBackend> Shared<B> {
             return;
         }
         let _gate = self.gate.read().unwrap_or_else(PoisonError::into_inner);
-        if self.epoch.load(SeqCst) != epoch || self.closed.load(SeqCst) {
+        if self.epoch.load(SeqCst) != epoch || self.lifecycle.is_closed() {
             return;
         }
         let caches = self.caches();
@@ -446,216 +436,137 @@ impl<B: StorageBackend> Shared<B> {
 const NAME: &str = "cache";
 
 #[deny(clippy::missing_trait_methods)]
-#[async_trait]
-impl<B: StorageBackend> StorageBackend for CachedStorageBackend<B> {
-    fn backend_name(&self) -> &str {
+impl<B: StorageBackend> Engine for CachedStorageBackend<B> {
+    fn name(&self) -> &str {
         NAME
     }
 
-    async fn store_block(&self, block: &Block) -> Result<BlockHash> {
-        let span = op_span(NAME, "store_block");
-        record_hash(&span, &block.hash());
-        in_span_async(span, async {
-            self.check_open()?;
-            let epoch = self.shared.epoch.load(SeqCst);
-            let hash = self.shared.inner.store_block(block).await?;
-            self.shared.counters.writes.fetch_add(1, SeqCst);
-            if self.shared.config().write_through {
-                self.shared.fill(epoch, std::slice::from_ref(block));
-            }
-            Ok(hash)
-        })
-        .await
+    fn gate(&self) -> &Gate {
+        &self.shared.lifecycle
     }
 
-    async fn retrieve_block(&self, hash: &BlockHash) -> Result<Option<Block>> {
-        let span = op_span(NAME, "retrieve_block");
-        record_hash(&span, hash);
-        in_span_async(span, async {
-            self.check_open()?;
-            if let Some(b) = self.shared.lookup(hash) {
-                return Ok(Some(b));
-            }
-            let epoch = self.shared.epoch.load(SeqCst);
-            let got = self.shared.inner.retrieve_block(hash).await?;
-            if let Some(b) = &got {
-                self.shared.fill(epoch, std::slice::from_ref(b));
-                self.prefetch_around(b);
-            }
-            Ok(got)
-        })
-        .await
+    fn max_payload_bytes(&self) -> usize {
+        // The inner store applies its own (possibly lower) limit.
+        storage_core::MAX_PAYLOAD_BYTES
     }
 
-    async fn delete_block(&self, hash: &BlockHash) -> Result<bool> {
-        let span = op_span(NAME, "delete_block");
-        record_hash(&span, hash);
-        in_span_async(span, async {
-            self.check_open()?;
-            let result = self.shared.inner.delete_block(hash).await;
-            // Invalidate even if the inner call failed: its state is unknown.
-            self.shared.invalidate(hash);
-            result
-        })
-        .await
+    async fn read_block(&self, hash: &BlockHash) -> Result<Option<Block>> {
+        if let Some(b) = self.shared.lookup(hash) {
+            return Ok(Some(b));
+        }
+        let epoch = self.shared.epoch.load(SeqCst);
+        let got = self.shared.inner.retrieve_block(hash).await?;
+        if let Some(b) = &got {
+            self.shared.fill(epoch, std::slice::from_ref(b));
+            self.prefetch_around(b);
+        }
+        Ok(got)
     }
 
-    async fn block_exists(&self, hash: &BlockHash) -> Result<bool> {
-        let span = op_span(NAME, "block_exists");
-        record_hash(&span, hash);
-        in_span_async(span, async {
-            self.check_open()?;
-            let cached = {
-                let caches = self.shared.caches();
-                caches.blocks.contains_key(hash) || caches.meta.contains_key(hash)
-            };
-            let counter = if cached {
-                &self.shared.counters.hits
-            } else {
-                &self.shared.counters.misses
-            };
-            counter.fetch_add(1, SeqCst);
-            if cached {
-                return Ok(true);
-            }
-            self.shared.inner.block_exists(hash).await
-        })
-        .await
+    async fn remove_block(&self, hash: &BlockHash) -> Result<bool> {
+        let result = self.shared.inner.delete_block(hash).await;
+        // Invalidate even if the inner call failed: its state is unknown.
+        self.shared.invalidate(hash);
+        result
     }
 
-    async fn store_blocks(&self, blocks: &[Block]) -> Result<Vec<BlockHash>> {
-        let span = op_span(NAME, "store_blocks");
-        record_count(&span, blocks.len());
-        in_span_async(span, async {
-            self.check_open()?;
-            let epoch = self.shared.epoch.load(SeqCst);
-            let hashes = self.shared.inner.store_blocks(blocks).await?;
-            self.shared.counters.writes.fetch_add(1, SeqCst);
-            if self.shared.config().write_through {
-                self.shared.fill(epoch, blocks);
-            }
-            Ok(hashes)
-        })
-        .await
+    async fn has_block(&self, hash: &BlockHash) -> Result<bool> {
+        let cached = {
+            let caches = self.shared.caches();
+            caches.blocks.contains_key(hash) || caches.meta.contains_key(hash)
+        };
+        let counter = if cached {
+            &self.shared.counters.hits
+        } else {
+            &self.shared.counters.misses
+        };
+        counter.fetch_add(1, SeqCst);
+        if cached {
+            return Ok(true);
+        }
+        self.shared.inner.block_exists(hash).await
     }
 
-    async fn retrieve_blocks(&self, hashes: &[BlockHash]) -> Result<Vec<Option<Block>>> {
-        let span = op_span(NAME, "retrieve_blocks");
-        record_count(&span, hashes.len());
-        in_span_async(span, async {
-            self.check_open()?;
-            let mut out: Vec<Option<Block>> =
-                hashes.iter().map(|h| self.shared.lookup(h)).collect();
-            let missing: Vec<BlockHash> = hashes
-                .iter()
-                .zip(&out)
-                .filter(|(_, got)| got.is_none())
-                .map(|(h, _)| *h)
-                .collect();
-            if missing.is_empty() {
-                return Ok(out);
-            }
-            let epoch = self.shared.epoch.load(SeqCst);
-            let fetched = self.shared.inner.retrieve_blocks(&missing).await?;
-            let found: Vec<Block> = fetched.iter().flatten().cloned().collect();
-            let mut fetched = fetched.into_iter();
-            for slot in out.iter_mut().filter(|s| s.is_none()) {
-                *slot = fetched.next().flatten();
-            }
-            self.shared.fill(epoch, &found);
-            Ok(out)
-        })
-        .await
+    async fn write_blocks(&self, blocks: &[Block]) -> Result<()> {
+        let epoch = self.shared.epoch.load(SeqCst);
+        self.shared.inner.store_blocks(blocks).await?;
+        self.shared.counters.writes.fetch_add(1, SeqCst);
+        if self.shared.config().write_through {
+            self.shared.fill(epoch, blocks);
+        }
+        Ok(())
     }
 
-    async fn list_blocks(&self, options: &ListOptions) -> Result<Vec<BlockMetadata>> {
-        in_span_async(op_span(NAME, "list_blocks"), async {
-            self.check_open()?;
-            let epoch = self.shared.epoch.load(SeqCst);
-            let listed = self.shared.inner.list_blocks(options).await?;
-            self.shared.fill_meta(epoch, &listed);
-            Ok(listed)
-        })
-        .await
+    async fn read_blocks(&self, hashes: &[BlockHash]) -> Result<Vec<Option<Block>>> {
+        let mut out: Vec<Option<Block>> = hashes.iter().map(|h| self.shared.lookup(h)).collect();
+        let missing: Vec<BlockHash> = hashes
+            .iter()
+            .zip(&out)
+            .filter(|(_, got)| got.is_none())
+            .map(|(h, _)| *h)
+            .collect();
+        if missing.is_empty() {
+            return Ok(out);
+        }
+        let epoch = self.shared.epoch.load(SeqCst);
+        let fetched = self.shared.inner.retrieve_blocks(&missing).await?;
+        let found: Vec<Block> = fetched.iter().flatten().cloned().collect();
+        let mut fetched = fetched.into_iter();
+        for slot in out.iter_mut().filter(|s| s.is_none()) {
+            *slot = fetched.next().flatten();
+        }
+        self.shared.fill(epoch, &found);
+        Ok(out)
     }
 
-    async fn count_blocks(&self) -> Result<u64> {
-        in_span_async(op_span(NAME, "count_blocks"), async {
-            self.check_open()?;
-            self.shared.inner.count_blocks().await
-        })
-        .await
+    async fn list(&self, options: &ListOptions) -> Result<Vec<BlockMetadata>> {
+        let epoch = self.shared.epoch.load(SeqCst);
+        let listed = self.shared.inner.list_blocks(options).await?;
+        self.shared.fill_meta(epoch, &listed);
+        Ok(listed)
     }
 
-    async fn get_chain_head(&self) -> Result<Option<BlockHash>> {
-        in_span_async(op_span(NAME, "get_chain_head"), async {
-            self.check_open()?;
-            self.shared.inner.get_chain_head().await
-        })
-        .await
+    async fn count(&self) -> Result<u64> {
+        self.shared.inner.count_blocks().await
     }
 
-    async fn set_chain_head(&self, hash: &BlockHash) -> Result<()> {
-        in_span_async(op_span(NAME, "set_chain_head"), async {
-            self.check_open()?;
-            self.shared.inner.set_chain_head(hash).await
-        })
-        .await
+    async fn head(&self) -> Result<Option<BlockHash>> {
+        self.shared.inner.get_chain_head().await
     }
 
-    async fn get_blocks_by_range(&self, start: u64, end: u64) -> Result<Vec<Block>> {
-        in_span_async(op_span(NAME, "get_blocks_by_range"), async {
-            self.check_open()?;
-            let epoch = self.shared.epoch.load(SeqCst);
-            let blocks = self.shared.inner.get_blocks_by_range(start, end).await?;
-            self.shared.fill(epoch, &blocks);
-            Ok(blocks)
-        })
-        .await
+    async fn write_head(&self, hash: &BlockHash) -> Result<()> {
+        self.shared.inner.set_chain_head(hash).await
     }
 
-    async fn compact(&self) -> Result<()> {
-        in_span_async(op_span(NAME, "compact"), async {
-            self.check_open()?;
-            let result = self.shared.inner.compact().await;
-            self.shared.invalidate_all();
-            result
-        })
-        .await
+    async fn read_range(&self, start: u64, end: u64) -> Result<Vec<Block>> {
+        let epoch = self.shared.epoch.load(SeqCst);
+        let blocks = self.shared.inner.get_blocks_by_range(start, end).await?;
+        self.shared.fill(epoch, &blocks);
+        Ok(blocks)
     }
 
-    async fn vacuum(&self) -> Result<()> {
-        in_span_async(op_span(NAME, "vacuum"), async {
-            self.check_open()?;
-            let result = self.shared.inner.vacuum().await;
-            self.shared.invalidate_all();
-            result
-        })
-        .await
+    async fn run_compaction(&self) -> Result<()> {
+        let result = self.shared.inner.compact().await;
+        self.shared.invalidate_all();
+        result
     }
 
-    async fn get_stats(&self) -> Result<StorageStats> {
-        in_span_async(op_span(NAME, "get_stats"), async {
-            self.check_open()?;
-            self.shared.inner.get_stats().await
-        })
-        .await
+    async fn run_vacuum(&self) -> Result<()> {
+        let result = self.shared.inner.vacuum().await;
+        self.shared.invalidate_all();
+        result
     }
 
-    async fn close(&self) -> Result<()> {
-        in_span_async(op_span(NAME, "close"), async {
-            self.shared.closed.store(true, SeqCst);
-            self.shared.invalidate_all();
-            self.shared.inner.close().await
-        })
-        .await
+    async fn stats(&self) -> Result<StorageStats> {
+        self.shared.inner.get_stats().await
     }
 
-    async fn check_integrity(&self) -> Result<()> {
-        in_span_async(
-            op_span(NAME, "check_integrity"),
-            self.shared.inner.check_integrity(),
-        )
-        .await
+    async fn shutdown(&self) -> Result<()> {
+        self.shared.invalidate_all();
+        self.shared.inner.close().await
+    }
+
+    async fn integrity_check(&self) -> Result<()> {
+        self.shared.inner.check_integrity().await
     }
 }

@@ -51,10 +51,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use storage_core::raw::{in_span_async, op_span, record_count, record_hash, record_index};
+use storage_core::raw::{Engine, Gate};
 use storage_core::{
     Block, BlockHash, BlockMetadata, ErrorKind, ErrorStatus, Execution, ListOptions, Result,
-    StorageBackend, StorageError, StorageStats, async_trait,
+    StorageBackend, StorageError, StorageStats,
 };
 use tokio::sync::mpsc;
 
@@ -156,7 +156,8 @@ struct Shared {
     /// Deletes not yet applied on every copy.
     tombstones: Mutex<HashSet<BlockHash>>,
     write_lock: tokio::sync::Mutex<()>,
-    closed: AtomicBool,
+    /// Refuses calls after close; shared by clones.
+    lifecycle: Gate,
 }
 
 /// The replication manager; itself a [`StorageBackend`]. Cheap to clone.
@@ -254,7 +255,7 @@ impl StorageManager {
                 queue: Mutex::new(VecDeque::new()),
                 tombstones: Mutex::new(HashSet::new()),
                 write_lock: tokio::sync::Mutex::new(()),
-                closed: AtomicBool::new(false),
+                lifecycle: Gate::new(),
             }),
         })
     }
@@ -315,7 +316,7 @@ impl StorageManager {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                if me.shared.closed.load(SeqCst) {
+                if me.shared.lifecycle.is_closed() {
                     return;
                 }
                 me.health_check().await;
@@ -487,8 +488,10 @@ impl StorageManager {
         Ok(report)
     }
 
+    /// For the manager's own operations (repair, health checks), which run
+    /// outside the layer.
     fn check_open(&self) -> Result<()> {
-        if self.shared.closed.load(SeqCst) {
+        if self.shared.lifecycle.is_closed() {
             Err(StorageError::closed(NAME))
         } else {
             Ok(())
@@ -725,50 +728,26 @@ where
     out
 }
 
-#[async_trait]
-impl StorageBackend for StorageManager {
-    fn backend_name(&self) -> &str {
+impl Engine for StorageManager {
+    fn name(&self) -> &str {
         NAME
     }
 
-    async fn store_block(&self, block: &Block) -> Result<BlockHash> {
-        let span = op_span(NAME, "store_block");
-        record_hash(&span, &block.hash());
-        let b = block.clone();
-        in_span_async(
-            span,
-            self.store_fan_out(
-                "store_block",
-                std::slice::from_ref(block),
-                move |s| {
-                    let b = b.clone();
-                    Box::pin(async move { s.store_block(&b).await })
-                },
-                RepairOp::Store(vec![block.clone()]),
-            ),
-        )
+    fn gate(&self) -> &Gate {
+        &self.shared.lifecycle
+    }
+
+    async fn read_block(&self, hash: &BlockHash) -> Result<Option<Block>> {
+        let h = *hash;
+        self.read("retrieve_block", move |s| {
+            Box::pin(async move { s.retrieve_block(&h).await })
+        })
         .await
     }
 
-    async fn retrieve_block(&self, hash: &BlockHash) -> Result<Option<Block>> {
-        let span = op_span(NAME, "retrieve_block");
-        record_hash(&span, hash);
+    async fn remove_block(&self, hash: &BlockHash) -> Result<bool> {
         let h = *hash;
-        in_span_async(
-            span,
-            self.read("retrieve_block", move |s| {
-                Box::pin(async move { s.retrieve_block(&h).await })
-            }),
-        )
-        .await
-    }
-
-    async fn delete_block(&self, hash: &BlockHash) -> Result<bool> {
-        let span = op_span(NAME, "delete_block");
-        record_hash(&span, hash);
-        let h = *hash;
-        in_span_async(span, async {
-            self.check_open()?;
+        async {
             self.shared.bury(&h);
             self.fan_out(
                 "delete_block",
@@ -776,164 +755,117 @@ impl StorageBackend for StorageManager {
                 RepairOp::Delete(h),
             )
             .await
-        })
+        }
         .await
     }
 
-    async fn block_exists(&self, hash: &BlockHash) -> Result<bool> {
-        in_span_async(op_span(NAME, "block_exists"), async {
-            let h = *hash;
-            self.read("block_exists", move |s| {
-                Box::pin(async move { s.block_exists(&h).await })
-            })
-            .await
-        })
-        .await
-    }
-
-    async fn store_blocks(&self, blocks: &[Block]) -> Result<Vec<BlockHash>> {
-        let span = op_span(NAME, "store_blocks");
-        record_count(&span, blocks.len());
-        let owned: Arc<Vec<Block>> = Arc::new(blocks.to_vec());
-        in_span_async(
-            span,
-            self.store_fan_out(
-                "store_blocks",
-                blocks,
-                {
-                    let owned = owned.clone();
-                    move |s| {
-                        let owned = owned.clone();
-                        Box::pin(async move { s.store_blocks(&owned).await })
-                    }
-                },
-                RepairOp::Store(blocks.to_vec()),
-            ),
-        )
-        .await
-    }
-
-    async fn retrieve_blocks(&self, hashes: &[BlockHash]) -> Result<Vec<Option<Block>>> {
-        in_span_async(op_span(NAME, "retrieve_blocks"), async {
-            let hs: Arc<Vec<BlockHash>> = Arc::new(hashes.to_vec());
-            self.read("retrieve_blocks", move |s| {
-                let hs = hs.clone();
-                Box::pin(async move { s.retrieve_blocks(&hs).await })
-            })
-            .await
-        })
-        .await
-    }
-
-    async fn list_blocks(&self, options: &ListOptions) -> Result<Vec<BlockMetadata>> {
-        in_span_async(op_span(NAME, "list_blocks"), async {
-            let o = options.clone();
-            self.read("list_blocks", move |s| {
-                let o = o.clone();
-                Box::pin(async move { s.list_blocks(&o).await })
-            })
-            .await
-        })
-        .await
-    }
-
-    async fn count_blocks(&self) -> Result<u64> {
-        in_span_async(op_span(NAME, "count_blocks"), async {
-            self.read("count_blocks", |s| {
-                Box::pin(async move { s.count_blocks().await })
-            })
-            .await
-        })
-        .await
-    }
-
-    async fn get_chain_head(&self) -> Result<Option<BlockHash>> {
-        in_span_async(op_span(NAME, "get_chain_head"), async {
-            self.read("get_chain_head", |s| {
-                Box::pin(async move { s.get_chain_head().await })
-            })
-            .await
-        })
-        .await
-    }
-
-    async fn set_chain_head(&self, hash: &BlockHash) -> Result<()> {
-        let span = op_span(NAME, "set_chain_head");
-        record_hash(&span, hash);
+    async fn has_block(&self, hash: &BlockHash) -> Result<bool> {
         let h = *hash;
-        in_span_async(
-            span,
-            self.fan_out(
-                "set_chain_head",
-                move |s| Box::pin(async move { s.set_chain_head(&h).await }),
-                RepairOp::Head(h),
-            ),
-        )
-        .await
-    }
-
-    async fn get_blocks_by_range(&self, start: u64, end: u64) -> Result<Vec<Block>> {
-        let span = op_span(NAME, "get_blocks_by_range");
-        record_index(&span, start);
-        in_span_async(
-            span,
-            self.read("get_blocks_by_range", move |s| {
-                Box::pin(async move { s.get_blocks_by_range(start, end).await })
-            }),
-        )
-        .await
-    }
-
-    async fn compact(&self) -> Result<()> {
-        in_span_async(op_span(NAME, "compact"), async {
-            self.on_every_copy("compact", |s| Box::pin(async move { s.compact().await }))
-                .await
+        self.read("block_exists", move |s| {
+            Box::pin(async move { s.block_exists(&h).await })
         })
         .await
     }
 
-    async fn vacuum(&self) -> Result<()> {
-        in_span_async(op_span(NAME, "vacuum"), async {
-            self.on_every_copy("vacuum", |s| Box::pin(async move { s.vacuum().await }))
-                .await
-        })
-        .await
-    }
-
-    async fn get_stats(&self) -> Result<StorageStats> {
-        in_span_async(op_span(NAME, "get_stats"), async {
-            self.read("get_stats", |s| {
-                Box::pin(async move { s.get_stats().await })
-            })
-            .await
-        })
-        .await
-    }
-
-    async fn close(&self) -> Result<()> {
-        in_span_async(op_span(NAME, "close"), async {
-            if self.shared.closed.swap(true, SeqCst) {
-                return Ok(());
-            }
-            let _writes = self.shared.write_lock.lock().await;
-            let mut first_err = None;
-            for copy in &self.shared.copies {
-                if let Err(e) = copy.backend.close().await {
-                    first_err.get_or_insert(e);
+    async fn write_blocks(&self, blocks: &[Block]) -> Result<()> {
+        let owned: Arc<Vec<Block>> = Arc::new(blocks.to_vec());
+        self.store_fan_out(
+            "store_blocks",
+            blocks,
+            {
+                let owned = owned.clone();
+                move |s| {
+                    let owned = owned.clone();
+                    Box::pin(async move { s.store_blocks(&owned).await })
                 }
-            }
-            first_err.map_or(Ok(()), Err)
+            },
+            RepairOp::Store(blocks.to_vec()),
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn read_blocks(&self, hashes: &[BlockHash]) -> Result<Vec<Option<Block>>> {
+        let hs: Arc<Vec<BlockHash>> = Arc::new(hashes.to_vec());
+        self.read("retrieve_blocks", move |s| {
+            let hs = hs.clone();
+            Box::pin(async move { s.retrieve_blocks(&hs).await })
         })
         .await
+    }
+
+    async fn list(&self, options: &ListOptions) -> Result<Vec<BlockMetadata>> {
+        let o = options.clone();
+        self.read("list_blocks", move |s| {
+            let o = o.clone();
+            Box::pin(async move { s.list_blocks(&o).await })
+        })
+        .await
+    }
+
+    async fn count(&self) -> Result<u64> {
+        self.read("count_blocks", |s| {
+            Box::pin(async move { s.count_blocks().await })
+        })
+        .await
+    }
+
+    async fn head(&self) -> Result<Option<BlockHash>> {
+        self.read("get_chain_head", |s| {
+            Box::pin(async move { s.get_chain_head().await })
+        })
+        .await
+    }
+
+    async fn write_head(&self, hash: &BlockHash) -> Result<()> {
+        let h = *hash;
+        self.fan_out(
+            "set_chain_head",
+            move |s| Box::pin(async move { s.set_chain_head(&h).await }),
+            RepairOp::Head(h),
+        )
+        .await
+    }
+
+    async fn read_range(&self, start: u64, end: u64) -> Result<Vec<Block>> {
+        self.read("get_blocks_by_range", move |s| {
+            Box::pin(async move { s.get_blocks_by_range(start, end).await })
+        })
+        .await
+    }
+
+    async fn run_compaction(&self) -> Result<()> {
+        self.on_every_copy("compact", |s| Box::pin(async move { s.compact().await }))
+            .await
+    }
+
+    async fn run_vacuum(&self) -> Result<()> {
+        self.on_every_copy("vacuum", |s| Box::pin(async move { s.vacuum().await }))
+            .await
+    }
+
+    async fn stats(&self) -> Result<StorageStats> {
+        self.read("get_stats", |s| {
+            Box::pin(async move { s.get_stats().await })
+        })
+        .await
+    }
+
+    async fn shutdown(&self) -> Result<()> {
+        let _writes = self.shared.write_lock.lock().await;
+        let mut first_err = None;
+        for copy in &self.shared.copies {
+            if let Err(e) = copy.backend.close().await {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
     }
 
     /// Every copy is checked; the first failure (after trying all) is returned.
-    async fn check_integrity(&self) -> Result<()> {
-        in_span_async(op_span(NAME, "check_integrity"), async {
-            self.on_every_copy("check_integrity", |s| {
-                Box::pin(async move { s.check_integrity().await })
-            })
-            .await
+    async fn integrity_check(&self) -> Result<()> {
+        self.on_every_copy("check_integrity", |s| {
+            Box::pin(async move { s.check_integrity().await })
         })
         .await
     }
