@@ -314,7 +314,7 @@ mod raw_rocks {
         "blocks", "metadata", "index", "by_time", "by_key", "by_type", "chain",
     ];
 
-    pub fn open(path: &Path) -> DB {
+    pub(crate) fn open(path: &Path) -> DB {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
@@ -354,7 +354,7 @@ mod raw_rocks {
         batch.put_cf(cf("chain"), "count", count.to_be_bytes());
     }
 
-    pub fn store(db: &DB, blocks: &[Block], first: u64, sync: bool) {
+    pub(crate) fn store(db: &DB, blocks: &[Block], first: u64, sync: bool) {
         let mut batch = WriteBatch::default();
         for (j, b) in blocks.iter().enumerate() {
             put(db, &mut batch, b, first + j as u64);
@@ -365,7 +365,7 @@ mod raw_rocks {
     }
 
     /// A block back, as our retrieve returns it: decoded, hash checked.
-    pub fn retrieve(db: &DB, b: &Block) -> Block {
+    pub(crate) fn retrieve(db: &DB, b: &Block) -> Block {
         let h = b.hash();
         let v = db
             .get_pinned_cf(db.cf_handle("blocks").unwrap(), h.as_bytes())
@@ -374,7 +374,7 @@ mod raw_rocks {
         WireFormat::BINARY.decode_stored(&v, &h).unwrap()
     }
 
-    pub fn list_100(db: &DB, lo: u64, ty: &str) -> usize {
+    pub(crate) fn list_100(db: &DB, lo: u64, ty: &str) -> usize {
         let (by_type, index) = (
             db.cf_handle("by_type").unwrap(),
             db.cf_handle("index").unwrap(),
@@ -394,7 +394,7 @@ mod raw_rocks {
         n
     }
 
-    pub fn range(db: &DB, lo: u64, count: usize) -> Vec<Block> {
+    pub(crate) fn range(db: &DB, lo: u64, count: usize) -> Vec<Block> {
         let (index, blocks) = (
             db.cf_handle("index").unwrap(),
             db.cf_handle("blocks").unwrap(),
@@ -423,7 +423,7 @@ mod raw_sqlite {
 
     /// A connection to a database whose schema our backend created, with its
     /// pragmas.
-    pub fn open(rt: &tokio::runtime::Runtime, path: &Path, durable: bool) -> Connection {
+    pub(crate) fn open(rt: &tokio::runtime::Runtime, path: &Path, durable: bool) -> Connection {
         let db = path.with_extension("db");
         rt.block_on(async {
             let s = storage_sqlite::SQLiteBackend::new(storage_sqlite::SQLiteConfig::at(&db))
@@ -495,7 +495,7 @@ mod raw_sqlite {
         }
     }
 
-    pub fn store(c: &mut Connection, blocks: &[Block]) {
+    pub(crate) fn store(c: &mut Connection, blocks: &[Block]) {
         let tx = c
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .unwrap();
@@ -526,14 +526,14 @@ mod raw_sqlite {
         Ok(b)
     }
 
-    pub fn retrieve(c: &Connection, b: &Block) -> Block {
+    pub(crate) fn retrieve(c: &Connection, b: &Block) -> Block {
         c.prepare_cached(&format!("SELECT {COLUMNS} FROM blocks WHERE hash = ?1"))
             .unwrap()
             .query_row([b.hash().as_bytes().as_slice()], block)
             .unwrap()
     }
 
-    pub fn list_100(c: &Connection, lo: u64, ty: &str) -> usize {
+    pub(crate) fn list_100(c: &Connection, lo: u64, ty: &str) -> usize {
         let mut stmt = c
             .prepare_cached(
                 "SELECT hash, block_index, timestamp_ns, payload_type, public_key, size_bytes FROM blocks \
@@ -559,7 +559,7 @@ mod raw_sqlite {
         rows.len()
     }
 
-    pub fn range(c: &Connection, lo: u64, count: usize) -> Vec<Block> {
+    pub(crate) fn range(c: &Connection, lo: u64, count: usize) -> Vec<Block> {
         c.prepare_cached(&format!(
             "SELECT {COLUMNS} FROM blocks WHERE block_index BETWEEN ?1 AND ?2 ORDER BY block_index"
         ))
@@ -582,12 +582,12 @@ mod raw_object {
 
     /// The cluster's bucket under this run's prefix for `path`, with the same
     /// client settings (timeouts, retries) as the backend.
-    pub async fn open(path: &Path) -> Arc<dyn ObjectStore> {
+    pub(crate) async fn open(path: &Path) -> Arc<dyn ObjectStore> {
         super::open_object(path).await.object_store()
     }
 
     /// One PUT holding `blocks` back to back, as one segment of our backend.
-    pub async fn store(store: &dyn ObjectStore, name: &str, blocks: &[Block]) {
+    pub(crate) async fn store(store: &dyn ObjectStore, name: &str, blocks: &[Block]) {
         let mut bytes = Vec::new();
         for b in blocks {
             bytes.extend_from_slice(&WireFormat::BINARY.encode(b).unwrap());
@@ -603,7 +603,7 @@ mod raw_object {
     }
 
     /// Every block as its own object (32 PUTs at a time).
-    pub async fn fill(store: &dyn ObjectStore, blocks: &[Block]) {
+    pub(crate) async fn fill(store: &dyn ObjectStore, blocks: &[Block]) {
         futures::stream::iter(blocks)
             .map(|b| async move {
                 store
@@ -620,7 +620,7 @@ mod raw_object {
     }
 
     /// A block back, as our retrieve returns it: one GET, decoded, hash checked.
-    pub async fn retrieve(store: &dyn ObjectStore, b: &Block) -> Block {
+    pub(crate) async fn retrieve(store: &dyn ObjectStore, b: &Block) -> Block {
         let bytes = store
             .get(&block_path(b))
             .await
@@ -632,7 +632,7 @@ mod raw_object {
     }
 
     /// One LIST request's first 100 names after `offset`.
-    pub async fn list_100(store: &dyn ObjectStore, offset: &Block) -> usize {
+    pub(crate) async fn list_100(store: &dyn ObjectStore, offset: &Block) -> usize {
         let prefix = ObjectPath::from("blk");
         store
             .list_with_offset(Some(&prefix), &block_path(offset))

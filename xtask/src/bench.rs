@@ -12,13 +12,13 @@ use plotters::prelude::*;
 use serde_json::Value;
 
 #[path = "../../benches/src/spec.rs"]
-#[allow(dead_code)] // the benches use the parts the report does not
+#[allow(dead_code, unreachable_pub)] // shared with the benches, which use it all
 mod spec;
 
 use spec::{BIG, BIG_QUICK, Goal, MAX_RAW_RATIO, Op, Subject, goals, max_raw_ratio};
 
 /// What `cargo xtask bench` was asked for.
-pub struct Options {
+pub(crate) struct Options {
     pub quick: bool,
     pub backends: Vec<String>,
     pub ops: Vec<String>,
@@ -60,7 +60,7 @@ fn check_names(given: &[String], known: &[&str], what: &str) -> Result<(), Strin
     Ok(())
 }
 
-pub fn run(root: &Path, o: Options) -> Result<(), String> {
+pub(crate) fn run(root: &Path, o: Options) -> Result<(), String> {
     let backend_names: Vec<&str> = Subject::ALL
         .iter()
         .filter(|s| !s.is_raw())

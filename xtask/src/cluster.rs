@@ -17,12 +17,12 @@ fn target_dir(root: &Path) -> PathBuf {
 }
 
 /// Where `weed` is installed and where the shared cluster keeps its data.
-pub fn dirs(root: &Path) -> (PathBuf, PathBuf) {
+pub(crate) fn dirs(root: &Path) -> (PathBuf, PathBuf) {
     let base = target_dir(root).join("seaweedfs");
     (base.join("venv"), base.join("cluster"))
 }
 
-pub fn command(root: &Path, action: ClusterAction) -> Result<(), String> {
+pub(crate) fn command(root: &Path, action: ClusterAction) -> Result<(), String> {
     let (venv, dir) = dirs(root);
     match action {
         ClusterAction::Up => {
@@ -53,13 +53,13 @@ fn print_env(dir: &Path) -> Result<(), String> {
 }
 
 /// Variables to run tests with.
-pub type Env = Vec<(String, String)>;
+pub(crate) type Env = Vec<(String, String)>;
 
 /// The cluster `ci`'s tests run against: the one `cluster up` left running, or a
 /// fresh one that is stopped when the returned guard drops. Also returns the
 /// variables to run the tests with (the cluster's, and `OLOCUS_WEED` for tests
 /// that start clusters of their own).
-pub fn for_ci(root: &Path) -> Result<(Option<Cluster>, Env), String> {
+pub(crate) fn for_ci(root: &Path) -> Result<(Option<Cluster>, Env), String> {
     let (venv, dir) = dirs(root);
     let weed = ensure_weed(&venv)?;
     let weed_var = (

@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::Instant;
 
 /// Runs cargo-mutants (unless `report_only`) and writes `docs/mutants.md`.
-pub fn run(
+pub(crate) fn run(
     root: &Path,
     model_cases: u32,
     jobs: u32,

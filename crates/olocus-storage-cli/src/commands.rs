@@ -14,7 +14,7 @@ use crate::render;
 use crate::{CliError, CliResult, Ctx, Format, ctx_err};
 
 /// First bytes of a binary export: magic and format version.
-pub const BINARY_MAGIC: &[u8; 8] = b"OLBLOCK1";
+pub(crate) const BINARY_MAGIC: &[u8; 8] = b"OLBLOCK1";
 
 fn format_for(path: Option<&Path>, given: Option<Format>) -> Format {
     given.unwrap_or_else(
@@ -124,7 +124,7 @@ fn read_blocks(
 }
 
 /// `import`.
-pub async fn import(
+pub(crate) async fn import(
     ctx: &Ctx,
     store: &Storage,
     file: Option<&Path>,
@@ -312,7 +312,7 @@ impl<'a> Pages<'a> {
 }
 
 /// `export`.
-pub async fn export(
+pub(crate) async fn export(
     ctx: &Ctx,
     store: &Storage,
     file: Option<&Path>,
@@ -378,7 +378,7 @@ pub async fn export(
 }
 
 /// `verify`: the library's whole check of the store against itself.
-pub async fn verify(ctx: &Ctx, store: &Storage, page: u64, allow_gaps: bool) -> CliResult {
+pub(crate) async fn verify(ctx: &Ctx, store: &Storage, page: u64, allow_gaps: bool) -> CliResult {
     let started = Instant::now();
     let total = store.count_blocks().await.map_err(ctx_err("counting"))?;
     let bar = ctx.bar(total, "verify");
@@ -459,7 +459,7 @@ pub async fn verify(ctx: &Ctx, store: &Storage, page: u64, allow_gaps: bool) -> 
 }
 
 /// `list`.
-pub async fn list(ctx: &Ctx, store: &Storage, options: &ListOptions) -> CliResult {
+pub(crate) async fn list(ctx: &Ctx, store: &Storage, options: &ListOptions) -> CliResult {
     let found = store
         .list_blocks(options)
         .await
@@ -478,7 +478,7 @@ pub async fn list(ctx: &Ctx, store: &Storage, options: &ListOptions) -> CliResul
 }
 
 /// `get`.
-pub async fn get(ctx: &Ctx, store: &Storage, hash: &BlockHash) -> CliResult {
+pub(crate) async fn get(ctx: &Ctx, store: &Storage, hash: &BlockHash) -> CliResult {
     match store
         .retrieve_block(hash)
         .await
@@ -498,7 +498,7 @@ pub async fn get(ctx: &Ctx, store: &Storage, hash: &BlockHash) -> CliResult {
 }
 
 /// `head`.
-pub async fn head(ctx: &Ctx, store: &Storage) -> CliResult {
+pub(crate) async fn head(ctx: &Ctx, store: &Storage) -> CliResult {
     let head = store
         .get_chain_head()
         .await
@@ -525,7 +525,7 @@ pub async fn head(ctx: &Ctx, store: &Storage) -> CliResult {
 }
 
 /// `stats`.
-pub async fn stats(ctx: &Ctx, store: &Storage) -> CliResult {
+pub(crate) async fn stats(ctx: &Ctx, store: &Storage) -> CliResult {
     let s = store
         .get_stats()
         .await
@@ -539,7 +539,7 @@ pub async fn stats(ctx: &Ctx, store: &Storage) -> CliResult {
 }
 
 /// `compact` and `vacuum`.
-pub async fn maintain(ctx: &Ctx, store: &Storage, vacuum: bool) -> CliResult {
+pub(crate) async fn maintain(ctx: &Ctx, store: &Storage, vacuum: bool) -> CliResult {
     let what = if vacuum { "vacuum" } else { "compact" };
     let started = Instant::now();
     if vacuum {
@@ -562,7 +562,7 @@ pub async fn maintain(ctx: &Ctx, store: &Storage, vacuum: bool) -> CliResult {
 
 /// `migrate`.
 /// `repair`: salvage what is intact into a new store.
-pub async fn repair(ctx: &Ctx, from: &str, to: &str) -> CliResult {
+pub(crate) async fn repair(ctx: &Ctx, from: &str, to: &str) -> CliResult {
     let (src_config, dst_config) = (
         StorageConfig::new(from.parse().map_err(ctx_err("--from"))?),
         StorageConfig::new(to.parse().map_err(ctx_err("--to"))?),
@@ -631,7 +631,7 @@ pub async fn repair(ctx: &Ctx, from: &str, to: &str) -> CliResult {
 }
 
 /// `migrate`.
-pub async fn migrate(ctx: &Ctx, from: &str, to: &str, batch: u64) -> CliResult {
+pub(crate) async fn migrate(ctx: &Ctx, from: &str, to: &str, batch: u64) -> CliResult {
     let (src_config, dst_config) = (
         StorageConfig::new(from.parse().map_err(ctx_err("--from"))?),
         StorageConfig::new(to.parse().map_err(ctx_err("--to"))?),

@@ -41,7 +41,7 @@ fn rate(n: u64, d: Duration) -> String {
 }
 
 /// Runs the demo.
-pub async fn run(
+pub(crate) async fn run(
     ctx: &Ctx,
     store_url: Option<&str>,
     config_file: Option<&Path>,

@@ -4,6 +4,9 @@
 //! with `?compression=…` for fs and rocksdb) or by a TOML file (`--config`).
 //! `olocus-storage --help` lists the commands; `demo` shows everything at once.
 
+// Library code returns errors; tests may unwrap (see clippy.toml).
+#![warn(clippy::unwrap_used)]
+
 use std::error::Error;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -190,6 +193,7 @@ fn parse_time(s: &str) -> Result<SystemTime, String> {
 }
 
 /// An error to print: the message and every cause below it.
+#[derive(Debug)]
 pub struct CliError(pub String);
 
 impl<E: Error> From<E> for CliError {
@@ -208,6 +212,7 @@ impl<E: Error> From<E> for CliError {
 pub type CliResult<T = ()> = Result<T, CliError>;
 
 /// What every command gets.
+#[derive(Debug)]
 pub struct Ctx {
     /// `--json`.
     pub json: bool,

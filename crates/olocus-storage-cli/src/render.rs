@@ -7,17 +7,17 @@ use olocus_storage::{BackendStats, Block, BlockMetadata, StorageStats, unix_nano
 use serde_json::{Value, json};
 
 /// RFC 3339 with nanoseconds, UTC.
-pub fn time(t: SystemTime) -> String {
+pub(crate) fn time(t: SystemTime) -> String {
     humantime::format_rfc3339_nanos(t).to_string()
 }
 
 /// The first 12 hex digits, for tables.
-pub fn short(hex: &str) -> &str {
+pub(crate) fn short(hex: &str) -> &str {
     &hex[..hex.len().min(12)]
 }
 
 /// Metadata as JSON.
-pub fn meta_json(m: &BlockMetadata) -> Value {
+pub(crate) fn meta_json(m: &BlockMetadata) -> Value {
     json!({
         "index": m.index,
         "hash": m.hash.to_string(),
@@ -30,7 +30,7 @@ pub fn meta_json(m: &BlockMetadata) -> Value {
 }
 
 /// A block as JSON; the payload as JSON when it is JSON, else base64.
-pub fn block_json(b: &Block) -> Value {
+pub(crate) fn block_json(b: &Block) -> Value {
     let payload = match serde_json::from_slice::<Value>(b.payload()) {
         Ok(v) => json!({ "json": v }),
         Err(_) => {
@@ -52,7 +52,7 @@ pub fn block_json(b: &Block) -> Value {
 }
 
 /// One table line of metadata.
-pub fn meta_line(m: &BlockMetadata) -> String {
+pub(crate) fn meta_line(m: &BlockMetadata) -> String {
     let hash = m.hash.to_string();
     let key = m.public_key.to_string();
     format!(
@@ -67,7 +67,7 @@ pub fn meta_line(m: &BlockMetadata) -> String {
 }
 
 /// The header of [`meta_line`] tables.
-pub fn meta_header() -> String {
+pub(crate) fn meta_header() -> String {
     format!(
         "{:>8}  {:<12}  {:<30}  {:<24}  {:<12}  {:>7}",
         "index", "hash", "timestamp", "type", "signer", "bytes"
@@ -75,7 +75,7 @@ pub fn meta_header() -> String {
 }
 
 /// Statistics as JSON.
-pub fn stats_json(s: &StorageStats) -> Value {
+pub(crate) fn stats_json(s: &StorageStats) -> Value {
     let specific = match &s.backend_specific {
         BackendStats::Memory { heap_usage } => json!({ "memory": { "heap_usage": heap_usage } }),
         BackendStats::Filesystem {
@@ -124,7 +124,7 @@ pub fn stats_json(s: &StorageStats) -> Value {
 }
 
 /// Statistics for people: one `key: value` per line.
-pub fn stats_text(s: &StorageStats) -> String {
+pub(crate) fn stats_text(s: &StorageStats) -> String {
     let mut out = String::new();
     flatten("", &stats_json(s), &mut out);
     out

@@ -39,6 +39,9 @@
 //! # }).unwrap();
 //! ```
 
+// Library code returns errors; tests may unwrap (see clippy.toml).
+#![warn(clippy::unwrap_used)]
+
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;

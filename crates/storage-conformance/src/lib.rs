@@ -48,6 +48,9 @@
 //! callers with their own harness; [`all_cases`] lists them with the capabilities
 //! they need.
 
+// Library code returns errors; tests may unwrap (see clippy.toml).
+#![warn(clippy::unwrap_used)]
+
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -157,6 +160,14 @@ pub type Factory = Arc<dyn Fn() -> Box<dyn Fixture> + Send + Sync>;
 pub struct Env {
     fixture: Box<dyn Fixture>,
     factory: Factory,
+}
+
+impl std::fmt::Debug for Env {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Env")
+            .field("capabilities", &self.fixture.capabilities())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Env {
@@ -293,6 +304,14 @@ impl Case {
 pub struct Suite {
     name: String,
     factory: Factory,
+}
+
+impl std::fmt::Debug for Suite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Suite")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Suite {

@@ -112,6 +112,21 @@ pub struct OpenHandle<T> {
     slot: std::sync::RwLock<Option<std::sync::Arc<T>>>,
 }
 
+impl<T> std::fmt::Debug for OpenHandle<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let open = self
+            .slot
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some();
+        f.debug_struct("OpenHandle")
+            .field("backend", &self.backend)
+            .field("execution", &self.execution)
+            .field("open", &open)
+            .finish()
+    }
+}
+
 impl<T: Send + Sync + 'static> OpenHandle<T> {
     /// A handle to an open `engine` of the named backend, running blocking work
     /// as `execution` says.

@@ -27,6 +27,9 @@
 //! # Ok::<(), storage_core::StorageError>(())
 //! ```
 
+// Library code returns errors; tests may unwrap (see clippy.toml).
+#![warn(clippy::unwrap_used)]
+
 mod block;
 mod blocking;
 mod compression;

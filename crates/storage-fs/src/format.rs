@@ -44,34 +44,34 @@ use storage_core::{
 };
 
 /// Segment file header magic.
-pub const SEG_MAGIC: &[u8; 8] = b"OLSEG\0\0\x02";
+pub(crate) const SEG_MAGIC: &[u8; 8] = b"OLSEG\0\0\x02";
 /// The magic of the first format, which kept no durable marks.
-pub const SEG_MAGIC_V1: &[u8; 8] = b"OLSEG\0\0\x01";
+pub(crate) const SEG_MAGIC_V1: &[u8; 8] = b"OLSEG\0\0\x01";
 /// Size of the segment file header.
-pub const SEG_HEADER: u64 = 48;
+pub(crate) const SEG_HEADER: u64 = 48;
 /// Offset of the first durable slot in the header.
 const SLOT_AT: usize = 16;
 /// Size of a durable slot.
 const SLOT: usize = 16;
 /// Manifest magic.
-pub const MANIFEST_MAGIC: &[u8; 8] = b"OLMAN\0\0\x01";
+pub(crate) const MANIFEST_MAGIC: &[u8; 8] = b"OLMAN\0\0\x01";
 /// Record header magic.
-pub const REC_MAGIC: u16 = 0xB10C;
+pub(crate) const REC_MAGIC: u16 = 0xB10C;
 /// Size of a record header.
-pub const REC_HEADER: usize = 12;
+pub(crate) const REC_HEADER: usize = 12;
 /// Size of an entry header inside a PUT record.
-pub const ENTRY_HEADER: usize = 13;
+pub(crate) const ENTRY_HEADER: usize = 13;
 /// Largest record body: one atomic write (a batch) must fit in it.
-pub const MAX_RECORD_BODY: usize = 1 << 30;
+pub(crate) const MAX_RECORD_BODY: usize = 1 << 30;
 /// Index file magic.
-pub const IDX_MAGIC: &[u8; 8] = b"OLIDX\0\0\x01";
+pub(crate) const IDX_MAGIC: &[u8; 8] = b"OLIDX\0\0\x01";
 
 /// Record kinds.
-pub const KIND_PUT: u8 = 1;
+pub(crate) const KIND_PUT: u8 = 1;
 /// A deletion.
-pub const KIND_DELETE: u8 = 2;
+pub(crate) const KIND_DELETE: u8 = 2;
 /// A head change.
-pub const KIND_HEAD: u8 = 3;
+pub(crate) const KIND_HEAD: u8 = 3;
 
 fn codec_byte(c: CompressionType) -> u8 {
     match c {
@@ -93,7 +93,7 @@ fn codec_of(b: u8) -> Option<CompressionType> {
 }
 
 /// The segment file header for segment `id` (no durable length recorded yet).
-pub fn segment_header(id: u64) -> [u8; SEG_HEADER as usize] {
+pub(crate) fn segment_header(id: u64) -> [u8; SEG_HEADER as usize] {
     let mut h = [0u8; SEG_HEADER as usize];
     h[..8].copy_from_slice(SEG_MAGIC);
     h[8..16].copy_from_slice(&id.to_le_bytes());
@@ -102,7 +102,7 @@ pub fn segment_header(id: u64) -> [u8; SEG_HEADER as usize] {
 
 /// What a segment header says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SegmentHeader {
+pub(crate) enum SegmentHeader {
     /// This format; every byte below `durable` was synced. `slot` holds that
     /// length (`None` when no slot was ever written).
     Valid { durable: u64, slot: Option<usize> },
@@ -113,7 +113,7 @@ pub enum SegmentHeader {
 }
 
 /// Parses a segment file header.
-pub fn parse_segment_header(bytes: &[u8], id: u64) -> SegmentHeader {
+pub(crate) fn parse_segment_header(bytes: &[u8], id: u64) -> SegmentHeader {
     if bytes.len() >= 16 && &bytes[..8] == SEG_MAGIC_V1 && bytes[8..16] == id.to_le_bytes() {
         return SegmentHeader::Version1;
     }
@@ -146,7 +146,7 @@ fn slot_crc(id: u64, len: u64) -> u32 {
 
 /// Durable slot `k` (0 or 1) of segment `id` saying `len`: the bytes and where
 /// they go in the file.
-pub fn durable_slot(id: u64, k: usize, len: u64) -> ([u8; SLOT], u64) {
+pub(crate) fn durable_slot(id: u64, k: usize, len: u64) -> ([u8; SLOT], u64) {
     let mut slot = [0u8; SLOT];
     slot[..8].copy_from_slice(&len.to_le_bytes());
     slot[8..12].copy_from_slice(&slot_crc(id, len).to_le_bytes());
@@ -154,7 +154,7 @@ pub fn durable_slot(id: u64, k: usize, len: u64) -> ([u8; SLOT], u64) {
 }
 
 /// Encodes the manifest: `(segment id, sealed length or 0 for the active one)`.
-pub fn encode_manifest(segments: &[(u64, u64)]) -> Vec<u8> {
+pub(crate) fn encode_manifest(segments: &[(u64, u64)]) -> Vec<u8> {
     let mut out = Vec::with_capacity(16 + segments.len() * 16);
     out.extend_from_slice(MANIFEST_MAGIC);
     out.extend_from_slice(&(segments.len() as u32).to_le_bytes());
@@ -168,7 +168,7 @@ pub fn encode_manifest(segments: &[(u64, u64)]) -> Vec<u8> {
 }
 
 /// Parses the manifest; `None` when it is damaged.
-pub fn parse_manifest(bytes: &[u8]) -> Option<Vec<(u64, u64)>> {
+pub(crate) fn parse_manifest(bytes: &[u8]) -> Option<Vec<(u64, u64)>> {
     let (body, crc) = bytes.split_at_checked(bytes.len().checked_sub(4)?)?;
     if crc32fast::hash(body) != u32::from_le_bytes(crc.try_into().ok()?) {
         return None;
@@ -190,7 +190,7 @@ pub fn parse_manifest(bytes: &[u8]) -> Option<Vec<(u64, u64)>> {
 }
 
 /// A block encoded as a PUT entry, ready to append.
-pub struct EncodedEntry {
+pub(crate) struct EncodedEntry {
     /// Entry header and stored bytes.
     pub bytes: Vec<u8>,
     /// Encoded size before compression.
@@ -198,7 +198,7 @@ pub struct EncodedEntry {
 }
 
 /// Encodes one block as a PUT entry with `codec`.
-pub fn encode_entry(block: &Block, codec: CompressionType) -> Result<EncodedEntry> {
+pub(crate) fn encode_entry(block: &Block, codec: CompressionType) -> Result<EncodedEntry> {
     let raw = WireFormat::BINARY.encode(block)?;
     let raw_len = raw.len() as u32;
     let stored = match codec {
@@ -217,7 +217,11 @@ pub fn encode_entry(block: &Block, codec: CompressionType) -> Result<EncodedEntr
 }
 
 /// Re-encodes a stored entry with another codec (for `vacuum`), checking it first.
-pub fn recode_entry(entry: &[u8], hash: &BlockHash, codec: CompressionType) -> Result<Vec<u8>> {
+pub(crate) fn recode_entry(
+    entry: &[u8],
+    hash: &BlockHash,
+    codec: CompressionType,
+) -> Result<Vec<u8>> {
     let (from, stored, _) = split_entry(entry, hash)?;
     if from == codec {
         return Ok(entry.to_vec());
@@ -243,7 +247,7 @@ fn parse_entry(entry: &[u8]) -> std::result::Result<(CompressionType, &[u8], u32
 }
 
 /// Checks the entry of block `hash` (see [`parse_entry`]).
-pub fn split_entry<'a>(
+pub(crate) fn split_entry<'a>(
     entry: &'a [u8],
     hash: &BlockHash,
 ) -> Result<(CompressionType, &'a [u8], u32)> {
@@ -252,7 +256,7 @@ pub fn split_entry<'a>(
 }
 
 /// Decodes an entry read from disk into the block stored under `hash`.
-pub fn decode_entry(entry: &[u8], hash: &BlockHash) -> Result<Block> {
+pub(crate) fn decode_entry(entry: &[u8], hash: &BlockHash) -> Result<Block> {
     let (codec, stored, _) = split_entry(entry, hash)?;
     decode_stored(codec, stored, hash)
 }
@@ -268,7 +272,7 @@ fn decode_stored(codec: CompressionType, stored: &[u8], hash: &BlockHash) -> Res
 /// Decodes an entry found while scanning a segment (no hash known yet): the block
 /// and its hash come from the bytes, which the entry checksum protects. Returns
 /// the block and the entry's length before compression.
-pub fn decode_scanned_entry(entry: &[u8]) -> Result<(Block, u32)> {
+pub(crate) fn decode_scanned_entry(entry: &[u8]) -> Result<(Block, u32)> {
     let (codec, stored, raw_len) = parse_entry(entry)
         .map_err(|what| StorageError::corrupted(format!("fs: scanned entry: {what}")))?;
     let parts = WireFormat {
@@ -282,13 +286,13 @@ pub fn decode_scanned_entry(entry: &[u8]) -> Result<(Block, u32)> {
 }
 
 /// Starts a record in `out`; [`finish_record`] fills in its header.
-pub fn begin_record(out: &mut Vec<u8>) -> usize {
+pub(crate) fn begin_record(out: &mut Vec<u8>) -> usize {
     let start = out.len();
     out.extend_from_slice(&[0; REC_HEADER]);
     start
 }
 
-pub fn finish_record(out: &mut [u8], start: usize, kind: u8) {
+pub(crate) fn finish_record(out: &mut [u8], start: usize, kind: u8) {
     let body_len = (out.len() - start - REC_HEADER) as u32;
     let rec = &mut out[start..];
     rec[..2].copy_from_slice(&REC_MAGIC.to_le_bytes());
@@ -308,7 +312,7 @@ fn record_crc(header: &[u8], body: &[u8]) -> u32 {
 }
 
 /// A HEAD record body.
-pub fn head_body(head: Option<&BlockHash>) -> Vec<u8> {
+pub(crate) fn head_body(head: Option<&BlockHash>) -> Vec<u8> {
     match head {
         None => vec![0],
         Some(h) => {
@@ -321,7 +325,7 @@ pub fn head_body(head: Option<&BlockHash>) -> Vec<u8> {
 
 /// What a record header says, before its body is checked.
 #[derive(Debug, Clone, Copy)]
-pub struct RecordHeader {
+pub(crate) struct RecordHeader {
     /// Record kind.
     pub kind: u8,
     /// Body length.
@@ -331,7 +335,7 @@ pub struct RecordHeader {
 }
 
 /// Parses a record header; `None` if it cannot be one.
-pub fn parse_record_header(h: &[u8]) -> Option<RecordHeader> {
+pub(crate) fn parse_record_header(h: &[u8]) -> Option<RecordHeader> {
     if h.len() < REC_HEADER || u16::from_le_bytes([h[0], h[1]]) != REC_MAGIC || h[3] != 0 {
         return None;
     }
@@ -351,12 +355,12 @@ pub fn parse_record_header(h: &[u8]) -> Option<RecordHeader> {
 }
 
 /// Whether `body` matches the checksum in `header`.
-pub fn record_checksum_ok(header: &[u8], body: &[u8], crc: u32) -> bool {
+pub(crate) fn record_checksum_ok(header: &[u8], body: &[u8], crc: u32) -> bool {
     record_crc(header, body) == crc
 }
 
 /// Splits a PUT body into entries: `(offset within body, entry bytes)`.
-pub fn put_entries(body: &[u8]) -> Option<Vec<(usize, &[u8])>> {
+pub(crate) fn put_entries(body: &[u8]) -> Option<Vec<(usize, &[u8])>> {
     let count = u32_at_checked(body, 0)? as usize;
     let mut at = 4;
     let mut out = Vec::with_capacity(count.min(body.len() / ENTRY_HEADER + 1));
@@ -370,12 +374,12 @@ pub fn put_entries(body: &[u8]) -> Option<Vec<(usize, &[u8])>> {
 }
 
 /// Parses a DELETE body.
-pub fn parse_delete(body: &[u8]) -> Option<BlockHash> {
+pub(crate) fn parse_delete(body: &[u8]) -> Option<BlockHash> {
     (body.len() == 32).then(|| BlockHash::from_slice(body).ok())?
 }
 
 /// Parses a HEAD body.
-pub fn parse_head(body: &[u8]) -> Option<Option<BlockHash>> {
+pub(crate) fn parse_head(body: &[u8]) -> Option<Option<BlockHash>> {
     match body {
         [0] => Some(None),
         [1, rest @ ..] if rest.len() == 32 => BlockHash::from_slice(rest).ok().map(Some),
@@ -393,7 +397,7 @@ fn u32_at_checked(b: &[u8], at: usize) -> Option<u32> {
 
 /// One operation of a segment, as kept for its index file.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Op {
+pub(crate) enum Op {
     /// A block written at `off` (entry header) with `len` bytes.
     Put(PutOp),
     /// A block deleted.
@@ -404,7 +408,7 @@ pub enum Op {
 
 /// A stored block's location and metadata.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PutOp {
+pub(crate) struct PutOp {
     /// Offset of the entry header in the segment.
     pub off: u64,
     /// Entry length (header and stored bytes).
@@ -428,7 +432,7 @@ pub struct PutOp {
 impl PutOp {
     /// The put of `block`, whose entry of `len` bytes (`raw_len` before
     /// compression) starts at `off`.
-    pub fn of(block: &Block, off: u64, len: u32, raw_len: u32) -> Self {
+    pub(crate) fn of(block: &Block, off: u64, len: u32, raw_len: u32) -> Self {
         Self {
             off,
             len,
@@ -444,7 +448,7 @@ impl PutOp {
 }
 
 /// Serialises a segment index covering the first `covered` bytes of segment `id`.
-pub fn encode_index(id: u64, covered: u64, ops: &[Op]) -> Vec<u8> {
+pub(crate) fn encode_index(id: u64, covered: u64, ops: &[Op]) -> Vec<u8> {
     let mut keys: Vec<&PublicKey> = Vec::new();
     let mut key_ids: HashMap<&PublicKey, u32> = HashMap::new();
     let mut types: Vec<&str> = Vec::new();
@@ -512,7 +516,7 @@ pub fn encode_index(id: u64, covered: u64, ops: &[Op]) -> Vec<u8> {
 
 /// A put as an index file holds it: signer and type as ids into the file's tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RawPut {
+pub(crate) struct RawPut {
     /// Offset of the entry header in the segment.
     pub off: u64,
     /// Entry length.
@@ -536,7 +540,7 @@ pub struct RawPut {
 impl RawPut {
     /// `p` with its signer and type given as ids (the converse of
     /// [`IndexHeader::op`]).
-    pub fn with_ids(p: &PutOp, key: u32, ty: u32) -> Self {
+    pub(crate) fn with_ids(p: &PutOp, key: u32, ty: u32) -> Self {
         Self {
             off: p.off,
             len: p.len,
@@ -553,7 +557,7 @@ impl RawPut {
 
 /// An operation as an index file holds it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RawOp {
+pub(crate) enum RawOp {
     /// A block written.
     Put(RawPut),
     /// A block deleted.
@@ -565,7 +569,7 @@ pub enum RawOp {
 /// A whole parsed index file (tests).
 #[cfg(test)]
 #[derive(Debug)]
-pub struct SegmentIndex {
+pub(crate) struct SegmentIndex {
     /// Its tables and coverage.
     pub header: IndexHeader,
     /// The operations, in log order.
@@ -575,14 +579,14 @@ pub struct SegmentIndex {
 #[cfg(test)]
 impl SegmentIndex {
     /// Every operation, resolved.
-    pub fn to_ops(&self) -> Vec<Op> {
+    pub(crate) fn to_ops(&self) -> Vec<Op> {
         self.ops.iter().map(|o| self.header.op(o)).collect()
     }
 }
 
 impl IndexHeader {
     /// One operation with its signer and type resolved.
-    pub fn op(&self, raw: &RawOp) -> Op {
+    pub(crate) fn op(&self, raw: &RawOp) -> Op {
         match raw {
             RawOp::Put(p) => Op::Put(PutOp {
                 off: p.off,
@@ -604,7 +608,7 @@ impl IndexHeader {
 /// The tables of an index file, checked; its operations are read with
 /// [`index_ops`] straight from the file's bytes.
 #[derive(Debug)]
-pub struct IndexHeader {
+pub(crate) struct IndexHeader {
     /// Bytes of the segment the operations cover.
     pub covered: u64,
     /// Signers, by id.
@@ -618,7 +622,7 @@ pub struct IndexHeader {
 
 /// Checks an index file of segment `id` (checksum, magic, id, tables); `None` if
 /// it is damaged, foreign or of another segment.
-pub fn parse_index_header(bytes: &[u8], id: u64) -> Option<IndexHeader> {
+pub(crate) fn parse_index_header(bytes: &[u8], id: u64) -> Option<IndexHeader> {
     let (body, crc) = bytes.split_at_checked(bytes.len().checked_sub(4)?)?;
     if crc32fast::hash(body) != u32::from_le_bytes(crc.try_into().ok()?) {
         return None;
@@ -652,7 +656,7 @@ pub fn parse_index_header(bytes: &[u8], id: u64) -> Option<IndexHeader> {
 
 /// The operations of an index file whose header [`parse_index_header`] checked.
 /// Yields `None` (and stops) at a malformed operation.
-pub fn index_ops<'a>(
+pub(crate) fn index_ops<'a>(
     bytes: &'a [u8],
     h: &'a IndexHeader,
 ) -> impl Iterator<Item = Option<RawOp>> + 'a {
@@ -727,7 +731,7 @@ fn read_op(r: &mut Reader<'_>, h: &IndexHeader) -> Option<RawOp> {
 
 /// Parses a whole index file of segment `id`; `None` if any of it is damaged.
 #[cfg(test)]
-pub fn decode_index(bytes: &[u8], id: u64) -> Option<SegmentIndex> {
+pub(crate) fn decode_index(bytes: &[u8], id: u64) -> Option<SegmentIndex> {
     let h = parse_index_header(bytes, id)?;
     let ops = index_ops(bytes, &h).collect::<Option<Vec<_>>>()?;
     Some(SegmentIndex { header: h, ops })

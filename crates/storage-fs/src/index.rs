@@ -14,7 +14,7 @@ use crate::format::{IndexHeader, Op, PutOp, RawOp, RawPut};
 /// Where an entry lives (16 bytes: segments are at most 2 GiB and one record
 /// at most 1 GiB, so offsets fit in 32 bits).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Loc {
+pub(crate) struct Loc {
     /// Segment id.
     pub seg: u64,
     /// Offset of the entry header.
@@ -25,7 +25,7 @@ pub struct Loc {
 
 /// One stored block, as the index keeps it (72 bytes plus the map's overhead).
 #[derive(Debug, Clone)]
-pub struct Entry {
+pub(crate) struct Entry {
     pub hash: BlockHash,
     pub ts: u64,
     pub size: u32,
@@ -37,7 +37,7 @@ pub struct Entry {
 
 impl Loc {
     /// The entry of `len` bytes at offset `off` of segment `seg`.
-    pub fn at(seg: u64, off: u64, len: u32) -> Self {
+    pub(crate) fn at(seg: u64, off: u64, len: u32) -> Self {
         Self {
             seg,
             off: off as u32,
@@ -112,7 +112,7 @@ impl HashIndex {
 
 /// Byte accounting of one segment.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct SegUse {
+pub(crate) struct SegUse {
     /// Bytes of live entries.
     pub live: u64,
     /// Bytes of live entries before compression.
@@ -151,7 +151,7 @@ impl<T: std::hash::Hash + Eq + Clone> Interner<T> {
 
 /// The whole index.
 #[derive(Debug, Default)]
-pub struct Index {
+pub(crate) struct Index {
     pub by_index: BTreeMap<u64, Entry>,
     by_hash: HashIndex,
     /// `(timestamp, index)`: time order with the index as tie-breaker.
@@ -165,45 +165,45 @@ pub struct Index {
 
 impl Index {
     /// The entry of a stored block.
-    pub fn get(&self, hash: &BlockHash) -> Option<&Entry> {
+    pub(crate) fn get(&self, hash: &BlockHash) -> Option<&Entry> {
         self.by_hash
             .get(hash, &self.by_index)
             .map(|i| &self.by_index[&i])
     }
 
     /// Whether a block is stored.
-    pub fn contains(&self, hash: &BlockHash) -> bool {
+    pub(crate) fn contains(&self, hash: &BlockHash) -> bool {
         self.by_hash.get(hash, &self.by_index).is_some()
     }
 
     /// Number of stored blocks.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.by_hash.len()
     }
 
     /// The block at `index`, if any.
-    pub fn at(&self, index: u64) -> Option<&Entry> {
+    pub(crate) fn at(&self, index: u64) -> Option<&Entry> {
         self.by_index.get(&index)
     }
 
     /// Interns a signer and a payload type.
-    pub fn ids(&mut self, key: &PublicKey, ty: &Arc<str>) -> (u32, u32) {
+    pub(crate) fn ids(&mut self, key: &PublicKey, ty: &Arc<str>) -> (u32, u32) {
         (self.keys.id(key), self.types.id(ty))
     }
 
     /// The signer behind an id.
-    pub fn key(&self, id: u32) -> PublicKey {
+    pub(crate) fn key(&self, id: u32) -> PublicKey {
         self.keys.values[id as usize]
     }
 
     /// The payload type behind an id.
-    pub fn ty(&self, id: u32) -> &Arc<str> {
+    pub(crate) fn ty(&self, id: u32) -> &Arc<str> {
         &self.types.values[id as usize]
     }
 
     /// Applies one logged operation of segment `seg`. Replaying a log applies every
     /// operation in order; live writes apply theirs after they are on disk.
-    pub fn apply(&mut self, seg: u64, op: &Op) -> Result<()> {
+    pub(crate) fn apply(&mut self, seg: u64, op: &Op) -> Result<()> {
         match op {
             Op::Put(p) => self.put(seg, p),
             Op::Delete(h) => {
@@ -253,7 +253,7 @@ impl Index {
     }
 
     /// Removes a block; returns its entry.
-    pub fn delete(&mut self, hash: &BlockHash) -> Option<Entry> {
+    pub(crate) fn delete(&mut self, hash: &BlockHash) -> Option<Entry> {
         let index = self.by_hash.remove(hash, &self.by_index)?;
         let e = self.by_index.remove(&index).expect("indexed");
         self.by_time.remove(&(e.ts, index));
@@ -266,7 +266,7 @@ impl Index {
     }
 
     /// Moves a live entry to a new copy of it; the old bytes are dead.
-    pub fn relocate(&mut self, index: u64, loc: Loc) {
+    pub(crate) fn relocate(&mut self, index: u64, loc: Loc) {
         let e = self.by_index.get_mut(&index).expect("indexed");
         let raw = u64::from(e.raw_len);
         let old = std::mem::replace(&mut e.loc, loc);
@@ -277,7 +277,7 @@ impl Index {
     }
 
     /// The metadata `list_blocks` returns for an entry.
-    pub fn metadata(&self, index: u64, e: &Entry) -> BlockMetadata {
+    pub(crate) fn metadata(&self, index: u64, e: &Entry) -> BlockMetadata {
         BlockMetadata {
             hash: e.hash,
             index,
@@ -289,12 +289,12 @@ impl Index {
     }
 
     /// Oldest and newest timestamps.
-    pub fn time_bounds(&self) -> Option<(u64, u64)> {
+    pub(crate) fn time_bounds(&self) -> Option<(u64, u64)> {
         Some((self.by_time.first()?.0, self.by_time.last()?.0))
     }
 
     /// `list_blocks`: walks only the part of the ordered index the query needs.
-    pub fn list(&self, o: &ListOptions) -> Vec<BlockMetadata> {
+    pub(crate) fn list(&self, o: &ListOptions) -> Vec<BlockMetadata> {
         let (Some((tlo, thi)), Some((lo, hi))) = (o.time_range_nanos(), o.index_range()) else {
             return Vec::new();
         };
@@ -377,7 +377,7 @@ type Helped = Option<(HashIndex, BTreeSet<(u64, u64)>)>;
 /// (the copies of a compaction replayed after their originals, or damage), or two
 /// hashes sharing a 64-bit prefix. The replay handles superseded copies and
 /// reports real conflicts.
-pub struct Bulk {
+pub(crate) struct Bulk {
     ix: Index,
     puts: Vec<(u64, Entry)>,
     head: Option<BlockHash>,
@@ -391,7 +391,7 @@ const CHUNK: usize = 1 << 16;
 
 impl Bulk {
     /// A builder expecting about `capacity` blocks.
-    pub fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Keys>(8);
         let helper = std::thread::Builder::new()
             .name("olocus-fs-open".into())
@@ -442,7 +442,7 @@ impl Bulk {
     }
 
     /// Adds an index file's operations; `false` if the bulk path cannot take them.
-    pub fn add_indexed(
+    pub(crate) fn add_indexed(
         &mut self,
         seg: u64,
         h: &IndexHeader,
@@ -472,7 +472,7 @@ impl Bulk {
 
     /// Adds operations decoded from a segment's unindexed tail; `false` if the
     /// bulk path cannot take them.
-    pub fn add_tail(&mut self, seg: u64, ops: &[Op]) -> bool {
+    pub(crate) fn add_tail(&mut self, seg: u64, ops: &[Op]) -> bool {
         let mut usage = SegUse::default();
         for op in ops {
             match op {
@@ -505,7 +505,7 @@ impl Bulk {
     }
 
     /// The index; `None` if the log needs a replay after all.
-    pub fn finish(mut self) -> Option<Index> {
+    pub(crate) fn finish(mut self) -> Option<Index> {
         self.send();
         self.tx = None; // ends the helper's input
         let mut ix = std::mem::take(&mut self.ix);

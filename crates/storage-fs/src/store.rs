@@ -17,11 +17,11 @@ use crate::io::{Vfs, VfsFile};
 use crate::{Durability, FsConfig};
 
 /// An open file of the store.
-pub type FileRef = Arc<dyn VfsFile>;
+pub(crate) type FileRef = Arc<dyn VfsFile>;
 
 /// The store directory and the file layer it lives on.
 #[derive(Clone)]
-pub struct Dir {
+pub(crate) struct Dir {
     pub path: PathBuf,
     pub vfs: Arc<dyn Vfs>,
 }
@@ -36,10 +36,10 @@ impl Dir {
 }
 
 /// Lock file name.
-pub const LOCK_FILE: &str = "LOCK";
+pub(crate) const LOCK_FILE: &str = "LOCK";
 
 /// The list of the store's segments (see `format`).
-pub const MANIFEST: &str = "MANIFEST";
+pub(crate) const MANIFEST: &str = "MANIFEST";
 
 /// Writes the manifest atomically (temp file, sync, rename, directory sync).
 fn write_manifest(dir: &Dir, segments: &BTreeMap<u64, u64>) -> Result<()> {
@@ -78,7 +78,7 @@ fn read_manifest(dir: &Dir) -> Result<Option<Vec<(u64, u64)>>> {
     })
 }
 
-pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every critical section below checks before it mutates, so a panic inside one
     // cannot leave half-applied state behind: a poisoned lock is safe to reuse.
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -88,11 +88,11 @@ fn io(context: String, e: std::io::Error) -> StorageError {
     StorageError::io(context, e)
 }
 
-pub fn seg_path(dir: &Path, id: u64) -> PathBuf {
+pub(crate) fn seg_path(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("{id:016x}.seg"))
 }
 
-pub fn idx_path(dir: &Path, id: u64) -> PathBuf {
+pub(crate) fn idx_path(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("{id:016x}.idx"))
 }
 
@@ -146,7 +146,7 @@ fn create_segment(dir: &Dir, id: u64) -> Result<FileRef> {
 }
 
 /// Reads `len` bytes at `off`; a short file is damage, not an I/O hiccup.
-pub fn read_exact(
+pub(crate) fn read_exact(
     file: &dyn VfsFile,
     off: u64,
     len: usize,
@@ -164,13 +164,13 @@ pub fn read_exact(
 
 /// Index and open segment files, behind one lock.
 #[derive(Default)]
-pub struct State {
+pub(crate) struct State {
     pub index: Index,
     pub files: BTreeMap<u64, FileRef>,
 }
 
 /// The single writer: the active segment and the operations it holds.
-pub struct Writer {
+pub(crate) struct Writer {
     pub seg: u64,
     pub file: FileRef,
     /// Bytes in the active segment (its end offset).
@@ -205,7 +205,7 @@ struct Stop {
 }
 
 /// An open store.
-pub struct Inner {
+pub(crate) struct Inner {
     pub dir: Dir,
     pub cfg: FsConfig,
     pub state: RwLock<State>,
@@ -294,11 +294,11 @@ impl Writer {
     }
 }
 
-pub fn read_state(s: &RwLock<State>) -> std::sync::RwLockReadGuard<'_, State> {
+pub(crate) fn read_state(s: &RwLock<State>) -> std::sync::RwLockReadGuard<'_, State> {
     s.read().unwrap_or_else(PoisonError::into_inner)
 }
 
-pub fn write_state(s: &RwLock<State>) -> std::sync::RwLockWriteGuard<'_, State> {
+pub(crate) fn write_state(s: &RwLock<State>) -> std::sync::RwLockWriteGuard<'_, State> {
     s.write().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -416,7 +416,7 @@ impl Inner {
 
     /// Stores blocks as one record: all or nothing.
     /// The payload limit is checked by the layer before this runs.
-    pub fn store(&self, blocks: &[Block]) -> Result<()> {
+    pub(crate) fn store(&self, blocks: &[Block]) -> Result<()> {
         // Encoding and compression are the CPU-heavy part: outside the lock.
         let encoded = blocks
             .iter()
@@ -511,11 +511,11 @@ impl Inner {
         Ok(true)
     }
 
-    pub fn delete(&self, hash: &BlockHash) -> Result<bool> {
+    pub(crate) fn delete(&self, hash: &BlockHash) -> Result<bool> {
         self.log_op(Op::Delete(*hash), |ix| Ok(ix.contains(hash)))
     }
 
-    pub fn set_head(&self, hash: &BlockHash) -> Result<()> {
+    pub(crate) fn set_head(&self, hash: &BlockHash) -> Result<()> {
         self.log_op(Op::Head(Some(*hash)), |ix| {
             if !ix.contains(hash) {
                 return Err(StorageError::BlockNotFound { hash: *hash });
@@ -526,13 +526,13 @@ impl Inner {
     }
 
     /// The bytes of one entry.
-    pub fn read_entry(&self, file: &FileRef, loc: Loc) -> Result<Vec<u8>> {
+    pub(crate) fn read_entry(&self, file: &FileRef, loc: Loc) -> Result<Vec<u8>> {
         read_exact(&**file, u64::from(loc.off), loc.len as usize, &|| {
             self.dir.seg(loc.seg).display().to_string()
         })
     }
 
-    pub fn retrieve(&self, hash: &BlockHash) -> Result<Option<Block>> {
+    pub(crate) fn retrieve(&self, hash: &BlockHash) -> Result<Option<Block>> {
         let (file, loc) = {
             let st = read_state(&self.state);
             let Some(e) = st.index.get(hash) else {
@@ -551,7 +551,7 @@ impl Inner {
 
     /// Blocks with `start <= index <= end`. Neighbouring entries are read with one
     /// read each run (blocks of a chain usually sit next to each other).
-    pub fn range(&self, start: u64, end: u64) -> Result<Vec<Block>> {
+    pub(crate) fn range(&self, start: u64, end: u64) -> Result<Vec<Block>> {
         let wanted: Vec<(BlockHash, Loc, FileRef)> = {
             let st = read_state(&self.state);
             st.index
@@ -594,7 +594,7 @@ impl Inner {
     }
 
     /// Syncs, writes the active segment's index and stops the sync thread.
-    pub fn close(&self) -> Result<()> {
+    pub(crate) fn close(&self) -> Result<()> {
         *lock(&self.stop.stopped) = true;
         self.stop.cv.notify_all();
         let mut w = lock(&self.writer);
@@ -617,7 +617,7 @@ impl Inner {
     /// Replaying what is left after a crash at any point gives the same store: a
     /// copy replayed after its original simply supersedes it, and a delete is only
     /// dropped together with every older copy of its block.
-    pub fn rewrite(&self, all: bool) -> Result<()> {
+    pub(crate) fn rewrite(&self, all: bool) -> Result<()> {
         let mut w = lock(&self.writer);
         w.usable()?;
         let prefix_end = {
@@ -742,7 +742,7 @@ impl Inner {
 
     /// Removes files the store no longer needs: unfinished index files, saved torn
     /// tails, and index files of segments that are gone. Unknown files are left.
-    pub fn remove_orphans(&self) -> Result<()> {
+    pub(crate) fn remove_orphans(&self) -> Result<()> {
         let live: Vec<u64> = read_state(&self.state).files.keys().copied().collect();
         for name in read_dir(&self.dir)? {
             // Segments the manifest no longer lists were replaced by a compaction
@@ -912,7 +912,7 @@ fn acquire_lock(dir: &Dir) -> Result<Box<dyn Any + Send + Sync>> {
 }
 
 /// Opens (creating if needed) the store in `cfg.path` on `vfs`.
-pub fn open(cfg: FsConfig, vfs: Arc<dyn Vfs>) -> Result<(Arc<Inner>, Recovery)> {
+pub(crate) fn open(cfg: FsConfig, vfs: Arc<dyn Vfs>) -> Result<(Arc<Inner>, Recovery)> {
     let dir = Dir {
         path: cfg.path.clone(),
         vfs,
@@ -1132,7 +1132,7 @@ fn indexed_blocks(dir: &Dir, id: u64, from: u64, to: u64) -> String {
 }
 
 /// `[1, 2, 3, 7]` as `#1..=#3, #7`.
-pub fn index_ranges(indices: &[u64]) -> String {
+pub(crate) fn index_ranges(indices: &[u64]) -> String {
     let mut sorted = indices.to_vec();
     sorted.sort_unstable();
     sorted.dedup();
@@ -1502,7 +1502,7 @@ fn valid_record_after(tail: &[u8], from: usize) -> bool {
 }
 
 /// Where the first whole, valid record at or after `from` starts.
-pub fn next_valid_record(tail: &[u8], from: usize) -> Option<usize> {
+pub(crate) fn next_valid_record(tail: &[u8], from: usize) -> Option<usize> {
     let magic = format::REC_MAGIC.to_le_bytes();
     (from..tail.len().saturating_sub(REC_HEADER - 1)).find(|&at| {
         tail[at..at + 2] == magic
@@ -1514,7 +1514,7 @@ pub fn next_valid_record(tail: &[u8], from: usize) -> Option<usize> {
 }
 
 /// What reading a store's files directly recovered (see [`salvage_scan`]).
-pub struct Salvaged {
+pub(crate) struct Salvaged {
     /// Blocks still stored, by index, as the log's operations leave them.
     pub blocks: BTreeMap<u64, Block>,
     /// Indices of blocks the log deletes.
@@ -1531,7 +1531,7 @@ pub struct Salvaged {
 /// and index files say, skipping damaged bytes (resuming at the next valid
 /// record), and replays what reads: the salvage of a store that will not open.
 /// Index files, where they parse, tell which indices existed.
-pub fn salvage_scan(dir: &Path) -> Result<Salvaged> {
+pub(crate) fn salvage_scan(dir: &Path) -> Result<Salvaged> {
     let vfs: Arc<dyn Vfs> = Arc::new(crate::io::StdVfs);
     let d = Dir {
         path: dir.to_path_buf(),
@@ -1661,7 +1661,7 @@ pub fn salvage_scan(dir: &Path) -> Result<Salvaged> {
 }
 
 /// Bytes and files in the store directory.
-pub fn dir_usage(dir: &Dir) -> Result<(u64, u64, u64)> {
+pub(crate) fn dir_usage(dir: &Dir) -> Result<(u64, u64, u64)> {
     let (mut size, mut files, mut seg_bytes) = (0u64, 0u64, 0u64);
     for name in read_dir(dir)? {
         let path = dir.path.join(&name);

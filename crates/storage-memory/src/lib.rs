@@ -26,6 +26,9 @@
 //! # }).unwrap();
 //! ```
 
+// Library code returns errors; tests may unwrap (see clippy.toml).
+#![warn(clippy::unwrap_used)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::SystemTime;

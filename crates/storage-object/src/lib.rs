@@ -82,6 +82,9 @@
 //! no conditional update, so [`ObjectStoreBackend::with_store_single_writer`] (and
 //! `file://` URLs) serialise updates inside the one process that may write.
 
+// Library code returns errors; tests may unwrap (see clippy.toml).
+#![warn(clippy::unwrap_used)]
+
 mod config;
 pub mod layout;
 

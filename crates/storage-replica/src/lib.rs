@@ -43,6 +43,9 @@
 //! data) or a primary marked unhealthy is served by the first healthy replica, which
 //! may lag behind; reads return to the primary once a health check sees it well.
 
+// Library code returns errors; tests may unwrap (see clippy.toml).
+#![warn(clippy::unwrap_used)]
+
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;

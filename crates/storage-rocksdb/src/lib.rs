@@ -47,6 +47,9 @@
 //! # Ok(()) }
 //! ```
 
+// Library code returns errors; tests may unwrap (see clippy.toml).
+#![warn(clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};

@@ -50,6 +50,9 @@
 //! # Ok(()) }
 //! ```
 
+// Library code returns errors; tests may unwrap (see clippy.toml).
+#![warn(clippy::unwrap_used)]
+
 mod config;
 
 use std::path::{Path, PathBuf};
