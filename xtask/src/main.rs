@@ -236,9 +236,40 @@ fn workspace_root() -> PathBuf {
 /// Feature sets of the `olocus-storage` facade that CI builds alone.
 const FACADE_FEATURES: [&str; 7] = ["", "memory", "fs", "rocksdb", "sqlite", "cache", "replica"];
 
+/// A tool installed by `scripts/install-deps.sh`: on `PATH`, or in CI's cache
+/// directory (`OLOCUS_TOOLS_DIR`, default `~/.cache/olocus-storage/tools`).
+fn tool_path(name: &str) -> Result<PathBuf, String> {
+    let dir = std::env::var_os("OLOCUS_TOOLS_DIR")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/olocus-storage/tools"))
+        });
+    if let Some(bin) = dir.map(|d| d.join("bin").join(name))
+        && bin.is_file()
+    {
+        return Ok(bin);
+    }
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join(name))
+        .find(|p| p.is_file());
+    on_path.ok_or_else(|| format!("{name} is not installed: run scripts/install-deps.sh"))
+}
+
 fn ci(root: &Path, skip_third_party: bool) -> Result<(), String> {
     let started = Instant::now();
     step(root, "format", &["fmt", "--all", "--", "--check"], &[])?;
+    // Licences, banned and duplicate crates, and sources (deny.toml). Advisories
+    // need the RustSec database from the network, so CI leaves them out.
+    let deny = tool_path("cargo-deny")?;
+    let deny = deny.to_str().ok_or("non-UTF-8 path to cargo-deny")?;
+    run_tool(
+        root,
+        "cargo deny (licenses, bans, sources)",
+        deny,
+        &["deny", "--locked", "check", "licenses", "bans", "sources"],
+    )?;
     step(
         root,
         "clippy",
@@ -582,6 +613,25 @@ fn step(root: &Path, name: &str, args: &[&str], env: &[(&str, &str)]) -> Result<
         args.iter().map(|s| s.to_string()).collect(),
         env,
     )
+}
+
+/// Runs an installed tool (not cargo) as a CI step.
+fn run_tool(root: &Path, name: &str, program: &str, args: &[&str]) -> Result<(), String> {
+    println!("==> {name}: {program} {}", args.join(" "));
+    let started = Instant::now();
+    let status = Command::new(program)
+        .args(args)
+        .current_dir(root)
+        .status()
+        .map_err(|e| format!("{name}: cannot run {program}: {e}"))?;
+    if !status.success() {
+        return Err(format!(
+            "{name} failed ({status}) after {:.0?}",
+            started.elapsed()
+        ));
+    }
+    println!("<== {name}: ok in {:.0?}", started.elapsed());
+    Ok(())
 }
 
 fn step_owned(
