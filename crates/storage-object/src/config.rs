@@ -261,6 +261,7 @@ pub(crate) fn install_crypto_provider() {
 /// Environment variables naming a test cluster (set by `cargo xtask cluster up`
 /// and `cargo xtask ci`): `OLOCUS_S3_ENDPOINT`, `OLOCUS_S3_BUCKET`,
 /// `OLOCUS_S3_ACCESS_KEY_ID`, `OLOCUS_S3_SECRET_ACCESS_KEY`.
+#[doc(hidden)]
 pub const CLUSTER_ENV: [&str; 4] = [
     "OLOCUS_S3_ENDPOINT",
     "OLOCUS_S3_BUCKET",
@@ -270,7 +271,9 @@ pub const CLUSTER_ENV: [&str; 4] = [
 
 impl ObjectStoreConfig {
     /// A config for the chain `prefix` on the cluster named by [`CLUSTER_ENV`], or
-    /// `None` if those variables are not set. Tests and benchmarks use it.
+    /// `None` if those variables are not set. For tests and benchmarks; not part
+    /// of the API.
+    #[doc(hidden)]
     pub fn from_cluster_env(prefix: &str) -> Option<Self> {
         let [endpoint, bucket, key, secret] = CLUSTER_ENV.map(|v| std::env::var(v).ok());
         let (endpoint, bucket, key, secret) = (endpoint?, bucket?, key?, secret?);
