@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkGroup, Criterion, Throughput, measurement::WallTime};
 use olocus_benches::spec::{BIG, BIG_QUICK, CONCURRENT_WRITERS, FULL, Op, Subject};
-use olocus_benches::{BULK_TYPE, bulk_blocks};
+use olocus_benches::{BULK_TYPE, bulk_blocks, raw};
 use storage_conformance::data::{self, READING};
 use storage_core::{Block, BlockFilter, CompressionType, ListOptions, SortOrder, StorageBackend};
 
@@ -302,348 +302,6 @@ async fn ingest_into(s: Subject, path: &Path, big: &[Block]) -> Duration {
 // Raw engines
 // ---------------------------------------------------------------------------
 
-mod raw_rocks {
-    use std::path::Path;
-
-    use rocksdb::{
-        ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions,
-    };
-    use storage_core::{Block, WireFormat};
-
-    const CFS: [&str; 7] = [
-        "blocks", "metadata", "index", "by_time", "by_key", "by_type", "chain",
-    ];
-
-    pub(crate) fn open(path: &Path) -> DB {
-        let mut opts = Options::default();
-        opts.create_if_missing(true);
-        opts.create_missing_column_families(true);
-        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        let cfs = CFS.map(|n| ColumnFamilyDescriptor::new(n, opts.clone()));
-        DB::open_cf_descriptors(&opts, path, cfs).expect("raw open")
-    }
-
-    /// The keys and values our backend writes for one block (after the same
-    /// conflict check).
-    fn put(db: &DB, batch: &mut WriteBatch, b: &Block, count: u64) {
-        let cf = |n| db.cf_handle(n).expect("cf");
-        let idx = b.index().to_be_bytes();
-        assert!(db.get_pinned_cf(cf("index"), idx).unwrap().is_none());
-        let mut record = Vec::with_capacity(128);
-        record.extend_from_slice(b.hash().as_bytes());
-        record.extend_from_slice(&b.timestamp_nanos().to_be_bytes());
-        record.extend_from_slice(&b.size_bytes().to_be_bytes());
-        record.extend_from_slice(b.public_key().as_bytes());
-        record.push(b.payload_type().len() as u8);
-        record.extend_from_slice(b.payload_type().as_bytes());
-        let k2 = |a: &[u8]| [a, &idx[..]].concat();
-        batch.put_cf(
-            cf("blocks"),
-            b.hash().as_bytes(),
-            WireFormat::BINARY.encode(b).unwrap(),
-        );
-        batch.put_cf(cf("metadata"), b.hash().as_bytes(), idx);
-        batch.put_cf(cf("index"), idx, record);
-        batch.put_cf(cf("by_time"), k2(&b.timestamp_nanos().to_be_bytes()), []);
-        batch.put_cf(cf("by_key"), k2(b.public_key().as_bytes()), []);
-        batch.put_cf(
-            cf("by_type"),
-            [b.payload_type().as_bytes(), &[0], &idx[..]].concat(),
-            [],
-        );
-        batch.put_cf(cf("chain"), "count", count.to_be_bytes());
-    }
-
-    pub(crate) fn store(db: &DB, blocks: &[Block], first: u64, sync: bool) {
-        let mut batch = WriteBatch::default();
-        for (j, b) in blocks.iter().enumerate() {
-            put(db, &mut batch, b, first + j as u64);
-        }
-        let mut opts = WriteOptions::default();
-        opts.set_sync(sync);
-        db.write_opt(batch, &opts).unwrap();
-    }
-
-    /// A block back, as our retrieve returns it: decoded, hash checked.
-    pub(crate) fn retrieve(db: &DB, b: &Block) -> Block {
-        let h = b.hash();
-        let v = db
-            .get_pinned_cf(db.cf_handle("blocks").unwrap(), h.as_bytes())
-            .unwrap()
-            .unwrap();
-        WireFormat::BINARY.decode_stored(&v, &h).unwrap()
-    }
-
-    pub(crate) fn list_100(db: &DB, lo: u64, ty: &str) -> usize {
-        let (by_type, index) = (
-            db.cf_handle("by_type").unwrap(),
-            db.cf_handle("index").unwrap(),
-        );
-        let from = [ty.as_bytes(), &[0], &lo.to_be_bytes()[..]].concat();
-        let snap = db.snapshot();
-        let mut n = 0;
-        for item in snap.iterator_cf(by_type, IteratorMode::From(&from, Direction::Forward)) {
-            let (k, _) = item.unwrap();
-            let rec = snap.get_cf(index, &k[k.len() - 8..]).unwrap().unwrap();
-            std::hint::black_box(rec);
-            n += 1;
-            if n == 100 {
-                break;
-            }
-        }
-        n
-    }
-
-    pub(crate) fn range(db: &DB, lo: u64, count: usize) -> Vec<Block> {
-        let (index, blocks) = (
-            db.cf_handle("index").unwrap(),
-            db.cf_handle("blocks").unwrap(),
-        );
-        let snap = db.snapshot();
-        let mut out = Vec::with_capacity(count);
-        let from = lo.to_be_bytes();
-        for item in snap.iterator_cf(index, IteratorMode::From(&from, Direction::Forward)) {
-            let (_, v) = item.unwrap();
-            let h = storage_core::BlockHash::from_slice(&v[..32]).unwrap();
-            let bytes = snap.get_cf(blocks, h.as_bytes()).unwrap().unwrap();
-            out.push(WireFormat::BINARY.decode_stored(&bytes, &h).unwrap());
-            if out.len() == count {
-                break;
-            }
-        }
-        out
-    }
-}
-
-mod raw_sqlite {
-    use std::path::Path;
-
-    use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
-    use storage_core::{Block, BlockHash, BlockParts, PublicKey, Signature};
-
-    /// A connection to a database whose schema our backend created, with its
-    /// pragmas.
-    pub(crate) fn open(rt: &tokio::runtime::Runtime, path: &Path, durable: bool) -> Connection {
-        let db = path.with_extension("db");
-        rt.block_on(async {
-            let s = storage_sqlite::SQLiteBackend::new(storage_sqlite::SQLiteConfig::at(&db))
-                .await
-                .expect("schema");
-            storage_core::StorageBackend::close(&s)
-                .await
-                .expect("close");
-        });
-        let c = Connection::open(&db).expect("raw open");
-        c.execute_batch(&format!(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {}; PRAGMA cache_size = -65536; \
-             PRAGMA temp_store = MEMORY;",
-            if durable { "FULL" } else { "NORMAL" }
-        ))
-        .expect("pragmas");
-        c
-    }
-
-    /// The statements our backend runs per inserted block.
-    fn insert(tx: &rusqlite::Transaction<'_>, b: &Block) {
-        let existing: Option<Vec<u8>> = tx
-            .prepare_cached("SELECT hash FROM blocks WHERE block_index = ?1")
-            .unwrap()
-            .query_row([b.index() as i64], |r| r.get(0))
-            .optional()
-            .unwrap();
-        assert!(existing.is_none());
-        let secs = (b.timestamp_nanos() / 1_000_000_000) as i64;
-        tx.prepare_cached(
-            "INSERT INTO blocks (block_index, hash, timestamp_ns, public_key, previous_hash, \
-             payload_type, payload, signature, size_bytes) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        )
-        .unwrap()
-        .execute(params![
-            b.index() as i64,
-            b.hash().as_bytes().as_slice(),
-            b.timestamp_nanos() as i64,
-            b.public_key().as_bytes().as_slice(),
-            b.previous_hash().map(|h| h.as_bytes().to_vec()),
-            b.payload_type(),
-            b.payload(),
-            b.signature().as_bytes().as_slice(),
-            b.size_bytes() as i64,
-        ])
-        .unwrap();
-        tx.prepare_cached(
-            "INSERT INTO block_stats (date, block_count, total_size) VALUES (date(?1, 'unixepoch'), 1, ?2) \
-             ON CONFLICT (date) DO UPDATE SET block_count = block_count + 1, total_size = total_size + excluded.total_size",
-        )
-        .unwrap()
-        .execute(params![secs, b.size_bytes() as i64])
-        .unwrap();
-        let n: i64 = tx
-            .prepare_cached(
-                "INSERT INTO block_stats_keys (date, public_key, blocks) VALUES (date(?1, 'unixepoch'), ?2, 1) \
-                 ON CONFLICT (date, public_key) DO UPDATE SET blocks = blocks + 1 RETURNING blocks",
-            )
-            .unwrap()
-            .query_row(params![secs, b.public_key().as_bytes().as_slice()], |r| r.get(0))
-            .unwrap();
-        if n == 1 {
-            tx.prepare_cached(
-                "UPDATE block_stats SET unique_keys = unique_keys + 1 WHERE date = date(?1, 'unixepoch')",
-            )
-            .unwrap()
-            .execute([secs])
-            .unwrap();
-        }
-    }
-
-    pub(crate) fn store(c: &mut Connection, blocks: &[Block]) {
-        let tx = c
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .unwrap();
-        for b in blocks {
-            insert(&tx, b);
-        }
-        tx.commit().unwrap();
-    }
-
-    const COLUMNS: &str = "hash, block_index, timestamp_ns, public_key, previous_hash, payload_type, payload, signature";
-
-    /// A block rebuilt from its row, hash checked, as our backend does.
-    fn block(r: &rusqlite::Row<'_>) -> rusqlite::Result<Block> {
-        let hash = BlockHash::from_slice(&r.get::<_, Vec<u8>>(0)?).unwrap();
-        let parts = BlockParts {
-            index: r.get::<_, i64>(1)? as u64,
-            timestamp_nanos: r.get::<_, i64>(2)? as u64,
-            public_key: PublicKey::from_slice(&r.get::<_, Vec<u8>>(3)?).unwrap(),
-            previous_hash: r
-                .get::<_, Option<Vec<u8>>>(4)?
-                .map(|h| BlockHash::from_slice(&h).unwrap()),
-            payload_type: r.get(5)?,
-            payload: r.get(6)?,
-            signature: Signature::from_slice(&r.get::<_, Vec<u8>>(7)?).unwrap(),
-        };
-        let b = Block::from_trusted_parts(parts).unwrap();
-        assert_eq!(b.hash(), hash);
-        Ok(b)
-    }
-
-    pub(crate) fn retrieve(c: &Connection, b: &Block) -> Block {
-        c.prepare_cached(&format!("SELECT {COLUMNS} FROM blocks WHERE hash = ?1"))
-            .unwrap()
-            .query_row([b.hash().as_bytes().as_slice()], block)
-            .unwrap()
-    }
-
-    pub(crate) fn list_100(c: &Connection, lo: u64, ty: &str) -> usize {
-        let mut stmt = c
-            .prepare_cached(
-                "SELECT hash, block_index, timestamp_ns, payload_type, public_key, size_bytes FROM blocks \
-                 WHERE block_index BETWEEN ?1 AND ?2 AND payload_type = ?3 ORDER BY block_index ASC \
-                 LIMIT ?4 OFFSET ?5",
-            )
-            .unwrap();
-        type Row = (Vec<u8>, i64, i64, String, Vec<u8>, i64);
-        let rows: Vec<Row> = stmt
-            .query_map(params![lo as i64, i64::MAX, ty, 100, 0], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                ))
-            })
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        rows.len()
-    }
-
-    pub(crate) fn range(c: &Connection, lo: u64, count: usize) -> Vec<Block> {
-        c.prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM blocks WHERE block_index BETWEEN ?1 AND ?2 ORDER BY block_index"
-        ))
-        .unwrap()
-        .query_map(params![lo as i64, (lo + count as u64 - 1) as i64], block)
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
-    }
-}
-
-mod raw_object {
-    use std::path::Path;
-    use std::sync::Arc;
-
-    use futures::{StreamExt, TryStreamExt};
-    use object_store::path::Path as ObjectPath;
-    use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
-    use storage_core::{Block, WireFormat};
-
-    /// The cluster's bucket under this run's prefix for `path`, with the same
-    /// client settings (timeouts, retries) as the backend.
-    pub(crate) async fn open(path: &Path) -> Arc<dyn ObjectStore> {
-        super::open_object(path).await.object_store()
-    }
-
-    /// One PUT holding `blocks` back to back, as one segment of our backend.
-    pub(crate) async fn store(store: &dyn ObjectStore, name: &str, blocks: &[Block]) {
-        let mut bytes = Vec::new();
-        for b in blocks {
-            bytes.extend_from_slice(&WireFormat::BINARY.encode(b).unwrap());
-        }
-        store
-            .put(&ObjectPath::from(name), PutPayload::from(bytes))
-            .await
-            .unwrap();
-    }
-
-    fn block_path(b: &Block) -> ObjectPath {
-        ObjectPath::from(format!("blk/{}", b.hash()))
-    }
-
-    /// Every block as its own object (32 PUTs at a time).
-    pub(crate) async fn fill(store: &dyn ObjectStore, blocks: &[Block]) {
-        futures::stream::iter(blocks)
-            .map(|b| async move {
-                store
-                    .put(
-                        &block_path(b),
-                        PutPayload::from(WireFormat::BINARY.encode(b).unwrap()),
-                    )
-                    .await
-            })
-            .buffer_unordered(32)
-            .try_collect::<Vec<_>>()
-            .await
-            .unwrap();
-    }
-
-    /// A block back, as our retrieve returns it: one GET, decoded, hash checked.
-    pub(crate) async fn retrieve(store: &dyn ObjectStore, b: &Block) -> Block {
-        let bytes = store
-            .get(&block_path(b))
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
-        WireFormat::BINARY.decode_stored(&bytes, &b.hash()).unwrap()
-    }
-
-    /// One LIST request's first 100 names after `offset`.
-    pub(crate) async fn list_100(store: &dyn ObjectStore, offset: &Block) -> usize {
-        let prefix = ObjectPath::from("blk");
-        store
-            .list_with_offset(Some(&prefix), &block_path(offset))
-            .take(100)
-            .try_collect::<Vec<_>>()
-            .await
-            .unwrap()
-            .len()
-    }
-}
-
 /// A raw engine with the full store's data.
 enum RawFull {
     Rocks(rocksdb::DB),
@@ -655,22 +313,22 @@ fn raw_full(env: &Setup, s: Subject) -> RawFull {
     let path = env.dir.path().join(format!("full-{}", s.name()));
     match s {
         Subject::RocksdbRaw => {
-            let db = raw_rocks::open(&path);
+            let db = raw::rocksdb::open(&path);
             for (i, chunk) in env.small.chunks(1_000).enumerate() {
-                raw_rocks::store(&db, chunk, (i * 1_000) as u64, false);
+                raw::rocksdb::store(&db, chunk, (i * 1_000) as u64, false);
             }
             RawFull::Rocks(db)
         }
         Subject::SqliteRaw => {
-            let mut c = raw_sqlite::open(&env.rt, &path, false);
+            let mut c = raw::sqlite::open(&env.rt, &path, false);
             for chunk in env.small.chunks(1_000) {
-                raw_sqlite::store(&mut c, chunk);
+                raw::sqlite::store(&mut c, chunk);
             }
             RawFull::Sqlite(c)
         }
         Subject::ObjectRaw => env.rt.block_on(async {
-            let store = raw_object::open(&path).await;
-            raw_object::fill(&*store, &env.small).await;
+            let store = open_object(&path).await.object_store();
+            raw::object::fill(&*store, &env.small).await;
             RawFull::Object(store)
         }),
         _ => unreachable!("not raw"),
@@ -698,26 +356,26 @@ fn bench_raw_store(
                 let want = ((iters - done) as usize).min(FULL / step);
                 match s {
                     Subject::RocksdbRaw => {
-                        let db = raw_rocks::open(&path);
+                        let db = raw::rocksdb::open(&path);
                         let start = Instant::now();
                         for (k, chunk) in env.small.chunks(step).take(want).enumerate() {
-                            raw_rocks::store(&db, chunk, (k * step) as u64, durable);
+                            raw::rocksdb::store(&db, chunk, (k * step) as u64, durable);
                         }
                         total += start.elapsed();
                     }
                     Subject::SqliteRaw => {
-                        let mut c = raw_sqlite::open(&env.rt, &path, durable);
+                        let mut c = raw::sqlite::open(&env.rt, &path, durable);
                         let start = Instant::now();
                         for chunk in env.small.chunks(step).take(want) {
-                            raw_sqlite::store(&mut c, chunk);
+                            raw::sqlite::store(&mut c, chunk);
                         }
                         total += start.elapsed();
                     }
                     Subject::ObjectRaw => env.rt.block_on(async {
-                        let store = raw_object::open(&path).await;
+                        let store = open_object(&path).await.object_store();
                         let start = Instant::now();
                         for (k, chunk) in env.small.chunks(step).take(want).enumerate() {
-                            raw_object::store(&*store, &format!("w/{k}"), chunk).await;
+                            raw::object::store(&*store, &format!("w/{k}"), chunk).await;
                         }
                         total += start.elapsed();
                     }),
@@ -745,38 +403,41 @@ fn bench_raw_reads(
                 let probe = &env.small[(i as usize * STRIDE) % FULL];
                 match (op, full) {
                     (Op::RetrieveOne, RawFull::Rocks(db)) => {
-                        std::hint::black_box(raw_rocks::retrieve(db, probe));
+                        std::hint::black_box(raw::rocksdb::retrieve(db, probe));
                     }
                     (Op::RetrieveOne, RawFull::Sqlite(c)) => {
-                        std::hint::black_box(raw_sqlite::retrieve(c, probe));
+                        std::hint::black_box(raw::sqlite::retrieve(c, probe));
                     }
                     (Op::List100, RawFull::Rocks(db)) => {
                         assert_eq!(
-                            raw_rocks::list_100(db, (i * 131) % (FULL as u64 - 300), READING),
+                            raw::rocksdb::list_100(db, (i * 131) % (FULL as u64 - 300), READING),
                             100
                         );
                     }
                     (Op::List100, RawFull::Sqlite(c)) => {
                         assert_eq!(
-                            raw_sqlite::list_100(c, (i * 131) % (FULL as u64 - 300), READING),
+                            raw::sqlite::list_100(c, (i * 131) % (FULL as u64 - 300), READING),
                             100
                         );
                     }
                     (Op::Range10k, RawFull::Rocks(db)) => {
-                        assert_eq!(raw_rocks::range(db, range_start(i), 10_000).len(), 10_000);
+                        assert_eq!(
+                            raw::rocksdb::range(db, range_start(i), 10_000).len(),
+                            10_000
+                        );
                     }
                     (Op::Range10k, RawFull::Sqlite(c)) => {
-                        assert_eq!(raw_sqlite::range(c, range_start(i), 10_000).len(), 10_000);
+                        assert_eq!(raw::sqlite::range(c, range_start(i), 10_000).len(), 10_000);
                     }
                     (Op::RetrieveOne, RawFull::Object(store)) => {
                         std::hint::black_box(
-                            env.rt.block_on(raw_object::retrieve(&**store, probe)),
+                            env.rt.block_on(raw::object::retrieve(&**store, probe)),
                         );
                     }
                     (Op::RetrieveConcurrent100, RawFull::Object(store)) => {
                         let reads = (0..100).map(|k| {
                             let b = &env.small[((i as usize * 100 + k) * STRIDE) % FULL];
-                            raw_object::retrieve(&**store, b)
+                            raw::object::retrieve(&**store, b)
                         });
                         std::hint::black_box(env.rt.block_on(futures::future::join_all(reads)));
                     }
@@ -785,17 +446,17 @@ fn bench_raw_reads(
                             let b = &env.small[((i as usize * 100 + k) * STRIDE) % FULL];
                             match full {
                                 RawFull::Rocks(db) => {
-                                    std::hint::black_box(raw_rocks::retrieve(db, b));
+                                    std::hint::black_box(raw::rocksdb::retrieve(db, b));
                                 }
                                 RawFull::Sqlite(c) => {
-                                    std::hint::black_box(raw_sqlite::retrieve(c, b));
+                                    std::hint::black_box(raw::sqlite::retrieve(c, b));
                                 }
                                 RawFull::Object(_) => unreachable!("handled above"),
                             }
                         }
                     }
                     (Op::List100, RawFull::Object(store)) => {
-                        let n = env.rt.block_on(raw_object::list_100(&**store, probe));
+                        let n = env.rt.block_on(raw::object::list_100(&**store, probe));
                         std::hint::black_box(n);
                     }
                     _ => unreachable!("not a read"),
@@ -811,27 +472,27 @@ fn raw_ingest(env: &Setup, s: Subject, big: &[Block]) -> Duration {
     remove(&path);
     match s {
         Subject::RocksdbRaw => {
-            let db = raw_rocks::open(&path);
+            let db = raw::rocksdb::open(&path);
             let start = Instant::now();
             for (k, chunk) in big.chunks(1_000).enumerate() {
-                raw_rocks::store(&db, chunk, (k * 1_000) as u64, false);
+                raw::rocksdb::store(&db, chunk, (k * 1_000) as u64, false);
             }
             start.elapsed()
         }
         Subject::SqliteRaw => {
-            let mut c = raw_sqlite::open(&env.rt, &path, false);
+            let mut c = raw::sqlite::open(&env.rt, &path, false);
             let start = Instant::now();
             for chunk in big.chunks(1_000) {
-                raw_sqlite::store(&mut c, chunk);
+                raw::sqlite::store(&mut c, chunk);
             }
             start.elapsed()
         }
         Subject::ObjectRaw => env.rt.block_on(async {
             wipe_object(&path).await;
-            let store = raw_object::open(&path).await;
+            let store = open_object(&path).await.object_store();
             let start = Instant::now();
             for (k, chunk) in big.chunks(1_000).enumerate() {
-                raw_object::store(&*store, &format!("w/{k}"), chunk).await;
+                raw::object::store(&*store, &format!("w/{k}"), chunk).await;
             }
             start.elapsed()
         }),

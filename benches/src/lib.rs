@@ -9,6 +9,7 @@ use std::time::SystemTime;
 
 use storage_core::{Block, BlockHash, SigningKey, system_time_from_unix_nanos};
 
+pub mod raw;
 pub mod spec;
 pub use spec::*;
 
