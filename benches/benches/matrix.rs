@@ -93,7 +93,12 @@ async fn wipe_object(path: &Path) {
 }
 
 async fn open_ours(s: Subject, path: &Path, durable: bool) -> Arc<dyn StorageBackend> {
-    match s {
+    let execution = if s.on_pool() {
+        storage_core::Execution::BlockingPool
+    } else {
+        storage_core::Execution::Inline
+    };
+    match s.backend() {
         Subject::Object => Arc::new(open_object(path).await),
         Subject::Memory => Arc::new(storage_memory::MemoryBackend::new()),
         Subject::Fs => Arc::new(
@@ -107,7 +112,7 @@ async fn open_ours(s: Subject, path: &Path, durable: bool) -> Arc<dyn StorageBac
                 },
                 segment_size: 100 << 20,
                 max_payload_bytes: storage_core::MAX_PAYLOAD_BYTES,
-                execution: Default::default(),
+                execution,
             })
             .expect("fs open"),
         ),
@@ -116,12 +121,14 @@ async fn open_ours(s: Subject, path: &Path, durable: bool) -> Arc<dyn StorageBac
                 path: path.to_string_lossy().into_owned(),
                 compression: CompressionType::Lz4,
                 sync_writes: durable,
+                execution,
                 ..Default::default()
             })
             .expect("rocksdb open"),
         ),
         Subject::Sqlite | Subject::CacheSqlite => {
             let mut c = storage_sqlite::SQLiteConfig::at(path.with_extension("db"));
+            c.execution = execution;
             if durable {
                 c.synchronous = storage_sqlite::SynchronousMode::Full;
             }
@@ -140,8 +147,13 @@ async fn open_ours(s: Subject, path: &Path, durable: bool) -> Arc<dyn StorageBac
                 Arc::new(sqlite)
             }
         }
-        Subject::RocksdbRaw | Subject::SqliteRaw | Subject::ObjectRaw => {
-            unreachable!("raw engines are not backends")
+        Subject::RocksdbRaw
+        | Subject::SqliteRaw
+        | Subject::ObjectRaw
+        | Subject::FsPool
+        | Subject::RocksdbPool
+        | Subject::SqlitePool => {
+            unreachable!("raw engines are not backends; pool rows map to their backend")
         }
     }
 }

@@ -18,6 +18,12 @@ pub enum Subject {
     CacheSqlite,
     /// `ObjectStoreBackend` on the local SeaweedFS cluster's S3 gateway.
     Object,
+    /// `FilesystemBackend` opened with `Execution::BlockingPool`.
+    FsPool,
+    /// `RocksDBBackend` opened with `Execution::BlockingPool`.
+    RocksdbPool,
+    /// `SQLiteBackend` opened with `Execution::BlockingPool`.
+    SqlitePool,
     /// Raw `rocksdb`: the same keys and values, batches and seeks.
     RocksdbRaw,
     /// Raw `rusqlite`: the same SQL on one connection.
@@ -29,13 +35,16 @@ pub enum Subject {
 
 impl Subject {
     /// Every subject, in report order.
-    pub const ALL: [Subject; 9] = [
+    pub const ALL: [Subject; 12] = [
         Subject::Memory,
         Subject::Fs,
         Subject::Rocksdb,
         Subject::Sqlite,
         Subject::CacheSqlite,
         Subject::Object,
+        Subject::FsPool,
+        Subject::RocksdbPool,
+        Subject::SqlitePool,
         Subject::RocksdbRaw,
         Subject::SqliteRaw,
         Subject::ObjectRaw,
@@ -50,6 +59,9 @@ impl Subject {
             Subject::Sqlite => "sqlite",
             Subject::CacheSqlite => "cache_sqlite",
             Subject::Object => "object",
+            Subject::FsPool => "fs_pool",
+            Subject::RocksdbPool => "rocksdb_pool",
+            Subject::SqlitePool => "sqlite_pool",
             Subject::RocksdbRaw => "rocksdb_raw",
             Subject::SqliteRaw => "sqlite_raw",
             Subject::ObjectRaw => "object_raw",
@@ -59,8 +71,8 @@ impl Subject {
     /// The raw engine a backend is compared with.
     pub fn raw(self) -> Option<Subject> {
         match self {
-            Subject::Rocksdb => Some(Subject::RocksdbRaw),
-            Subject::Sqlite => Some(Subject::SqliteRaw),
+            Subject::Rocksdb | Subject::RocksdbPool => Some(Subject::RocksdbRaw),
+            Subject::Sqlite | Subject::SqlitePool => Some(Subject::SqliteRaw),
             Subject::Object => Some(Subject::ObjectRaw),
             _ => None,
         }
@@ -79,11 +91,21 @@ impl Subject {
         matches!(self, Subject::Object | Subject::ObjectRaw)
     }
 
-    /// The backend a raw engine stands beside (for `--backend` selection).
+    /// Whether this is one of our disk backends on the blocking pool.
+    pub fn on_pool(self) -> bool {
+        matches!(
+            self,
+            Subject::FsPool | Subject::RocksdbPool | Subject::SqlitePool
+        )
+    }
+
+    /// The backend a raw engine or a blocking-pool row stands beside (for
+    /// `--backend` selection).
     pub fn backend(self) -> Subject {
         match self {
-            Subject::RocksdbRaw => Subject::Rocksdb,
-            Subject::SqliteRaw => Subject::Sqlite,
+            Subject::RocksdbRaw | Subject::RocksdbPool => Subject::Rocksdb,
+            Subject::SqliteRaw | Subject::SqlitePool => Subject::Sqlite,
+            Subject::FsPool => Subject::Fs,
             Subject::ObjectRaw => Subject::Object,
             s => s,
         }
@@ -178,6 +200,14 @@ impl Op {
 
     /// Whether `subject` can run this operation.
     pub fn applies_to(self, subject: Subject) -> bool {
+        if subject.on_pool() {
+            // What the thread hop to the blocking pool costs, beside the inline
+            // rows: single calls, where it weighs most.
+            return matches!(
+                self,
+                Op::StoreOne | Op::StoreBatch100 | Op::RetrieveOne | Op::List100 | Op::Range10k
+            );
+        }
         if subject.needs_cluster() {
             // Every S3 write is acknowledged once replicated: there is no separate
             // durable mode; a cold open of 1M blocks over HTTP is out of scope.

@@ -455,6 +455,9 @@ fn chart(cells: &[Cell], path: &Path) -> Result<(), String> {
         Subject::SqliteRaw => RGBColor(0xb0, 0xdd, 0xd8),
         Subject::Object => RGBColor(0xb0, 0x7a, 0xa1),
         Subject::ObjectRaw => RGBColor(0xd4, 0xa6, 0xc8),
+        Subject::FsPool => RGBColor(0xf8, 0xc0, 0x8a),
+        Subject::RocksdbPool => RGBColor(0xee, 0x9a, 0x9b),
+        Subject::SqlitePool => RGBColor(0xa9, 0xd3, 0xcf),
     };
     chart
         .draw_series(rows.iter().enumerate().map(|(k, c)| {

@@ -244,6 +244,7 @@ impl<E: Engine> StorageBackend for E {
     async fn store_block(&self, block: &Block) -> Result<BlockHash> {
         let span = op_span(self.name(), "store_block");
         record_hash(&span, &block.hash());
+        record_index(&span, block.index());
         layered(self, span, "store_block", async {
             crate::raw::check_payload_limit(std::slice::from_ref(block), self.max_payload_bytes())?;
             self.write_blocks(std::slice::from_ref(block)).await?;

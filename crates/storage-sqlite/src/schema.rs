@@ -1,0 +1,249 @@
+//! The schema, its migrations, and opening connections: the writer (created
+//! crash-safely, counters checked) and the pool of readers.
+
+use super::*;
+
+pub(crate) const SCHEMA_VERSION: i64 = 2;
+
+pub(crate) const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS blocks (
+    block_index   INTEGER PRIMARY KEY,
+    hash          BLOB    NOT NULL UNIQUE,
+    timestamp_ns  INTEGER NOT NULL,
+    public_key    BLOB    NOT NULL,
+    previous_hash BLOB,
+    payload_type  TEXT    NOT NULL,
+    payload       BLOB    NOT NULL,
+    signature     BLOB    NOT NULL,
+    size_bytes    INTEGER NOT NULL,
+    created_at    INTEGER NOT NULL DEFAULT (unixepoch()),
+    meta_check    INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS idx_blocks_timestamp    ON blocks (timestamp_ns, block_index);
+CREATE INDEX IF NOT EXISTS idx_blocks_public_key   ON blocks (public_key, block_index);
+CREATE INDEX IF NOT EXISTS idx_blocks_payload_type ON blocks (payload_type, block_index);
+CREATE INDEX IF NOT EXISTS idx_blocks_composite    ON blocks (timestamp_ns, payload_type, public_key);
+CREATE TABLE IF NOT EXISTS chain_metadata (
+    key   TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS block_stats (
+    date        TEXT PRIMARY KEY,
+    block_count INTEGER NOT NULL DEFAULT 0,
+    total_size  INTEGER NOT NULL DEFAULT 0,
+    unique_keys INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS block_stats_keys (
+    date       TEXT NOT NULL,
+    public_key BLOB NOT NULL,
+    blocks     INTEGER NOT NULL,
+    PRIMARY KEY (date, public_key)
+) WITHOUT ROWID;
+";
+
+pub(crate) fn pragmas(c: &SQLiteConfig, reader: bool) -> String {
+    let mut s = format!(
+        "PRAGMA busy_timeout = {}; PRAGMA synchronous = {}; PRAGMA cache_size = {}; \
+         PRAGMA temp_store = {};",
+        c.busy_timeout.as_millis(),
+        c.synchronous,
+        c.cache_size,
+        c.temp_store
+    );
+    if reader {
+        s.push_str(" PRAGMA query_only = ON;");
+    } else if c.enable_wal {
+        s.push_str(" PRAGMA wal_autocheckpoint = 1000;");
+    }
+    s
+}
+
+/// Creates a new database atomically: initialised under a temporary name, then
+/// renamed into place. So a database file that exists is never legitimately
+/// empty, and one cut below SQLite's 100-byte header is damage, not a new store.
+pub(crate) fn create_if_missing(path: &Path, cfg: &SQLiteConfig) -> Result<()> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.len() < 100 => {
+            return Err(StorageError::corrupted(format!(
+                "sqlite: {} is {} bytes, shorter than an SQLite header: the file was cut \
+                 short (a new store is never left like this); restore it, or remove it to \
+                 start an empty store",
+                path.display(),
+                m.len()
+            )));
+        }
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(StorageError::io(
+                format!("inspecting {}", path.display()),
+                e,
+            ));
+        }
+    }
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".creating");
+    let tmp = path.with_file_name(name);
+    for leftover in ["", "-wal", "-shm", "-journal"] {
+        let mut p = tmp.clone().into_os_string();
+        p.push(leftover);
+        let _ = std::fs::remove_file(p);
+    }
+    let conn = open_writer(&tmp, cfg, true)?;
+    if cfg.enable_wal {
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .map_err(|e| sql_err("checkpointing the new database", e))?;
+    }
+    conn.close()
+        .map_err(|(_, e)| sql_err("closing the new database", e))?;
+    let io = |what: &str, e| StorageError::io(format!("{what} {}", path.display()), e);
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| io("syncing the new database", e))?;
+    std::fs::rename(&tmp, path).map_err(|e| io("creating", e))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| io("syncing the directory of", e))?;
+    }
+    Ok(())
+}
+
+/// Opens the writer connection, creating or upgrading the schema; `check`
+/// compares the block counters with the rows.
+pub(crate) fn open_writer(path: &Path, cfg: &SQLiteConfig, check: bool) -> Result<Connection> {
+    let ctx = |what: &str| format!("{what} {}", path.display());
+    let mut conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| sql_err(&ctx("opening"), e))?;
+    conn.set_prepared_statement_cache_capacity(32);
+    let mode: String = conn
+        .query_row(
+            &format!("PRAGMA journal_mode = {}", cfg.journal_mode),
+            [],
+            |r| r.get(0),
+        )
+        .map_err(|e| sql_err(&ctx("setting journal_mode on"), e))?;
+    if !mode.eq_ignore_ascii_case(&cfg.journal_mode.to_string()) {
+        return Err(StorageError::Configuration(format!(
+            "sqlite: {} refused journal_mode {} (stays {mode})",
+            path.display(),
+            cfg.journal_mode
+        )));
+    }
+    conn.execute_batch(&pragmas(cfg, false))
+        .map_err(|e| sql_err(&ctx("configuring"), e))?;
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| sql_err(&ctx("locking"), e))?;
+    let version: i64 = tx
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| sql_err(&ctx("reading the schema version of"), e))?;
+    match version {
+        0 => {
+            tx.execute_batch(SCHEMA)
+                .and_then(|_| tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}")))
+                .map_err(|e| sql_err(&ctx("creating the schema in"), e))?;
+        }
+        1 => {
+            add_meta_check(&tx).map_err(|e| sql_err(&ctx("upgrading the schema of"), e))?;
+        }
+        SCHEMA_VERSION => {}
+        v => {
+            return Err(StorageError::Configuration(format!(
+                "sqlite: {} has schema version {v}; this build reads version {SCHEMA_VERSION}",
+                path.display()
+            )));
+        }
+    }
+    if check {
+        check_counters(&tx, false)?;
+    }
+    tx.commit().map_err(|e| sql_err(&ctx("initialising"), e))?;
+    Ok(conn)
+}
+
+/// Compares the per-day counters (what `count_blocks` reports) with the rows:
+/// SQLite keeps no page checksums, so a damaged page can drop rows that nothing
+/// else would notice. `table_scan` counts by reading the table itself (for
+/// `check_integrity`); otherwise SQLite counts the smallest index (on open).
+pub(crate) fn check_counters(c: &Connection, table_scan: bool) -> Result<()> {
+    let rows_sql = if table_scan {
+        "SELECT count(*) FROM blocks NOT INDEXED"
+    } else {
+        "SELECT count(*) FROM blocks"
+    };
+    let rows: i64 = c
+        .query_row(rows_sql, [], |r| r.get(0))
+        .map_err(|e| sql_err("counting rows", e))?;
+    let recorded: i64 = c
+        .query_row(
+            "SELECT COALESCE(SUM(block_count), 0) FROM block_stats",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(|e| sql_err("reading the block counters", e))?;
+    if rows != recorded {
+        return Err(StorageError::corrupted(format!(
+            "sqlite: the block counters record {recorded} blocks but the blocks table \
+             holds {rows} rows{}; salvage what is intact with `repair`",
+            if table_scan { " (read in full)" } else { "" }
+        )));
+    }
+    Ok(())
+}
+
+/// Schema 1 → 2: adds and fills `meta_check`.
+pub(crate) fn add_meta_check(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch("ALTER TABLE blocks ADD COLUMN meta_check INTEGER NOT NULL DEFAULT 0")?;
+    let rows: Vec<(i64, u32)> = {
+        let mut stmt = tx.prepare(&format!("SELECT {META_COLUMNS} FROM blocks"))?;
+        let rows = stmt.query_map([], |r| {
+            let hash: Vec<u8> = r.get(0)?;
+            let key: Vec<u8> = r.get(4)?;
+            let ty: String = r.get(3)?;
+            let (index, ts, size) = (r.get(1)?, r.get(2)?, r.get(5)?);
+            Ok((index, meta_check(&hash, index, ts, &ty, &key, size)))
+        })?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    let mut update = tx.prepare("UPDATE blocks SET meta_check = ?1 WHERE block_index = ?2")?;
+    for (index, check) in rows {
+        update.execute(params![check, index])?;
+    }
+    tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
+}
+
+pub(crate) fn open_readers(path: &Path, cfg: &SQLiteConfig) -> Result<Pool> {
+    let init = pragmas(cfg, true);
+    let manager = SqliteConnectionManager::file(path)
+        .with_flags(OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        .with_init(move |c| {
+            c.set_prepared_statement_cache_capacity(32);
+            c.execute_batch(&init)
+        });
+    r2d2::Pool::builder()
+        .max_size(cfg.max_connections)
+        // A local file connection does not go stale; validating it on every
+        // checkout cost about 1 µs per read.
+        .test_on_check_out(false)
+        // Nor does it need recycling. Without these r2d2 schedules a reaper job
+        // that keeps the pool's three threads alive for up to 30 s after the pool
+        // is dropped: a program reopening stores in a loop ran out of threads.
+        .max_lifetime(None)
+        .idle_timeout(None)
+        .connection_timeout(cfg.busy_timeout * 2)
+        .build(manager)
+        .map_err(|e| {
+            StorageError::backend(
+                NAME,
+                format!("opening read connections to {}", path.display()),
+                ErrorStatus::Permanent,
+                e,
+            )
+        })
+}
