@@ -617,21 +617,8 @@ fn step(root: &Path, name: &str, args: &[&str], env: &[(&str, &str)]) -> Result<
 
 /// Runs an installed tool (not cargo) as a CI step.
 fn run_tool(root: &Path, name: &str, program: &str, args: &[&str]) -> Result<(), String> {
-    println!("==> {name}: {program} {}", args.join(" "));
-    let started = Instant::now();
-    let status = Command::new(program)
-        .args(args)
-        .current_dir(root)
-        .status()
-        .map_err(|e| format!("{name}: cannot run {program}: {e}"))?;
-    if !status.success() {
-        return Err(format!(
-            "{name} failed ({status}) after {:.0?}",
-            started.elapsed()
-        ));
-    }
-    println!("<== {name}: ok in {:.0?}", started.elapsed());
-    Ok(())
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    run_step(root, name, program, &args, &[])
 }
 
 fn step_owned(
@@ -640,15 +627,26 @@ fn step_owned(
     args: Vec<String>,
     env: &[(&str, &str)],
 ) -> Result<(), String> {
-    println!("==> {name}: cargo {}", args.join(" "));
-    let started = Instant::now();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(&args)
+    run_step(root, name, &cargo, &args, env)
+}
+
+/// Runs `program` in the workspace root as the step `name`, timing it.
+fn run_step(
+    root: &Path,
+    name: &str,
+    program: &str,
+    args: &[String],
+    env: &[(&str, &str)],
+) -> Result<(), String> {
+    println!("==> {name}: {program} {}", args.join(" "));
+    let started = Instant::now();
+    let status = Command::new(program)
+        .args(args)
         .envs(env.iter().copied())
         .current_dir(root)
         .status()
-        .map_err(|e| format!("{name}: cannot run cargo: {e}"))?;
+        .map_err(|e| format!("{name}: cannot run {program}: {e}"))?;
     if !status.success() {
         return Err(format!(
             "{name} failed ({status}) after {:.0?}",
