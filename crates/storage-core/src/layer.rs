@@ -194,12 +194,15 @@ async fn layered<E: Engine, T>(
 ) -> Result<T> {
     let result = match engine.gate().enter() {
         None => Err(StorageError::closed(engine.name())),
-        Some(_pass) => work
-            .instrument(span.clone())
-            .await
-            .map_err(|e| with_operation(e, op)),
-    };
-    record_outcome(&span, &result);
+        // With no subscriber listening (the common case) the span is disabled:
+        // skip entering it on every poll and recording into it.
+        Some(_pass) if span.is_disabled() => work.await,
+        Some(_pass) => work.instrument(span.clone()).await,
+    }
+    .map_err(|e| with_operation(e, op));
+    if !span.is_disabled() {
+        record_outcome(&span, &result);
+    }
     result
 }
 

@@ -28,10 +28,17 @@ use crate::{
 ///
 /// # Cancellation
 /// Dropping a call's future (a timeout that fires, a `select!` that takes another
-/// branch) abandons the *wait*, not the work: a write already handed to the
-/// engine completes or fails as a whole in the background, so afterwards the
-/// block is either stored or not, never half stored, and [`StorageBackend::close`]
-/// waits for such work before releasing files. A dropped read has no effect.
+/// branch) never leaves a block half stored:
+/// - Disk and memory backends: the drop abandons the *wait*, not the work. A
+///   write already handed to the engine completes or fails as a whole in the
+///   background (so the caller does not learn which), and
+///   [`StorageBackend::close`] waits for it before releasing files.
+/// - Backends whose work is itself asynchronous (the object store) stop where
+///   the drop finds them, as a crash there would: a block is stored or not, and
+///   a batch whose blocks span several requests may be stored in part, which is
+///   why such backends do not promise atomic batches.
+/// - A dropped read has no effect.
+///
 /// Disk backends opened with [`crate::Execution::Inline`] (the default) run
 /// blocking calls on the calling worker, where a timeout cannot fire until the
 /// call returns; open them with [`crate::Execution::BlockingPool`], or run the
