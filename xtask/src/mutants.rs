@@ -166,10 +166,13 @@ fn report(
     out.push_str("# Mutation testing\n\n");
     out.push_str(
         "`cargo xtask mutants` runs [cargo-mutants](https://mutants.rs) over the memory \
-         backend and the contract logic in `storage-core` (list filtering and ordering, \
-         hash-link and payload checks, wire decoding; scope in `.cargo/mutants.toml`), \
-         with the memory backend's conformance suite as the test (three of its fixtures: \
-         decoded, binary + zstd, JSON + lz4). Each mutant that the suite does not catch is \
+         backend and the contract logic in `storage-core` (the layer every backend is \
+         built on, the admission rule, list filtering and ordering, hash-link and payload \
+         checks, wire decoding, store verification; scope in `.cargo/mutants.toml`), with \
+         the memory backend's conformance suite (three of its fixtures: decoded, binary + \
+         zstd, JSON + lz4) and `storage-core`'s unit tests as the test (the layer's gate, \
+         spans and error context are reached only by a test engine there). Each mutant \
+         that the tests do not catch is \
          either killed by a new case or argued equivalent below \
          (`docs/mutants-equivalent.txt`). This file is written by the command.\n\n",
     );

@@ -411,6 +411,7 @@ mod tests {
                 self.release.notified().await;
                 return Ok(None);
             }
+            tracing::debug!("reading a damaged record");
             Err(StorageError::corrupted("damaged: record 7"))
         }
         async fn read_blocks(&self, _: &[BlockHash]) -> Result<Vec<Option<Block>>> {
@@ -484,6 +485,14 @@ mod tests {
         fn on_new_span(&self, attrs: &Attributes<'_>, _: &Id, _: Context<'_, S>) {
             attrs.record(&mut Visitor(&self.0));
         }
+        fn on_event(&self, _: &tracing::Event<'_>, ctx: Context<'_, S>) {
+            // Which span the engine's own events land in.
+            let inside = ctx.lookup_current().map_or("(none)", |s| s.name());
+            self.0
+                .lock()
+                .unwrap()
+                .push(("event_in".into(), inside.into()));
+        }
         fn on_record(&self, _: &Id, values: &Record<'_>, _: Context<'_, S>) {
             values.record(&mut Visitor(&self.0));
         }
@@ -518,6 +527,8 @@ mod tests {
         assert!(has(&seen, "hash", &hash.to_string()), "{seen:?}");
         assert!(has(&seen, "outcome", "corrupted"), "{seen:?}");
         assert!(has(&seen, "error", "record 7"), "{seen:?}");
+        // The engine's own events are inside the operation's span.
+        assert!(has(&seen, "event_in", "storage_op"), "{seen:?}");
 
         let (result, seen) = traced(|| rt().block_on(engine.get_blocks_by_range(5, 4)));
         assert_eq!(result.unwrap_err().kind(), ErrorKind::InvalidInput);

@@ -1,4 +1,4 @@
-//! In-memory [`StorageBackend`]: the fastest backend, for tests, caches and the
+//! In-memory [`StorageBackend`](storage_core::StorageBackend): the fastest backend, for tests, caches and the
 //! reference point of the benchmarks.
 //!
 //! Two representations:

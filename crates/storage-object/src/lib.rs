@@ -38,7 +38,7 @@
 //!
 //! **Write order.** A write uploads its segment first, then claims its indices in
 //! the pages. A crash between the two leaves a segment nothing references, never
-//! an index entry without its block; [`StorageBackend::compact`] removes such
+//! an index entry without its block; [`StorageBackend::compact`](storage_core::StorageBackend::compact) removes such
 //! orphans once they are older than [`ObjectOptions::orphan_grace`] (another
 //! writer may be between its two steps; a segment whose blocks were all deleted
 //! looks the same and waits as long) and repacks small or partly deleted
@@ -131,7 +131,7 @@ const NAME: &str = "object";
 /// Attempts at one compare-and-swap before giving up with a persistent error.
 const CAS_ATTEMPTS: u32 = 50;
 
-/// A [`StorageBackend`] over an object store. See the crate docs for the layout.
+/// A [`StorageBackend`](storage_core::StorageBackend) over an object store. See the crate docs for the layout.
 #[derive(Clone)]
 pub struct ObjectStoreBackend {
     inner: Arc<Inner>,

@@ -1,4 +1,4 @@
-//! RocksDB [`StorageBackend`]: column families, one atomic `WriteBatch` per write,
+//! RocksDB [`StorageBackend`](storage_core::StorageBackend): column families, one atomic `WriteBatch` per write,
 //! index seeks instead of scans.
 //!
 //! # Layout

@@ -1,4 +1,4 @@
-//! SQLite [`StorageBackend`] (rusqlite with bundled SQLite, r2d2 read pool).
+//! SQLite [`StorageBackend`](storage_core::StorageBackend) (rusqlite with bundled SQLite, r2d2 read pool).
 //!
 //! # Layout
 //! Schema version 2 (`PRAGMA user_version`; version 1 is upgraded on open):
