@@ -573,6 +573,7 @@ mod tests {
     #[test]
     fn close_waits_for_calls_in_flight_and_refuses_later_ones() {
         let engine = Arc::new(Damaged::default());
+        assert!(!engine.gate().is_closed(), "a new gate is open");
         let rt = rt();
         rt.block_on(async {
             let slow = tokio::spawn({
