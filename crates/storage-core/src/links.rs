@@ -88,12 +88,7 @@ pub fn admit<B: std::borrow::Borrow<Block>>(
     }
     if !fresh.is_empty() {
         let new: Vec<&Block> = fresh.iter().map(|&p| blocks[p].borrow()).collect();
-        let view = std::cell::RefCell::new(view);
-        check_links(
-            &new,
-            |i| view.borrow_mut().hash_at(i),
-            |i| view.borrow_mut().previous_at(i),
-        )?;
+        check_links(&new, view)?;
     }
     Ok(fresh)
 }
@@ -106,17 +101,12 @@ pub fn admit<B: std::borrow::Borrow<Block>>(
 /// out of order (replica repair, resumed migrations).
 ///
 /// `fresh` are the blocks that will be written (not already stored, index
-/// conflicts already ruled out). `stored_hash(i)` gives the hash of the block
-/// stored at index `i`; `stored_previous(i)` the previous hash of the block stored
-/// at `i` (`None` if no block is stored there). Backends call this under the same
-/// lock or transaction as the write.
+/// conflicts already ruled out); `view` reads the store's neighbours
+/// ([`ChainView`]). [`admit`] calls this under the same lock or transaction as
+/// the write.
 ///
 /// Fails with [`StorageError::Verification`] naming the block and the neighbour.
-pub fn check_links<'a>(
-    fresh: &[&'a Block],
-    mut stored_hash: impl FnMut(u64) -> Result<Option<BlockHash>>,
-    mut stored_previous: impl FnMut(u64) -> Result<Option<Option<BlockHash>>>,
-) -> Result<()> {
+pub fn check_links<'a>(fresh: &[&'a Block], view: &mut impl ChainView) -> Result<()> {
     let batch: HashMap<u64, &'a Block> = fresh.iter().map(|b| (b.index(), *b)).collect();
     for b in fresh {
         let fail = |reason: String| StorageError::Verification {
@@ -126,7 +116,7 @@ pub fn check_links<'a>(
         if let Some(before) = b.index().checked_sub(1) {
             let hash = match batch.get(&before) {
                 Some(p) => Some(p.hash()),
-                None => stored_hash(before)?,
+                None => view.hash_at(before)?,
             };
             if let Some(hash) = hash
                 && b.previous_hash() != Some(&hash)
@@ -140,7 +130,7 @@ pub fn check_links<'a>(
         if let Some(after) = b.index().checked_add(1) {
             let previous = match batch.get(&after) {
                 Some(n) => Some(n.previous_hash().copied()),
-                None => stored_previous(after)?,
+                None => view.previous_at(after)?,
             };
             if let Some(previous) = previous
                 && previous != Some(b.hash())
@@ -209,8 +199,7 @@ mod tests {
         let (h, p) = stored(store);
         check_links(
             fresh,
-            |i| Ok(h.get(&i).copied()),
-            |i| Ok(p.get(&i).copied()),
+            &mut ChainViewFn(|i| Ok(h.get(&i).copied()), |i| Ok(p.get(&i).copied())),
         )
     }
 
