@@ -75,9 +75,8 @@ impl ObjectStoreBackend {
                 page_locks: Mutex::new(HashMap::new()),
                 head_lock: AsyncMutex::new(()),
                 in_flight: Mutex::new(HashSet::new()),
-                closed: AtomicBool::new(false),
+                gate: Gate::new(),
             }),
-            gate: Arc::new(Gate::new()),
         };
         let span = op_span(NAME, "open");
         in_span_async(span, async {
@@ -124,7 +123,7 @@ impl Engine for ObjectStoreBackend {
     }
 
     fn gate(&self) -> &Gate {
-        &self.gate
+        &self.inner.gate
     }
 
     fn max_payload_bytes(&self) -> usize {
@@ -338,7 +337,6 @@ impl Engine for ObjectStoreBackend {
 
     async fn shutdown(&self) -> Result<()> {
         // Every write is acknowledged only once the store has it: nothing to flush.
-        self.inner.closed.store(true, Ordering::Release);
         Ok(())
     }
 }

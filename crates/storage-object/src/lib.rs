@@ -99,7 +99,6 @@ mod view;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -135,8 +134,6 @@ const CAS_ATTEMPTS: u32 = 50;
 #[derive(Clone)]
 pub struct ObjectStoreBackend {
     inner: Arc<Inner>,
-    /// Shared by clones: closing one closes them all.
-    gate: Arc<Gate>,
 }
 
 struct Inner {
@@ -152,7 +149,8 @@ struct Inner {
     head_lock: AsyncMutex<()>,
     /// Segments uploaded whose indices are not claimed yet: not orphans.
     in_flight: Mutex<HashSet<SegmentId>>,
-    closed: AtomicBool,
+    /// Refuses calls after close; shared by clones of the backend.
+    gate: Gate,
 }
 
 /// The pages this instance has read, and a hash → index map over them.
@@ -171,7 +169,7 @@ struct Cached {
 
 impl Inner {
     pub(crate) fn check_open(&self) -> Result<()> {
-        if self.closed.load(Ordering::Acquire) {
+        if self.gate.is_closed() {
             return Err(StorageError::closed(NAME));
         }
         Ok(())
