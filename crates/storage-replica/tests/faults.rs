@@ -29,14 +29,8 @@ impl Cluster {
         sync_writes: bool,
         timeout: Duration,
     ) -> StorageManager {
-        let dyns: Vec<Arc<dyn StorageBackend>> = self
-            .copies
-            .iter()
-            .map(|c| c.clone() as Arc<dyn StorageBackend>)
-            .collect();
-        StorageManager::from_arcs(
-            dyns[0].clone(),
-            dyns[1..].to_vec(),
+        manager_over(
+            &self.copies,
             StorageManagerConfig {
                 replication_factor: 3,
                 consistency_level: level,
@@ -46,7 +40,6 @@ impl Cluster {
                 auto_failover: true,
             },
         )
-        .unwrap()
     }
 
     fn set(&self, copy: usize, mode: FaultMode) {
@@ -73,6 +66,15 @@ impl Cluster {
             }
         }
     }
+}
+
+/// A manager with the first copy as primary and the rest as replicas.
+fn manager_over(copies: &[Arc<FaultyBackend>], config: StorageManagerConfig) -> StorageManager {
+    let dyns: Vec<Arc<dyn StorageBackend>> = copies
+        .iter()
+        .map(|c| c.clone() as Arc<dyn StorageBackend>)
+        .collect();
+    StorageManager::from_arcs(dyns[0].clone(), dyns[1..].to_vec(), config).unwrap()
 }
 
 fn insufficient(e: StorageError) -> (usize, usize) {
@@ -352,14 +354,8 @@ impl DiskCluster {
     }
 
     fn manager(&self, level: ConsistencyLevel) -> StorageManager {
-        let dyns: Vec<Arc<dyn StorageBackend>> = self
-            .copies
-            .iter()
-            .map(|c| c.clone() as Arc<dyn StorageBackend>)
-            .collect();
-        StorageManager::from_arcs(
-            dyns[0].clone(),
-            dyns[1..].to_vec(),
+        manager_over(
+            &self.copies,
             StorageManagerConfig {
                 replication_factor: 3,
                 consistency_level: level,
@@ -369,7 +365,6 @@ impl DiskCluster {
                 auto_failover: true,
             },
         )
-        .unwrap()
     }
 }
 
