@@ -192,14 +192,17 @@ async fn layered<E: Engine, T>(
     op: &'static str,
     work: impl Future<Output = Result<T>>,
 ) -> Result<T> {
-    let result = match engine.gate().enter() {
+    let mut result = match engine.gate().enter() {
         None => Err(StorageError::closed(engine.name())),
         // With no subscriber listening (the common case) the span is disabled:
         // skip entering it on every poll and recording into it.
         Some(_pass) if span.is_disabled() => work.await,
         Some(_pass) => work.instrument(span.clone()).await,
+    };
+    // In place: the Ok value (a whole block, say) is not moved again.
+    if let Err(e) = &mut result {
+        add_operation(e, op);
     }
-    .map_err(|e| with_operation(e, op));
     if !span.is_disabled() {
         record_outcome(&span, &result);
     }
@@ -208,24 +211,9 @@ async fn layered<E: Engine, T>(
 
 /// Adds the operation to errors whose context is free text (I/O and engine
 /// errors); typed errors already say what they are about.
-fn with_operation(e: StorageError, op: &'static str) -> StorageError {
-    match e {
-        StorageError::Io { context, source } => StorageError::Io {
-            context: format!("{op}: {context}"),
-            source,
-        },
-        StorageError::Backend {
-            name,
-            context,
-            status,
-            source,
-        } => StorageError::Backend {
-            name,
-            context: format!("{op}: {context}"),
-            status,
-            source,
-        },
-        other => other,
+fn add_operation(e: &mut StorageError, op: &'static str) {
+    if let StorageError::Io { context, .. } | StorageError::Backend { context, .. } = e {
+        *context = format!("{op}: {context}");
     }
 }
 
@@ -356,12 +344,14 @@ impl<E: Engine> StorageBackend for E {
 
     async fn close(&self) -> Result<()> {
         let span = op_span(self.name(), "close");
-        let result = self
+        let mut result = self
             .gate()
             .close(self.shutdown())
             .instrument(span.clone())
-            .await
-            .map_err(|e| with_operation(e, "close"));
+            .await;
+        if let Err(e) = &mut result {
+            add_operation(e, "close");
+        }
         record_outcome(&span, &result);
         result
     }

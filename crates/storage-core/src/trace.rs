@@ -28,17 +28,24 @@ pub fn op_span(backend: &str, op: &'static str) -> Span {
 
 /// Records the block hash an operation is about.
 pub fn record_hash(span: &Span, hash: &crate::BlockHash) {
-    span.record("hash", display(hash));
+    // A disabled span still looks the field up by name; skip it.
+    if !span.is_disabled() {
+        span.record("hash", display(hash));
+    }
 }
 
 /// Records the chain index (or range start) an operation is about.
 pub fn record_index(span: &Span, index: u64) {
-    span.record("index", index);
+    if !span.is_disabled() {
+        span.record("index", index);
+    }
 }
 
 /// Records how many items an operation handles.
 pub fn record_count(span: &Span, count: usize) {
-    span.record("count", count);
+    if !span.is_disabled() {
+        span.record("count", count);
+    }
 }
 
 /// Records `outcome = "ok"`, or the error kind and message.

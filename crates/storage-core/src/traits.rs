@@ -1,5 +1,7 @@
 //! The storage trait every backend implements, and its typed extension.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -145,33 +147,72 @@ pub trait StorageBackend: Send + Sync + std::fmt::Debug + 'static {
     }
 }
 
+/// The future every [`StorageBackend`] method returns (what `#[async_trait]`
+/// generates).
+type BackendFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
+
+/// One forwarding method: hands back the pointee's boxed future as it is,
+/// rather than boxing a second future that awaits it (what an `async fn` body
+/// would do), so a call through `Arc<dyn StorageBackend>` allocates once.
+macro_rules! forward {
+    ($name:ident() -> $out:ty) => {
+        fn $name<'life0, 'async_trait>(&'life0 self) -> BackendFuture<'async_trait, $out>
+        where
+            'life0: 'async_trait,
+            Self: 'async_trait,
+        {
+            (**self).$name()
+        }
+    };
+    ($name:ident($arg:ident: &$ty:ty) -> $out:ty) => {
+        fn $name<'life0, 'life1, 'async_trait>(
+            &'life0 self,
+            $arg: &'life1 $ty,
+        ) -> BackendFuture<'async_trait, $out>
+        where
+            'life0: 'async_trait,
+            'life1: 'async_trait,
+            Self: 'async_trait,
+        {
+            (**self).$name($arg)
+        }
+    };
+}
+
 /// Forwards every method to the pointee, so `Arc<B>` (and
 /// `Arc<dyn StorageBackend>`) is a backend too and wrappers can hold either.
-macro_rules! forward_backend {
-    ($($ptr:ident),*) => {$(
-        #[async_trait]
-        impl<T: StorageBackend + ?Sized> StorageBackend for $ptr<T> {
-            fn backend_name(&self) -> &str { (**self).backend_name() }
-            async fn store_block(&self, block: &Block) -> Result<BlockHash> { (**self).store_block(block).await }
-            async fn retrieve_block(&self, hash: &BlockHash) -> Result<Option<Block>> { (**self).retrieve_block(hash).await }
-            async fn delete_block(&self, hash: &BlockHash) -> Result<bool> { (**self).delete_block(hash).await }
-            async fn block_exists(&self, hash: &BlockHash) -> Result<bool> { (**self).block_exists(hash).await }
-            async fn store_blocks(&self, blocks: &[Block]) -> Result<Vec<BlockHash>> { (**self).store_blocks(blocks).await }
-            async fn retrieve_blocks(&self, hashes: &[BlockHash]) -> Result<Vec<Option<Block>>> { (**self).retrieve_blocks(hashes).await }
-            async fn list_blocks(&self, options: &ListOptions) -> Result<Vec<BlockMetadata>> { (**self).list_blocks(options).await }
-            async fn count_blocks(&self) -> Result<u64> { (**self).count_blocks().await }
-            async fn get_chain_head(&self) -> Result<Option<BlockHash>> { (**self).get_chain_head().await }
-            async fn set_chain_head(&self, hash: &BlockHash) -> Result<()> { (**self).set_chain_head(hash).await }
-            async fn get_blocks_by_range(&self, start: u64, end: u64) -> Result<Vec<Block>> { (**self).get_blocks_by_range(start, end).await }
-            async fn compact(&self) -> Result<()> { (**self).compact().await }
-            async fn vacuum(&self) -> Result<()> { (**self).vacuum().await }
-            async fn get_stats(&self) -> Result<StorageStats> { (**self).get_stats().await }
-            async fn close(&self) -> Result<()> { (**self).close().await }
-            async fn check_integrity(&self) -> Result<()> { (**self).check_integrity().await }
-        }
-    )*};
+impl<T: StorageBackend + ?Sized> StorageBackend for Arc<T> {
+    fn backend_name(&self) -> &str {
+        (**self).backend_name()
+    }
+    forward!(store_block(block: &Block) -> BlockHash);
+    forward!(retrieve_block(hash: &BlockHash) -> Option<Block>);
+    forward!(delete_block(hash: &BlockHash) -> bool);
+    forward!(block_exists(hash: &BlockHash) -> bool);
+    forward!(store_blocks(blocks: &[Block]) -> Vec<BlockHash>);
+    forward!(retrieve_blocks(hashes: &[BlockHash]) -> Vec<Option<Block>>);
+    forward!(list_blocks(options: &ListOptions) -> Vec<BlockMetadata>);
+    forward!(count_blocks() -> u64);
+    forward!(get_chain_head() -> Option<BlockHash>);
+    forward!(set_chain_head(hash: &BlockHash) -> ());
+    forward!(compact() -> ());
+    forward!(vacuum() -> ());
+    forward!(get_stats() -> StorageStats);
+    forward!(close() -> ());
+    forward!(check_integrity() -> ());
+
+    fn get_blocks_by_range<'life0, 'async_trait>(
+        &'life0 self,
+        start: u64,
+        end: u64,
+    ) -> BackendFuture<'async_trait, Vec<Block>>
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
+        (**self).get_blocks_by_range(start, end)
+    }
 }
-forward_backend!(Arc);
 
 /// Typed conveniences over any [`StorageBackend`] (blanket-implemented).
 #[async_trait]
