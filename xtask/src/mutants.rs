@@ -37,7 +37,22 @@ pub(crate) fn run(
         // of the tree into that copy's target directory (a shared one would let
         // one worker test another's mutant).
         let mut command = Command::new("cargo");
-        command.args(["mutants", "--no-shuffle", "--timeout", "300", "--jobs"]);
+        // A mutant that makes the suite hang (a gate that never lets close go
+        // on) is caught by the timeout: five times the unmutated run, so a hang
+        // costs under a minute rather than minutes. The `mutants` profile is
+        // `dev` without debug info: every mutant relinks the conformance
+        // binaries, and that is most of its build.
+        command.args([
+            "mutants",
+            "--no-shuffle",
+            "--timeout-multiplier",
+            "5",
+            "--minimum-test-timeout",
+            "30",
+            "--profile",
+            "mutants",
+            "--jobs",
+        ]);
         command.arg(jobs.to_string());
         if iterate {
             command.arg("--iterate");
