@@ -91,6 +91,9 @@ pub enum FaultMode {
     /// cannot fire, while under `Execution::BlockingPool` it holds a pool thread
     /// and the timeout fires on time. Then the call goes through.
     Stall(std::time::Duration),
+    /// Range reads also return the block just past the range's end, as a store
+    /// that mishandles its end bound would; other calls go through.
+    RangeOverreach,
 }
 
 /// A pause point set with [`FaultyBackend::pause`]: calls of one operation wait
@@ -219,6 +222,13 @@ impl FaultyBackend {
         self.injected.load(Ordering::SeqCst)
     }
 
+    fn mode(&self) -> FaultMode {
+        *self
+            .mode
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     async fn gate(&self, op: &str) -> Result<()> {
         let point = self
             .paused
@@ -230,12 +240,9 @@ impl FaultyBackend {
         if let Some(point) = point {
             point.wait().await;
         }
-        let mode = *self
-            .mode
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mode = self.mode();
         let fail = match mode {
-            FaultMode::Healthy => false,
+            FaultMode::Healthy | FaultMode::RangeOverreach => false,
             FaultMode::FailAll => true,
             FaultMode::FailOps(ops) => ops.contains(&op),
             FaultMode::FailFraction(p) => {
@@ -322,6 +329,10 @@ impl StorageBackend for FaultyBackend {
     }
     async fn get_blocks_by_range(&self, start: u64, end: u64) -> Result<Vec<Block>> {
         self.gate("get_blocks_by_range").await?;
+        let end = match self.mode() {
+            FaultMode::RangeOverreach => end.saturating_add(1),
+            _ => end,
+        };
         self.inner.get_blocks_by_range(start, end).await
     }
     async fn compact(&self) -> Result<()> {

@@ -468,6 +468,7 @@ registry! {
     range_head::advance_head_only_moves_up [] CurrentThread;
     range_head::verify_store_checks_the_store_against_itself [] CurrentThread;
     range_head::verify_store_passes_other_failures_through [] CurrentThread;
+    range_head::verify_store_refuses_blocks_outside_the_window [] CurrentThread;
     maintenance::stats_agree_with_list [] CurrentThread;
     maintenance::compact_keeps_data [] CurrentThread;
     maintenance::vacuum_keeps_data_or_is_unsupported [] CurrentThread;

@@ -442,9 +442,67 @@ mod tests {
         async fn stats(&self) -> Result<StorageStats> {
             Err(StorageError::unsupported("damaged", "stats"))
         }
+        async fn integrity_check(&self) -> Result<()> {
+            Err(StorageError::corrupted("damaged: checksum of record 7"))
+        }
         async fn shutdown(&self) -> Result<()> {
             self.shut.store(true, std::sync::atomic::Ordering::SeqCst);
             Ok(())
+        }
+    }
+
+    /// [`Damaged`] with the default payload limit.
+    #[derive(Debug, Default)]
+    struct Unlimited(Damaged);
+
+    impl Engine for Unlimited {
+        fn name(&self) -> &str {
+            self.0.name()
+        }
+        fn gate(&self) -> &Gate {
+            self.0.gate()
+        }
+        async fn write_blocks(&self, blocks: &[Block]) -> Result<()> {
+            self.0.write_blocks(blocks).await
+        }
+        async fn read_block(&self, hash: &BlockHash) -> Result<Option<Block>> {
+            self.0.read_block(hash).await
+        }
+        async fn read_blocks(&self, hashes: &[BlockHash]) -> Result<Vec<Option<Block>>> {
+            self.0.read_blocks(hashes).await
+        }
+        async fn remove_block(&self, hash: &BlockHash) -> Result<bool> {
+            self.0.remove_block(hash).await
+        }
+        async fn has_block(&self, hash: &BlockHash) -> Result<bool> {
+            self.0.has_block(hash).await
+        }
+        async fn list(&self, options: &ListOptions) -> Result<Vec<BlockMetadata>> {
+            self.0.list(options).await
+        }
+        async fn count(&self) -> Result<u64> {
+            self.0.count().await
+        }
+        async fn head(&self) -> Result<Option<BlockHash>> {
+            self.0.head().await
+        }
+        async fn write_head(&self, hash: &BlockHash) -> Result<()> {
+            self.0.write_head(hash).await
+        }
+        async fn read_range(&self, start: u64, end: u64) -> Result<Vec<Block>> {
+            self.0.read_range(start, end).await
+        }
+        async fn run_compaction(&self) -> Result<()> {
+            self.0.run_compaction().await
+        }
+        async fn run_vacuum(&self) -> Result<()> {
+            self.0.run_vacuum().await
+        }
+        async fn stats(&self) -> Result<StorageStats> {
+            self.0.stats().await
+        }
+        async fn shutdown(&self) -> Result<()> {
+            self.0.shutdown().await
         }
     }
 
@@ -532,6 +590,11 @@ mod tests {
         let (result, seen) = traced(|| rt().block_on(engine.count_blocks()));
         assert_eq!(result.unwrap(), 0);
         assert!(has(&seen, "outcome", "ok"), "{seen:?}");
+
+        // The engine's own check reaches the caller.
+        let (result, seen) = traced(|| rt().block_on(engine.check_integrity()));
+        assert_eq!(result.unwrap_err().kind(), ErrorKind::Corrupted);
+        assert!(has(&seen, "error", "checksum of record 7"), "{seen:?}");
     }
 
     #[test]
@@ -543,6 +606,13 @@ mod tests {
             Block::sign_raw(0, std::time::UNIX_EPOCH, None, "t/v1", vec![0; 5], &key).unwrap();
         let e = rt.block_on(engine.store_block(&big)).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+        // Without its own limit an engine takes payloads up to the protocol's.
+        let unlimited = Unlimited::default();
+        assert_eq!(unlimited.max_payload_bytes(), crate::MAX_PAYLOAD_BYTES);
+        assert_eq!(
+            rt.block_on(unlimited.store_block(&big)).unwrap(),
+            big.hash()
+        );
         assert!(rt.block_on(engine.retrieve_blocks(&[])).unwrap().is_empty());
         let none = ListOptions {
             limit: Some(0),

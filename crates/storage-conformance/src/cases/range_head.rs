@@ -295,6 +295,25 @@ pub async fn verify_store_passes_other_failures_through(env: &Env) -> CaseResult
         2,
         "blocks of the first window verified one by one"
     );
+    // Range reads start failing after the first window: the second window's
+    // blocks (and only those) are read one by one, then the error comes back.
+    faulty.set_mode(FaultMode::Healthy);
+    let mut verified = 0;
+    let got = faulty
+        .verify_store(&VerifyOptions::default().page(2), &mut |n| {
+            verified += n;
+            faulty.set_mode(FaultMode::FailOps(&["get_blocks_by_range"]));
+        })
+        .await;
+    match got {
+        Err(e) if e.kind() == ErrorKind::Backend && e.is_transient() => {}
+        other => {
+            return Err(fail(format!(
+                "a range read failing in a later window must come through unchanged: {other:?}"
+            )));
+        }
+    }
+    ensure_eq!(verified, 4, "blocks of two windows verified");
     faulty.set_mode(FaultMode::FailOps(&["check_integrity"]));
     let mut verified = 0;
     let got = faulty
@@ -306,5 +325,33 @@ pub async fn verify_store_passes_other_failures_through(env: &Env) -> CaseResult
         "verify_store with a failing engine check",
     )?;
     ensure_eq!(verified, 0, "blocks verified after the engine check failed");
+    Ok(())
+}
+
+/// A store whose range reads return blocks outside the range asked for is
+/// damaged: `verify_store` says so rather than walking on (or in circles).
+pub async fn verify_store_refuses_blocks_outside_the_window(env: &Env) -> CaseResult {
+    let s = env.open().await?;
+    let chain = data::chain(6);
+    s.store_blocks(&chain).await?;
+    s.set_chain_head(&chain[5].hash()).await?;
+    let faulty = FaultyBackend::new(s, 7);
+    faulty.set_mode(FaultMode::RangeOverreach);
+    expect_kind(
+        faulty
+            .verify_store(&VerifyOptions::default().page(2), &mut |_| {})
+            .await,
+        ErrorKind::Corrupted,
+        "verify_store over range reads that overreach",
+    )?;
+    faulty.set_mode(FaultMode::Healthy);
+    let report = faulty
+        .verify_store(&VerifyOptions::default().page(2), &mut |_| {})
+        .await?;
+    ensure_eq!(
+        report.checked,
+        6,
+        "blocks checked once the store is healthy"
+    );
     Ok(())
 }
