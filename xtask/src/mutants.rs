@@ -144,6 +144,7 @@ fn report(
     let missed = lines(dir, "missed.txt")?;
     let timeout = lines(dir, "timeout.txt")?;
     let mut unviable = lines(dir, "unviable.txt")?;
+    let tested = caught.len() + missed.len() + timeout.len() + unviable.len();
     // After `--iterate`: mutants of the current code that an earlier run caught
     // (or found unviable) count as they did then; names that no longer exist
     // (the code moved) are dropped, their new names were tested again.
@@ -193,8 +194,18 @@ fn report(
     );
     out.push_str(&format!(
         "Model-based sequences per suite: {model_cases}{}.\n\n",
-        took.map(|t| format!("; the run took {:.0} min", t.as_secs_f64() / 60.0))
-            .unwrap_or_default()
+        took.map(|t| {
+            let minutes = t.as_secs_f64() / 60.0;
+            if dir.join("previously_caught.txt").exists() {
+                format!(
+                    "; the last run (`--iterate`) tested {tested} mutants in {minutes:.0} min, \
+                     the others count as an earlier run left them"
+                )
+            } else {
+                format!("; the run took {minutes:.0} min")
+            }
+        })
+        .unwrap_or_default()
     ));
     out.push_str(
         "| generated | caught | missed | timeouts | unviable | caught ÷ (caught + missed) |\n",
