@@ -222,14 +222,9 @@ impl FaultyBackend {
         self.injected.load(Ordering::SeqCst)
     }
 
-    fn mode(&self) -> FaultMode {
-        *self
-            .mode
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    async fn gate(&self, op: &str) -> Result<()> {
+    /// Waits at `op`'s pause point, then injects the current mode's fault;
+    /// returns the mode the call went through under.
+    async fn gate(&self, op: &str) -> Result<FaultMode> {
         let point = self
             .paused
             .lock()
@@ -240,7 +235,10 @@ impl FaultyBackend {
         if let Some(point) = point {
             point.wait().await;
         }
-        let mode = self.mode();
+        let mode = *self
+            .mode
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let fail = match mode {
             FaultMode::Healthy | FaultMode::RangeOverreach => false,
             FaultMode::FailAll => true,
@@ -278,7 +276,7 @@ impl FaultyBackend {
                 storage_core::ErrorStatus::Temporary,
             ));
         }
-        Ok(())
+        Ok(mode)
     }
 }
 
@@ -328,8 +326,7 @@ impl StorageBackend for FaultyBackend {
         self.inner.set_chain_head(hash).await
     }
     async fn get_blocks_by_range(&self, start: u64, end: u64) -> Result<Vec<Block>> {
-        self.gate("get_blocks_by_range").await?;
-        let end = match self.mode() {
+        let end = match self.gate("get_blocks_by_range").await? {
             FaultMode::RangeOverreach => end.saturating_add(1),
             _ => end,
         };
