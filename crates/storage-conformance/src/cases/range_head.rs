@@ -8,7 +8,7 @@ use storage_core::{
 use crate::check::{ensure, ensure_eq, expect_kind, fail, same_blocks};
 use crate::data;
 use crate::fault::{FaultMode, FaultyBackend};
-use crate::{CaseResult, Env};
+use crate::{CaseError, CaseResult, Env};
 
 /// Inclusive bounds, gaps skipped, ascending order; `start > end` is invalid input.
 pub async fn range_bounds_and_gaps(env: &Env) -> CaseResult {
@@ -251,15 +251,21 @@ pub async fn verify_store_checks_the_store_against_itself(env: &Env) -> CaseResu
     Ok(())
 }
 
-/// A read that fails for another reason than damage reaches the caller of
-/// `verify_store` as it is (a transient error stays transient), and a failing
-/// engine check stops the verification before any block is read.
-pub async fn verify_store_passes_other_failures_through(env: &Env) -> CaseResult {
+/// A store holding a six-block chain with its head, behind a fault injector
+/// (healthy until a case sets a mode).
+async fn faulty_chain_of_six(env: &Env) -> Result<FaultyBackend, CaseError> {
     let s = env.open().await?;
     let chain = data::chain(6);
     s.store_blocks(&chain).await?;
     s.set_chain_head(&chain[5].hash()).await?;
-    let faulty = FaultyBackend::new(s, 7);
+    Ok(FaultyBackend::new(s, 7))
+}
+
+/// A read that fails for another reason than damage reaches the caller of
+/// `verify_store` as it is (a transient error stays transient), and a failing
+/// engine check stops the verification before any block is read.
+pub async fn verify_store_passes_other_failures_through(env: &Env) -> CaseResult {
+    let faulty = faulty_chain_of_six(env).await?;
     faulty.set_mode(FaultMode::FailOps(&[
         "get_blocks_by_range",
         "retrieve_block",
@@ -331,11 +337,7 @@ pub async fn verify_store_passes_other_failures_through(env: &Env) -> CaseResult
 /// A store whose range reads return blocks outside the range asked for is
 /// damaged: `verify_store` says so rather than walking on (or in circles).
 pub async fn verify_store_refuses_blocks_outside_the_window(env: &Env) -> CaseResult {
-    let s = env.open().await?;
-    let chain = data::chain(6);
-    s.store_blocks(&chain).await?;
-    s.set_chain_head(&chain[5].hash()).await?;
-    let faulty = FaultyBackend::new(s, 7);
+    let faulty = faulty_chain_of_six(env).await?;
     faulty.set_mode(FaultMode::RangeOverreach);
     expect_kind(
         faulty
