@@ -145,10 +145,11 @@ fn report(
     let timeout = lines(dir, "timeout.txt")?;
     let mut unviable = lines(dir, "unviable.txt")?;
     let tested = caught.len() + missed.len() + timeout.len() + unviable.len();
+    let iterated = dir.join("previously_caught.txt").exists();
     // After `--iterate`: mutants of the current code that an earlier run caught
     // (or found unviable) count as they did then; names that no longer exist
     // (the code moved) are dropped, their new names were tested again.
-    if dir.join("previously_caught.txt").exists() {
+    if iterated {
         let current = current_mutants(root)?;
         let old = dir.with_extension("out.old");
         let old_unviable = lines(&old, "unviable.txt").unwrap_or_default();
@@ -196,7 +197,7 @@ fn report(
         "Model-based sequences per suite: {model_cases}{}.\n\n",
         took.map(|t| {
             let minutes = t.as_secs_f64() / 60.0;
-            if dir.join("previously_caught.txt").exists() {
+            if iterated {
                 format!(
                     "; the last run (`--iterate`) tested {tested} mutants in {minutes:.0} min, \
                      the others count as an earlier run left them"
