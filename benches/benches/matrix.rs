@@ -24,7 +24,7 @@ use criterion::{BenchmarkGroup, Criterion, Throughput, measurement::WallTime};
 use olocus_benches::spec::{BIG, BIG_QUICK, CONCURRENT_WRITERS, FULL, Op, Subject};
 use olocus_benches::{BULK_TYPE, bulk_blocks, raw};
 use storage_conformance::data::{self, READING};
-use storage_core::{Block, BlockFilter, CompressionType, ListOptions, SortOrder, StorageBackend};
+use storage_core::{Block, CompressionType, ListOptions, SortOrder, StorageBackend};
 
 /// Spreads random reads over the store.
 const STRIDE: usize = 7919;
@@ -37,16 +37,11 @@ struct Setup {
 }
 
 fn list_options(i: u64) -> ListOptions {
-    ListOptions {
-        limit: Some(100),
-        order: SortOrder::ByIndex,
-        filter: Some(BlockFilter {
-            payload_type: Some(READING.into()),
-            min_index: Some((i * 131) % (FULL as u64 - 300)),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    ListOptions::new()
+        .limit(100)
+        .order(SortOrder::ByIndex)
+        .payload_type(READING)
+        .min_index((i * 131) % (FULL as u64 - 300))
 }
 
 fn range_start(i: u64) -> u64 {
@@ -699,15 +694,12 @@ fn matrix(c: &mut Criterion) {
                     s.name()
                 );
                 let last = store
-                    .list_blocks(&ListOptions {
-                        limit: Some(1),
-                        order: SortOrder::Descending,
-                        filter: Some(BlockFilter {
-                            payload_type: Some(BULK_TYPE.into()),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    })
+                    .list_blocks(
+                        &ListOptions::new()
+                            .limit(1)
+                            .descending()
+                            .payload_type(BULK_TYPE),
+                    )
                     .await
                     .expect("list");
                 assert_eq!(last[0].index, big.len() as u64 - 1);

@@ -5,8 +5,8 @@ use std::path::Path;
 use std::time::Instant;
 
 use olocus_storage::{
-    Block, BlockFilter, BlockHash, ListOptions, SortOrder, Storage, StorageBackend,
-    StorageBackendExt, StorageConfig, StorageError, VerifyOptions, WireFormat, verify_block,
+    Block, BlockHash, ListOptions, Storage, StorageBackend, StorageBackendExt, StorageConfig,
+    StorageError, VerifyOptions, WireFormat, verify_block,
 };
 use serde_json::json;
 
@@ -211,11 +211,7 @@ pub(crate) async fn import(
 /// The highest stored index, if any block is stored.
 async fn last_index(store: &dyn StorageBackend) -> Result<Option<u64>, StorageError> {
     Ok(store
-        .list_blocks(&ListOptions {
-            limit: Some(1),
-            order: SortOrder::Descending,
-            ..Default::default()
-        })
+        .list_blocks(&ListOptions::new().limit(1).descending())
         .await?
         .first()
         .map(|m| m.index))
@@ -228,28 +224,14 @@ async fn listed_between(
     hi: u64,
 ) -> Result<Vec<olocus_storage::BlockMetadata>, StorageError> {
     store
-        .list_blocks(&ListOptions {
-            filter: Some(BlockFilter {
-                min_index: Some(lo),
-                max_index: Some(hi),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
+        .list_blocks(&ListOptions::new().min_index(lo).max_index(hi))
         .await
 }
 
 /// The lowest stored index at or after `from`.
 async fn next_index(store: &dyn StorageBackend, from: u64) -> Result<Option<u64>, StorageError> {
     Ok(store
-        .list_blocks(&ListOptions {
-            limit: Some(1),
-            filter: Some(BlockFilter {
-                min_index: Some(from),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
+        .list_blocks(&ListOptions::new().limit(1).min_index(from))
         .await?
         .first()
         .map(|m| m.index))

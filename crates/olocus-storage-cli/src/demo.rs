@@ -5,8 +5,8 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 use olocus_storage::{
-    BackendConfig, Block, BlockFilter, CompressionType, ListOptions, SigningKey, SortOrder,
-    Storage, StorageBackendExt, StorageConfig, VerifyOptions,
+    BackendConfig, Block, CompressionType, ListOptions, SigningKey, Storage, StorageBackendExt,
+    StorageConfig, VerifyOptions,
 };
 use serde_json::json;
 
@@ -206,12 +206,12 @@ pub(crate) async fn run(
     let to = from + Duration::from_millis(249);
     let started = Instant::now();
     let window = storage
-        .list_blocks(&ListOptions {
-            start_time: Some(from),
-            end_time: Some(to),
-            order: SortOrder::ByTimestamp,
-            ..Default::default()
-        })
+        .list_blocks(
+            &ListOptions::new()
+                .start_time(from)
+                .end_time(to)
+                .by_timestamp(),
+        )
         .await
         .map_err(ctx_err("listing by time"))?;
     say(
@@ -229,15 +229,7 @@ pub(crate) async fn run(
     // Filters: the newest audit events; a signer, paged.
     let started = Instant::now();
     let audits = storage
-        .list_blocks(&ListOptions {
-            limit: Some(5),
-            order: SortOrder::Descending,
-            filter: Some(BlockFilter {
-                payload_type: Some(AUDIT.into()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
+        .list_blocks(&ListOptions::new().limit(5).descending().payload_type(AUDIT))
         .await
         .map_err(ctx_err("listing audit events"))?;
     say(
@@ -254,17 +246,14 @@ pub(crate) async fn run(
     );
     let started = Instant::now();
     let page = storage
-        .list_blocks(&ListOptions {
-            limit: Some(3),
-            offset: Some(10),
-            filter: Some(BlockFilter {
-                public_key: Some(signer),
-                payload_type: Some(READING.into()),
-                min_index: Some(blocks / 2),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
+        .list_blocks(
+            &ListOptions::new()
+                .limit(3)
+                .offset(10)
+                .public_key(signer)
+                .payload_type(READING)
+                .min_index(blocks / 2),
+        )
         .await
         .map_err(ctx_err("listing by signer"))?;
     say(

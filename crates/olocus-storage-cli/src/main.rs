@@ -310,23 +310,17 @@ async fn run(cli: Cli) -> CliResult {
             min_index,
             max_index,
         } => {
-            let options = ListOptions {
-                limit: *limit,
-                offset: *offset,
-                start_time: *start_time,
-                end_time: *end_time,
-                order: match order {
-                    Order::Asc => SortOrder::Ascending,
-                    Order::Desc => SortOrder::Descending,
-                    Order::Time => SortOrder::ByTimestamp,
-                },
-                filter: Some(BlockFilter {
-                    payload_type: payload_type.clone(),
-                    public_key: *signer,
-                    min_index: *min_index,
-                    max_index: *max_index,
-                }),
-            };
+            let mut filter = BlockFilter::new();
+            filter.payload_type = payload_type.clone();
+            filter.public_key = *signer;
+            (filter.min_index, filter.max_index) = (*min_index, *max_index);
+            let mut options = ListOptions::new().filter(filter).order(match order {
+                Order::Asc => SortOrder::Ascending,
+                Order::Desc => SortOrder::Descending,
+                Order::Time => SortOrder::ByTimestamp,
+            });
+            (options.limit, options.offset) = (*limit, *offset);
+            (options.start_time, options.end_time) = (*start_time, *end_time);
             commands::list(&ctx, &store, &options).await
         }
         Cmd::Get { hash } => commands::get(&ctx, &store, hash).await,

@@ -463,6 +463,12 @@ registry! {
     list::list_metadata_is_exact [] CurrentThread;
     list::time_bounds_in_every_order [] CurrentThread;
     list::filters_match_exactly [] CurrentThread;
+    stream::cursor_paging_equals_offset_paging [] CurrentThread;
+    stream::cursor_positions_need_no_block [] CurrentThread;
+    stream::get_block_by_index_finds_and_misses [] CurrentThread;
+    stream::stream_range_bounds_and_gaps [] CurrentThread;
+    stream::streams_while_appending [] MultiThread;
+    stream::streams_end_with_the_error [] CurrentThread;
     range_head::range_bounds_and_gaps [] CurrentThread;
     range_head::chain_head_set_get_invalid [] CurrentThread;
     range_head::advance_head_only_moves_up [] CurrentThread;

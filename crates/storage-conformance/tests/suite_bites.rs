@@ -8,8 +8,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use storage_conformance::{Capabilities, Factory, Fixture, all_cases};
 use storage_core::{
-    Block, BlockHash, BlockMetadata, ErrorKind, ListOptions, Result, SortOrder, StorageBackend,
-    StorageStats, WireFormat, async_trait, unix_nanos,
+    Block, BlockHash, BlockMetadata, ErrorKind, ListCursor, ListOptions, Result, SortOrder,
+    StorageBackend, StorageStats, WireFormat, async_trait, unix_nanos,
 };
 use storage_memory::MemoryBackend;
 
@@ -59,6 +59,16 @@ enum Flaw {
     /// Counts new blocks with a check-then-store that races: two identical stores
     /// at once are counted twice.
     RacyCount,
+    /// `list_blocks` ignores the cursor (pages repeat).
+    IgnoresCursor,
+    /// In time order, the listing resumes *at* the cursor, so the entry a page
+    /// ended with comes again.
+    CursorInclusiveInTimeOrder,
+    /// In time order, the cursor skips every entry at its timestamp (ties after
+    /// the cursor's index are lost).
+    CursorSkipsTimestampTies,
+    /// In descending order, the cursor is read as ascending.
+    CursorAscendingInDescendingOrder,
 }
 
 #[derive(Debug)]
@@ -238,16 +248,45 @@ impl StorageBackend for Broken {
 
     async fn list_blocks(&self, options: &ListOptions) -> Result<Vec<BlockMetadata>> {
         let mut opts = options.clone();
+        if let Some(c) = opts.after {
+            let by_time = opts.order == SortOrder::ByTimestamp;
+            if self.has(Flaw::IgnoresCursor) {
+                opts.after = None;
+            }
+            if self.has(Flaw::CursorInclusiveInTimeOrder) && by_time && c.index() > 0 {
+                opts.after = Some(ListCursor::at(c.index() - 1, c.timestamp_nanos()));
+            }
+            if self.has(Flaw::CursorSkipsTimestampTies) && by_time {
+                opts.after = Some(ListCursor::at(u64::MAX, c.timestamp_nanos()));
+            }
+            if self.has(Flaw::CursorAscendingInDescendingOrder)
+                && opts.order == SortOrder::Descending
+            {
+                let mut all = opts.clone();
+                (all.after, all.offset, all.limit) = (None, None, None);
+                let skip = opts.offset.unwrap_or(0) as usize;
+                let take = opts.limit.unwrap_or(u64::MAX).min(usize::MAX as u64) as usize;
+                return Ok(self
+                    .inner
+                    .list_blocks(&all)
+                    .await?
+                    .into_iter()
+                    .filter(|m| m.index > c.index())
+                    .skip(skip)
+                    .take(take)
+                    .collect());
+            }
+        }
         if self.has(Flaw::IgnoresOffset) {
             opts.offset = None;
         }
         if self.has(Flaw::WrongTieOrder) && opts.order == SortOrder::ByTimestamp {
             let mut all = self
                 .inner
-                .list_blocks(&ListOptions {
-                    offset: None,
-                    limit: None,
-                    ..opts.clone()
+                .list_blocks(&{
+                    let mut all = opts.clone();
+                    (all.offset, all.limit) = (None, None);
+                    all
                 })
                 .await?;
             all.sort_by(|a, b| a.timestamp.cmp(&b.timestamp).then(b.index.cmp(&a.index)));
@@ -272,10 +311,10 @@ impl StorageBackend for Broken {
         {
             let all = self
                 .inner
-                .list_blocks(&ListOptions {
-                    offset: None,
-                    limit: None,
-                    ..opts.clone()
+                .list_blocks(&{
+                    let mut all = opts.clone();
+                    (all.offset, all.limit) = (None, None);
+                    all
                 })
                 .await?;
             let skip = opts.offset.unwrap_or(0) as usize;
@@ -328,14 +367,7 @@ impl StorageBackend for Broken {
         if self.has(Flaw::OmitsDamaged) && start <= end {
             let listed = self
                 .inner
-                .list_blocks(&ListOptions {
-                    filter: Some(storage_core::BlockFilter {
-                        min_index: Some(start),
-                        max_index: Some(end),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                })
+                .list_blocks(&ListOptions::new().min_index(start).max_index(end))
                 .await?;
             let mut out = Vec::new();
             for m in listed {
@@ -625,6 +657,50 @@ fn racy_counts_are_caught() {
     assert_cases_bite(
         Flaw::RacyCount,
         &["interleavings_agree_with_a_serial_order"],
+    );
+}
+
+#[test]
+fn ignored_cursor_is_caught() {
+    assert_bites(
+        Flaw::IgnoresCursor,
+        &[
+            "cursor_paging_equals_offset_paging",
+            "cursor_positions_need_no_block",
+        ],
+    );
+}
+
+#[test]
+fn cursor_repeating_its_entry_is_caught() {
+    assert_bites(
+        Flaw::CursorInclusiveInTimeOrder,
+        &[
+            "cursor_paging_equals_offset_paging",
+            "cursor_positions_need_no_block",
+        ],
+    );
+}
+
+#[test]
+fn cursor_losing_ties_is_caught() {
+    assert_bites(
+        Flaw::CursorSkipsTimestampTies,
+        &[
+            "cursor_paging_equals_offset_paging",
+            "cursor_positions_need_no_block",
+        ],
+    );
+}
+
+#[test]
+fn cursor_in_the_wrong_direction_is_caught() {
+    assert_bites(
+        Flaw::CursorAscendingInDescendingOrder,
+        &[
+            "cursor_paging_equals_offset_paging",
+            "cursor_positions_need_no_block",
+        ],
     );
 }
 

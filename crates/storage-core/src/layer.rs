@@ -614,10 +614,7 @@ mod tests {
             big.hash()
         );
         assert!(rt.block_on(engine.retrieve_blocks(&[])).unwrap().is_empty());
-        let none = ListOptions {
-            limit: Some(0),
-            ..Default::default()
-        };
+        let none = ListOptions::new().limit(0);
         assert!(rt.block_on(engine.list_blocks(&none)).unwrap().is_empty());
         // The operation is added to engine errors, the cause kept.
         let e = rt

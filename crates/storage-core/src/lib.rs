@@ -57,10 +57,12 @@ pub use error::{BoxError, ErrorKind, ErrorStatus, Result, StorageError};
 pub use ids::{
     BlockHash, BlockHashBuildHasher, BlockHashHasher, BlockHashMap, PublicKey, Signature,
 };
-pub use traits::{StorageBackend, StorageBackendExt};
+pub use traits::{
+    BlockStream, LIST_STREAM_PAGE, RANGE_STREAM_PAGE, StorageBackend, StorageBackendExt,
+};
 pub use types::{
-    BackendStats, BlockFilter, BlockMetadata, CompactionStats, ListMatcher, ListOptions, SortOrder,
-    StorageStats,
+    BackendStats, BlockFilter, BlockMetadata, CompactionStats, ListCursor, ListMatcher,
+    ListOptions, SortOrder, StorageStats,
 };
 pub use verify::{VerifyOptions, VerifyReport};
 pub use wire::{
@@ -83,3 +85,5 @@ pub mod raw {
 /// Re-exported so users and backends name the same versions.
 pub use async_trait::async_trait;
 pub use ed25519_dalek::{SigningKey, VerifyingKey};
+/// Re-exported for consuming [`BlockStream`]s (`try_next`, `try_collect`, ...).
+pub use futures::stream::{Stream, StreamExt, TryStreamExt};

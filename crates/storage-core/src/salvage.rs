@@ -179,11 +179,7 @@ async fn highest_index(
     report: &mut SalvageReport,
 ) -> Result<Option<u64>> {
     let listed = src
-        .list_blocks(&ListOptions {
-            limit: Some(1),
-            order: crate::SortOrder::Descending,
-            ..Default::default()
-        })
+        .list_blocks(&ListOptions::new().limit(1).descending())
         .await;
     match listed {
         Ok(top) => Ok(top.first().map(|m| m.index)),
@@ -239,11 +235,7 @@ pub async fn settle_head(
         return Ok(Some(h));
     }
     let top = dst
-        .list_blocks(&ListOptions {
-            limit: Some(1),
-            order: crate::SortOrder::Descending,
-            ..Default::default()
-        })
+        .list_blocks(&ListOptions::new().limit(1).descending())
         .await?;
     match top.first() {
         Some(m) => {

@@ -1,17 +1,29 @@
 //! The storage trait every backend implements, and its typed extension.
 
 use std::future::Future;
+use std::ops::{Bound, RangeBounds};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
 use ed25519_dalek::SigningKey;
+use futures::stream::{self, Stream, TryStreamExt};
 
 use crate::{
-    Block, BlockHash, BlockMetadata, BlockPayload, ListOptions, Result, StorageError, StorageStats,
-    VerifyOptions, VerifyReport, verify_chain,
+    Block, BlockHash, BlockMetadata, BlockPayload, ListCursor, ListOptions, Result, StorageError,
+    StorageStats, VerifyOptions, VerifyReport, verify_chain,
 };
+
+/// A stream of results read from a store, borrowing it; see
+/// [`StorageBackendExt::stream_list`] and [`StorageBackendExt::stream_range`].
+pub type BlockStream<'a, T> = Pin<Box<dyn Stream<Item = Result<T>> + Send + 'a>>;
+
+/// Entries per page [`StorageBackendExt::stream_list`] reads.
+pub const LIST_STREAM_PAGE: u64 = 1_000;
+
+/// Blocks per page [`StorageBackendExt::stream_range`] reads.
+pub const RANGE_STREAM_PAGE: u64 = 256;
 
 /// A store of signed blocks, addressed by hash and by chain index.
 ///
@@ -214,6 +226,35 @@ impl<T: StorageBackend + ?Sized> StorageBackend for Arc<T> {
     }
 }
 
+/// Refuses a listing page that breaks its query: an entry the query does not
+/// select (one at or before the cursor, say), or entries out of order. A store
+/// that did either would make a stream repeat or lose entries, or never end.
+fn check_page(query: &ListOptions, entries: &[BlockMetadata]) -> Result<()> {
+    let matcher = query.matcher();
+    for (i, m) in entries.iter().enumerate() {
+        let ordered = i == 0 || query.compare(&entries[i - 1], m).is_lt();
+        if !ordered || !matcher.is_some_and(|q| q.matches(m)) {
+            return Err(StorageError::corrupted(format!(
+                "listing returned the block at index {} {}",
+                m.index,
+                if ordered {
+                    "which the query does not select"
+                } else {
+                    "out of order"
+                }
+            )));
+        }
+    }
+    if entries.len() as u64 > query.limit.unwrap_or(u64::MAX) {
+        return Err(StorageError::corrupted(format!(
+            "listing returned {} entries for a limit of {}",
+            entries.len(),
+            query.limit.unwrap_or(u64::MAX)
+        )));
+    }
+    Ok(())
+}
+
 /// Typed conveniences over any [`StorageBackend`] (blanket-implemented).
 #[async_trait]
 pub trait StorageBackendExt: StorageBackend {
@@ -267,6 +308,139 @@ pub trait StorageBackendExt: StorageBackend {
         crate::verify::advance_head(self, hash).await
     }
 
+    /// The block at `index`, if one is stored.
+    async fn get_block_by_index(&self, index: u64) -> Result<Option<Block>> {
+        let mut found = self.get_blocks_by_range(index, index).await?;
+        match found.pop() {
+            Some(b) if found.is_empty() && b.index() == index => Ok(Some(b)),
+            None => Ok(None),
+            Some(b) => Err(StorageError::corrupted(format!(
+                "asked for the block at index {index}, the store returned {} block(s), the last at index {}",
+                found.len() + 1,
+                b.index()
+            ))),
+        }
+    }
+
+    /// Every entry `options` selects, as a stream read [`LIST_STREAM_PAGE`]
+    /// entries at a time; see [`StorageBackendExt::stream_list_paged`].
+    fn stream_list(&self, options: ListOptions) -> BlockStream<'_, BlockMetadata> {
+        self.stream_list_paged(options, LIST_STREAM_PAGE)
+    }
+
+    /// Every entry `options` selects (`limit` and `offset` apply to the whole
+    /// stream), read `page` entries at a time.
+    ///
+    /// Each page continues after the last entry of the one before with a
+    /// [`ListCursor`], so the store seeks rather than skips, memory holds one
+    /// page whatever the store's size, and blocks stored or deleted while the
+    /// stream runs never make it repeat or skip an entry that was stored before
+    /// it started. An error ends the stream after it is yielded.
+    fn stream_list_paged(&self, options: ListOptions, page: u64) -> BlockStream<'_, BlockMetadata> {
+        let page = page.max(1);
+        let first = (options, true);
+        let pages = stream::try_unfold(Some(first), move |state| async move {
+            let Some((mut options, first)) = state else {
+                return Ok(None);
+            };
+            let wanted = options.limit.unwrap_or(u64::MAX).min(page);
+            if wanted == 0 {
+                return Ok(None);
+            }
+            let mut query = options.clone().limit(wanted);
+            if !first {
+                query.offset = None;
+            }
+            let entries = self.list_blocks(&query).await?;
+            check_page(&query, &entries)?;
+            let next = match entries.last() {
+                Some(last) if entries.len() as u64 >= wanted => {
+                    options.limit = options.limit.map(|l| l - entries.len() as u64);
+                    Some((options.after(ListCursor::after(last)), false))
+                }
+                _ => None,
+            };
+            Ok(Some((entries, next)))
+        });
+        Box::pin(
+            pages
+                .map_ok(|entries| stream::iter(entries.into_iter().map(Ok)))
+                .try_flatten(),
+        )
+    }
+
+    /// The blocks whose indices lie in `range`, ascending, as a stream read
+    /// [`RANGE_STREAM_PAGE`] blocks at a time; see
+    /// [`StorageBackendExt::stream_range_paged`].
+    fn stream_range(&self, range: impl RangeBounds<u64>) -> BlockStream<'_, Block> {
+        self.stream_range_paged(range, RANGE_STREAM_PAGE)
+    }
+
+    /// The blocks whose indices lie in `range`, ascending (missing indices are
+    /// skipped), read `page` indices at a time with
+    /// [`StorageBackend::get_blocks_by_range`]; a long run of missing indices
+    /// is crossed with one listing. Memory holds one page whatever the range's
+    /// length. An empty range is an empty stream.
+    ///
+    /// A block outside the window asked for, or out of order, ends the stream
+    /// with [`StorageError::Corrupted`]; a block is never yielded twice.
+    fn stream_range_paged(
+        &self,
+        range: impl RangeBounds<u64>,
+        page: u64,
+    ) -> BlockStream<'_, Block> {
+        let page = page.max(1);
+        let start = match range.start_bound() {
+            Bound::Included(s) => Some(*s),
+            Bound::Excluded(s) => s.checked_add(1),
+            Bound::Unbounded => Some(0),
+        };
+        let end = match range.end_bound() {
+            Bound::Included(e) => Some(*e),
+            Bound::Excluded(e) => e.checked_sub(1),
+            Bound::Unbounded => Some(u64::MAX),
+        };
+        let first = match (start, end) {
+            (Some(s), Some(e)) if s <= e => Some((s, e)),
+            _ => None,
+        };
+        let pages = stream::try_unfold(first, move |state| async move {
+            let Some((from, end)) = state else {
+                return Ok(None);
+            };
+            let to = from.saturating_add(page - 1).min(end);
+            let blocks = self.get_blocks_by_range(from, to).await?;
+            let mut expect = from;
+            for b in &blocks {
+                if b.index() < expect || b.index() > to {
+                    return Err(StorageError::corrupted(format!(
+                        "reading indices {from}..={to}, the store returned the block at index {} out of order or outside the window",
+                        b.index()
+                    )));
+                }
+                expect = b.index().saturating_add(1);
+            }
+            let resume = if to == end {
+                None
+            } else if !blocks.is_empty() {
+                Some(to + 1)
+            } else {
+                // An empty window: one listing finds the next stored index.
+                self.list_blocks(&ListOptions::new().min_index(to + 1).max_index(end).limit(1))
+                    .await?
+                    .first()
+                    .map(|m| m.index)
+            };
+            let next = resume.filter(|n| *n <= end).map(|n| (n, end));
+            Ok(Some((blocks, next)))
+        });
+        Box::pin(
+            pages
+                .map_ok(|blocks| stream::iter(blocks.into_iter().map(Ok)))
+                .try_flatten(),
+        )
+    }
+
     /// Checks the store against itself: the engine's own check
     /// ([`StorageBackend::check_integrity`]), then every block from genesis in
     /// index order (signatures, index sequence, hash links, timestamps), then the
@@ -300,14 +474,7 @@ pub trait StorageBackendExt: StorageBackend {
             if blocks.is_empty() {
                 // Nothing in this window: find the next stored index, if any.
                 let next = self
-                    .list_blocks(&ListOptions {
-                        limit: Some(1),
-                        filter: Some(crate::BlockFilter {
-                            min_index: Some(start),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    })
+                    .list_blocks(&ListOptions::new().limit(1).min_index(start))
                     .await?;
                 match next.first() {
                     None => return Ok(checked),

@@ -8,15 +8,42 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Block, BlockHash, PublicKey, unix_nanos};
 
-/// Options for [`crate::StorageBackend::list_blocks`].
+/// Options for [`crate::StorageBackend::list_blocks`], built with chained
+/// setters.
 ///
 /// Filters combine with AND. Time bounds are inclusive. The result is sorted by
-/// [`SortOrder`], then `offset` entries are skipped, then at most `limit` returned.
+/// [`SortOrder`]; then, if a cursor is set ([`ListOptions::after`]), only entries
+/// after it in that order remain; then `offset` entries are skipped and at most
+/// `limit` returned.
+///
+/// Page through a listing with a cursor, not an offset: each backend seeks to
+/// the cursor in its index, so every page costs the same however deep it is,
+/// and blocks stored meanwhile never shift a page (no duplicates, no skips).
+/// [`crate::StorageBackendExt::stream_list`] does this for you.
+///
+/// ```
+/// use storage_core::{ListCursor, ListOptions};
+/// # use storage_core::{BlockMetadata, StorageBackend};
+/// # async fn pages(store: &dyn StorageBackend) -> storage_core::Result<()> {
+/// let mut options = ListOptions::new().by_timestamp().payload_type("sensor.reading/v1").limit(100);
+/// loop {
+///     let page = store.list_blocks(&options).await?;
+///     let Some(last) = page.last() else { break };
+///     options = options.after(ListCursor::after(last));
+///     // ... use the page ...
+/// }
+/// # Ok(()) }
+/// ```
+///
+/// New fields may be added in later versions; build options with
+/// [`ListOptions::new`] and the setters rather than a struct literal.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct ListOptions {
     /// Maximum number of entries returned; `Some(0)` returns none.
     pub limit: Option<u64>,
-    /// Entries to skip after sorting; may exceed the number of matches.
+    /// Entries to skip after sorting (and after the cursor); may exceed the number
+    /// of matches.
     pub offset: Option<u64>,
     /// Only blocks with `timestamp >= start_time`.
     pub start_time: Option<SystemTime>,
@@ -26,6 +53,56 @@ pub struct ListOptions {
     pub order: SortOrder,
     /// Field filters.
     pub filter: Option<BlockFilter>,
+    /// Only entries after this position in `order` (keyset paging).
+    #[serde(default)]
+    pub after: Option<ListCursor>,
+}
+
+/// A position in a listing, for keyset paging with [`ListOptions::after`]: the
+/// listing continues with the entries after it in the listing's order.
+///
+/// In index orders only the index counts; in [`SortOrder::ByTimestamp`] the
+/// position is the timestamp, then the index. Take it from the last entry of a
+/// page with [`ListCursor::after`]; it stays valid if that block is deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ListCursor {
+    index: u64,
+    timestamp_nanos: u64,
+}
+
+impl ListCursor {
+    /// The position of `entry`: a listing resumed here starts after it.
+    pub fn after(entry: &BlockMetadata) -> Self {
+        Self {
+            index: entry.index,
+            timestamp_nanos: unix_nanos(entry.timestamp).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// The position of a block with this index and timestamp (in Unix
+    /// nanoseconds), stored or not.
+    pub fn at(index: u64, timestamp_nanos: u64) -> Self {
+        Self {
+            index,
+            timestamp_nanos,
+        }
+    }
+
+    /// The index of the position.
+    pub fn index(&self) -> u64 {
+        self.index
+    }
+
+    /// The timestamp of the position in Unix nanoseconds (used by
+    /// [`SortOrder::ByTimestamp`] only).
+    pub fn timestamp_nanos(&self) -> u64 {
+        self.timestamp_nanos
+    }
+
+    /// The position as a `(timestamp, index)` key of the time order.
+    fn time_key(&self) -> (u64, u64) {
+        (self.timestamp_nanos, self.index)
+    }
 }
 
 /// Result order of [`ListOptions`].
@@ -43,7 +120,11 @@ pub enum SortOrder {
 }
 
 /// Field filters of [`ListOptions`]; every `Some` field must match.
+///
+/// Usually set through [`ListOptions`]'s setters; new fields may be added in
+/// later versions, so build it with [`BlockFilter::new`] and its setters.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct BlockFilter {
     /// Exact payload-type identifier.
     pub payload_type: Option<String>,
@@ -53,6 +134,37 @@ pub struct BlockFilter {
     pub min_index: Option<u64>,
     /// Highest index, inclusive.
     pub max_index: Option<u64>,
+}
+
+impl BlockFilter {
+    /// A filter that admits every block.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Only blocks with this payload-type identifier.
+    pub fn payload_type(mut self, payload_type: impl Into<String>) -> Self {
+        self.payload_type = Some(payload_type.into());
+        self
+    }
+
+    /// Only blocks signed by this key.
+    pub fn public_key(mut self, key: PublicKey) -> Self {
+        self.public_key = Some(key);
+        self
+    }
+
+    /// Only blocks with `index >= min`.
+    pub fn min_index(mut self, min: u64) -> Self {
+        self.min_index = Some(min);
+        self
+    }
+
+    /// Only blocks with `index <= max`.
+    pub fn max_index(mut self, max: u64) -> Self {
+        self.max_index = Some(max);
+        self
+    }
 }
 
 /// What `list_blocks` returns per block.
@@ -87,6 +199,97 @@ impl BlockMetadata {
 }
 
 impl ListOptions {
+    /// Options that list every block in index order.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// At most `limit` entries; `0` returns none.
+    pub fn limit(mut self, limit: u64) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+
+    /// Skips the first `offset` entries (prefer [`ListOptions::after`] for paging).
+    pub fn offset(mut self, offset: u64) -> Self {
+        self.offset = Some(offset);
+        self
+    }
+
+    /// Only blocks with `timestamp >= start`.
+    pub fn start_time(mut self, start: SystemTime) -> Self {
+        self.start_time = Some(start);
+        self
+    }
+
+    /// Only blocks with `timestamp <= end`.
+    pub fn end_time(mut self, end: SystemTime) -> Self {
+        self.end_time = Some(end);
+        self
+    }
+
+    /// Results in `order`.
+    pub fn order(mut self, order: SortOrder) -> Self {
+        self.order = order;
+        self
+    }
+
+    /// Results by index, lowest first (the default).
+    pub fn ascending(self) -> Self {
+        self.order(SortOrder::Ascending)
+    }
+
+    /// Results by index, highest first.
+    pub fn descending(self) -> Self {
+        self.order(SortOrder::Descending)
+    }
+
+    /// Results by timestamp, oldest first; equal timestamps by index.
+    pub fn by_timestamp(self) -> Self {
+        self.order(SortOrder::ByTimestamp)
+    }
+
+    /// Replaces the field filters.
+    pub fn filter(mut self, filter: BlockFilter) -> Self {
+        self.filter = Some(filter);
+        self
+    }
+
+    /// Only blocks with this payload-type identifier.
+    pub fn payload_type(mut self, payload_type: impl Into<String>) -> Self {
+        self.filter = Some(self.filter.unwrap_or_default().payload_type(payload_type));
+        self
+    }
+
+    /// Only blocks signed by this key.
+    pub fn public_key(mut self, key: PublicKey) -> Self {
+        self.filter = Some(self.filter.unwrap_or_default().public_key(key));
+        self
+    }
+
+    /// Only blocks with `index >= min`.
+    pub fn min_index(mut self, min: u64) -> Self {
+        self.filter = Some(self.filter.unwrap_or_default().min_index(min));
+        self
+    }
+
+    /// Only blocks with `index <= max`.
+    pub fn max_index(mut self, max: u64) -> Self {
+        self.filter = Some(self.filter.unwrap_or_default().max_index(max));
+        self
+    }
+
+    /// Only entries after `cursor` in this listing's order (keyset paging).
+    pub fn after(mut self, cursor: ListCursor) -> Self {
+        self.after = Some(cursor);
+        self
+    }
+
+    /// Whether the order is by index (ascending or descending).
+    fn index_order(&self) -> bool {
+        self.order != SortOrder::ByTimestamp
+    }
+
     /// The inclusive time range in Unix nanoseconds, or `None` if no block can match
     /// (e.g. `end_time` before 1970 or before `start_time`).
     pub fn time_range_nanos(&self) -> Option<(u64, u64)> {
@@ -108,12 +311,39 @@ impl ListOptions {
         (lo <= hi).then_some((lo, hi))
     }
 
-    /// The inclusive index range the filter allows, or `None` if empty.
+    /// The inclusive index range to walk, or `None` if empty: the filter's bounds,
+    /// narrowed by the cursor in index orders (so a backend that seeks to the
+    /// range's start seeks to the cursor).
     pub fn index_range(&self) -> Option<(u64, u64)> {
         let f = self.filter.as_ref();
-        let lo = f.and_then(|f| f.min_index).unwrap_or(0);
-        let hi = f.and_then(|f| f.max_index).unwrap_or(u64::MAX);
+        let mut lo = f.and_then(|f| f.min_index).unwrap_or(0);
+        let mut hi = f.and_then(|f| f.max_index).unwrap_or(u64::MAX);
+        if let Some(c) = self.after.filter(|_| self.index_order()) {
+            if self.order == SortOrder::Descending {
+                hi = hi.min(c.index.checked_sub(1)?);
+            } else {
+                lo = lo.max(c.index.checked_add(1)?);
+            }
+        }
         (lo <= hi).then_some((lo, hi))
+    }
+
+    /// The inclusive range of `(timestamp nanos, index)` keys a listing in
+    /// [`SortOrder::ByTimestamp`] walks, or `None` if empty: the time range,
+    /// starting after the cursor if one is set. (The index filter still applies
+    /// to each entry.)
+    pub fn time_keys(&self) -> Option<((u64, u64), (u64, u64))> {
+        let (tlo, thi) = self.time_range_nanos()?;
+        let mut start = (tlo, 0);
+        if let Some(c) = self.after.filter(|_| !self.index_order()) {
+            let next = match c.time_key() {
+                (t, i) if i < u64::MAX => (t, i + 1),
+                (t, _) => (t.checked_add(1)?, 0),
+            };
+            start = start.max(next);
+        }
+        let end = (thi, u64::MAX);
+        (start <= end).then_some((start, end))
     }
 
     /// Whether one entry passes every filter and the time range.
@@ -128,6 +358,8 @@ impl ListOptions {
         Some(ListMatcher {
             times: self.time_range_nanos()?,
             indices: self.index_range()?,
+            // In index orders the cursor is already in `indices`.
+            time_keys: self.time_keys()?,
             payload_type: f.and_then(|f| f.payload_type.as_deref()),
             public_key: f.and_then(|f| f.public_key.as_ref()),
         })
@@ -142,7 +374,8 @@ impl ListOptions {
         }
     }
 
-    /// Reference semantics: filter, sort, skip `offset`, take `limit`. Simple
+    /// Reference semantics: filter, sort, keep what follows the cursor, skip
+    /// `offset`, take `limit`. Simple
     /// backends can use it directly; indexed ones must return the same result.
     pub fn apply(&self, entries: impl IntoIterator<Item = BlockMetadata>) -> Vec<BlockMetadata> {
         let mut out: Vec<_> = entries.into_iter().filter(|m| self.matches(m)).collect();
@@ -159,6 +392,7 @@ impl ListOptions {
 pub struct ListMatcher<'a> {
     times: (u64, u64),
     indices: (u64, u64),
+    time_keys: ((u64, u64), (u64, u64)),
     payload_type: Option<&'a str>,
     public_key: Option<&'a PublicKey>,
 }
@@ -169,9 +403,15 @@ impl ListMatcher<'_> {
         self.times
     }
 
-    /// The inclusive index range.
+    /// The inclusive index range (narrowed by the cursor in index orders).
     pub fn indices(&self) -> (u64, u64) {
         self.indices
+    }
+
+    /// The inclusive `(timestamp nanos, index)` key range of the time order
+    /// (starting after the cursor in [`SortOrder::ByTimestamp`]).
+    pub fn time_keys(&self) -> ((u64, u64), (u64, u64)) {
+        self.time_keys
     }
 
     /// Whether an entry passes every filter and both ranges.
@@ -185,6 +425,7 @@ impl ListMatcher<'_> {
         let ((tlo, thi), (ilo, ihi)) = (self.times, self.indices);
         ts_nanos >= tlo
             && ts_nanos <= thi
+            && (ts_nanos, meta.index) >= self.time_keys.0
             && meta.index >= ilo
             && meta.index <= ihi
             && self.payload_type.is_none_or(|t| t == meta.payload_type)
@@ -303,34 +544,85 @@ mod tests {
             meta(3, 5, "a", 1),
         ];
         let idx = |v: Vec<BlockMetadata>| v.into_iter().map(|m| m.index).collect::<Vec<_>>();
-        let by_ts = ListOptions {
-            order: SortOrder::ByTimestamp,
-            ..Default::default()
-        };
+        let by_ts = ListOptions::new().by_timestamp();
         assert_eq!(idx(by_ts.apply(all.clone())), vec![3, 0, 1, 2]);
-        let opts = ListOptions {
-            order: SortOrder::Descending,
-            offset: Some(1),
-            limit: Some(1),
-            filter: Some(BlockFilter {
-                payload_type: Some("a".into()),
-                public_key: Some(PublicKey([1; 32])),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let opts = ListOptions::new()
+            .descending()
+            .offset(1)
+            .limit(1)
+            .payload_type("a")
+            .public_key(PublicKey([1; 32]));
         assert_eq!(idx(opts.apply(all.clone())), vec![0]);
-        let window = ListOptions {
-            start_time: Some(system_time_from_unix_nanos(10)),
-            end_time: Some(system_time_from_unix_nanos(20)),
-            ..Default::default()
-        };
+        let window = ListOptions::new()
+            .start_time(system_time_from_unix_nanos(10))
+            .end_time(system_time_from_unix_nanos(20));
         assert_eq!(idx(window.apply(all.clone())), vec![0, 1, 2]);
-        let empty = ListOptions {
-            start_time: Some(system_time_from_unix_nanos(21)),
-            end_time: Some(system_time_from_unix_nanos(20)),
-            ..Default::default()
-        };
+        let empty = ListOptions::new()
+            .start_time(system_time_from_unix_nanos(21))
+            .end_time(system_time_from_unix_nanos(20));
         assert!(empty.apply(all).is_empty());
+    }
+
+    #[test]
+    fn cursors_continue_after_their_position_in_each_order() {
+        let all = vec![
+            meta(0, 10, "a", 1),
+            meta(1, 20, "b", 1),
+            meta(2, 20, "a", 2),
+            meta(3, 5, "a", 1),
+            meta(4, 20, "a", 1),
+        ];
+        let idx = |v: Vec<BlockMetadata>| v.into_iter().map(|m| m.index).collect::<Vec<_>>();
+        let after = |o: ListOptions, m: &BlockMetadata| {
+            idx(o.after(ListCursor::after(m)).apply(all.clone()))
+        };
+        assert_eq!(after(ListOptions::new(), &all[1]), vec![2, 3, 4]);
+        assert_eq!(after(ListOptions::new().descending(), &all[2]), vec![1, 0]);
+        // Time order: after (20, 1) come the other blocks at 20 with higher indices.
+        assert_eq!(
+            after(ListOptions::new().by_timestamp(), &all[1]),
+            vec![2, 4]
+        );
+        assert_eq!(
+            after(ListOptions::new().by_timestamp(), &all[3]),
+            vec![0, 1, 2, 4]
+        );
+        // A cursor between stored positions, and the ends of the key space.
+        assert_eq!(
+            idx(ListOptions::new()
+                .by_timestamp()
+                .after(ListCursor::at(9, 10))
+                .apply(all.clone())),
+            vec![1, 2, 4]
+        );
+        let none = [
+            ListOptions::new().after(ListCursor::at(u64::MAX, 0)),
+            ListOptions::new().descending().after(ListCursor::at(0, 0)),
+            ListOptions::new()
+                .by_timestamp()
+                .after(ListCursor::at(u64::MAX, u64::MAX)),
+        ];
+        for o in none {
+            assert!(o.matcher().is_none(), "{o:?}");
+            assert!(o.apply(all.clone()).is_empty());
+        }
+        // The cursor narrows the index bounds, and the filter still applies.
+        let o = ListOptions::new()
+            .min_index(1)
+            .max_index(3)
+            .after(ListCursor::at(1, 0));
+        assert_eq!(o.index_range(), Some((2, 3)));
+        assert_eq!(idx(o.apply(all.clone())), vec![2, 3]);
+        let o = ListOptions::new()
+            .by_timestamp()
+            .max_index(2)
+            .after(ListCursor::after(&all[0]));
+        assert_eq!(o.time_keys(), Some(((10, 1), (u64::MAX, u64::MAX))));
+        assert_eq!(idx(o.apply(all.clone())), vec![1, 2]);
+        // Offset counts from the cursor.
+        assert_eq!(
+            after(ListOptions::new().offset(1).limit(1), &all[0]),
+            vec![2]
+        );
     }
 }

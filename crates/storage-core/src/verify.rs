@@ -15,8 +15,7 @@
 //! [`StorageBackendExt::verify_store`]: crate::StorageBackendExt::verify_store
 
 use crate::{
-    Block, BlockFilter, BlockHash, ErrorKind, ListOptions, Result, StorageBackend, StorageError,
-    verify_block,
+    Block, BlockHash, ErrorKind, ListOptions, Result, StorageBackend, StorageError, verify_block,
 };
 
 /// What [`verify_store`](crate::StorageBackendExt::verify_store) checks.
@@ -219,14 +218,7 @@ fn gap(
 /// The first stored index at or after `from`.
 async fn next_stored<S: StorageBackend + ?Sized>(store: &S, from: u64) -> Result<Option<u64>> {
     let next = store
-        .list_blocks(&ListOptions {
-            limit: Some(1),
-            filter: Some(BlockFilter {
-                min_index: Some(from),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
+        .list_blocks(&ListOptions::new().limit(1).min_index(from))
         .await?;
     Ok(next.first().map(|m| m.index))
 }
@@ -244,14 +236,7 @@ async fn read_window<S: StorageBackend + ?Sized>(
         Err(e) => e,
     };
     let listed = store
-        .list_blocks(&ListOptions {
-            filter: Some(BlockFilter {
-                min_index: Some(start),
-                max_index: Some(end),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
+        .list_blocks(&ListOptions::new().min_index(start).max_index(end))
         .await?;
     let mut read = Vec::with_capacity(listed.len());
     for m in listed {

@@ -295,7 +295,9 @@ impl Index {
 
     /// `list_blocks`: walks only the part of the ordered index the query needs.
     pub(crate) fn list(&self, o: &ListOptions) -> Vec<BlockMetadata> {
-        let (Some((tlo, thi)), Some((lo, hi))) = (o.time_range_nanos(), o.index_range()) else {
+        let (Some((tlo, thi)), Some((lo, hi)), Some((tstart, tend))) =
+            (o.time_range_nanos(), o.index_range(), o.time_keys())
+        else {
             return Vec::new();
         };
         let skip = usize::try_from(o.offset.unwrap_or(0)).unwrap_or(usize::MAX);
@@ -347,7 +349,7 @@ impl Index {
                 .collect(),
             SortOrder::ByTimestamp => self
                 .by_time
-                .range((tlo, 0)..=(thi, u64::MAX))
+                .range(tstart..=tend)
                 .filter(|(_, i)| (lo..=hi).contains(i))
                 .map(|(_, i)| (i, &self.by_index[i]))
                 .filter(|(_, e)| keep(e))

@@ -5,8 +5,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use storage_core::{
-    Block, BlockFilter, BlockPayload, ListOptions, SigningKey, SortOrder, StorageBackend,
-    StorageBackendExt, verify_chain,
+    Block, BlockPayload, ListOptions, SigningKey, StorageBackend, StorageBackendExt, verify_chain,
 };
 use storage_memory::MemoryBackend;
 
@@ -115,27 +114,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         range.len(),
         range.iter().map(Block::index).collect::<Vec<_>>()
     );
-    let window = ListOptions {
-        start_time: Some(t0 + Duration::from_secs(10)),
-        end_time: Some(t0 + Duration::from_secs(20)),
-        order: SortOrder::ByTimestamp,
-        ..Default::default()
-    };
+    let window = ListOptions::new()
+        .start_time(t0 + Duration::from_secs(10))
+        .end_time(t0 + Duration::from_secs(20))
+        .by_timestamp();
     let in_window = store.list_blocks(&window).await?;
     println!(
         "by time     10 s..20 s after start -> {} blocks",
         in_window.len()
     );
-    let notes = ListOptions {
-        order: SortOrder::Descending,
-        limit: Some(3),
-        filter: Some(BlockFilter {
-            payload_type: Some(Note::PAYLOAD_TYPE.into()),
-            public_key: Some(*chain[0].public_key()),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let notes = ListOptions::new()
+        .descending()
+        .limit(3)
+        .payload_type(Note::PAYLOAD_TYPE)
+        .public_key(*chain[0].public_key());
     for meta in store.list_blocks(&notes).await? {
         let (_, note) = store
             .retrieve_payload::<Note>(&meta.hash)

@@ -335,7 +335,7 @@ impl Engine for MemoryBackend {
         let Some(m) = options.matcher() else {
             return Ok(Vec::new());
         };
-        let ((tlo, thi), (lo, hi)) = (m.times(), m.indices());
+        let ((lo, hi), (tstart, tend)) = (m.indices(), m.time_keys());
         let skip = usize::try_from(options.offset.unwrap_or(0)).unwrap_or(usize::MAX);
         let take = usize::try_from(options.limit.unwrap_or(u64::MAX)).unwrap_or(usize::MAX);
         let pick = |e: &Indexed| m.matches(&e.meta).then(|| e.meta.clone());
@@ -357,7 +357,7 @@ impl Engine for MemoryBackend {
                 .collect(),
             SortOrder::ByTimestamp => st
                 .by_time
-                .range((tlo, 0)..=(thi, u64::MAX))
+                .range(tstart..=tend)
                 .filter(|(_, i)| (lo..=hi).contains(i))
                 .filter_map(|(_, i)| pick(&st.by_index[i]))
                 .skip(skip)

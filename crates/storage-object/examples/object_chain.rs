@@ -11,9 +11,7 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use storage_core::{
-    Block, BlockFilter, ListOptions, SigningKey, SortOrder, StorageBackend, StorageBackendExt,
-};
+use storage_core::{Block, ListOptions, SigningKey, StorageBackend, StorageBackendExt};
 use storage_object::{ObjectStoreBackend, ObjectStoreConfig};
 
 #[tokio::main]
@@ -65,15 +63,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("head: {:?}", other.get_chain_head().await?);
     let started = Instant::now();
     let last = other
-        .list_blocks(&ListOptions {
-            limit: Some(3),
-            order: SortOrder::Descending,
-            filter: Some(BlockFilter {
-                min_index: Some(100),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
+        .list_blocks(&ListOptions::new().limit(3).descending().min_index(100))
         .await?;
     println!(
         "last three: {:?} ({:.1?})",

@@ -5,8 +5,7 @@
 use std::time::{Duration, SystemTime};
 
 use storage_core::{
-    BackendStats, Block, BlockFilter, ListOptions, SigningKey, SortOrder, StorageBackend,
-    StorageBackendExt,
+    BackendStats, Block, ListOptions, SigningKey, StorageBackend, StorageBackendExt,
 };
 use storage_rocksdb::{RocksDBBackend, RocksDBConfig};
 
@@ -59,15 +58,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     println!("verified {} blocks", store.verify_stored_chain(500).await?);
     let alerts = store
-        .list_blocks(&ListOptions {
-            order: SortOrder::Descending,
-            limit: Some(3),
-            filter: Some(BlockFilter {
-                payload_type: Some("example.alert/v1".into()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
+        .list_blocks(
+            &ListOptions::new()
+                .descending()
+                .limit(3)
+                .payload_type("example.alert/v1"),
+        )
         .await?;
     println!(
         "latest alerts: {:?}",

@@ -557,9 +557,10 @@ impl Inner {
     }
 
     fn list(&self, o: &ListOptions) -> Result<Vec<BlockMetadata>> {
-        let (Some((tlo, thi)), Some((ilo, ihi))) = (o.time_range_nanos(), o.index_range()) else {
+        let Some(matcher) = o.matcher() else {
             return Ok(Vec::new());
         };
+        let ((ilo, ihi), (tstart, tend)) = (matcher.indices(), matcher.time_keys());
         let skip = usize::try_from(o.offset.unwrap_or(0)).unwrap_or(usize::MAX);
         let take = usize::try_from(o.limit.unwrap_or(u64::MAX)).unwrap_or(usize::MAX);
         if take == 0 {
@@ -568,20 +569,7 @@ impl Inner {
         let snap = self.db.snapshot();
         let cf_index = cf(&self.db, CF_INDEX)?;
         let filter = o.filter.clone().unwrap_or_default();
-        let accept = |m: &BlockMetadata| {
-            let ts = system_time_nanos(m.timestamp);
-            ts >= tlo
-                && ts <= thi
-                && (ilo..=ihi).contains(&m.index)
-                && filter
-                    .payload_type
-                    .as_ref()
-                    .is_none_or(|t| *t == m.payload_type)
-                && filter
-                    .public_key
-                    .as_ref()
-                    .is_none_or(|k| *k == m.public_key)
-        };
+        let accept = |m: &BlockMetadata| matcher.matches(m);
         // Pinned reads under the snapshot: the record is parsed in place, not copied.
         let mut read_opts = ReadOptions::default();
         read_opts.set_snapshot(&snap);
@@ -615,8 +603,8 @@ impl Inner {
                 (
                     CF_BY_TIME,
                     Vec::new(),
-                    key2(&tlo.to_be_bytes(), 0),
-                    key2(&thi.to_be_bytes(), u64::MAX),
+                    key2(&tstart.0.to_be_bytes(), tstart.1),
+                    key2(&tend.0.to_be_bytes(), tend.1),
                 )
             } else if let Some(k) = &filter.public_key {
                 (

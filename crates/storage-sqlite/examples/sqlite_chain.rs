@@ -6,7 +6,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use storage_core::{
-    BackendStats, Block, BlockFilter, ListOptions, SigningKey, StorageBackend, StorageBackendExt,
+    BackendStats, Block, ListOptions, SigningKey, StorageBackend, StorageBackendExt,
 };
 use storage_sqlite::{SQLiteBackend, SQLiteConfig};
 
@@ -56,15 +56,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         range.iter().map(Block::index).collect::<Vec<_>>()
     );
     let mine = store
-        .list_blocks(&ListOptions {
-            limit: Some(3),
-            filter: Some(BlockFilter {
-                public_key: Some(*chain[0].public_key()),
-                min_index: Some(250),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
+        .list_blocks(
+            &ListOptions::new()
+                .limit(3)
+                .public_key(*chain[0].public_key())
+                .min_index(250),
+        )
         .await?;
     println!(
         "signer's blocks from 250: {:?}",

@@ -47,6 +47,17 @@ pub(crate) fn list_query(o: &ListOptions) -> Option<(String, Vec<Value>)> {
             Value::Integer(thi as i64),
         );
     }
+    if o.order == SortOrder::ByTimestamp
+        && let Some(c) = o.after
+    {
+        // Keyset seek: the `>=` on the indexed timestamp starts the scan at the
+        // cursor; the rest drops the cursor's own timestamp up to its index.
+        let ts = Value::Integer(c.timestamp_nanos().min(i64::MAX as u64) as i64);
+        bind(&mut sql, " AND timestamp_ns >= ?", ts.clone());
+        bind(&mut sql, " AND (timestamp_ns > ?", ts);
+        let index = Value::Integer(sql_index(c.index()));
+        bind(&mut sql, " OR block_index > ?)", index);
+    }
     if let Some(f) = &o.filter {
         if let Some(t) = &f.payload_type {
             bind(&mut sql, " AND payload_type = ?", Value::Text(t.clone()));

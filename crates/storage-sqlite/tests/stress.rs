@@ -76,11 +76,7 @@ async fn four_writers_eight_readers_no_busy_errors() {
                     return Err(format!("reader {r}: wrong block for {}", b.hash()));
                 }
                 let page = store
-                    .list_blocks(&ListOptions {
-                        limit: Some(50),
-                        offset: Some(ops % 1000),
-                        ..Default::default()
-                    })
+                    .list_blocks(&ListOptions::new().limit(50).offset(ops % 1000))
                     .await
                     .map_err(fail)?;
                 if page.windows(2).any(|w| w[0].index >= w[1].index) {

@@ -113,10 +113,10 @@ pub async fn timestamps_keep_nanoseconds(env: &Env) -> CaseResult {
     ensure_eq!(stats.newest_block, Some(chain[4].timestamp()), "newest");
     // One nanosecond either side of block 2's timestamp (shared with block 3).
     let t = chain[2].timestamp_nanos();
-    let window = |lo: u64, hi: u64| ListOptions {
-        start_time: Some(system_time_from_unix_nanos(lo)),
-        end_time: Some(system_time_from_unix_nanos(hi)),
-        ..Default::default()
+    let window = |lo: u64, hi: u64| {
+        ListOptions::new()
+            .start_time(system_time_from_unix_nanos(lo))
+            .end_time(system_time_from_unix_nanos(hi))
     };
     ensure_eq!(
         indices(&s.list_blocks(&window(t, t)).await?),

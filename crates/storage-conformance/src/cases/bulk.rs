@@ -116,10 +116,7 @@ pub async fn bulk_reads_agree_with_single_reads(env: &Env) -> CaseResult {
         SortOrder::ByTimestamp,
         SortOrder::ByIndex,
     ] {
-        let opts = ListOptions {
-            order,
-            ..Default::default()
-        };
+        let opts = ListOptions::new().order(order);
         same_listing(
             &s.list_blocks(&opts).await?,
             &reference_list(&held, &opts),
@@ -152,12 +149,7 @@ pub async fn pages_beyond_internal_sizes(env: &Env) -> CaseResult {
     ];
     for order in orders {
         for (offset, limit) in pages {
-            let opts = ListOptions {
-                order,
-                offset: Some(offset),
-                limit: Some(limit),
-                ..Default::default()
-            };
+            let opts = ListOptions::new().order(order).offset(offset).limit(limit);
             same_listing(
                 &s.list_blocks(&opts).await?,
                 &reference_list(&held, &opts),
@@ -168,12 +160,12 @@ pub async fn pages_beyond_internal_sizes(env: &Env) -> CaseResult {
         let mut walked = Vec::new();
         loop {
             let page = s
-                .list_blocks(&ListOptions {
-                    order,
-                    offset: Some(walked.len() as u64),
-                    limit: Some(1_100),
-                    ..Default::default()
-                })
+                .list_blocks(
+                    &ListOptions::new()
+                        .order(order)
+                        .offset(walked.len() as u64)
+                        .limit(1_100),
+                )
                 .await?;
             let done = page.len() < 1_100;
             walked.extend(page);
@@ -181,10 +173,7 @@ pub async fn pages_beyond_internal_sizes(env: &Env) -> CaseResult {
                 break;
             }
         }
-        let whole = ListOptions {
-            order,
-            ..Default::default()
-        };
+        let whole = ListOptions::new().order(order);
         same_listing(
             &walked,
             &reference_list(&held, &whole),
@@ -194,19 +183,16 @@ pub async fn pages_beyond_internal_sizes(env: &Env) -> CaseResult {
     // Filters and bounds on, with a deep offset.
     let key = storage_core::PublicKey::from(&data::signer(1).verifying_key());
     for order in orders {
-        let opts = ListOptions {
-            order,
-            offset: Some(1_030),
-            limit: Some(700),
-            start_time: Some(data::at(data::chain_offset(100))),
-            end_time: Some(data::at(data::chain_offset(2_500))),
-            filter: Some(storage_core::BlockFilter {
-                payload_type: Some(data::READING.into()),
-                public_key: Some(key),
-                min_index: Some(3),
-                max_index: Some(2_590),
-            }),
-        };
+        let opts = ListOptions::new()
+            .order(order)
+            .offset(1_030)
+            .limit(700)
+            .start_time(data::at(data::chain_offset(100)))
+            .end_time(data::at(data::chain_offset(2_500)))
+            .payload_type(data::READING)
+            .public_key(key)
+            .min_index(3)
+            .max_index(2_590);
         same_listing(
             &s.list_blocks(&opts).await?,
             &reference_list(&held, &opts),

@@ -99,11 +99,7 @@ async fn worker(
         }
         // Listings are sorted and consistent while writes go on.
         let page = s
-            .list_blocks(&ListOptions {
-                offset: Some((j * 3) as u64),
-                limit: Some(10),
-                ..Default::default()
-            })
+            .list_blocks(&ListOptions::new().offset((j * 3) as u64).limit(10))
             .await?;
         ensure!(
             page.windows(2).all(|w| w[0].index < w[1].index),
@@ -422,14 +418,11 @@ pub async fn interleavings_agree_with_a_serial_order(env: &Env) -> CaseResult {
             );
         }
         let listed = plain
-            .list_blocks(&ListOptions {
-                filter: Some(storage_core::BlockFilter {
-                    min_index: Some(victim.index()),
-                    max_index: Some(victim.index()),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            })
+            .list_blocks(
+                &ListOptions::new()
+                    .min_index(victim.index())
+                    .max_index(victim.index()),
+            )
             .await?;
         ensure_eq!(
             listed.len(),

@@ -159,10 +159,7 @@ async fn bulk_reads_report_damage(
         SortOrder::Descending,
         SortOrder::ByTimestamp,
     ] {
-        let opts = ListOptions {
-            order,
-            ..Default::default()
-        };
+        let opts = ListOptions::new().order(order);
         let want = super::model::reference_list(chain, &opts);
         whole_or_corrupted(
             s.list_blocks(&opts).await,

@@ -19,10 +19,7 @@ fn key(n: u8) -> PublicKey {
 }
 
 fn filtered(filter: BlockFilter) -> ListOptions {
-    ListOptions {
-        filter: Some(filter),
-        ..Default::default()
-    }
+    ListOptions::new().filter(filter)
 }
 
 /// Twelve chain blocks: signer 2 at 2, 5, 8, 11; events at 3, 7, 11; pairs share
@@ -36,12 +33,7 @@ async fn twelve(env: &Env) -> Result<std::sync::Arc<dyn StorageBackend>, crate::
 /// Filter by payload type.
 pub async fn filter_by_payload_type(env: &Env) -> CaseResult {
     let s = twelve(env).await?;
-    let by = |t: &str| {
-        filtered(BlockFilter {
-            payload_type: Some(t.into()),
-            ..Default::default()
-        })
-    };
+    let by = |t: &str| filtered(BlockFilter::new().payload_type(t));
     ensure_eq!(
         indices(&s.list_blocks(&by(EVENT)).await?),
         vec![3, 7, 11],
@@ -63,12 +55,7 @@ pub async fn filter_by_payload_type(env: &Env) -> CaseResult {
 /// Filter by signer.
 pub async fn filter_by_public_key(env: &Env) -> CaseResult {
     let s = twelve(env).await?;
-    let by = |k: PublicKey| {
-        filtered(BlockFilter {
-            public_key: Some(k),
-            ..Default::default()
-        })
-    };
+    let by = |k: PublicKey| filtered(BlockFilter::new().public_key(k));
     ensure_eq!(
         indices(&s.list_blocks(&by(key(2))).await?),
         vec![2, 5, 8, 11],
@@ -91,11 +78,9 @@ pub async fn filter_by_public_key(env: &Env) -> CaseResult {
 pub async fn filter_by_index_bounds(env: &Env) -> CaseResult {
     let s = twelve(env).await?;
     let by = |min: Option<u64>, max: Option<u64>| {
-        filtered(BlockFilter {
-            min_index: min,
-            max_index: max,
-            ..Default::default()
-        })
+        let mut f = BlockFilter::new();
+        (f.min_index, f.max_index) = (min, max);
+        filtered(f)
     };
     ensure_eq!(
         indices(&s.list_blocks(&by(Some(9), None)).await?),
@@ -139,10 +124,10 @@ pub async fn filter_by_index_bounds(env: &Env) -> CaseResult {
 pub async fn filter_by_time_range(env: &Env) -> CaseResult {
     let s = twelve(env).await?;
     let t = |i: u64| data::at(data::chain_offset(i));
-    let by = |start: Option<SystemTime>, end: Option<SystemTime>| ListOptions {
-        start_time: start,
-        end_time: end,
-        ..Default::default()
+    let by = |start: Option<SystemTime>, end: Option<SystemTime>| {
+        let mut o = ListOptions::new();
+        (o.start_time, o.end_time) = (start, end);
+        o
     };
     ensure_eq!(
         indices(&s.list_blocks(&by(Some(t(4)), None)).await?),
@@ -191,18 +176,14 @@ pub async fn filter_by_time_range(env: &Env) -> CaseResult {
 /// All filters at once, with an order and pagination.
 pub async fn filters_combined(env: &Env) -> CaseResult {
     let s = twelve(env).await?;
-    let mut opts = ListOptions {
-        start_time: Some(data::at(data::chain_offset(2))),
-        end_time: Some(data::at(data::chain_offset(11))),
-        order: SortOrder::Descending,
-        filter: Some(BlockFilter {
-            payload_type: Some(READING.into()),
-            public_key: Some(key(1)),
-            min_index: Some(1),
-            max_index: Some(10),
-        }),
-        ..Default::default()
-    };
+    let mut opts = ListOptions::new()
+        .start_time(data::at(data::chain_offset(2)))
+        .end_time(data::at(data::chain_offset(11)))
+        .descending()
+        .payload_type(READING)
+        .public_key(key(1))
+        .min_index(1)
+        .max_index(10);
     // signer 1 ∩ readings ∩ 1..=10 ∩ time(2..=11) = 4, 6, 9, 10.
     ensure_eq!(
         indices(&s.list_blocks(&opts).await?),
@@ -229,10 +210,7 @@ pub async fn filters_combined(env: &Env) -> CaseResult {
 pub async fn sort_orders_and_ties(env: &Env) -> CaseResult {
     let s = env.open().await?;
     s.store_blocks(&data::scrambled(12)).await?;
-    let by = |order| ListOptions {
-        order,
-        ..Default::default()
-    };
+    let by = |order| ListOptions::new().order(order);
     let asc: Vec<u64> = (0..12).collect();
     let desc: Vec<u64> = (0..12).rev().collect();
     ensure_eq!(
@@ -264,11 +242,10 @@ pub async fn sort_orders_and_ties(env: &Env) -> CaseResult {
 pub async fn pagination_edges(env: &Env) -> CaseResult {
     let s = env.open().await?;
     s.store_blocks(&data::chain(10)).await?;
-    let page = |offset: Option<u64>, limit: Option<u64>, order| ListOptions {
-        offset,
-        limit,
-        order,
-        ..Default::default()
+    let page = |offset: Option<u64>, limit: Option<u64>, order| {
+        let mut o = ListOptions::new().order(order);
+        (o.offset, o.limit) = (offset, limit);
+        o
     };
     let asc = SortOrder::Ascending;
     let cases: Vec<(ListOptions, Vec<u64>, &str)> = vec![
@@ -300,10 +277,7 @@ pub async fn pagination_edges(env: &Env) -> CaseResult {
     for (opts, want, what) in cases {
         ensure_eq!(indices(&s.list_blocks(&opts).await?), want, "{what}");
     }
-    let mut events = filtered(BlockFilter {
-        payload_type: Some(EVENT.into()),
-        ..Default::default()
-    });
+    let mut events = filtered(BlockFilter::new().payload_type(EVENT));
     events.offset = Some(1);
     ensure_eq!(
         indices(&s.list_blocks(&events).await?),
@@ -324,12 +298,7 @@ pub async fn list_metadata_is_exact(env: &Env) -> CaseResult {
         SortOrder::ByTimestamp,
         SortOrder::ByIndex,
     ] {
-        let listed = s
-            .list_blocks(&ListOptions {
-                order,
-                ..Default::default()
-            })
-            .await?;
+        let listed = s.list_blocks(&ListOptions::new().order(order)).await?;
         for m in &listed {
             ensure_eq!(
                 *m,
@@ -418,30 +387,16 @@ pub async fn time_bounds_in_every_order(env: &Env) -> CaseResult {
     for order in orders {
         for t in &near {
             for (start_time, end_time) in [(Some(*t), None), (None, Some(*t))] {
-                check(ListOptions {
-                    order,
-                    start_time,
-                    end_time,
-                    ..Default::default()
-                })
-                .await?;
+                let mut opts = ListOptions::new().order(order);
+                (opts.start_time, opts.end_time) = (start_time, end_time);
+                check(opts).await?;
             }
         }
         for a in &exact {
             for b in &exact {
-                let opts = ListOptions {
-                    order,
-                    start_time: Some(*a),
-                    end_time: Some(*b),
-                    ..Default::default()
-                };
+                let opts = ListOptions::new().order(order).start_time(*a).end_time(*b);
                 check(opts.clone()).await?;
-                check(ListOptions {
-                    offset: Some(1),
-                    limit: Some(2),
-                    ..opts
-                })
-                .await?;
+                check(opts.offset(1).limit(2)).await?;
             }
         }
     }
@@ -475,14 +430,7 @@ pub async fn filters_match_exactly(env: &Env) -> CaseResult {
     ]);
     for ty in filters {
         for order in [SortOrder::Ascending, SortOrder::ByTimestamp] {
-            let opts = ListOptions {
-                order,
-                filter: Some(BlockFilter {
-                    payload_type: Some(ty.into()),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            };
+            let opts = ListOptions::new().order(order).payload_type(ty);
             same_listing(
                 &s.list_blocks(&opts).await?,
                 &reference_list(&blocks, &opts),
@@ -492,11 +440,10 @@ pub async fn filters_match_exactly(env: &Env) -> CaseResult {
     }
     for k in 1..=4 {
         for ty in [None, Some(READING)] {
-            let opts = filtered(BlockFilter {
-                public_key: Some(key(k)),
-                payload_type: ty.map(Into::into),
-                ..Default::default()
-            });
+            let mut opts = ListOptions::new().public_key(key(k));
+            if let Some(ty) = ty {
+                opts = opts.payload_type(ty);
+            }
             same_listing(
                 &s.list_blocks(&opts).await?,
                 &reference_list(&blocks, &opts),

@@ -12,6 +12,7 @@ pub mod maintenance;
 pub mod model;
 pub mod range_head;
 pub mod reopen;
+pub mod stream;
 
 use std::time::SystemTime;
 

@@ -26,7 +26,7 @@ use proptest::prelude::*;
 use proptest::sample::select;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner};
 use storage_core::{
-    Block, BlockFilter, BlockHash, BlockMetadata, ErrorKind, ListOptions, MAX_INDEX,
+    Block, BlockFilter, BlockHash, BlockMetadata, ErrorKind, ListCursor, ListOptions, MAX_INDEX,
     MAX_TIMESTAMP_NANOS, PublicKey, SortOrder, StorageBackend, StorageError,
     system_time_from_unix_nanos,
 };
@@ -150,6 +150,9 @@ pub struct ListSpec {
     key: Option<u8>,
     min: Option<u64>,
     max: Option<u64>,
+    /// A cursor: its index (`None`: the index of the block its time comes
+    /// from, so cursors often sit exactly on a stored position) and its time.
+    after: Option<(Option<u64>, TimeBound)>,
 }
 
 /// One operation of a model-based sequence; block arguments index the test pool.
@@ -237,7 +240,7 @@ pub fn ops_from_bytes(data: &[u8]) -> Vec<Op> {
                         d => TimeBound::Of(block(i), d as i8 - 1),
                     })
                 };
-                let (start, end) = (at(0), at(1));
+                let (start, end, cursor) = (at(0), at(1), at(2));
                 let (limit, offset) = (arg(), arg());
                 let (order, ty, key, min, max) = (arg(), arg(), arg(), arg(), arg());
                 Op::List(ListSpec {
@@ -250,6 +253,7 @@ pub fn ops_from_bytes(data: &[u8]) -> Vec<Op> {
                     key: (key % 5 != 0).then_some(key % 5),
                     min: maybe(min, bound(min)),
                     max: maybe(max, bound(max)),
+                    after: cursor.map(|t| (maybe(flags >> 3, bound(flags)), t)),
                 })
             }
             10 => Op::Count,
@@ -287,15 +291,16 @@ fn list_strategy(n: usize) -> impl Strategy<Value = ListSpec> {
         weighted(0.33, count.clone()),
         weighted(0.33, count),
         weighted(0.25, time.clone()),
-        weighted(0.25, time),
+        weighted(0.25, time.clone()),
         0u8..4,
         weighted(0.2, 0u8..TYPES.len() as u8),
         weighted(0.2, 1u8..=4),
         weighted(0.2, index.clone()),
-        weighted(0.2, index),
+        weighted(0.2, index.clone()),
+        weighted(0.25, (weighted(0.4, index), time)),
     )
         .prop_map(
-            |(limit, offset, start, end, order, payload_type, key, min, max)| ListSpec {
+            |(limit, offset, start, end, order, payload_type, key, min, max, after)| ListSpec {
                 limit,
                 offset,
                 start,
@@ -305,6 +310,7 @@ fn list_strategy(n: usize) -> impl Strategy<Value = ListSpec> {
                 key,
                 min,
                 max,
+                after,
             },
         )
 }
@@ -374,27 +380,33 @@ fn sequence_strategy() -> impl Strategy<Value = Vec<Op>> {
 
 impl ListSpec {
     fn options(&self, pool: &Pool) -> ListOptions {
-        let filter = BlockFilter {
-            payload_type: self.payload_type.map(|t| TYPES[usize::from(t)].to_string()),
-            public_key: self
-                .key
-                .map(|k| PublicKey::from(&data::signer(k).verifying_key())),
-            min_index: self.min,
-            max_index: self.max,
-        };
-        ListOptions {
-            limit: self.limit,
-            offset: self.offset,
-            start_time: self.start.map(|t| t.at(pool)),
-            end_time: self.end.map(|t| t.at(pool)),
-            order: [
+        let mut filter = BlockFilter::new();
+        filter.payload_type = self.payload_type.map(|t| TYPES[usize::from(t)].to_string());
+        filter.public_key = self
+            .key
+            .map(|k| PublicKey::from(&data::signer(k).verifying_key()));
+        (filter.min_index, filter.max_index) = (self.min, self.max);
+        let mut o = ListOptions::new().order(
+            [
                 SortOrder::Ascending,
                 SortOrder::Descending,
                 SortOrder::ByTimestamp,
                 SortOrder::ByIndex,
             ][usize::from(self.order)],
-            filter: (filter != BlockFilter::default()).then_some(filter),
-        }
+        );
+        (o.limit, o.offset) = (self.limit, self.offset);
+        o.start_time = self.start.map(|t| t.at(pool));
+        o.end_time = self.end.map(|t| t.at(pool));
+        o.filter = (filter != BlockFilter::default()).then_some(filter);
+        // A cursor anywhere: at a stored block's position or beside it.
+        o.after = self.after.map(|(index, t)| {
+            let index = index.unwrap_or(match t {
+                TimeBound::Of(i, _) => pool.blocks[i].index(),
+                _ => 0,
+            });
+            ListCursor::at(index, storage_core::unix_nanos(t.at(pool)).unwrap_or(0))
+        });
+        o
     }
 }
 
@@ -423,6 +435,17 @@ pub(crate) fn reference_list<'a>(
         SortOrder::Ascending | SortOrder::ByIndex => out.sort_by_key(|b| b.index()),
         SortOrder::Descending => out.sort_by_key(|b| std::cmp::Reverse(b.index())),
         SortOrder::ByTimestamp => out.sort_by_key(|b| (b.timestamp(), b.index())),
+    }
+    // The cursor: keep what comes strictly after its position in this order.
+    if let Some(c) = opts.after {
+        out.retain(|b| match opts.order {
+            SortOrder::Ascending | SortOrder::ByIndex => b.index() > c.index(),
+            SortOrder::Descending => b.index() < c.index(),
+            SortOrder::ByTimestamp => {
+                let ts = storage_core::unix_nanos(b.timestamp()).unwrap_or(u64::MAX);
+                (ts, b.index()) > (c.timestamp_nanos(), c.index())
+            }
+        });
     }
     let skip = opts.offset.unwrap_or(0).min(out.len() as u64) as usize;
     let take = opts.limit.unwrap_or(u64::MAX).min(out.len() as u64) as usize;
@@ -610,10 +633,7 @@ async fn check_views(
         SortOrder::Descending,
         SortOrder::ByTimestamp,
     ] {
-        let opts = ListOptions {
-            order,
-            ..Default::default()
-        };
+        let opts = ListOptions::new().order(order);
         agree(
             step,
             op,
@@ -741,13 +761,28 @@ async fn run_sequence(env: &Env, ops: &[Op], caps: Capabilities) -> CaseResult {
             Op::GetHead => agree(step, op, "result", s.get_chain_head().await, Ok(m.head))?,
             Op::List(spec) => {
                 let opts = spec.options(&pool);
+                let want = m.list(&opts);
                 agree(
                     step,
                     op,
                     "result",
                     s.list_blocks(&opts).await,
-                    Ok(m.list(&opts)),
-                )?
+                    Ok(want.clone()),
+                )?;
+                // Resuming by cursor from an entry it returned (the middle
+                // one, so something is usually left): a stored position, with
+                // ties at its timestamp.
+                if let Some(mid) = want.get(want.len().saturating_sub(1) / 2) {
+                    let mut next = opts.after(ListCursor::after(mid));
+                    next.offset = None;
+                    agree(
+                        step,
+                        op,
+                        "resuming after its middle entry",
+                        s.list_blocks(&next).await,
+                        Ok(m.list(&next)),
+                    )?
+                }
             }
             Op::Count => agree(
                 step,

@@ -25,9 +25,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use storage_core::{
-    Block, BlockHash, ListOptions, SigningKey, SortOrder, StorageBackend, StorageError,
-};
+use storage_core::{Block, BlockHash, ListOptions, SigningKey, StorageBackend, StorageError};
 
 use super::{CHILD_ARG, DurableTarget, Rng, runtime};
 
@@ -419,10 +417,7 @@ async fn check(
     }
     model.head = head;
     let listed = store
-        .list_blocks(&ListOptions {
-            order: SortOrder::Ascending,
-            ..Default::default()
-        })
+        .list_blocks(&ListOptions::new().ascending())
         .await
         .map_err(e)?;
     let count = store.count_blocks().await.map_err(e)?;

@@ -824,10 +824,7 @@ mod tests {
             .iter()
             .map(|(id, u)| (*id, u.live, u.raw_live))
             .collect();
-        let by_time = ix.list(&ListOptions {
-            order: storage_core::SortOrder::ByTimestamp,
-            ..Default::default()
-        });
+        let by_time = ix.list(&ListOptions::new().by_timestamp());
         let mut all = ix.list(&ListOptions::default());
         all.extend(by_time);
         (all, ix.head, ix.total_size, segs)
