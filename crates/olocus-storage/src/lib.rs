@@ -51,7 +51,8 @@ use serde::{Deserialize, Serialize};
 
 // What applications use; implementor helpers stay in `storage_core::raw`.
 pub use storage_core::{
-    BackendStats, Block, BlockFilter, BlockHash, BlockHashBuildHasher, BlockHashHasher,
+    BackendStats, Block, BlockFilter, BlockHash, BlockStream, Capabilities, LIST_STREAM_PAGE,
+    ListCursor, RANGE_STREAM_PAGE, Stream, StreamExt, TryStreamExt, BlockHashBuildHasher, BlockHashHasher,
     BlockHashMap, BlockMetadata, BlockParts, BlockPayload, BoxError, CONTENT_TYPE_BINARY,
     CONTENT_TYPE_JSON, CompactionStats, CompressionType, DOMAIN_TAG, Encoding, ErrorKind,
     ErrorStatus, ListMatcher, ListOptions, MAX_ENCODED_BLOCK_BYTES, MAX_INDEX, MAX_PAYLOAD_BYTES,
@@ -65,8 +66,8 @@ pub use storage_core::{
 /// (`use olocus_storage::traits::*`).
 pub mod traits {
     pub use storage_core::{
-        BlockFilter, BlockMetadata, ListOptions, SortOrder, StorageBackend, StorageBackendExt,
-        StorageStats,
+        BlockFilter, BlockMetadata, Capabilities, ListCursor, ListOptions, SortOrder,
+        StorageBackend, StorageBackendExt, StorageStats,
     };
 }
 

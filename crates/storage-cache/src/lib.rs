@@ -51,8 +51,8 @@ use moka::sync::Cache;
 use serde::{Deserialize, Serialize};
 use storage_core::raw::{Engine, Gate};
 use storage_core::{
-    Block, BlockHash, BlockMetadata, ListOptions, Result, StorageBackend, StorageError,
-    StorageStats,
+    Block, BlockHash, BlockMetadata, Capabilities, ListOptions, Result, StorageBackend,
+    StorageError, StorageStats,
 };
 use tokio::sync::Semaphore;
 
@@ -446,6 +446,10 @@ impl<B: StorageBackend> Engine for CachedStorageBackend<B> {
 
     fn gate(&self) -> &Gate {
         &self.shared.lifecycle
+    }
+
+    fn supported(&self) -> Capabilities {
+        self.shared.inner.capabilities()
     }
 
     fn max_payload_bytes(&self) -> usize {

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use storage_cache::{CacheConfig, CachedStorageBackend, EvictionPolicy};
-use storage_conformance::{Capabilities, Fixture, conformance_main};
-use storage_core::{BlockHash, StorageBackend, StorageError, async_trait};
+use storage_conformance::{Fixture, conformance_main};
+use storage_core::{BlockHash, Capabilities, StorageBackend, StorageError, async_trait};
 use storage_memory::MemoryBackend;
 use storage_rocksdb::{RocksDBBackend, RocksDBConfig};
 use storage_sqlite::{SQLiteBackend, SQLiteConfig};
@@ -84,14 +84,19 @@ impl CachedFixture {
 
 #[async_trait]
 impl Fixture for CachedFixture {
-    fn capabilities(&self) -> Capabilities {
-        let sqlite = matches!(self.inner, Inner::Sqlite(_));
-        Capabilities {
-            persistent: !matches!(self.inner, Inner::Memory),
-            corruption: sqlite,
-            atomic_batches: true,
-            vacuum: true,
-        }
+    fn can_corrupt(&self) -> bool {
+        matches!(self.inner, Inner::Sqlite(_))
+    }
+
+    fn expected_capabilities(&self) -> Option<Capabilities> {
+        Some({
+            let caps = Capabilities::new().atomic_batches().vacuum();
+            if matches!(self.inner, Inner::Memory) {
+                caps
+            } else {
+                caps.persistent()
+            }
+        })
     }
 
     /// As many as the store beneath affords: RocksDB and SQLite open slowly.

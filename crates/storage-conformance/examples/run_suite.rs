@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use storage_conformance::{Capabilities, Factory, Fixture, all_cases};
+use storage_conformance::{Factory, Fixture, all_cases};
 use storage_core::{StorageBackend, StorageError, async_trait};
 use storage_memory::MemoryBackend;
 
@@ -12,14 +12,6 @@ struct MemoryFixture;
 
 #[async_trait]
 impl Fixture for MemoryFixture {
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            atomic_batches: true,
-            vacuum: true,
-            ..Default::default()
-        }
-    }
-
     async fn open(&self) -> Result<Arc<dyn StorageBackend>, StorageError> {
         Ok(Arc::new(MemoryBackend::new()))
     }

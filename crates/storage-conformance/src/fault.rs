@@ -285,6 +285,9 @@ impl StorageBackend for FaultyBackend {
     fn backend_name(&self) -> &str {
         self.inner.backend_name()
     }
+    fn capabilities(&self) -> storage_core::Capabilities {
+        self.inner.capabilities()
+    }
     async fn store_block(&self, block: &Block) -> Result<BlockHash> {
         self.gate("store_block").await?;
         self.inner.store_block(block).await

@@ -5,8 +5,10 @@
 //!
 //! 1. Implement [`Fixture`]: `open()` opens the store at the fixture's own, isolated
 //!    location (a fresh temp dir, namespace or in-memory instance) and opens the same
-//!    location again when called again (for the reopen cases). Declare
-//!    [`Capabilities`].
+//!    location again when called again (for the reopen cases). The suite asks the
+//!    opened store for its [`storage_core::Capabilities`] to pick the cases that
+//!    apply; a fixture that can damage stored bytes says so with
+//!    [`Fixture::can_corrupt`].
 //! 2. Add a test target with `harness = false` and call [`conformance_main!`] with a
 //!    factory that returns a fresh fixture:
 //!
@@ -18,7 +20,7 @@
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use storage_conformance::{Capabilities, Fixture, conformance_main};
+//! use storage_conformance::{Fixture, conformance_main};
 //! use storage_core::{StorageBackend, StorageError, async_trait};
 //! use storage_memory::MemoryBackend;
 //!
@@ -26,9 +28,6 @@
 //!
 //! #[async_trait]
 //! impl Fixture for MemoryFixture {
-//!     fn capabilities(&self) -> Capabilities {
-//!         Capabilities { atomic_batches: true, vacuum: true, ..Default::default() }
-//!     }
 //!     async fn open(&self) -> Result<Arc<dyn StorageBackend>, StorageError> {
 //!         Ok(Arc::new(MemoryBackend::new()))
 //!     }
@@ -42,7 +41,8 @@
 //! Each case becomes its own test, named `SUITE::case`, with its own runtime and
 //! fixture, so one failure never hides another and `cargo test memory::pagination`
 //! runs one case. A case the backend lacks a capability for is reported as
-//! `ignored` with the reason, and counted as ignored, never as passed.
+//! `ignored` with the reason, and counted as ignored, never as passed. A store
+//! that claims a capability runs the cases that hold it to the claim.
 //!
 //! Cases are also plain `pub async fn(&Env) -> CaseResult` in [`cases`], for
 //! callers with their own harness; [`all_cases`] lists them with the capabilities
@@ -59,6 +59,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use storage_core::{BlockHash, StorageBackend, StorageError, async_trait};
+use tokio::sync::OnceCell;
 
 pub mod cases;
 mod check;
@@ -68,8 +69,10 @@ pub mod reliability;
 
 pub use check::{CaseError, CaseResult};
 
-/// What a backend can do beyond the core contract. Cases that need a capability
-/// the backend lacks are skipped (reported as ignored, with the reason).
+/// What the cases may rely on: the store's own
+/// [`storage_core::Capabilities`], and whether the fixture can damage stored
+/// bytes. Cases that need a capability the backend lacks are skipped (reported
+/// as ignored, with the reason).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Capabilities {
     /// Data survives `close` and a drop without `close`; [`Fixture::open`] reopens
@@ -81,6 +84,19 @@ pub struct Capabilities {
     pub atomic_batches: bool,
     /// `vacuum` is supported (otherwise it must fail with `Unsupported`).
     pub vacuum: bool,
+}
+
+impl Capabilities {
+    /// What a store reporting `store` offers the cases, with a fixture that can
+    /// (or cannot) damage stored bytes.
+    pub fn of(store: storage_core::Capabilities, corruption: bool) -> Self {
+        Self {
+            persistent: store.persistent,
+            corruption,
+            atomic_batches: store.atomic_batches,
+            vacuum: store.vacuum,
+        }
+    }
 }
 
 /// One capability, as named in skip reasons.
@@ -118,8 +134,18 @@ impl fmt::Display for Capability {
 /// One isolated store location for one case.
 #[async_trait]
 pub trait Fixture: Send + Sync + 'static {
-    /// What the backend under test can do.
-    fn capabilities(&self) -> Capabilities;
+    /// Whether [`Fixture::corrupt`] can damage stored bytes (capability
+    /// `corruption`).
+    fn can_corrupt(&self) -> bool {
+        false
+    }
+
+    /// The capabilities the store should report, if the fixture knows them.
+    /// The suite selects cases by what the store reports; declaring them here
+    /// makes a store that stops claiming one (and so skips its cases) fail.
+    fn expected_capabilities(&self) -> Option<storage_core::Capabilities> {
+        None
+    }
 
     /// Opens the store at this fixture's location. For persistent backends a second
     /// call (after `close`, or after every handle was dropped) reopens the same data.
@@ -139,7 +165,7 @@ pub trait Fixture: Send + Sync + 'static {
         1000
     }
 
-    /// Damages the stored bytes of block `hash` (capability `corruption`), e.g. by
+    /// Damages the stored bytes of block `hash` (see [`Fixture::can_corrupt`]), e.g. by
     /// flipping a byte in the middle of its record. May close and reopen the store;
     /// returns the handle to use afterwards.
     async fn corrupt(
@@ -160,12 +186,13 @@ pub type Factory = Arc<dyn Fn() -> Box<dyn Fixture> + Send + Sync>;
 pub struct Env {
     fixture: Box<dyn Fixture>,
     factory: Factory,
+    capabilities: OnceCell<Capabilities>,
 }
 
 impl std::fmt::Debug for Env {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Env")
-            .field("capabilities", &self.fixture.capabilities())
+            .field("capabilities", &self.capabilities.get())
             .finish_non_exhaustive()
     }
 }
@@ -181,6 +208,7 @@ impl Env {
         Self {
             fixture: factory(),
             factory,
+            capabilities: OnceCell::new(),
         }
     }
 
@@ -199,9 +227,25 @@ impl Env {
         &*self.fixture
     }
 
-    /// The backend's capabilities.
-    pub fn capabilities(&self) -> Capabilities {
-        self.fixture.capabilities()
+    /// What the store under test reports it can do, with the fixture's
+    /// `corruption`: asked once (the store is opened and closed for it), then
+    /// remembered. [`Case::run_with`] asks before the case runs; a harness of
+    /// your own should too, since asking while a case holds the store open
+    /// opens it a second time.
+    pub async fn capabilities(&self) -> Result<Capabilities, CaseError> {
+        self.capabilities
+            .get_or_try_init(|| async {
+                let store = self.open().await?;
+                let caps = Capabilities::of(store.capabilities(), self.fixture.can_corrupt());
+                store.close().await.map_err(|e| {
+                    CaseError::Failed(format!(
+                        "closing the store after asking its capabilities: {e}"
+                    ))
+                })?;
+                Ok(caps)
+            })
+            .await
+            .copied()
     }
 
     /// Opens (or reopens) the store.
@@ -213,8 +257,8 @@ impl Env {
     }
 
     /// Skips the case unless the backend has `cap`.
-    pub fn require(&self, cap: Capability) -> CaseResult {
-        if self.capabilities().has(cap) {
+    pub async fn require(&self, cap: Capability) -> CaseResult {
+        if self.capabilities().await?.has(cap) {
             Ok(())
         } else {
             Err(CaseError::Skipped(format!("needs capability `{cap}`")))
@@ -278,10 +322,13 @@ impl Case {
             .build()
             .map_err(|e| format!("cannot build runtime: {e}"))?;
         let env = Env::from_factory(factory.clone());
-        if let Some(missing) = self.needs.iter().find(|c| !env.capabilities().has(**c)) {
-            return Ok(Some(format!("needs capability `{missing}`")));
-        }
         let outcome = rt.block_on(async {
+            // Asked before the case opens its store: a second open of a locked
+            // store would fail.
+            env.capabilities().await?;
+            for cap in self.needs {
+                env.require(*cap).await?;
+            }
             match tokio::time::timeout(CASE_TIMEOUT, (self.run)(&env)).await {
                 Ok(r) => r,
                 Err(_) => Err(CaseError::Failed(format!(
@@ -344,9 +391,29 @@ impl Suite {
             .collect()
     }
 
-    /// One line: how many cases run and which are skipped for which capability.
+    /// One line: how many cases run and which are skipped for which capability
+    /// (opens a store to ask it).
     pub fn summary(&self) -> String {
-        let caps = (self.factory)().capabilities();
+        let env = Env::from_factory(self.factory.clone());
+        let caps = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| CaseError::Failed(e.to_string()))
+            .and_then(|rt| {
+                let caps = rt.block_on(env.capabilities());
+                let _guard = rt.enter();
+                drop(env);
+                caps
+            });
+        let caps = match caps {
+            Ok(caps) => caps,
+            Err(e) => {
+                return format!(
+                    "conformance suite `{}`: capabilities unknown, the store did not open: {e:?}",
+                    self.name
+                );
+            }
+        };
         let cases = all_cases();
         let skipped: Vec<String> = cases
             .iter()
@@ -430,6 +497,7 @@ macro_rules! registry {
 
 registry! {
     basic::empty_store [] CurrentThread;
+    basic::capabilities_are_steady_and_as_declared [] CurrentThread;
     basic::store_retrieve_round_trip [] CurrentThread;
     basic::timestamps_keep_nanoseconds [] CurrentThread;
     basic::retrieve_missing_hash [] CurrentThread;

@@ -6,10 +6,10 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use storage_conformance::{Capabilities, Factory, Fixture, all_cases};
+use storage_conformance::{Factory, Fixture, all_cases};
 use storage_core::{
-    Block, BlockHash, BlockMetadata, ErrorKind, ListCursor, ListOptions, Result, SortOrder,
-    StorageBackend, StorageStats, WireFormat, async_trait, unix_nanos,
+    Block, BlockHash, BlockMetadata, Capabilities, ErrorKind, ListCursor, ListOptions, Result,
+    SortOrder, StorageBackend, StorageStats, WireFormat, async_trait, unix_nanos,
 };
 use storage_memory::MemoryBackend;
 
@@ -69,6 +69,11 @@ enum Flaw {
     CursorSkipsTimestampTies,
     /// In descending order, the cursor is read as ascending.
     CursorAscendingInDescendingOrder,
+    /// Claims to persist data it keeps in memory.
+    ClaimsPersistence,
+    /// Reports no atomic batches, so the cases that would hold it to them are
+    /// skipped (the fixture expects them).
+    HidesAtomicBatches,
 }
 
 #[derive(Debug)]
@@ -99,6 +104,17 @@ impl Broken {
 impl StorageBackend for Broken {
     fn backend_name(&self) -> &str {
         "broken"
+    }
+
+    fn capabilities(&self) -> storage_core::Capabilities {
+        let mut caps = self.inner.capabilities();
+        if self.has(Flaw::ClaimsPersistence) {
+            caps.persistent = true;
+        }
+        if self.has(Flaw::HidesAtomicBatches) {
+            caps.atomic_batches = false;
+        }
+        caps
     }
 
     async fn store_block(&self, block: &Block) -> Result<BlockHash> {
@@ -425,13 +441,12 @@ struct BrokenFixture {
 
 #[async_trait]
 impl Fixture for BrokenFixture {
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            persistent: false,
-            corruption: true,
-            atomic_batches: true,
-            vacuum: true,
-        }
+    fn can_corrupt(&self) -> bool {
+        true
+    }
+
+    fn expected_capabilities(&self) -> Option<Capabilities> {
+        Some(Capabilities::new().atomic_batches().vacuum())
     }
 
     fn max_payload_bytes(&self) -> Option<usize> {
@@ -701,6 +716,28 @@ fn cursor_in_the_wrong_direction_is_caught() {
             "cursor_paging_equals_offset_paging",
             "cursor_positions_need_no_block",
         ],
+    );
+}
+
+#[test]
+fn claimed_persistence_is_held_to_its_word() {
+    // The claim brings in the reopen cases, which a memory store fails.
+    assert_cases_bite(
+        Flaw::ClaimsPersistence,
+        &[
+            "capabilities_are_steady_and_as_declared",
+            "reopen_after_close",
+            "reopen_after_drop",
+        ],
+    );
+}
+
+#[test]
+fn a_hidden_capability_is_caught() {
+    // Skipping the atomic-batch cases is not a pass: the fixture declared them.
+    assert_cases_bite(
+        Flaw::HidesAtomicBatches,
+        &["capabilities_are_steady_and_as_declared"],
     );
 }
 

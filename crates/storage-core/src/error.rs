@@ -72,6 +72,24 @@ pub enum StorageError {
         operation: String,
     },
 
+    /// The store was opened read-only and refused a write; nothing was changed.
+    #[error("{backend} store is open read-only: {operation} refused")]
+    ReadOnly {
+        /// The backend's name.
+        backend: String,
+        /// The refused operation.
+        operation: String,
+    },
+
+    /// The store to open does not exist (opened without creating it).
+    #[error("no {backend} store at {location}")]
+    StoreNotFound {
+        /// The backend's name.
+        backend: String,
+        /// Where it was looked for (a path, a URL, a bucket and prefix).
+        location: String,
+    },
+
     /// The store was closed; open it again to continue.
     #[error("{backend} store is closed")]
     Closed {
@@ -152,7 +170,7 @@ pub enum ErrorKind {
     Corrupted,
     /// See [`StorageError::IndexConflict`].
     IndexConflict,
-    /// See [`StorageError::BlockNotFound`].
+    /// See [`StorageError::BlockNotFound`] and [`StorageError::StoreNotFound`].
     NotFound,
     /// See [`StorageError::InvalidInput`].
     InvalidInput,
@@ -164,6 +182,8 @@ pub enum ErrorKind {
     Unsupported,
     /// See [`StorageError::Closed`].
     Closed,
+    /// See [`StorageError::ReadOnly`].
+    ReadOnly,
     /// See [`StorageError::InsufficientReplicas`].
     InsufficientReplicas,
     /// See [`StorageError::Timeout`].
@@ -188,6 +208,8 @@ impl StorageError {
             Self::Configuration(_) => ErrorKind::Configuration,
             Self::Unsupported { .. } => ErrorKind::Unsupported,
             Self::Closed { .. } => ErrorKind::Closed,
+            Self::ReadOnly { .. } => ErrorKind::ReadOnly,
+            Self::StoreNotFound { .. } => ErrorKind::NotFound,
             Self::InsufficientReplicas { .. } => ErrorKind::InsufficientReplicas,
             Self::Timeout { .. } => ErrorKind::Timeout,
             Self::Io { .. } => ErrorKind::Io,

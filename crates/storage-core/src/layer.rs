@@ -22,8 +22,8 @@ use tracing::{Instrument, Span};
 
 use crate::trace::{op_span, record_count, record_hash, record_index, record_outcome};
 use crate::{
-    Block, BlockHash, BlockMetadata, ListOptions, Result, StorageBackend, StorageError,
-    StorageStats,
+    Block, BlockHash, BlockMetadata, Capabilities, ListOptions, Result, StorageBackend,
+    StorageError, StorageStats,
 };
 
 /// The engine work of a backend: what only it can do. Implement this and the
@@ -43,6 +43,11 @@ pub trait Engine: Send + Sync + fmt::Debug + 'static {
 
     /// The gate the layer uses to refuse calls after close. Keep one per store.
     fn gate(&self) -> &Gate;
+
+    /// What this store can do; [`StorageBackend::capabilities`]. A store that
+    /// reports [`Capabilities::read_only`] has every write refused by the layer
+    /// before the engine sees it.
+    fn supported(&self) -> Capabilities;
 
     /// The largest payload this store accepts (at most
     /// [`crate::MAX_PAYLOAD_BYTES`]); larger blocks are refused before
@@ -217,6 +222,17 @@ fn add_operation(e: &mut StorageError, op: &'static str) {
     }
 }
 
+/// Refuses a write to a store opened read-only.
+fn check_writable<E: Engine>(engine: &E, op: &'static str) -> Result<()> {
+    if engine.supported().read_only {
+        return Err(StorageError::ReadOnly {
+            backend: engine.name().to_owned(),
+            operation: op.to_owned(),
+        });
+    }
+    Ok(())
+}
+
 fn check_range(start: u64, end: u64) -> Result<()> {
     if start > end {
         return Err(StorageError::InvalidInput(format!(
@@ -232,11 +248,16 @@ impl<E: Engine> StorageBackend for E {
         self.name()
     }
 
+    fn capabilities(&self) -> Capabilities {
+        self.supported()
+    }
+
     async fn store_block(&self, block: &Block) -> Result<BlockHash> {
         let span = op_span(self.name(), "store_block");
         record_hash(&span, &block.hash());
         record_index(&span, block.index());
         layered(self, span, "store_block", async {
+            check_writable(self, "store_block")?;
             crate::raw::check_payload_limit(std::slice::from_ref(block), self.max_payload_bytes())?;
             self.write_blocks(std::slice::from_ref(block)).await?;
             Ok(block.hash())
@@ -253,7 +274,11 @@ impl<E: Engine> StorageBackend for E {
     async fn delete_block(&self, hash: &BlockHash) -> Result<bool> {
         let span = op_span(self.name(), "delete_block");
         record_hash(&span, hash);
-        layered(self, span, "delete_block", self.remove_block(hash)).await
+        layered(self, span, "delete_block", async {
+            check_writable(self, "delete_block")?;
+            self.remove_block(hash).await
+        })
+        .await
     }
 
     async fn block_exists(&self, hash: &BlockHash) -> Result<bool> {
@@ -266,6 +291,7 @@ impl<E: Engine> StorageBackend for E {
         let span = op_span(self.name(), "store_blocks");
         record_count(&span, blocks.len());
         layered(self, span, "store_blocks", async {
+            check_writable(self, "store_blocks")?;
             crate::raw::check_payload_limit(blocks, self.max_payload_bytes())?;
             if !blocks.is_empty() {
                 self.write_blocks(blocks).await?;
@@ -314,7 +340,11 @@ impl<E: Engine> StorageBackend for E {
     async fn set_chain_head(&self, hash: &BlockHash) -> Result<()> {
         let span = op_span(self.name(), "set_chain_head");
         record_hash(&span, hash);
-        layered(self, span, "set_chain_head", self.write_head(hash)).await
+        layered(self, span, "set_chain_head", async {
+            check_writable(self, "set_chain_head")?;
+            self.write_head(hash).await
+        })
+        .await
     }
 
     async fn get_blocks_by_range(&self, start: u64, end: u64) -> Result<Vec<Block>> {
@@ -329,12 +359,20 @@ impl<E: Engine> StorageBackend for E {
 
     async fn compact(&self) -> Result<()> {
         let span = op_span(self.name(), "compact");
-        layered(self, span, "compact", self.run_compaction()).await
+        layered(self, span, "compact", async {
+            check_writable(self, "compact")?;
+            self.run_compaction().await
+        })
+        .await
     }
 
     async fn vacuum(&self) -> Result<()> {
         let span = op_span(self.name(), "vacuum");
-        layered(self, span, "vacuum", self.run_vacuum()).await
+        layered(self, span, "vacuum", async {
+            check_writable(self, "vacuum")?;
+            self.run_vacuum().await
+        })
+        .await
     }
 
     async fn get_stats(&self) -> Result<StorageStats> {
@@ -381,6 +419,7 @@ mod tests {
         gate: Gate,
         release: tokio::sync::Notify,
         shut: std::sync::atomic::AtomicBool,
+        read_only: bool,
     }
 
     impl Engine for Damaged {
@@ -389,6 +428,14 @@ mod tests {
         }
         fn gate(&self) -> &Gate {
             &self.gate
+        }
+        fn supported(&self) -> Capabilities {
+            let caps = Capabilities::new().atomic_batches();
+            if self.read_only {
+                caps.read_only()
+            } else {
+                caps
+            }
         }
         fn max_payload_bytes(&self) -> usize {
             4
@@ -461,6 +508,9 @@ mod tests {
         }
         fn gate(&self) -> &Gate {
             self.0.gate()
+        }
+        fn supported(&self) -> Capabilities {
+            self.0.supported()
         }
         async fn write_blocks(&self, blocks: &[Block]) -> Result<()> {
             self.0.write_blocks(blocks).await
@@ -595,6 +645,44 @@ mod tests {
         let (result, seen) = traced(|| rt().block_on(engine.check_integrity()));
         assert_eq!(result.unwrap_err().kind(), ErrorKind::Corrupted);
         assert!(has(&seen, "error", "checksum of record 7"), "{seen:?}");
+    }
+
+    #[test]
+    fn a_read_only_store_refuses_every_write_and_serves_reads() {
+        let engine = Damaged {
+            read_only: true,
+            ..Default::default()
+        };
+        let rt = rt();
+        let key = SigningKey::from_bytes(&[1; 32]);
+        let block = Block::sign_raw(0, std::time::UNIX_EPOCH, None, "t", vec![1], &key).unwrap();
+        let hash = block.hash();
+        let refused = |r: Result<()>, op: &str| {
+            let e = r.unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::ReadOnly, "{op}: {e}");
+            assert!(e.to_string().contains(op), "{op}: {e}");
+        };
+        refused(
+            rt.block_on(engine.store_block(&block)).map(drop),
+            "store_block",
+        );
+        refused(
+            rt.block_on(engine.store_blocks(&[block])).map(drop),
+            "store_blocks",
+        );
+        refused(
+            rt.block_on(engine.delete_block(&hash)).map(drop),
+            "delete_block",
+        );
+        refused(rt.block_on(engine.set_chain_head(&hash)), "set_chain_head");
+        refused(rt.block_on(engine.compact()), "compact");
+        refused(rt.block_on(engine.vacuum()), "vacuum");
+        assert!(engine.capabilities().read_only);
+        assert_eq!(rt.block_on(engine.count_blocks()).unwrap(), 0);
+        // A writable store takes the same calls.
+        let writable = Damaged::default();
+        assert!(!writable.capabilities().read_only);
+        rt.block_on(writable.compact()).unwrap();
     }
 
     #[test]

@@ -61,8 +61,8 @@ pub use traits::{
     BlockStream, LIST_STREAM_PAGE, RANGE_STREAM_PAGE, StorageBackend, StorageBackendExt,
 };
 pub use types::{
-    BackendStats, BlockFilter, BlockMetadata, CompactionStats, ListCursor, ListMatcher,
-    ListOptions, SortOrder, StorageStats,
+    BackendStats, BlockFilter, BlockMetadata, Capabilities, CompactionStats, ListCursor,
+    ListMatcher, ListOptions, SortOrder, StorageStats,
 };
 pub use verify::{VerifyOptions, VerifyReport};
 pub use wire::{

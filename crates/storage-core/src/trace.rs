@@ -87,6 +87,7 @@ impl ErrorKind {
             ErrorKind::Configuration => "configuration",
             ErrorKind::Unsupported => "unsupported",
             ErrorKind::Closed => "closed",
+            ErrorKind::ReadOnly => "read_only",
             ErrorKind::InsufficientReplicas => "insufficient_replicas",
             ErrorKind::Timeout => "timeout",
             ErrorKind::Io => "io",

@@ -11,8 +11,8 @@ use ed25519_dalek::SigningKey;
 use futures::stream::{self, Stream, TryStreamExt};
 
 use crate::{
-    Block, BlockHash, BlockMetadata, BlockPayload, ListCursor, ListOptions, Result, StorageError,
-    StorageStats, VerifyOptions, VerifyReport, verify_chain,
+    Block, BlockHash, BlockMetadata, BlockPayload, Capabilities, ListCursor, ListOptions, Result,
+    StorageError, StorageStats, VerifyOptions, VerifyReport, verify_chain,
 };
 
 /// A stream of results read from a store, borrowing it; see
@@ -84,6 +84,11 @@ pub const RANGE_STREAM_PAGE: u64 = 256;
 pub trait StorageBackend: Send + Sync + std::fmt::Debug + 'static {
     /// A short name for logs, spans and errors (e.g. `"memory"`, `"rocksdb"`).
     fn backend_name(&self) -> &str;
+
+    /// What this store can do beyond the contract every store keeps (whether
+    /// it persists, whether batches are atomic, whether it is read-only, ...).
+    /// Constant for the life of a handle.
+    fn capabilities(&self) -> Capabilities;
 
     /// Stores a block and returns its hash.
     ///
@@ -196,6 +201,9 @@ macro_rules! forward {
 impl<T: StorageBackend + ?Sized> StorageBackend for Arc<T> {
     fn backend_name(&self) -> &str {
         (**self).backend_name()
+    }
+    fn capabilities(&self) -> Capabilities {
+        (**self).capabilities()
     }
     forward!(store_block(block: &Block) -> BlockHash);
     forward!(retrieve_block(hash: &BlockHash) -> Option<Block>);

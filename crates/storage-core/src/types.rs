@@ -433,6 +433,76 @@ impl ListMatcher<'_> {
     }
 }
 
+/// What a store can do beyond the contract every store keeps, as reported by
+/// [`crate::StorageBackend::capabilities`].
+///
+/// Wrappers report what they can promise over their inner stores: a cache its
+/// inner store's, a replicated store what all its copies share
+/// ([`Capabilities::intersection`]).
+///
+/// ```
+/// use storage_core::Capabilities;
+/// let caps = Capabilities::new().persistent().atomic_batches();
+/// assert!(caps.persistent && !caps.vacuum);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// Data survives `close`, a drop without `close` and a process crash, and
+    /// opening the same location again finds it.
+    pub persistent: bool,
+    /// `store_blocks` stores all of a batch or none of it, also across a crash.
+    pub atomic_batches: bool,
+    /// `vacuum` returns free space (otherwise it fails with
+    /// [`crate::StorageError::Unsupported`]).
+    pub vacuum: bool,
+    /// This handle refuses every write with [`crate::StorageError::ReadOnly`]
+    /// (the store was opened read-only).
+    pub read_only: bool,
+}
+
+impl Capabilities {
+    /// No capability.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// With [`Capabilities::persistent`].
+    pub fn persistent(mut self) -> Self {
+        self.persistent = true;
+        self
+    }
+
+    /// With [`Capabilities::atomic_batches`].
+    pub fn atomic_batches(mut self) -> Self {
+        self.atomic_batches = true;
+        self
+    }
+
+    /// With [`Capabilities::vacuum`].
+    pub fn vacuum(mut self) -> Self {
+        self.vacuum = true;
+        self
+    }
+
+    /// With [`Capabilities::read_only`].
+    pub fn read_only(mut self) -> Self {
+        self.read_only = true;
+        self
+    }
+
+    /// What both can do. A handle is read-only if either is, since a write
+    /// through it would fail on that one.
+    pub fn intersection(self, other: Self) -> Self {
+        Self {
+            persistent: self.persistent && other.persistent,
+            atomic_batches: self.atomic_batches && other.atomic_batches,
+            vacuum: self.vacuum && other.vacuum,
+            read_only: self.read_only || other.read_only,
+        }
+    }
+}
+
 /// Statistics returned by [`crate::StorageBackend::get_stats`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StorageStats {

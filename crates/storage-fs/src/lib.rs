@@ -104,8 +104,8 @@ use std::time::{Duration, Instant};
 use storage_core::raw::{Engine, Gate, OpenHandle, run_blocking, wait_for_sole_owner};
 use storage_core::raw::{in_span, in_span_async, op_span};
 use storage_core::{
-    BackendStats, Block, BlockHash, BlockMetadata, CompressionType, ErrorStatus, Execution,
-    ListOptions, Result, StorageBackend, StorageError, StorageStats, WALConfig,
+    BackendStats, Block, BlockHash, BlockMetadata, Capabilities, CompressionType, ErrorStatus,
+    Execution, ListOptions, Result, StorageBackend, StorageError, StorageStats, WALConfig,
     system_time_from_unix_nanos,
 };
 
@@ -382,6 +382,10 @@ impl Engine for FilesystemBackend {
 
     fn gate(&self) -> &Gate {
         &self.gate
+    }
+
+    fn supported(&self) -> Capabilities {
+        Capabilities::new().persistent().atomic_batches().vacuum()
     }
 
     fn max_payload_bytes(&self) -> usize {

@@ -5,8 +5,10 @@
 
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
-use storage_conformance::{Capabilities, Fixture, conformance_main};
-use storage_core::{BlockHash, CompressionType, StorageBackend, StorageError, async_trait};
+use storage_conformance::{Fixture, conformance_main};
+use storage_core::{
+    BlockHash, Capabilities, CompressionType, StorageBackend, StorageError, async_trait,
+};
 use storage_fs::{Durability, FilesystemBackend, FsConfig};
 
 /// The payload limit every fixture's store is configured with.
@@ -40,13 +42,12 @@ impl FsFixture {
 
 #[async_trait]
 impl Fixture for FsFixture {
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            persistent: true,
-            corruption: true,
-            atomic_batches: true,
-            vacuum: true,
-        }
+    fn can_corrupt(&self) -> bool {
+        true
+    }
+
+    fn expected_capabilities(&self) -> Option<Capabilities> {
+        Some(Capabilities::new().persistent().atomic_batches().vacuum())
     }
 
     fn max_payload_bytes(&self) -> Option<usize> {
@@ -101,13 +102,8 @@ struct SimFixture(storage_fs::io::SimVfs);
 
 #[async_trait]
 impl Fixture for SimFixture {
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            persistent: true,
-            corruption: false,
-            atomic_batches: true,
-            vacuum: true,
-        }
+    fn expected_capabilities(&self) -> Option<Capabilities> {
+        Some(Capabilities::new().persistent().atomic_batches().vacuum())
     }
 
     fn max_payload_bytes(&self) -> Option<usize> {

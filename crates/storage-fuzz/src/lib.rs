@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use storage_conformance::cases::model::{ops_from_bytes, run_ops};
-use storage_conformance::{Capabilities, Env, Fixture};
+use storage_conformance::{Env, Fixture};
 use storage_core::{
     Block, BlockHash, CompressionType, ErrorKind, ListOptions, MAX_INDEX, SigningKey,
     StorageBackend, StorageError, WireFormat, async_trait,
@@ -233,13 +233,6 @@ struct MemoryFixture;
 
 #[async_trait]
 impl Fixture for MemoryFixture {
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            atomic_batches: true,
-            vacuum: true,
-            ..Default::default()
-        }
-    }
     async fn open(&self) -> Result<Arc<dyn StorageBackend>, StorageError> {
         Ok(Arc::new(MemoryBackend::new()))
     }
@@ -249,14 +242,6 @@ struct SimFsFixture(SimVfs);
 
 #[async_trait]
 impl Fixture for SimFsFixture {
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            persistent: true,
-            atomic_batches: true,
-            vacuum: true,
-            ..Default::default()
-        }
-    }
     async fn open(&self) -> Result<Arc<dyn StorageBackend>, StorageError> {
         let store =
             FilesystemBackend::open_on(fs_config(CompressionType::Lz4), Arc::new(self.0.clone()))?;

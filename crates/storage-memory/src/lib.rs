@@ -35,8 +35,8 @@ use std::time::SystemTime;
 
 use storage_core::raw::{Engine, Gate};
 use storage_core::{
-    BackendStats, Block, BlockHash, BlockHashMap, BlockMetadata, ListOptions, Result, SortOrder,
-    StorageError, StorageStats, WireFormat, system_time_from_unix_nanos,
+    BackendStats, Block, BlockHash, BlockHashMap, BlockMetadata, Capabilities, ListOptions, Result,
+    SortOrder, StorageError, StorageStats, WireFormat, system_time_from_unix_nanos,
 };
 
 const NAME: &str = "memory";
@@ -269,6 +269,10 @@ impl Engine for MemoryBackend {
 
     fn gate(&self) -> &Gate {
         &self.gate
+    }
+
+    fn supported(&self) -> Capabilities {
+        Capabilities::new().atomic_batches().vacuum()
     }
 
     fn max_payload_bytes(&self) -> usize {

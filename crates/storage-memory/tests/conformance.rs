@@ -3,10 +3,10 @@
 
 use std::sync::{Arc, Mutex};
 
-use storage_conformance::{Capabilities, Fixture, Suite};
+use storage_conformance::{Fixture, Suite};
 use storage_core::{
-    BackendStats, BlockHash, CompressionType, Encoding, StorageBackend, StorageError, WireFormat,
-    async_trait,
+    BackendStats, BlockHash, Capabilities, CompressionType, Encoding, StorageBackend, StorageError,
+    WireFormat, async_trait,
 };
 use storage_memory::MemoryBackend;
 
@@ -32,13 +32,12 @@ impl MemoryFixture {
 
 #[async_trait]
 impl Fixture for MemoryFixture {
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            persistent: false,
-            corruption: self.format.is_some(),
-            atomic_batches: true,
-            vacuum: true,
-        }
+    fn can_corrupt(&self) -> bool {
+        self.format.is_some()
+    }
+
+    fn expected_capabilities(&self) -> Option<Capabilities> {
+        Some(Capabilities::new().atomic_batches().vacuum())
     }
 
     fn max_payload_bytes(&self) -> Option<usize> {

@@ -126,6 +126,12 @@ impl Engine for ObjectStoreBackend {
         &self.inner.gate
     }
 
+    fn supported(&self) -> Capabilities {
+        // A batch spans several conditional writes (see the crate docs), and
+        // object stores keep no free space to return.
+        Capabilities::new().persistent()
+    }
+
     fn max_payload_bytes(&self) -> usize {
         self.inner.options.max_payload_bytes
     }

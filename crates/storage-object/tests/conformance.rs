@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use object_store::memory::InMemory;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
-use storage_conformance::{Capabilities, Fixture, Suite};
-use storage_core::{BlockHash, StorageBackend, StorageError, async_trait};
+use storage_conformance::{Fixture, Suite};
+use storage_core::{BlockHash, Capabilities, StorageBackend, StorageError, async_trait};
 use storage_object::{CLUSTER_ENV, ObjectOptions, ObjectStoreBackend, ObjectStoreConfig};
 
 /// The payload limit every fixture's store is configured with.
@@ -72,14 +72,15 @@ impl ObjectFixture {
 
 #[async_trait]
 impl Fixture for ObjectFixture {
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            persistent: true,
-            corruption: true,
+    fn can_corrupt(&self) -> bool {
+        true
+    }
+
+    fn expected_capabilities(&self) -> Option<Capabilities> {
+        Some(
             // A batch spanning index pages is claimed page by page.
-            atomic_batches: false,
-            vacuum: false,
-        }
+            Capabilities::new().persistent(),
+        )
     }
 
     /// On the cluster every call is a round trip (dozens per step): 40 sequences

@@ -49,11 +49,6 @@ impl DurableTarget for ObjectFiles {
         2
     }
 
-    /// A batch spanning index pages is claimed page by page.
-    fn atomic_batches(&self) -> bool {
-        false
-    }
-
     /// Every index page and the head, and one segment in eight (by the first hex
     /// digit of its random name): the sweep's store writes one segment per single
     /// write, about 200 files of the same layout.

@@ -11,6 +11,16 @@ impl Engine for StorageManager {
         &self.shared.lifecycle
     }
 
+    fn supported(&self) -> Capabilities {
+        // What every copy can do: a write reaches all of them.
+        self.shared
+            .copies
+            .iter()
+            .map(|c| c.backend.capabilities())
+            .reduce(Capabilities::intersection)
+            .unwrap_or_default()
+    }
+
     async fn read_block(&self, hash: &BlockHash) -> Result<Option<Block>> {
         let h = *hash;
         self.read("retrieve_block", move |s| {

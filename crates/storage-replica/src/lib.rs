@@ -56,8 +56,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use storage_core::raw::{Engine, Gate};
 use storage_core::{
-    Block, BlockHash, BlockMetadata, ErrorKind, ErrorStatus, Execution, ListOptions, Result,
-    StorageBackend, StorageError, StorageStats,
+    Block, BlockHash, BlockMetadata, Capabilities, ErrorKind, ErrorStatus, Execution, ListOptions,
+    Result, StorageBackend, StorageError, StorageStats,
 };
 use tokio::sync::mpsc;
 

@@ -1,13 +1,13 @@
 //! The whole conformance suite for the replication manager: three memory copies
 //! (Quorum, synchronous writes; All, asynchronous writes) and a mixed manager
-//! (SQLite primary, RocksDB and memory replicas) that persists through its primary.
+//! (SQLite primary, RocksDB and SQLite replicas) that persists.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use storage_cache::{CacheConfig, CachedStorageBackend};
-use storage_conformance::{Capabilities, Fixture, conformance_main};
-use storage_core::{StorageBackend, StorageError, async_trait};
+use storage_conformance::{Fixture, conformance_main};
+use storage_core::{Capabilities, StorageBackend, StorageError, async_trait};
 use storage_memory::MemoryBackend;
 use storage_replica::{ConsistencyLevel, StorageManager, StorageManagerConfig};
 use storage_rocksdb::{RocksDBBackend, RocksDBConfig};
@@ -47,14 +47,15 @@ impl ManagerFixture {
 
 #[async_trait]
 impl Fixture for ManagerFixture {
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            // Reads come from the primary, which is SQLite in the mixed manager.
-            persistent: self.dir.is_some(),
-            corruption: false,
-            atomic_batches: true,
-            vacuum: true,
-        }
+    fn expected_capabilities(&self) -> Option<Capabilities> {
+        Some({
+            let caps = Capabilities::new().atomic_batches().vacuum();
+            if self.dir.is_some() {
+                caps.persistent()
+            } else {
+                caps
+            }
+        })
     }
 
     /// The mixed fixture opens SQLite and RocksDB for every sequence.
@@ -88,10 +89,16 @@ impl Fixture for ManagerFixture {
                         })
                         .await?,
                     ),
+                    // Every copy persists, so the manager does (it reports what
+                    // all its copies share).
                     vec![
                         Arc::new(open_rocks(dir.path().join("replica_rocks")).await?),
                         Arc::new(
-                            MemoryBackend::new().with_max_payload_bytes(FIXTURE_PAYLOAD_LIMIT),
+                            SQLiteBackend::new(SQLiteConfig {
+                                max_payload_bytes: FIXTURE_PAYLOAD_LIMIT,
+                                ..SQLiteConfig::at(dir.path().join("replica.db"))
+                            })
+                            .await?,
                         ),
                     ],
                 ),

@@ -418,3 +418,37 @@ async fn health_check_reports_a_stalled_disk_copy() {
     assert_eq!(report.healthy_replicas, 1, "{report:?}");
     assert!(!report.issues.is_empty(), "{report:?}");
 }
+
+/// The manager reports what all its copies share; a cache over it, the same.
+#[tokio::test]
+async fn capabilities_are_what_every_copy_shares() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = |name: &str| storage_sqlite::SQLiteConfig::at(dir.path().join(name));
+    let durable: Arc<dyn StorageBackend> = Arc::new(
+        storage_sqlite::SQLiteBackend::new(sqlite("a.db"))
+            .await
+            .unwrap(),
+    );
+    let durable2: Arc<dyn StorageBackend> = Arc::new(
+        storage_sqlite::SQLiteBackend::new(sqlite("b.db"))
+            .await
+            .unwrap(),
+    );
+    let volatile: Arc<dyn StorageBackend> = Arc::new(MemoryBackend::new());
+    let config = || StorageManagerConfig {
+        replication_factor: 2,
+        ..StorageManagerConfig::default()
+    };
+    let both_durable =
+        StorageManager::from_arcs(durable.clone(), vec![durable2], config()).unwrap();
+    let caps = both_durable.capabilities();
+    assert!(caps.persistent && caps.atomic_batches && caps.vacuum && !caps.read_only);
+    // One copy in memory: the manager cannot promise persistence.
+    let mixed = StorageManager::from_arcs(durable, vec![volatile], config()).unwrap();
+    let caps = mixed.capabilities();
+    assert!(!caps.persistent && caps.atomic_batches && caps.vacuum);
+    let cached =
+        storage_cache::CachedStorageBackend::new(mixed, storage_cache::CacheConfig::default())
+            .unwrap();
+    assert_eq!(cached.capabilities(), caps);
+}

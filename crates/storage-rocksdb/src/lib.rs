@@ -62,9 +62,9 @@ use rocksdb::{
 use serde::{Deserialize, Serialize};
 use storage_core::raw::{Engine, Gate, OpenHandle, run_blocking, wait_for_sole_owner};
 use storage_core::{
-    BackendStats, Block, BlockHash, BlockMetadata, CompactionStats, CompressionType, ErrorStatus,
-    Execution, ListOptions, PublicKey, Result, SortOrder, StorageError, StorageStats, WireFormat,
-    system_time_from_unix_nanos,
+    BackendStats, Block, BlockHash, BlockMetadata, Capabilities, CompactionStats, CompressionType,
+    ErrorStatus, Execution, ListOptions, PublicKey, Result, SortOrder, StorageError, StorageStats,
+    WireFormat, system_time_from_unix_nanos,
 };
 
 const NAME: &str = "rocksdb";
@@ -819,6 +819,10 @@ impl Engine for RocksDBBackend {
 
     fn gate(&self) -> &Gate {
         &self.gate
+    }
+
+    fn supported(&self) -> Capabilities {
+        Capabilities::new().persistent().atomic_batches().vacuum()
     }
 
     fn max_payload_bytes(&self) -> usize {

@@ -3,8 +3,10 @@
 
 use std::sync::Arc;
 
-use storage_conformance::{Capabilities, Fixture, conformance_main};
-use storage_core::{BlockHash, CompressionType, StorageBackend, StorageError, async_trait};
+use storage_conformance::{Fixture, conformance_main};
+use storage_core::{
+    BlockHash, Capabilities, CompressionType, StorageBackend, StorageError, async_trait,
+};
 use storage_rocksdb::{RocksDBBackend, RocksDBConfig};
 
 /// The payload limit every fixture's store is configured with.
@@ -28,14 +30,12 @@ impl RocksFixture {
 
 #[async_trait]
 impl Fixture for RocksFixture {
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            persistent: true,
-            // Payload bytes can only be found in uncompressed SST files.
-            corruption: self.compression == CompressionType::None,
-            atomic_batches: true,
-            vacuum: true,
-        }
+    fn can_corrupt(&self) -> bool {
+        self.compression == CompressionType::None
+    }
+
+    fn expected_capabilities(&self) -> Option<Capabilities> {
+        Some(Capabilities::new().persistent().atomic_batches().vacuum())
     }
 
     /// Each sequence opens a RocksDB (about a third of a second here): 150 keep

@@ -11,6 +11,10 @@ impl Engine for SQLiteBackend {
         &self.gate
     }
 
+    fn supported(&self) -> Capabilities {
+        Capabilities::new().persistent().atomic_batches().vacuum()
+    }
+
     fn max_payload_bytes(&self) -> usize {
         self.config.max_payload_bytes
     }

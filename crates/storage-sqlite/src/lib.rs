@@ -70,9 +70,9 @@ use rusqlite::{
 };
 use storage_core::raw::{Engine, Gate, in_span_async, op_span};
 use storage_core::{
-    BackendStats, Block, BlockHash, BlockMetadata, BlockParts, ErrorStatus, ListOptions, MAX_INDEX,
-    MAX_TIMESTAMP_NANOS, PublicKey, Result, Signature, SortOrder, StorageError, StorageStats,
-    system_time_from_unix_nanos,
+    BackendStats, Block, BlockHash, BlockMetadata, BlockParts, Capabilities, ErrorStatus,
+    ListOptions, MAX_INDEX, MAX_TIMESTAMP_NANOS, PublicKey, Result, Signature, SortOrder,
+    StorageError, StorageStats, system_time_from_unix_nanos,
 };
 
 pub use config::{JournalMode, SQLiteConfig, SynchronousMode, TempStore};

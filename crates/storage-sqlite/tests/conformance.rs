@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use storage_conformance::{Capabilities, Fixture, conformance_main};
-use storage_core::{BlockHash, StorageBackend, StorageError, async_trait};
+use storage_conformance::{Fixture, conformance_main};
+use storage_core::{BlockHash, Capabilities, StorageBackend, StorageError, async_trait};
 use storage_sqlite::{JournalMode, SQLiteBackend, SQLiteConfig, SynchronousMode};
 
 /// The payload limit every fixture's store is configured with.
@@ -37,13 +37,12 @@ impl SqliteFixture {
 
 #[async_trait]
 impl Fixture for SqliteFixture {
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            persistent: true,
-            corruption: true,
-            atomic_batches: true,
-            vacuum: true,
-        }
+    fn can_corrupt(&self) -> bool {
+        true
+    }
+
+    fn expected_capabilities(&self) -> Option<Capabilities> {
+        Some(Capabilities::new().persistent().atomic_batches().vacuum())
     }
 
     /// Each sequence creates a database file: 300 keep the case near half a

@@ -21,8 +21,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use storage_core::raw::{Engine, Gate};
 use storage_core::{
-    BackendStats, Block, BlockHash, BlockMetadata, ListOptions, Result, StorageError, StorageStats,
-    WireFormat,
+    BackendStats, Block, BlockHash, BlockMetadata, Capabilities, ListOptions, Result, StorageError,
+    StorageStats, WireFormat,
 };
 
 const NAME: &str = "log";
@@ -205,6 +205,11 @@ impl Engine for LogBackend {
 
     fn gate(&self) -> &Gate {
         &self.gate
+    }
+
+    fn supported(&self) -> Capabilities {
+        // Every write is appended to the log and synced before it is applied.
+        Capabilities::new().persistent().atomic_batches()
     }
 
     async fn write_blocks(&self, blocks: &[Block]) -> Result<()> {

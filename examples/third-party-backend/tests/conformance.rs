@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use storage_conformance::{Capabilities, Fixture, conformance_main};
-use storage_core::{StorageBackend, StorageError, async_trait};
+use storage_conformance::{Fixture, conformance_main};
+use storage_core::{Capabilities, StorageBackend, StorageError, async_trait};
 use third_party_backend::LogBackend;
 
 struct LogFixture {
@@ -12,12 +12,8 @@ struct LogFixture {
 
 #[async_trait]
 impl Fixture for LogFixture {
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            persistent: true,
-            atomic_batches: true,
-            ..Default::default()
-        }
+    fn expected_capabilities(&self) -> Option<Capabilities> {
+        Some(Capabilities::new().persistent().atomic_batches())
     }
 
     async fn open(&self) -> Result<Arc<dyn StorageBackend>, StorageError> {

@@ -149,7 +149,7 @@ pub async fn wrong_previous_hash_rejected(env: &Env) -> CaseResult {
         ErrorKind::Verification,
         "a batch whose blocks do not link to each other",
     )?;
-    if env.capabilities().atomic_batches {
+    if env.capabilities().await?.atomic_batches {
         ensure_eq!(snapshot(&*s).await?, before, "store after the refusals");
     } else {
         ensure!(

@@ -47,6 +47,27 @@ pub async fn empty_store(env: &Env) -> CaseResult {
     Ok(())
 }
 
+/// The store reports the capabilities its fixture declares, writable (the
+/// suite writes), and the same after `close`.
+pub async fn capabilities_are_steady_and_as_declared(env: &Env) -> CaseResult {
+    let s = env.open().await?;
+    let caps = s.capabilities();
+    if let Some(want) = env.fixture().expected_capabilities() {
+        ensure_eq!(caps, want, "capabilities against the fixture's declaration");
+    }
+    ensure!(
+        !caps.read_only,
+        "a store opened for writing reports itself read-only"
+    );
+    ensure_eq!(
+        crate::Capabilities::of(caps, env.fixture().can_corrupt()),
+        env.capabilities().await?,
+        "capabilities of two opens of the same location"
+    );
+    s.close().await?;
+    ensure_eq!(s.capabilities(), caps, "capabilities after close");
+    Ok(())
+}
 /// Stored blocks come back byte-identical (hash, encoding, signature), with exact
 /// metadata, and their payloads decode.
 pub async fn store_retrieve_round_trip(env: &Env) -> CaseResult {

@@ -550,7 +550,7 @@ pub async fn batch_racing_a_rival_is_all_or_nothing(env: &Env) -> CaseResult {
                 present.iter().all(|p| *p),
                 "{what}: a stored batch lost blocks"
             );
-        } else if env.capabilities().atomic_batches {
+        } else if env.capabilities().await?.atomic_batches {
             ensure!(
                 present.iter().all(|p| !*p),
                 "{what}: a refused atomic batch left blocks {present:?}"

@@ -78,7 +78,7 @@ pub async fn vacuum_keeps_data_or_is_unsupported(env: &Env) -> CaseResult {
     }
     s.set_chain_head(&chain[19].hash()).await?;
     let before = snapshot(&*s).await?;
-    if env.capabilities().vacuum {
+    if s.capabilities().vacuum {
         s.vacuum().await?;
     } else {
         expect_kind(
@@ -141,7 +141,7 @@ async fn maybe_reopen(
     s: std::sync::Arc<dyn StorageBackend>,
     drop_only: bool,
 ) -> Result<std::sync::Arc<dyn StorageBackend>, crate::CaseError> {
-    if !env.capabilities().persistent {
+    if !env.capabilities().await?.persistent {
         return Ok(s);
     }
     if !drop_only {
@@ -200,7 +200,7 @@ pub async fn maintenance_after_deletes_and_restores(env: &Env) -> CaseResult {
     check(&*s, &held, "after compact").await?;
     let s = maybe_reopen(env, s, false).await?;
     check(&*s, &held, "after compact and reopen").await?;
-    if env.capabilities().vacuum {
+    if s.capabilities().vacuum {
         s.vacuum().await?;
         check(&*s, &held, "after vacuum").await?;
     }

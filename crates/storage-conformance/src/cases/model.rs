@@ -273,7 +273,7 @@ pub fn ops_from_bytes(data: &[u8]) -> Vec<Op> {
 /// Runs `ops` against the environment's backend and the reference model; the
 /// error names the first step where they disagree.
 pub async fn run_ops(env: &Env, ops: &[Op]) -> CaseResult {
-    run_sequence(env, ops, env.capabilities()).await
+    run_sequence(env, ops, env.capabilities().await?).await
 }
 
 fn list_strategy(n: usize) -> impl Strategy<Value = ListSpec> {
@@ -848,7 +848,7 @@ pub async fn model_based_operations(env: &Env) -> CaseResult {
         None => FIXED_SEEDS.to_vec(),
     };
     let per_seed = total.div_ceil(seeds.len() as u32).max(1);
-    let caps = env.capabilities();
+    let caps = env.capabilities().await?;
     let factory = env.factory();
     let handle = tokio::runtime::Handle::current();
     // proptest drives synchronously; run it on a blocking thread that enters the

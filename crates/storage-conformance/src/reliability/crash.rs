@@ -310,13 +310,10 @@ pub fn run_cycles(
                 .open(&store_dir, (cycle + 1) % target.settings())
                 .await
                 .map_err(|e| format!("reopening after SIGKILL failed: {e}"))?;
-            let applied = check(
-                store.as_ref(),
-                &mut model,
-                in_flight.as_deref(),
-                target.atomic_batches(),
-            )
-            .await?;
+            // An interrupted batch is checked as all-or-nothing where the
+            // store says its batches are.
+            let atomic = store.capabilities().atomic_batches;
+            let applied = check(store.as_ref(), &mut model, in_flight.as_deref(), atomic).await?;
             report.in_flight_applied += u64::from(applied);
             store.close().await.map_err(|e| e.to_string())
         })

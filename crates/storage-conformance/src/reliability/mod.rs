@@ -63,11 +63,6 @@ pub trait DurableTarget: Send + Sync + 'static {
         1
     }
 
-    /// Whether `store_blocks` is all-or-nothing (checked for the interrupted batch).
-    fn atomic_batches(&self) -> bool {
-        true
-    }
-
     /// Whether the sweep damages this file (a path inside the store's directory).
     /// Default: every file. Exclude files the engine never reads back, such as
     /// diagnostic logs; a layout with hundreds of files of one kind may damage a
