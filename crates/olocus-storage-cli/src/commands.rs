@@ -4,6 +4,7 @@ use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::Path;
 use std::time::Instant;
 
+use futures::stream::{Stream, StreamExt, TryChunksError, TryStreamExt};
 use olocus_storage::{
     Block, BlockHash, ListOptions, Storage, StorageBackend, StorageBackendExt, StorageConfig,
     StorageError, VerifyOptions, WireFormat, verify_block,
@@ -228,69 +229,31 @@ async fn listed_between(
         .await
 }
 
-/// The lowest stored index at or after `from`.
-async fn next_index(store: &dyn StorageBackend, from: u64) -> Result<Option<u64>, StorageError> {
-    Ok(store
-        .list_blocks(&ListOptions::new().limit(1).min_index(from))
-        .await?
-        .first()
-        .map(|m| m.index))
-}
-
-/// Stored blocks in index order, `page` at a time, from `from` to `to`, skipping
-/// gaps with one listing each.
-struct Pages<'a> {
+/// Stored blocks in index order within `range`, in chunks of at most `page`
+/// (one range read each); the error of a failed read names the indices it was
+/// reading.
+fn chunks<'a>(
     store: &'a dyn StorageBackend,
-    next: Option<u64>,
-    to: u64,
+    range: std::ops::RangeInclusive<u64>,
     page: u64,
-}
-
-/// A page [`Pages`] could not read: its window and why.
-struct PageError {
-    start: u64,
-    end: u64,
-    error: StorageError,
-}
-
-impl From<PageError> for CliError {
-    fn from(e: PageError) -> Self {
-        ctx_err(format!("reading blocks {}..={}", e.start, e.end))(e.error)
-    }
-}
-
-impl<'a> Pages<'a> {
-    fn new(store: &'a dyn StorageBackend, from: u64, to: u64, page: u64) -> Self {
-        Self {
-            store,
-            next: (from <= to).then_some(from),
-            to,
-            page: page.max(1),
-        }
-    }
-
-    async fn next(&mut self) -> Result<Option<Vec<Block>>, PageError> {
-        while let Some(start) = self.next {
-            let end = start.saturating_add(self.page - 1).min(self.to);
-            let failed = |error| PageError { start, end, error };
-            let blocks = self
-                .store
-                .get_blocks_by_range(start, end)
-                .await
-                .map_err(failed)?;
-            let after = match blocks.last() {
-                Some(b) => b.index().checked_add(1),
-                None => next_index(self.store, end.saturating_add(1))
-                    .await
-                    .map_err(failed)?,
-            };
-            self.next = after.filter(|n| *n > start && *n <= self.to);
-            if !blocks.is_empty() {
-                return Ok(Some(blocks));
+) -> impl Stream<Item = CliResult<Vec<Block>>> + 'a {
+    let page = page.max(1);
+    let from = *range.start();
+    let mut next = from;
+    store
+        .stream_range_paged(range, page)
+        .try_chunks(usize::try_from(page).unwrap_or(usize::MAX))
+        .map(move |chunk| match chunk {
+            Ok(blocks) => {
+                if let Some(last) = blocks.last() {
+                    next = last.index().saturating_add(1);
+                }
+                Ok(blocks)
             }
-        }
-        Ok(None)
-    }
+            Err(TryChunksError(_, e)) => {
+                Err(ctx_err(format!("reading blocks from index {next}"))(e))
+            }
+        })
 }
 
 /// `export`.
@@ -326,8 +289,8 @@ pub(crate) async fn export(
     let total = store.count_blocks().await.map_err(ctx_err("counting"))?;
     let bar = ctx.bar(total, "export");
     let mut n = 0u64;
-    let mut pages = Pages::new(&**store, from, to, 1_000);
-    while let Some(blocks) = pages.next().await? {
+    let mut pages = std::pin::pin!(chunks(&**store, from..=to, 1_000));
+    while let Some(blocks) = pages.next().await.transpose()? {
         tokio::task::block_in_place(|| -> CliResult {
             for b in &blocks {
                 match format {
@@ -677,28 +640,35 @@ async fn copy_all(
                  refusing to mix two chains"
             )));
         }
-        start = top.saturating_sub(batch - 1);
+        // Batches were written in index order, one write each, so all is there
+        // below the last; that one may be partial on a store without atomic
+        // batches, and it began at most `batch` stored blocks below `top`.
+        start = src
+            .list_blocks(&ListOptions::new().descending().max_index(top).limit(batch))
+            .await
+            .map_err(ctx_err("listing the source"))?
+            .last()
+            .map_or(0, |m| m.index);
     }
     let skipped_before = dst
         .count_blocks()
         .await
         .map_err(ctx_err("counting the destination"))?;
     let bar = ctx.bar(total, "migrate");
-    let mut prev: Option<Block> = if start > 0 {
-        src.get_blocks_by_range(start - 1, start - 1)
+    let mut prev: Option<Block> = match start.checked_sub(1) {
+        Some(before) => src
+            .get_block_by_index(before)
             .await
-            .map_err(ctx_err("reading the source"))?
-            .pop()
-    } else {
-        None
+            .map_err(ctx_err("reading the source"))?,
+        None => None,
     };
     let mut copied = 0u64;
     if let Some(last) = last_index(&**src)
         .await
         .map_err(ctx_err("listing the source"))?
     {
-        let mut pages = Pages::new(&**src, start, last, batch);
-        while let Some(blocks) = pages.next().await? {
+        let mut pages = std::pin::pin!(chunks(&**src, start..=last, batch));
+        while let Some(blocks) = pages.next().await.transpose()? {
             for b in &blocks {
                 let linked = prev.as_ref().filter(|p| p.index() + 1 == b.index());
                 verify_block(b, linked).map_err(|e| {

@@ -161,6 +161,31 @@ fn migrate_between_every_pair_keeps_list_and_verify() {
 }
 
 #[test]
+fn migrate_resumes_a_partial_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocks = chain(250);
+    let (all, part) = (dir.path().join("all.jsonl"), dir.path().join("part.jsonl"));
+    write_jsonl(&all, &blocks);
+    write_jsonl(&part, &blocks[..100]);
+    let src = format!("fs:{}", s(&dir.path().join("src")));
+    let dst = format!("sqlite:{}", s(&dir.path().join("dst.db")));
+    ok(&["--store", &src, "import", &s(&all)]);
+    ok(&["--store", &dst, "import", &s(&part)]);
+    let out = ok(&[
+        "migrate", "--from", &src, "--to", &dst, "--batch", "64", "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (v["copied"].as_u64(), v["blocks"].as_u64()),
+        (Some(150), Some(250)),
+        "{out}"
+    );
+    // Only the last batch below the copy's top is written again.
+    assert!(v["written"].as_u64().unwrap() <= 150 + 64, "{out}");
+    assert!(ok(&["--store", &dst, "verify"]).contains("verified 250 blocks"));
+}
+
+#[test]
 fn verify_names_the_first_damaged_block() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.jsonl");

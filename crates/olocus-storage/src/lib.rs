@@ -51,15 +51,16 @@ use serde::{Deserialize, Serialize};
 
 // What applications use; implementor helpers stay in `storage_core::raw`.
 pub use storage_core::{
-    BackendStats, Block, BlockFilter, BlockHash, BlockStream, Capabilities, LIST_STREAM_PAGE,
-    ListCursor, RANGE_STREAM_PAGE, Stream, StreamExt, TryStreamExt, BlockHashBuildHasher, BlockHashHasher,
-    BlockHashMap, BlockMetadata, BlockParts, BlockPayload, BoxError, CONTENT_TYPE_BINARY,
-    CONTENT_TYPE_JSON, CompactionStats, CompressionType, DOMAIN_TAG, Encoding, ErrorKind,
-    ErrorStatus, ListMatcher, ListOptions, MAX_ENCODED_BLOCK_BYTES, MAX_INDEX, MAX_PAYLOAD_BYTES,
-    MAX_PAYLOAD_TYPE_LEN, MAX_TIMESTAMP_NANOS, PublicKey, Result, Signature, SigningKey, SortOrder,
-    StorageBackend, StorageBackendExt, StorageError, StorageStats, VerifyOptions, VerifyReport,
-    VerifyingKey, WALConfig, WireFormat, async_trait, human_duration, is_valid_payload_type,
-    parse_duration, salvage, system_time_from_unix_nanos, unix_nanos, verify_block, verify_chain,
+    BackendStats, Block, BlockFilter, BlockHash, BlockHashBuildHasher, BlockHashHasher,
+    BlockHashMap, BlockMetadata, BlockParts, BlockPayload, BlockStream, BoxError,
+    CONTENT_TYPE_BINARY, CONTENT_TYPE_JSON, Capabilities, CompactionStats, CompressionType,
+    DOMAIN_TAG, Encoding, ErrorKind, ErrorStatus, LIST_STREAM_PAGE, ListCursor, ListMatcher,
+    ListOptions, MAX_ENCODED_BLOCK_BYTES, MAX_INDEX, MAX_PAYLOAD_BYTES, MAX_PAYLOAD_TYPE_LEN,
+    MAX_TIMESTAMP_NANOS, PublicKey, RANGE_STREAM_PAGE, Result, Signature, SigningKey, SortOrder,
+    StorageBackend, StorageBackendExt, StorageError, StorageStats, Stream, StreamExt, TryStreamExt,
+    VerifyOptions, VerifyReport, VerifyingKey, WALConfig, WireFormat, async_trait, human_duration,
+    is_valid_payload_type, parse_duration, salvage, system_time_from_unix_nanos, unix_nanos,
+    verify_block, verify_chain,
 };
 
 /// The trait and its extension, as the seed imports them
