@@ -108,6 +108,7 @@ async fn open_ours(s: Subject, path: &Path, durable: bool) -> Arc<dyn StorageBac
                 segment_size: 100 << 20,
                 max_payload_bytes: storage_core::MAX_PAYLOAD_BYTES,
                 execution,
+                mode: Default::default(),
             })
             .expect("fs open"),
         ),

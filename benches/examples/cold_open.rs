@@ -21,6 +21,7 @@ fn main() {
         segment_size: 100 << 20,
         max_payload_bytes: storage_core::MAX_PAYLOAD_BYTES,
         execution: Default::default(),
+        mode: Default::default(),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

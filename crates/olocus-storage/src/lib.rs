@@ -532,6 +532,7 @@ async fn open_backend(config: &StorageConfig) -> Result<Arc<dyn StorageBackend>>
             storage_fs::FilesystemBackend::open_async(storage_fs::FsConfig {
                 max_payload_bytes: config.max_payload_bytes,
                 execution: Default::default(),
+                mode: Default::default(),
                 ..storage_fs::FsConfig::from_wal(path, *compression, wal)
             })
             .await?,

@@ -58,7 +58,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use storage_core::{BlockHash, StorageBackend, StorageError, async_trait};
+use storage_core::{BlockHash, OpenMode, StorageBackend, StorageError, async_trait};
 use tokio::sync::OnceCell;
 
 pub mod cases;
@@ -84,17 +84,24 @@ pub struct Capabilities {
     pub atomic_batches: bool,
     /// `vacuum` is supported (otherwise it must fail with `Unsupported`).
     pub vacuum: bool,
+    /// [`Fixture::open_in`] opens the location with
+    /// [`OpenMode::OpenExisting`].
+    pub open_existing: bool,
+    /// [`Fixture::open_in`] opens the location with [`OpenMode::ReadOnly`].
+    pub read_only: bool,
 }
 
 impl Capabilities {
     /// What a store reporting `store` offers the cases, with a fixture that can
-    /// (or cannot) damage stored bytes.
+    /// (or cannot) damage stored bytes, and opens in no mode but creating.
     pub fn of(store: storage_core::Capabilities, corruption: bool) -> Self {
         Self {
             persistent: store.persistent,
             corruption,
             atomic_batches: store.atomic_batches,
             vacuum: store.vacuum,
+            open_existing: false,
+            read_only: false,
         }
     }
 }
@@ -108,6 +115,10 @@ pub enum Capability {
     Corruption,
     /// See [`Capabilities::atomic_batches`].
     AtomicBatches,
+    /// See [`Capabilities::open_existing`].
+    OpenExisting,
+    /// See [`Capabilities::read_only`].
+    ReadOnly,
 }
 
 impl Capabilities {
@@ -117,6 +128,8 @@ impl Capabilities {
             Capability::Persistent => self.persistent,
             Capability::Corruption => self.corruption,
             Capability::AtomicBatches => self.atomic_batches,
+            Capability::OpenExisting => self.open_existing,
+            Capability::ReadOnly => self.read_only,
         }
     }
 }
@@ -127,6 +140,8 @@ impl fmt::Display for Capability {
             Capability::Persistent => "persistent",
             Capability::Corruption => "corruption",
             Capability::AtomicBatches => "atomic_batches",
+            Capability::OpenExisting => "open_existing",
+            Capability::ReadOnly => "read_only",
         })
     }
 }
@@ -138,6 +153,22 @@ pub trait Fixture: Send + Sync + 'static {
     /// `corruption`).
     fn can_corrupt(&self) -> bool {
         false
+    }
+
+    /// Opens this fixture's location in `mode` (see [`OpenMode`]); `None` if
+    /// the fixture cannot (the cases of that mode are then skipped).
+    /// [`OpenMode::Create`] is [`Fixture::open`].
+    async fn open_in(
+        &self,
+        mode: OpenMode,
+    ) -> Option<Result<Arc<dyn StorageBackend>, StorageError>> {
+        let _ = mode;
+        None
+    }
+
+    /// The modes [`Fixture::open_in`] supports besides creating.
+    fn open_modes(&self) -> &'static [OpenMode] {
+        &[]
     }
 
     /// The capabilities the store should report, if the fixture knows them.
@@ -228,24 +259,56 @@ impl Env {
     }
 
     /// What the store under test reports it can do, with the fixture's
-    /// `corruption`: asked once (the store is opened and closed for it), then
-    /// remembered. [`Case::run_with`] asks before the case runs; a harness of
-    /// your own should too, since asking while a case holds the store open
-    /// opens it a second time.
+    /// `corruption` and open modes: asked once of a store at a fresh location
+    /// of its own (opened and closed for it), then remembered.
     pub async fn capabilities(&self) -> Result<Capabilities, CaseError> {
         self.capabilities
             .get_or_try_init(|| async {
-                let store = self.open().await?;
-                let caps = Capabilities::of(store.capabilities(), self.fixture.can_corrupt());
+                // Asked of a fixture of its own, so the case's location stays
+                // untouched (a case may need it not to exist yet).
+                let probe = (self.factory)();
+                let store = probe
+                    .open()
+                    .await
+                    .map_err(|e| CaseError::Failed(format!("opening the store failed: {e}")))?;
+                let mut caps = Capabilities::of(store.capabilities(), self.fixture.can_corrupt());
+                let modes = self.fixture.open_modes();
+                caps.open_existing = modes.contains(&OpenMode::OpenExisting);
+                caps.read_only = modes.contains(&OpenMode::ReadOnly);
                 store.close().await.map_err(|e| {
                     CaseError::Failed(format!(
                         "closing the store after asking its capabilities: {e}"
                     ))
                 })?;
+                drop(store);
+                drop(probe);
                 Ok(caps)
             })
             .await
             .copied()
+    }
+
+    /// Opens the store in `mode`; a fixture that cannot skips the case.
+    pub async fn open_in(&self, mode: OpenMode) -> Result<Arc<dyn StorageBackend>, CaseError> {
+        match self.fixture.open_in(mode).await {
+            None => Err(CaseError::Skipped(format!(
+                "the fixture cannot open {mode:?}"
+            ))),
+            Some(Ok(store)) => Ok(store),
+            Some(Err(e)) => Err(CaseError::Failed(format!("opening {mode:?} failed: {e}"))),
+        }
+    }
+
+    /// Opens the store in `mode`, returning the outcome as it is (for cases
+    /// that expect opening to fail).
+    pub async fn try_open_in(
+        &self,
+        mode: OpenMode,
+    ) -> Result<Result<Arc<dyn StorageBackend>, StorageError>, CaseError> {
+        self.fixture
+            .open_in(mode)
+            .await
+            .ok_or_else(|| CaseError::Skipped(format!("the fixture cannot open {mode:?}")))
     }
 
     /// Opens (or reopens) the store.
@@ -323,9 +386,6 @@ impl Case {
             .map_err(|e| format!("cannot build runtime: {e}"))?;
         let env = Env::from_factory(factory.clone());
         let outcome = rt.block_on(async {
-            // Asked before the case opens its store: a second open of a locked
-            // store would fail.
-            env.capabilities().await?;
             for cap in self.needs {
                 env.require(*cap).await?;
             }
@@ -552,6 +612,9 @@ registry! {
     maintenance::stats_follow_ties_through_deletes [] CurrentThread;
     reopen::reopen_after_close [Persistent] CurrentThread;
     reopen::reopen_after_drop [Persistent] CurrentThread;
+    reopen::open_existing_finds_or_refuses [OpenExisting] CurrentThread;
+    reopen::read_only_reads_everything_and_writes_nothing [ReadOnly] CurrentThread;
+    reopen::read_only_beside_a_writer [ReadOnly] CurrentThread;
     concurrency::concurrent_writers_and_readers [] MultiThread;
     concurrency::concurrent_on_current_thread [] CurrentThread;
     concurrency::racing_writers_one_winner_per_index [] MultiThread;

@@ -6,6 +6,65 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Result, StorageError};
 
+/// How a store is opened.
+///
+/// In TOML and URLs: `"create"`, `"open_existing"` or `"read_only"`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpenMode {
+    /// Open the store, creating it if it does not exist.
+    #[default]
+    Create,
+    /// Open a store that exists; a missing one is
+    /// [`StorageError::StoreNotFound`] naming where it was looked for, and
+    /// nothing is created.
+    OpenExisting,
+    /// Open a store that exists for reading only: every write fails with
+    /// [`StorageError::ReadOnly`] and nothing on disk changes. Backends that
+    /// support it open a store another process holds open for writing, and see
+    /// what that process had written when this one opened.
+    ReadOnly,
+}
+
+impl OpenMode {
+    /// Whether the mode may create a missing store.
+    pub fn creates(self) -> bool {
+        self == Self::Create
+    }
+
+    /// The [`StorageError::StoreNotFound`] for a store of `backend` missing at
+    /// `location`, unless this mode creates it.
+    pub fn require_existing(
+        self,
+        backend: &str,
+        exists: bool,
+        location: impl FnOnce() -> String,
+    ) -> Result<()> {
+        if exists || self.creates() {
+            return Ok(());
+        }
+        Err(StorageError::StoreNotFound {
+            backend: backend.to_owned(),
+            location: location(),
+        })
+    }
+}
+
+impl std::str::FromStr for OpenMode {
+    type Err = StorageError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "create" => Ok(Self::Create),
+            "open_existing" | "existing" => Ok(Self::OpenExisting),
+            "read_only" | "ro" => Ok(Self::ReadOnly),
+            other => Err(StorageError::Configuration(format!(
+                "open mode {other:?}: expected create, open_existing or read_only"
+            ))),
+        }
+    }
+}
+
 /// Write-ahead-log and durability settings (the seed's `WALConfig`).
 ///
 /// How a backend maps them (the filesystem backend, for instance):

@@ -52,7 +52,7 @@ pub use block::{
 };
 pub use blocking::Execution;
 pub use compression::CompressionType;
-pub use config::{WALConfig, human_duration, parse_duration};
+pub use config::{OpenMode, WALConfig, human_duration, parse_duration};
 pub use error::{BoxError, ErrorKind, ErrorStatus, Result, StorageError};
 pub use ids::{
     BlockHash, BlockHashBuildHasher, BlockHashHasher, BlockHashMap, PublicKey, Signature,

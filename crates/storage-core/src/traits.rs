@@ -514,3 +514,183 @@ pub trait StorageBackendExt: StorageBackend {
 }
 
 impl<T: StorageBackend + ?Sized> StorageBackendExt for T {}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::raw::{Engine, Gate};
+    use crate::{BlockFilter, SigningKey, StorageStats};
+
+    /// An engine that answers listings and range reads with whatever it was
+    /// given, whatever was asked: the broken store the streams must not trust.
+    #[derive(Debug, Default)]
+    struct Canned {
+        gate: Gate,
+        listing: Mutex<Vec<BlockMetadata>>,
+        range: Mutex<Vec<Block>>,
+    }
+
+    impl Engine for Canned {
+        fn name(&self) -> &str {
+            "canned"
+        }
+        fn gate(&self) -> &Gate {
+            &self.gate
+        }
+        fn supported(&self) -> Capabilities {
+            Capabilities::new()
+        }
+        async fn write_blocks(&self, _: &[Block]) -> Result<()> {
+            Ok(())
+        }
+        async fn read_block(&self, _: &BlockHash) -> Result<Option<Block>> {
+            Ok(None)
+        }
+        async fn read_blocks(&self, h: &[BlockHash]) -> Result<Vec<Option<Block>>> {
+            Ok(vec![None; h.len()])
+        }
+        async fn remove_block(&self, _: &BlockHash) -> Result<bool> {
+            Ok(false)
+        }
+        async fn has_block(&self, _: &BlockHash) -> Result<bool> {
+            Ok(false)
+        }
+        async fn list(&self, _: &ListOptions) -> Result<Vec<BlockMetadata>> {
+            Ok(self.listing.lock().unwrap().clone())
+        }
+        async fn count(&self) -> Result<u64> {
+            Ok(0)
+        }
+        async fn head(&self) -> Result<Option<BlockHash>> {
+            Ok(None)
+        }
+        async fn write_head(&self, _: &BlockHash) -> Result<()> {
+            Ok(())
+        }
+        async fn read_range(&self, _: u64, _: u64) -> Result<Vec<Block>> {
+            Ok(self.range.lock().unwrap().clone())
+        }
+        async fn run_compaction(&self) -> Result<()> {
+            Ok(())
+        }
+        async fn run_vacuum(&self) -> Result<()> {
+            Ok(())
+        }
+        async fn stats(&self) -> Result<StorageStats> {
+            Err(StorageError::unsupported("canned", "stats"))
+        }
+        async fn shutdown(&self) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    fn chain(n: u64) -> Vec<Block> {
+        let key = SigningKey::from_bytes(&[3; 32]);
+        let mut out: Vec<Block> = Vec::new();
+        for i in 0..n {
+            let prev = out.last().map(Block::hash);
+            let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(i);
+            out.push(Block::sign_raw(i, t, prev, "t", vec![i as u8], &key).unwrap());
+        }
+        out
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+    }
+
+    fn corrupted<T: std::fmt::Debug>(r: Result<T>, what: &str) {
+        match r {
+            Err(e) if e.kind() == crate::ErrorKind::Corrupted => {}
+            other => panic!("{what}: expected Corrupted, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn by_index_reads_refuse_a_wrong_answer() {
+        let blocks = chain(3);
+        let s = Canned::default();
+        let rt = rt();
+        assert_eq!(rt.block_on(s.get_block_by_index(1)).unwrap(), None);
+        *s.range.lock().unwrap() = vec![blocks[1].clone()];
+        assert_eq!(
+            rt.block_on(s.get_block_by_index(1)).unwrap(),
+            Some(blocks[1].clone())
+        );
+        corrupted(
+            rt.block_on(s.get_block_by_index(2)),
+            "the block at another index",
+        );
+        *s.range.lock().unwrap() = vec![blocks[0].clone(), blocks[1].clone()];
+        corrupted(
+            rt.block_on(s.get_block_by_index(1)),
+            "two blocks for one index",
+        );
+    }
+
+    #[test]
+    fn list_streams_refuse_pages_that_break_their_query() {
+        let metas: Vec<BlockMetadata> = chain(6).iter().map(BlockMetadata::of).collect();
+        let s = Canned::default();
+        let rt = rt();
+        let collect = |o: ListOptions, page| {
+            rt.block_on(s.stream_list_paged(o, page).try_collect::<Vec<_>>())
+        };
+        // A sound page passes; a store that ignores the cursor would repeat
+        // its first page forever: the second page is refused instead.
+        *s.listing.lock().unwrap() = metas[..2].to_vec();
+        assert_eq!(collect(ListOptions::new(), 5).unwrap(), metas[..2].to_vec());
+        corrupted(
+            collect(ListOptions::new(), 2),
+            "a page repeated after its cursor",
+        );
+        // Out of order.
+        *s.listing.lock().unwrap() = vec![metas[2].clone(), metas[1].clone()];
+        corrupted(collect(ListOptions::new(), 5), "a page out of order");
+        // The same entries are in order for a descending listing.
+        let desc = collect(ListOptions::new().descending(), 5).unwrap();
+        assert_eq!(desc, vec![metas[2].clone(), metas[1].clone()]);
+        // An entry the filter excludes, and more entries than the limit.
+        *s.listing.lock().unwrap() = metas[..3].to_vec();
+        corrupted(
+            collect(ListOptions::new().min_index(1), 5),
+            "an entry below min_index",
+        );
+        corrupted(
+            collect(ListOptions::new().limit(2), 5),
+            "more entries than the limit",
+        );
+        let filter = BlockFilter::new().payload_type("other");
+        corrupted(
+            collect(ListOptions::new().filter(filter), 5),
+            "an entry of another type",
+        );
+    }
+
+    #[test]
+    fn range_streams_refuse_blocks_outside_their_window() {
+        let blocks = chain(6);
+        let s = Canned::default();
+        let rt = rt();
+        *s.range.lock().unwrap() = vec![blocks[4].clone()];
+        let got = rt.block_on(s.stream_range_paged(4..=4, 3).try_collect::<Vec<_>>());
+        assert_eq!(got.unwrap(), vec![blocks[4].clone()]);
+        corrupted(
+            rt.block_on(s.stream_range_paged(0..=2, 3).try_collect::<Vec<_>>()),
+            "a block past the window",
+        );
+        corrupted(
+            rt.block_on(s.stream_range_paged(5..=9, 3).try_collect::<Vec<_>>()),
+            "a block before the window",
+        );
+        *s.range.lock().unwrap() = vec![blocks[2].clone(), blocks[1].clone()];
+        corrupted(
+            rt.block_on(s.stream_range_paged(0..=5, 10).try_collect::<Vec<_>>()),
+            "blocks out of order",
+        );
+    }
+}

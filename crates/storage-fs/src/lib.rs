@@ -105,8 +105,8 @@ use storage_core::raw::{Engine, Gate, OpenHandle, run_blocking, wait_for_sole_ow
 use storage_core::raw::{in_span, in_span_async, op_span};
 use storage_core::{
     BackendStats, Block, BlockHash, BlockMetadata, Capabilities, CompressionType, ErrorStatus,
-    Execution, ListOptions, Result, StorageBackend, StorageError, StorageStats, WALConfig,
-    system_time_from_unix_nanos,
+    Execution, ListOptions, OpenMode, Result, StorageBackend, StorageError, StorageStats,
+    WALConfig, system_time_from_unix_nanos,
 };
 
 mod format;
@@ -117,7 +117,7 @@ mod store;
 pub use store::Recovery;
 use store::{Inner, read_state};
 
-const NAME: &str = "filesystem";
+pub(crate) const NAME: &str = "filesystem";
 
 /// When writes are synced to disk (see the crate docs for what each survives).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,6 +151,9 @@ pub struct FsConfig {
     /// tokio's blocking pool, where a timeout around a call fires even if the
     /// disk stalls (see [`storage_core::Execution`]).
     pub execution: Execution,
+    /// Create the store if missing (the default) or open only an existing one.
+    /// Read-only opening is not supported by this backend yet and is refused.
+    pub mode: OpenMode,
 }
 
 impl FsConfig {
@@ -182,6 +185,7 @@ impl FsConfig {
             segment_size: wal.max_log_size,
             max_payload_bytes: storage_core::MAX_PAYLOAD_BYTES,
             execution: Execution::Inline,
+            mode: OpenMode::Create,
         }
     }
 

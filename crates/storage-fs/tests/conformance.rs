@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use storage_conformance::{Fixture, conformance_main};
 use storage_core::{
-    BlockHash, Capabilities, CompressionType, StorageBackend, StorageError, async_trait,
+    BlockHash, Capabilities, CompressionType, OpenMode, StorageBackend, StorageError, async_trait,
 };
 use storage_fs::{Durability, FilesystemBackend, FsConfig};
 
@@ -40,6 +40,23 @@ impl FsFixture {
     }
 }
 
+impl FsFixture {
+    async fn open_mode(&self, mode: OpenMode) -> Result<Arc<dyn StorageBackend>, StorageError> {
+        let config = FsConfig {
+            path: self.dir.path().join("store"),
+            compression: self.compression,
+            durability: self.durability,
+            segment_size: self.segment_size,
+            max_payload_bytes: FIXTURE_PAYLOAD_LIMIT,
+            execution: Default::default(),
+            mode,
+        };
+        let store = Arc::new(FilesystemBackend::open_async(config).await?);
+        *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Arc::downgrade(&store);
+        Ok(store)
+    }
+}
+
 #[async_trait]
 impl Fixture for FsFixture {
     fn can_corrupt(&self) -> bool {
@@ -55,17 +72,18 @@ impl Fixture for FsFixture {
     }
 
     async fn open(&self) -> Result<Arc<dyn StorageBackend>, StorageError> {
-        let config = FsConfig {
-            path: self.dir.path().join("store"),
-            compression: self.compression,
-            durability: self.durability,
-            segment_size: self.segment_size,
-            max_payload_bytes: FIXTURE_PAYLOAD_LIMIT,
-            execution: Default::default(),
-        };
-        let store = Arc::new(FilesystemBackend::open_async(config).await?);
-        *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Arc::downgrade(&store);
-        Ok(store)
+        self.open_mode(OpenMode::Create).await
+    }
+
+    fn open_modes(&self) -> &'static [OpenMode] {
+        &[OpenMode::OpenExisting]
+    }
+
+    async fn open_in(
+        &self,
+        mode: OpenMode,
+    ) -> Option<Result<Arc<dyn StorageBackend>, StorageError>> {
+        Some(self.open_mode(mode).await)
     }
 
     /// Closes the store, flips one byte in the middle of the block's stored bytes,
@@ -118,6 +136,7 @@ impl Fixture for SimFixture {
             segment_size: 64 << 10,
             max_payload_bytes: FIXTURE_PAYLOAD_LIMIT,
             execution: Default::default(),
+            mode: Default::default(),
         };
         let vfs = Arc::new(self.0.clone());
         let store = tokio::task::spawn_blocking(move || FilesystemBackend::open_on(config, vfs))

@@ -33,6 +33,7 @@ fn config() -> FsConfig {
         segment_size: 64 << 10,
         max_payload_bytes: storage_core::MAX_PAYLOAD_BYTES,
         execution: Default::default(),
+        mode: Default::default(),
     }
 }
 

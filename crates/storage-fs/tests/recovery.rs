@@ -18,6 +18,7 @@ fn config(dir: &Path, compression: CompressionType, segment_size: u64) -> FsConf
         segment_size,
         max_payload_bytes: storage_core::MAX_PAYLOAD_BYTES,
         execution: Default::default(),
+        mode: Default::default(),
     }
 }
 
@@ -471,4 +472,21 @@ async fn engine_errors_keep_their_cause() {
         "cause printed twice: {err}"
     );
     assert!(err.to_string().contains("plain-file"), "{err}");
+}
+
+/// Read-only opening is refused as unsupported, and opening a missing store
+/// as existing names the path; neither creates the directory.
+#[test]
+fn open_modes_this_backend_refuses_leave_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("never");
+    let mut cfg = config(&path, CompressionType::None, 64 << 10);
+    cfg.mode = storage_core::OpenMode::ReadOnly;
+    let e = FilesystemBackend::open(cfg.clone()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+    cfg.mode = storage_core::OpenMode::OpenExisting;
+    let e = FilesystemBackend::open(cfg).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    assert!(e.to_string().contains(&path.display().to_string()), "{e}");
+    assert!(!path.exists());
 }

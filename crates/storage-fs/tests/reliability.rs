@@ -37,6 +37,7 @@ impl DurableTarget for Fs {
             segment_size,
             max_payload_bytes: storage_core::MAX_PAYLOAD_BYTES,
             execution: Default::default(),
+            mode: Default::default(),
         };
         Ok(Arc::new(FilesystemBackend::open_async(config).await?))
     }

@@ -53,6 +53,7 @@ async fn main() {
                 segment_size: 64 << 10,
                 max_payload_bytes: storage_core::MAX_PAYLOAD_BYTES,
                 execution: Default::default(),
+                mode: Default::default(),
             };
             let store = FilesystemBackend::open_on(cfg, Arc::new(vfs.clone())).expect("open");
             store.store_block(&chain[0]).await.expect("store");

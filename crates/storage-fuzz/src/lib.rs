@@ -113,6 +113,7 @@ fn fs_config(compression: CompressionType) -> FsConfig {
         segment_size: 64 << 10,
         max_payload_bytes: storage_core::MAX_PAYLOAD_BYTES,
         execution: Default::default(),
+        mode: Default::default(),
     }
 }
 

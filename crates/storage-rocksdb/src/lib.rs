@@ -63,8 +63,8 @@ use serde::{Deserialize, Serialize};
 use storage_core::raw::{Engine, Gate, OpenHandle, run_blocking, wait_for_sole_owner};
 use storage_core::{
     BackendStats, Block, BlockHash, BlockMetadata, Capabilities, CompactionStats, CompressionType,
-    ErrorStatus, Execution, ListOptions, PublicKey, Result, SortOrder, StorageError, StorageStats,
-    WireFormat, system_time_from_unix_nanos,
+    ErrorStatus, Execution, ListOptions, OpenMode, PublicKey, Result, SortOrder, StorageError,
+    StorageStats, WireFormat, system_time_from_unix_nanos,
 };
 
 const NAME: &str = "rocksdb";
@@ -114,6 +114,10 @@ pub struct RocksDBConfig {
     /// tokio's blocking pool, where a timeout around a call fires even if the
     /// disk stalls (see [`storage_core::Execution`]).
     pub execution: Execution,
+    /// Create the database if missing (the default), open only an existing
+    /// one, or open one read-only (as of opening, beside a writer in another
+    /// process).
+    pub mode: OpenMode,
 }
 
 impl Default for RocksDBConfig {
@@ -130,6 +134,7 @@ impl Default for RocksDBConfig {
             sync_writes: false,
             max_payload_bytes: storage_core::MAX_PAYLOAD_BYTES,
             execution: Execution::Inline,
+            mode: OpenMode::Create,
         }
     }
 }
@@ -175,7 +180,7 @@ impl RocksDBConfig {
         }
         cf.set_block_based_table_factory(&table);
         let mut db = cf.clone();
-        db.create_if_missing(true);
+        db.create_if_missing(self.mode.creates());
         db.create_missing_column_families(true);
         db.set_max_background_jobs(self.max_background_jobs);
         db.set_wal_recovery_mode(DBRecoveryMode::PointInTime);
@@ -207,6 +212,7 @@ struct Inner {
 /// The RocksDB backend. Cheap to share behind an `Arc`; all methods take `&self`.
 pub struct RocksDBBackend {
     path: PathBuf,
+    read_only: bool,
     max_payload_bytes: usize,
     inner: OpenHandle<Inner>,
     gate: Gate,
@@ -762,10 +768,23 @@ impl RocksDBBackend {
         let (db_opts, cf_opts) = config.options()?;
         let path = PathBuf::from(config.path.trim());
         let descriptors = ALL_CFS.map(|name| ColumnFamilyDescriptor::new(name, cf_opts.clone()));
+        // RocksDB names its current MANIFEST in CURRENT: no CURRENT, no store.
+        config
+            .mode
+            .require_existing(NAME, path.join("CURRENT").is_file(), || {
+                path.display().to_string()
+            })?;
         check_manifest(&path)?;
         let durable = read_durable(&path)?;
-        let db = DB::open_cf_descriptors(&db_opts, &path, descriptors)
-            .map_err(|e| db_err(&format!("opening {}", path.display()), e))?;
+        let read_only = config.mode == OpenMode::ReadOnly;
+        // Read-only: no lock, nothing written; the state is what the MANIFEST
+        // and the write-ahead log held at opening.
+        let db = if read_only {
+            DB::open_cf_descriptors_read_only(&db_opts, &path, descriptors, false)
+        } else {
+            DB::open_cf_descriptors(&db_opts, &path, descriptors)
+        }
+        .map_err(|e| db_err(&format!("opening {}", path.display()), e))?;
         // RocksDB recovers whatever state its MANIFEST and logs describe: a MANIFEST
         // cut at a record boundary reads as an older, consistent state. Writes only
         // move the sequence number forward, so one behind the last close is loss.
@@ -800,6 +819,7 @@ impl RocksDBBackend {
             .unwrap_or_else(PoisonError::into_inner) = counters;
         Ok(Self {
             path,
+            read_only,
             max_payload_bytes: inner.max_payload_bytes,
             inner: OpenHandle::new(NAME, Arc::new(inner), config.execution),
             gate: Gate::new(),
@@ -822,7 +842,12 @@ impl Engine for RocksDBBackend {
     }
 
     fn supported(&self) -> Capabilities {
-        Capabilities::new().persistent().atomic_batches().vacuum()
+        let caps = Capabilities::new().persistent().atomic_batches().vacuum();
+        if self.read_only {
+            caps.read_only()
+        } else {
+            caps
+        }
     }
 
     fn max_payload_bytes(&self) -> usize {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use storage_conformance::{Fixture, conformance_main};
 use storage_core::{
-    BlockHash, Capabilities, CompressionType, StorageBackend, StorageError, async_trait,
+    BlockHash, Capabilities, CompressionType, OpenMode, StorageBackend, StorageError, async_trait,
 };
 use storage_rocksdb::{RocksDBBackend, RocksDBConfig};
 
@@ -49,21 +49,18 @@ impl Fixture for RocksFixture {
     }
 
     async fn open(&self) -> Result<Arc<dyn StorageBackend>, StorageError> {
-        let config = RocksDBConfig {
-            path: self.dir.path().join("db").to_string_lossy().into_owned(),
-            compression: self.compression,
-            cache_size: 8 << 20,
-            write_buffer_size: 4 << 20,
-            max_background_jobs: 2,
-            sync_writes: self.sync_writes,
-            max_payload_bytes: FIXTURE_PAYLOAD_LIMIT,
-            ..RocksDBConfig::default()
-        };
-        // Opening reads files: keep it off the runtime thread.
-        let store = tokio::task::spawn_blocking(move || RocksDBBackend::new(config))
-            .await
-            .expect("open task")?;
-        Ok(Arc::new(store))
+        self.open_mode(OpenMode::Create).await
+    }
+
+    fn open_modes(&self) -> &'static [OpenMode] {
+        &[OpenMode::OpenExisting, OpenMode::ReadOnly]
+    }
+
+    async fn open_in(
+        &self,
+        mode: OpenMode,
+    ) -> Option<Result<Arc<dyn StorageBackend>, StorageError>> {
+        Some(self.open_mode(mode).await)
     }
 
     /// Closes (flushing the block into SST files), flips a byte of its payload in
@@ -86,6 +83,27 @@ impl Fixture for RocksFixture {
         };
         storage_conformance::fault::close_and_damage(store, hash, ssts).await?;
         self.open().await
+    }
+}
+
+impl RocksFixture {
+    async fn open_mode(&self, mode: OpenMode) -> Result<Arc<dyn StorageBackend>, StorageError> {
+        let config = RocksDBConfig {
+            path: self.dir.path().join("db").to_string_lossy().into_owned(),
+            compression: self.compression,
+            cache_size: 8 << 20,
+            write_buffer_size: 4 << 20,
+            max_background_jobs: 2,
+            sync_writes: self.sync_writes,
+            max_payload_bytes: FIXTURE_PAYLOAD_LIMIT,
+            mode,
+            ..RocksDBConfig::default()
+        };
+        // Opening reads files: keep it off the runtime thread.
+        let store = tokio::task::spawn_blocking(move || RocksDBBackend::new(config))
+            .await
+            .expect("open task")?;
+        Ok(Arc::new(store))
     }
 }
 

@@ -39,6 +39,10 @@ pub struct SQLiteConfig {
     /// disk stalls (see [`storage_core::Execution`]).
     #[serde(default)]
     pub execution: storage_core::Execution,
+    /// Create the database if missing (the default), open only an existing
+    /// one, or open one read-only (beside a writer in another process).
+    #[serde(default)]
+    pub mode: storage_core::OpenMode,
 }
 
 impl Default for SQLiteConfig {
@@ -54,6 +58,7 @@ impl Default for SQLiteConfig {
             busy_timeout: Duration::from_secs(5),
             max_payload_bytes: storage_core::MAX_PAYLOAD_BYTES,
             execution: storage_core::Execution::Inline,
+            mode: storage_core::OpenMode::Create,
         }
     }
 }

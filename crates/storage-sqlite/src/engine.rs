@@ -12,7 +12,12 @@ impl Engine for SQLiteBackend {
     }
 
     fn supported(&self) -> Capabilities {
-        Capabilities::new().persistent().atomic_batches().vacuum()
+        let caps = Capabilities::new().persistent().atomic_batches().vacuum();
+        if self.config.mode == OpenMode::ReadOnly {
+            caps.read_only()
+        } else {
+            caps
+        }
     }
 
     fn max_payload_bytes(&self) -> usize {

@@ -71,7 +71,7 @@ use rusqlite::{
 use storage_core::raw::{Engine, Gate, in_span_async, op_span};
 use storage_core::{
     BackendStats, Block, BlockHash, BlockMetadata, BlockParts, Capabilities, ErrorStatus,
-    ListOptions, MAX_INDEX, MAX_TIMESTAMP_NANOS, PublicKey, Result, Signature, SortOrder,
+    ListOptions, MAX_INDEX, MAX_TIMESTAMP_NANOS, OpenMode, PublicKey, Result, Signature, SortOrder,
     StorageError, StorageStats, system_time_from_unix_nanos,
 };
 
@@ -138,7 +138,20 @@ impl SQLiteBackend {
         config.validate()?;
         let path = PathBuf::from(config.database_path.trim());
         let (cfg, p) = (config.clone(), path.clone());
+        if config.mode == OpenMode::ReadOnly {
+            let pool = blocking(config.execution, move || open_read_only(&p, &cfg, check)).await?;
+            return Ok(Self {
+                config,
+                path,
+                writer: Arc::new(Mutex::new(None)),
+                readers: RwLock::new(Some(pool)),
+                wrote: Arc::default(),
+                gate: Gate::new(),
+            });
+        }
         let (writer, pool) = blocking(config.execution, move || {
+            cfg.mode
+                .require_existing(NAME, p.exists(), || p.display().to_string())?;
             if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir)
                     .map_err(|e| StorageError::io(format!("creating {}", dir.display()), e))?;

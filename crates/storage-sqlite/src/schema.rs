@@ -218,6 +218,40 @@ pub(crate) fn add_meta_check(tx: &Transaction<'_>) -> rusqlite::Result<()> {
     tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
 }
 
+/// Opens an existing database for reading only: no connection that can write,
+/// nothing created or upgraded, so a database another process is writing is
+/// left as it is. `check` compares the block counters with the rows in one read
+/// transaction (a consistent view beside a writer).
+pub(crate) fn open_read_only(path: &Path, cfg: &SQLiteConfig, check: bool) -> Result<Pool> {
+    OpenMode::ReadOnly.require_existing(NAME, path.is_file(), || path.display().to_string())?;
+    let ctx = |what: &str| format!("{what} {} read-only", path.display());
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| sql_err(&ctx("opening"), e))?;
+    conn.busy_timeout(cfg.busy_timeout)
+        .map_err(|e| sql_err(&ctx("configuring"), e))?;
+    let tx = conn
+        .unchecked_transaction()
+        .map_err(|e| sql_err(&ctx("reading"), e))?;
+    let version: i64 = tx
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| sql_err(&ctx("reading the schema version of"), e))?;
+    if version != SCHEMA_VERSION {
+        return Err(StorageError::Configuration(format!(
+            "sqlite: {} has schema version {version}; opened read-only it must already be              version {SCHEMA_VERSION} (open it for writing once to upgrade it)",
+            path.display()
+        )));
+    }
+    if check {
+        check_counters(&tx, false)?;
+    }
+    drop(tx);
+    drop(conn);
+    open_readers(path, cfg)
+}
+
 pub(crate) fn open_readers(path: &Path, cfg: &SQLiteConfig) -> Result<Pool> {
     let init = pragmas(cfg, true);
     let manager = SqliteConnectionManager::file(path)

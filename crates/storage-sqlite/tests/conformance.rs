@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use storage_conformance::{Fixture, conformance_main};
-use storage_core::{BlockHash, Capabilities, StorageBackend, StorageError, async_trait};
+use storage_core::{BlockHash, Capabilities, OpenMode, StorageBackend, StorageError, async_trait};
 use storage_sqlite::{JournalMode, SQLiteBackend, SQLiteConfig, SynchronousMode};
 
 /// The payload limit every fixture's store is configured with.
@@ -57,6 +57,23 @@ impl Fixture for SqliteFixture {
 
     async fn open(&self) -> Result<Arc<dyn StorageBackend>, StorageError> {
         Ok(Arc::new(SQLiteBackend::new(self.config()).await?))
+    }
+
+    fn open_modes(&self) -> &'static [OpenMode] {
+        &[OpenMode::OpenExisting, OpenMode::ReadOnly]
+    }
+
+    async fn open_in(
+        &self,
+        mode: OpenMode,
+    ) -> Option<Result<Arc<dyn StorageBackend>, StorageError>> {
+        let mut config = self.config();
+        config.mode = mode;
+        Some(
+            SQLiteBackend::new(config)
+                .await
+                .map(|s| Arc::new(s) as Arc<dyn StorageBackend>),
+        )
     }
 
     /// Flips one byte in the middle of the block's payload inside the database file.

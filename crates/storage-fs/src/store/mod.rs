@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
-use storage_core::{Block, BlockHash, Result, StorageError};
+use storage_core::{Block, BlockHash, OpenMode, Result, StorageError};
 
 use crate::format::{
     self, KIND_DELETE, KIND_HEAD, KIND_PUT, MAX_RECORD_BODY, Op, PutOp, REC_HEADER, SEG_HEADER,

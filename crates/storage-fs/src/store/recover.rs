@@ -38,6 +38,22 @@ pub(crate) fn open(cfg: FsConfig, vfs: Arc<dyn Vfs>) -> Result<(Arc<Inner>, Reco
         path: cfg.path.clone(),
         vfs,
     };
+    if cfg.mode == OpenMode::ReadOnly {
+        return Err(StorageError::unsupported(
+            crate::NAME,
+            "opening read-only (open it for writing, or copy it with `migrate`)",
+        ));
+    }
+    if !cfg.mode.creates() {
+        // A store has its manifest, or (written before manifests) segments.
+        let exists = match dir.vfs.list(&dir.path) {
+            Ok(names) => names.iter().any(|n| n == "MANIFEST" || n.ends_with(".seg")),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => return Err(io(format!("listing {}", dir.path.display()), e)),
+        };
+        cfg.mode
+            .require_existing(crate::NAME, exists, || dir.path.display().to_string())?;
+    }
     dir.vfs
         .create_dir_all(&dir.path)
         .map_err(|e| io(format!("creating {}", dir.path.display()), e))?;
@@ -842,6 +858,7 @@ mod tests {
             segment_size: 64 << 10,
             max_payload_bytes: storage_core::MAX_PAYLOAD_BYTES,
             execution: Default::default(),
+            mode: Default::default(),
         };
         let all = blocks(900);
         {
