@@ -757,6 +757,31 @@ impl Inner {
     }
 }
 
+/// Opens a read-only instance. A writer in another process may delete a log or
+/// table file between RocksDB listing and opening it (a flush or compaction
+/// finished): that open fails, and a fresh one sees the files that replaced it.
+/// A file that stays missing fails every attempt and is reported as before.
+/// Once open, every table file is held open, so later deletions do not matter.
+fn open_read_only(
+    db_opts: &rocksdb::Options,
+    cf_opts: &rocksdb::Options,
+    path: &Path,
+) -> std::result::Result<DB, rocksdb::Error> {
+    let mut attempt = 0;
+    loop {
+        let cfs = ALL_CFS.map(|name| ColumnFamilyDescriptor::new(name, cf_opts.clone()));
+        match DB::open_cf_descriptors_read_only(db_opts, path, cfs, false) {
+            // Reported as an I/O error, or as a MANIFEST naming a missing
+            // file ("Corruption"), depending on which file went.
+            Err(e) if attempt < 20 && e.as_ref().contains("No such file or directory") => {
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(5 * attempt));
+            }
+            other => return other,
+        }
+    }
+}
+
 fn system_time_nanos(t: SystemTime) -> u64 {
     storage_core::unix_nanos(t).unwrap_or(u64::MAX)
 }
@@ -780,7 +805,7 @@ impl RocksDBBackend {
         // Read-only: no lock, nothing written; the state is what the MANIFEST
         // and the write-ahead log held at opening.
         let db = if read_only {
-            DB::open_cf_descriptors_read_only(&db_opts, &path, descriptors, false)
+            open_read_only(&db_opts, &cf_opts, &path)
         } else {
             DB::open_cf_descriptors(&db_opts, &path, descriptors)
         }

@@ -44,6 +44,25 @@ impl DurableTarget for Rocks {
         2
     }
 
+    fn opens_read_only(&self) -> bool {
+        true
+    }
+
+    async fn open_read_only(
+        &self,
+        dir: &Path,
+    ) -> Option<Result<Arc<dyn StorageBackend>, StorageError>> {
+        let config = RocksDBConfig {
+            path: dir.to_string_lossy().into_owned(),
+            mode: storage_core::OpenMode::ReadOnly,
+            ..RocksDBConfig::default()
+        };
+        let opened = tokio::task::spawn_blocking(move || RocksDBBackend::new(config))
+            .await
+            .expect("open task");
+        Some(opened.map(|s| Arc::new(s) as Arc<dyn StorageBackend>))
+    }
+
     /// RocksDB's info logs are diagnostics it never reads back.
     fn damageable(&self, path: &Path) -> bool {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");

@@ -34,6 +34,20 @@ impl DurableTarget for Sqlite {
     fn settings(&self) -> u64 {
         2
     }
+
+    fn opens_read_only(&self) -> bool {
+        true
+    }
+
+    async fn open_read_only(
+        &self,
+        dir: &Path,
+    ) -> Option<Result<Arc<dyn StorageBackend>, StorageError>> {
+        let mut config = SQLiteConfig::at(dir.join("blocks.db"));
+        config.mode = storage_core::OpenMode::ReadOnly;
+        let opened = SQLiteBackend::new(config).await;
+        Some(opened.map(|s| Arc::new(s) as Arc<dyn StorageBackend>))
+    }
 }
 
 fn main() -> ExitCode {

@@ -4,8 +4,9 @@
 //! # Running it for a backend
 //! Implement [`DurableTarget`] (how to open the store in a directory) and add a
 //! `harness = false` test target that calls [`reliability_main`]. Each target gets
-//! two tests, `NAME::sigkill_crash_cycles` and `NAME::corruption_sweep`, filtered
-//! like libtest's (`cargo test --test reliability -- sweep`).
+//! three tests, `NAME::sigkill_crash_cycles`, `NAME::corruption_sweep` and (for
+//! targets that open read-only) `NAME::read_only_beside_a_writer`
+//! ([`beside`]), filtered like libtest's (`cargo test --test reliability -- sweep`).
 //!
 //! - `OLOCUS_CRASH_CYCLES` (default 20) sets the crash cycles per target and
 //!   `OLOCUS_CRASH_SEED` their seed;
@@ -42,6 +43,7 @@ use std::sync::Arc;
 
 use storage_core::{StorageBackend, StorageError, async_trait};
 
+pub mod beside;
 pub mod crash;
 pub mod sweep;
 
@@ -57,6 +59,21 @@ pub trait DurableTarget: Send + Sync + 'static {
     /// the sweep damages a store made under each.
     async fn open(&self, dir: &Path, setting: u64)
     -> Result<Arc<dyn StorageBackend>, StorageError>;
+
+    /// Whether [`DurableTarget::open_read_only`] opens the store read-only
+    /// (the read-only-beside-a-writer test runs only then).
+    fn opens_read_only(&self) -> bool {
+        false
+    }
+
+    /// Opens the store in `dir` read-only, beside a writer in another process.
+    async fn open_read_only(
+        &self,
+        dir: &Path,
+    ) -> Option<Result<Arc<dyn StorageBackend>, StorageError>> {
+        let _ = dir;
+        None
+    }
 
     /// How many distinct settings [`DurableTarget::open`] rotates through.
     fn settings(&self) -> u64 {
@@ -83,7 +100,7 @@ pub trait DurableTarget: Send + Sync + 'static {
 }
 
 /// Test names per target, in the order they run.
-const TESTS: [&str; 2] = [crash::TEST_NAME, sweep::TEST_NAME];
+const TESTS: [&str; 3] = [crash::TEST_NAME, sweep::TEST_NAME, beside::TEST_NAME];
 
 /// Entry point of a reliability test binary: runs as the crash child when started
 /// with the child marker; otherwise runs both tests for every target (filtered like
@@ -133,7 +150,13 @@ pub fn reliability_main(targets: Vec<(&'static str, Arc<dyn DurableTarget>)>) ->
     let mut failed = 0;
     for (full, i, test) in selected {
         let (name, target) = &targets[*i];
-        let outcome = if *test == crash::TEST_NAME {
+        if *test == beside::TEST_NAME && !target.opens_read_only() {
+            println!("test {full} ... ignored (the target opens no read-only store)");
+            continue;
+        }
+        let outcome = if *test == beside::TEST_NAME {
+            beside::run(name, target.as_ref())
+        } else if *test == crash::TEST_NAME {
             let cycles = env_u64("OLOCUS_CRASH_CYCLES").unwrap_or(30);
             let seed = env_u64("OLOCUS_CRASH_SEED").unwrap_or(0x5eed_c0de);
             crash::run_cycles(name, target.as_ref(), cycles, seed).map(|r| r.to_string())
