@@ -530,6 +530,8 @@ mod tests {
         gate: Gate,
         listing: Mutex<Vec<BlockMetadata>>,
         range: Mutex<Vec<Block>>,
+        /// The windows range reads asked for.
+        asked: Mutex<Vec<(u64, u64)>>,
     }
 
     impl Engine for Canned {
@@ -569,7 +571,8 @@ mod tests {
         async fn write_head(&self, _: &BlockHash) -> Result<()> {
             Ok(())
         }
-        async fn read_range(&self, _: u64, _: u64) -> Result<Vec<Block>> {
+        async fn read_range(&self, start: u64, end: u64) -> Result<Vec<Block>> {
+            self.asked.lock().unwrap().push((start, end));
             Ok(self.range.lock().unwrap().clone())
         }
         async fn run_compaction(&self) -> Result<()> {
@@ -669,6 +672,25 @@ mod tests {
             collect(ListOptions::new().filter(filter), 5),
             "an entry of another type",
         );
+    }
+
+    #[test]
+    fn range_streams_read_windows_of_the_page_size() {
+        let blocks = chain(8);
+        let s = Canned::default();
+        let rt = rt();
+        // Every window holds a block, so the stream reads window after window.
+        *s.range.lock().unwrap() = vec![blocks[0].clone()];
+        let got = rt.block_on(s.stream_range_paged(0..=0, 3).try_collect::<Vec<_>>());
+        assert_eq!(got.unwrap().len(), 1);
+        assert_eq!(*s.asked.lock().unwrap(), vec![(0, 0)]);
+        s.asked.lock().unwrap().clear();
+        *s.range.lock().unwrap() = Vec::new();
+        *s.listing.lock().unwrap() = Vec::new();
+        let got = rt.block_on(s.stream_range_paged(2..=9, 3).try_collect::<Vec<_>>());
+        assert!(got.unwrap().is_empty());
+        // One window of three, then a listing finds nothing further.
+        assert_eq!(*s.asked.lock().unwrap(), vec![(2, 4)]);
     }
 
     #[test]
