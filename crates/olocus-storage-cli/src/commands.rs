@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use futures::stream::{Stream, StreamExt, TryChunksError, TryStreamExt};
 use olocus_storage::{
-    Block, BlockHash, ListOptions, Storage, StorageBackend, StorageBackendExt, StorageConfig,
-    StorageError, VerifyOptions, WireFormat, verify_block,
+    BackendConfig, Block, BlockHash, ListOptions, OpenMode, Storage, StorageBackend,
+    StorageBackendExt, StorageConfig, StorageError, VerifyOptions, WireFormat, verify_block,
 };
 use serde_json::json;
 
@@ -576,12 +576,26 @@ pub(crate) async fn repair(ctx: &Ctx, from: &str, to: &str) -> CliResult {
 }
 
 /// `migrate`.
+/// How a store that is only read is opened: read-only where the backend can
+/// (beside a process writing it), otherwise as an existing store (the
+/// filesystem backend cannot open read-only yet); a missing store is an error
+/// either way, not a new empty one.
+pub(crate) fn read_mode(backend: &BackendConfig) -> OpenMode {
+    match backend {
+        BackendConfig::Memory => OpenMode::Create,
+        BackendConfig::Filesystem { .. } => OpenMode::OpenExisting,
+        _ => OpenMode::ReadOnly,
+    }
+}
+
 pub(crate) async fn migrate(ctx: &Ctx, from: &str, to: &str, batch: u64) -> CliResult {
+    let src_backend: BackendConfig = from.parse().map_err(ctx_err("--from"))?;
+    let mode = read_mode(&src_backend);
     let (src_config, dst_config) = (
-        StorageConfig::new(from.parse().map_err(ctx_err("--from"))?),
+        StorageConfig::new(src_backend).with_mode(mode),
         StorageConfig::new(to.parse().map_err(ctx_err("--to"))?),
     );
-    if src_config == dst_config {
+    if src_config.backend == dst_config.backend {
         return Err(CliError("--from and --to name the same store".into()));
     }
     let src = Storage::new(src_config)

@@ -14,7 +14,8 @@ use std::time::{Duration, SystemTime};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use olocus_storage::{
-    BlockFilter, BlockHash, ListOptions, PublicKey, SortOrder, Storage, StorageConfig, StorageError,
+    BackendConfig, BlockFilter, BlockHash, ListOptions, OpenMode, PublicKey, SortOrder, Storage,
+    StorageConfig, StorageError,
 };
 
 mod commands;
@@ -240,6 +241,19 @@ impl Ctx {
     }
 }
 
+/// How a command opens its store: reading commands read-only where the backend
+/// can (beside a service writing it) and otherwise as an existing store, so a
+/// mistyped path is an error rather than a new empty store; maintenance opens
+/// an existing store; only `import` creates one.
+fn open_mode(command: &Cmd, backend: &BackendConfig) -> OpenMode {
+    match command {
+        Cmd::Import { .. } => OpenMode::Create,
+        _ if matches!(backend, BackendConfig::Memory) => OpenMode::Create,
+        Cmd::Compact | Cmd::Vacuum => OpenMode::OpenExisting,
+        _ => commands::read_mode(backend),
+    }
+}
+
 async fn open(cli: &Cli) -> CliResult<Storage> {
     let config = match (&cli.config, &cli.store) {
         (Some(path), _) => StorageConfig::load(path)?,
@@ -253,6 +267,13 @@ async fn open(cli: &Cli) -> CliResult<Storage> {
         }
     };
     let what = config.backend.to_url();
+    // A mode the configuration names wins; otherwise only `import` may create.
+    let config = if config.mode == OpenMode::Create {
+        let mode = open_mode(&cli.command, &config.backend);
+        config.with_mode(mode)
+    } else {
+        config
+    };
     Storage::new(config)
         .await
         .map_err(|e| CliError(format!("opening {what}: {}", CliError::from(e).0)))

@@ -494,3 +494,46 @@ fn damaged_sqlite_is_reported_and_repaired() {
     let out = ok(&["--store", &fixed, "verify", "--allow-gaps"]);
     assert!(out.contains(&format!("verified {copied} blocks")), "{out}");
 }
+
+#[test]
+fn reading_commands_open_existing_stores_and_read_beside_a_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    // A mistyped path is an error naming it, and nothing is created there.
+    for url in backends(dir.path(), "typo") {
+        let path = url.split_once(':').unwrap().1.to_string();
+        for cmd in ["head", "list", "verify", "stats", "compact"] {
+            let (_, err) = fails(&["--store", &url, cmd]);
+            assert!(
+                err.contains(&path) && err.contains("no "),
+                "{url} {cmd}: {err}"
+            );
+        }
+        assert!(
+            !Path::new(&path).exists(),
+            "{url}: a read created the store"
+        );
+    }
+    if !cfg!(feature = "rocksdb") {
+        return;
+    }
+    // RocksDB locks its directory: a second writer could not open it, a reader can.
+    let input = dir.path().join("in.jsonl");
+    write_jsonl(&input, &chain(30));
+    let url = format!("rocksdb:{}", s(&dir.path().join("busy")));
+    ok(&["--store", &url, "import", &s(&input)]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let writer = rt
+        .block_on(olocus_storage::Storage::open_url(&url))
+        .unwrap();
+    let listed = ok(&["--store", &url, "list", "--json"]);
+    let rows: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(rows.as_array().map(Vec::len), Some(30), "{listed}");
+    assert!(ok(&["--store", &url, "verify"]).contains("verified 30 blocks"));
+    let (_, err) = fails(&["--store", &url, "import", &s(&input)]);
+    assert!(err.contains("lock"), "a second writer: {err}");
+    rt.block_on(olocus_storage::StorageBackend::close(&*writer))
+        .unwrap();
+}

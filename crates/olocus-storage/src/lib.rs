@@ -32,6 +32,7 @@
 //!     wal_config: WALConfig::default(),
 //!     cache_config: None,
 //!     max_payload_bytes: 1 << 20, // refuse blocks with payloads over 1 MiB
+//!     mode: olocus_storage::OpenMode::Create,
 //! };
 //! let storage = Storage::new(config).await?;
 //! assert_eq!(storage.count_blocks().await?, 0);
@@ -56,11 +57,11 @@ pub use storage_core::{
     CONTENT_TYPE_BINARY, CONTENT_TYPE_JSON, Capabilities, CompactionStats, CompressionType,
     DOMAIN_TAG, Encoding, ErrorKind, ErrorStatus, LIST_STREAM_PAGE, ListCursor, ListMatcher,
     ListOptions, MAX_ENCODED_BLOCK_BYTES, MAX_INDEX, MAX_PAYLOAD_BYTES, MAX_PAYLOAD_TYPE_LEN,
-    MAX_TIMESTAMP_NANOS, PublicKey, RANGE_STREAM_PAGE, Result, Signature, SigningKey, SortOrder,
-    StorageBackend, StorageBackendExt, StorageError, StorageStats, Stream, StreamExt, TryStreamExt,
-    VerifyOptions, VerifyReport, VerifyingKey, WALConfig, WireFormat, async_trait, human_duration,
-    is_valid_payload_type, parse_duration, salvage, system_time_from_unix_nanos, unix_nanos,
-    verify_block, verify_chain,
+    MAX_TIMESTAMP_NANOS, OpenMode, PublicKey, RANGE_STREAM_PAGE, Result, Signature, SigningKey,
+    SortOrder, StorageBackend, StorageBackendExt, StorageError, StorageStats, Stream, StreamExt,
+    TryStreamExt, VerifyOptions, VerifyReport, VerifyingKey, WALConfig, WireFormat, async_trait,
+    human_duration, is_valid_payload_type, parse_duration, salvage, system_time_from_unix_nanos,
+    unix_nanos, verify_block, verify_chain,
 };
 
 /// The trait and its extension, as the seed imports them
@@ -364,6 +365,10 @@ pub struct StorageConfig {
     /// by default, [`storage_core::MAX_PAYLOAD_BYTES`]).
     #[serde(default = "default_max_payload_bytes")]
     pub max_payload_bytes: usize,
+    /// How the store is opened: `"create"` (the default), `"open_existing"`
+    /// or `"read_only"` (SQLite and RocksDB).
+    #[serde(default)]
+    pub mode: OpenMode,
 }
 
 fn default_max_payload_bytes() -> usize {
@@ -378,7 +383,14 @@ impl StorageConfig {
             wal_config: WALConfig::default(),
             cache_config: None,
             max_payload_bytes: default_max_payload_bytes(),
+            mode: OpenMode::Create,
         }
+    }
+
+    /// The same configuration, opening in `mode`.
+    pub fn with_mode(mut self, mode: OpenMode) -> Self {
+        self.mode = mode;
+        self
     }
 
     /// Parses a TOML configuration.
@@ -432,6 +444,13 @@ impl StorageConfig {
                         "rocksdb: cache_size must be positive (bytes)".into(),
                     ));
                 }
+            }
+            BackendConfig::Memory if self.mode != OpenMode::Create => {
+                return Err(StorageError::Configuration(format!(
+                    "memory: a memory store exists only while it is open; mode {:?} needs a \
+                     store that was opened before",
+                    self.mode
+                )));
             }
             BackendConfig::Memory => {}
         }
@@ -532,7 +551,7 @@ async fn open_backend(config: &StorageConfig) -> Result<Arc<dyn StorageBackend>>
             storage_fs::FilesystemBackend::open_async(storage_fs::FsConfig {
                 max_payload_bytes: config.max_payload_bytes,
                 execution: Default::default(),
-                mode: Default::default(),
+                mode: config.mode,
                 ..storage_fs::FsConfig::from_wal(path, *compression, wal)
             })
             .await?,
@@ -549,6 +568,7 @@ async fn open_backend(config: &StorageConfig) -> Result<Arc<dyn StorageBackend>>
                 cache_size: *cache_size,
                 sync_writes: wal.enabled && wal.sync_interval.is_zero(),
                 max_payload_bytes: config.max_payload_bytes,
+                mode: config.mode,
                 ..Default::default()
             };
             let store =
@@ -568,6 +588,7 @@ async fn open_backend(config: &StorageConfig) -> Result<Arc<dyn StorageBackend>>
         BackendConfig::SQLite { path } => {
             let mut sc = storage_sqlite::SQLiteConfig::at(path);
             sc.max_payload_bytes = config.max_payload_bytes;
+            sc.mode = config.mode;
             if wal.enabled && wal.sync_interval.is_zero() {
                 sc.synchronous = storage_sqlite::SynchronousMode::Full;
             }
