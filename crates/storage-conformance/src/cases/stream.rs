@@ -15,6 +15,9 @@ use crate::check::{Ctx, ensure, ensure_eq, expect_kind, fail, indices, same_bloc
 use crate::data::{self, EVENT, READING};
 use crate::{CaseResult, Env};
 
+/// The index of the far block of `stream_range_bounds_and_gaps`.
+const FAR: u64 = 1_000_000_000_000;
+
 const ORDERS: [SortOrder; 4] = [
     SortOrder::Ascending,
     SortOrder::Descending,
@@ -232,10 +235,21 @@ pub async fn get_block_by_index_finds_and_misses(env: &Env) -> CaseResult {
 pub async fn stream_range_bounds_and_gaps(env: &Env) -> CaseResult {
     let s = env.open().await?;
     let chain = data::chain(60);
-    // Stored: 0..=4, 40..=45 and 59; gaps of 35 and 13 indices.
+    // Far beyond: a gap no stream could cross window by window.
+    let far = Block::sign_raw(
+        FAR,
+        data::at(data::chain_offset(60)),
+        Some(storage_core::BlockHash([7; 32])),
+        READING,
+        b"{}".to_vec(),
+        &data::signer(3),
+    )
+    .map_err(|e| fail(format!("signing the far block: {e}")))?;
+    // Stored: 0..=4, 40..=45, 59 and FAR; gaps of 35, 13 and about 10^12 indices.
     let stored: Vec<&Block> = chain
         .iter()
         .filter(|b| matches!(b.index(), 0..=4 | 40..=45 | 59))
+        .chain(std::iter::once(&far))
         .collect();
     let owned: Vec<Block> = stored.iter().map(|b| (*b).clone()).collect();
     s.store_blocks(&owned).await?;
@@ -267,6 +281,16 @@ pub async fn stream_range_bounds_and_gaps(env: &Env) -> CaseResult {
                 "5..40 (only gap)".into(),
                 s.stream_range_paged(5..40, page).try_collect().await?,
                 Vec::new(),
+            ),
+            (
+                "60.. (open, across a gap of 10^12)".into(),
+                s.stream_range_paged(60.., page).try_collect().await?,
+                within(60, u64::MAX),
+            ),
+            (
+                "46.. (open, starting in a gap)".into(),
+                s.stream_range_paged(46.., page).try_collect().await?,
+                within(46, u64::MAX),
             ),
             (
                 "44..".into(),
