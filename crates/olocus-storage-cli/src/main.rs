@@ -27,7 +27,8 @@ mod render;
 #[command(name = "olocus-storage", version, propagate_version = true)]
 struct Cli {
     /// The store: memory:, fs:PATH, rocksdb:PATH or sqlite:PATH (fs and rocksdb
-    /// take ?compression=zstd|lz4|gzip|none).
+    /// take ?compression=zstd|lz4|gzip|none). Only `import` creates a missing
+    /// store; reading commands open SQLite and RocksDB stores read-only.
     #[arg(long, global = true, env = "OLOCUS_STORE")]
     store: Option<String>,
     /// A TOML configuration file (backend, wal_config, cache_config) instead of
