@@ -695,4 +695,43 @@ mod tests {
             vec![2]
         );
     }
+
+    #[test]
+    fn the_matcher_exposes_its_resolved_bounds() {
+        let ns = system_time_from_unix_nanos;
+        let o = ListOptions::new()
+            .by_timestamp()
+            .start_time(ns(10))
+            .end_time(ns(20))
+            .min_index(2)
+            .max_index(9)
+            .after(ListCursor::at(4, 15));
+        let m = o.matcher().unwrap();
+        assert_eq!(m.times(), (10, 20));
+        assert_eq!(m.indices(), (2, 9));
+        assert_eq!(m.time_keys(), ((15, 5), (20, u64::MAX)));
+        let o = ListOptions::new()
+            .descending()
+            .max_index(9)
+            .after(ListCursor::at(4, 15));
+        assert_eq!(o.matcher().unwrap().indices(), (0, 3));
+        assert_eq!(o.time_keys(), Some(((0, 0), (u64::MAX, u64::MAX))));
+        // A cursor at the last index of a timestamp moves to the next timestamp.
+        let o = ListOptions::new()
+            .by_timestamp()
+            .after(ListCursor::at(u64::MAX, 7));
+        assert_eq!(o.time_keys(), Some(((8, 0), (u64::MAX, u64::MAX))));
+    }
+
+    #[test]
+    fn capabilities_combine_to_what_both_promise() {
+        let full = Capabilities::new().persistent().atomic_batches().vacuum();
+        assert_eq!(full.intersection(full), full);
+        let other = Capabilities::new().atomic_batches();
+        assert_eq!(full.intersection(other), other);
+        assert_eq!(other.intersection(full), other);
+        let ro = Capabilities::new().read_only();
+        assert!(full.intersection(ro).read_only && ro.intersection(full).read_only);
+        assert!(!full.intersection(full).read_only);
+    }
 }
