@@ -730,6 +730,12 @@ mod tests {
         let other = Capabilities::new().atomic_batches();
         assert_eq!(full.intersection(other), other);
         assert_eq!(other.intersection(full), other);
+        let durable = Capabilities::new().persistent();
+        assert_eq!(full.intersection(durable), durable);
+        assert_eq!(
+            Capabilities::new().vacuum().intersection(full),
+            Capabilities::new().vacuum()
+        );
         let ro = Capabilities::new().read_only();
         assert!(full.intersection(ro).read_only && ro.intersection(full).read_only);
         assert!(!full.intersection(full).read_only);
