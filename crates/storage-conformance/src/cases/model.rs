@@ -33,7 +33,7 @@ use storage_core::{
 
 use crate::check::fail;
 use crate::data::{self, EVENT, READING, READING_EXTENDED, READING_UPPER};
-use crate::{Capabilities, CaseError, CaseResult, Env};
+use crate::{CaseError, CaseResult, Env};
 
 /// The seeds CI's gate runs, the sequences split evenly between them. A seed that
 /// ever found a bug joins this list with the fix.
@@ -273,7 +273,7 @@ pub fn ops_from_bytes(data: &[u8]) -> Vec<Op> {
 /// Runs `ops` against the environment's backend and the reference model; the
 /// error names the first step where they disagree.
 pub async fn run_ops(env: &Env, ops: &[Op]) -> CaseResult {
-    run_sequence(env, ops, env.capabilities().await?).await
+    run_sequence(env, ops).await
 }
 
 fn list_strategy(n: usize) -> impl Strategy<Value = ListSpec> {
@@ -677,10 +677,12 @@ async fn check_views(
     Ok(())
 }
 
-async fn run_sequence(env: &Env, ops: &[Op], caps: Capabilities) -> CaseResult {
+async fn run_sequence(env: &Env, ops: &[Op]) -> CaseResult {
     let pool = pool();
     let touched: BTreeSet<usize> = ops.iter().flat_map(Op::blocks).collect();
     let mut s = env.open().await?;
+    // What the store says it does decides what the model expects of it.
+    let caps = s.capabilities();
     let mut m = Model::default();
     for (step, op) in ops.iter().enumerate() {
         let block = |i: usize| &pool.blocks[i];
@@ -848,7 +850,6 @@ pub async fn model_based_operations(env: &Env) -> CaseResult {
         None => FIXED_SEEDS.to_vec(),
     };
     let per_seed = total.div_ceil(seeds.len() as u32).max(1);
-    let caps = env.capabilities().await?;
     let factory = env.factory();
     let handle = tokio::runtime::Handle::current();
     // proptest drives synchronously; run it on a blocking thread that enters the
@@ -868,7 +869,7 @@ pub async fn model_based_operations(env: &Env) -> CaseResult {
             let result = runner.run(&sequence_strategy(), |ops| {
                 let env = Env::from_factory(factory.clone());
                 handle
-                    .block_on(run_sequence(&env, &ops, caps))
+                    .block_on(run_sequence(&env, &ops))
                     .map_err(|e| TestCaseError::fail(e.to_string()))
             });
             if let Err(e) = result {
