@@ -92,16 +92,17 @@ pub struct Capabilities {
 }
 
 impl Capabilities {
-    /// What a store reporting `store` offers the cases, with a fixture that can
-    /// (or cannot) damage stored bytes, and opens in no mode but creating.
-    pub fn of(store: storage_core::Capabilities, corruption: bool) -> Self {
+    /// What a store reporting `store` offers the cases, with what `fixture`
+    /// adds: damaging stored bytes, and the modes it opens in.
+    pub fn of(store: storage_core::Capabilities, fixture: &dyn Fixture) -> Self {
+        let modes = fixture.open_modes();
         Self {
             persistent: store.persistent,
-            corruption,
+            corruption: fixture.can_corrupt(),
             atomic_batches: store.atomic_batches,
             vacuum: store.vacuum,
-            open_existing: false,
-            read_only: false,
+            open_existing: modes.contains(&OpenMode::OpenExisting),
+            read_only: modes.contains(&OpenMode::ReadOnly),
         }
     }
 }
@@ -271,10 +272,7 @@ impl Env {
                     .open()
                     .await
                     .map_err(|e| CaseError::Failed(format!("opening the store failed: {e}")))?;
-                let mut caps = Capabilities::of(store.capabilities(), self.fixture.can_corrupt());
-                let modes = self.fixture.open_modes();
-                caps.open_existing = modes.contains(&OpenMode::OpenExisting);
-                caps.read_only = modes.contains(&OpenMode::ReadOnly);
+                let caps = Capabilities::of(store.capabilities(), &*self.fixture);
                 store.close().await.map_err(|e| {
                     CaseError::Failed(format!(
                         "closing the store after asking its capabilities: {e}"
