@@ -333,7 +333,11 @@ impl ListOptions {
     /// starting after the cursor if one is set. (The index filter still applies
     /// to each entry.)
     pub fn time_keys(&self) -> Option<((u64, u64), (u64, u64))> {
-        let (tlo, thi) = self.time_range_nanos()?;
+        self.time_keys_within(self.time_range_nanos()?)
+    }
+
+    /// [`ListOptions::time_keys`] for the already resolved time range.
+    fn time_keys_within(&self, (tlo, thi): (u64, u64)) -> Option<((u64, u64), (u64, u64))> {
         let mut start = (tlo, 0);
         if let Some(c) = self.after.filter(|_| !self.index_order()) {
             let next = match c.time_key() {
@@ -355,11 +359,12 @@ impl ListOptions {
     /// no entry can match (an empty time or index range).
     pub fn matcher(&self) -> Option<ListMatcher<'_>> {
         let f = self.filter.as_ref();
+        let times = self.time_range_nanos()?;
         Some(ListMatcher {
-            times: self.time_range_nanos()?,
+            times,
             indices: self.index_range()?,
             // In index orders the cursor is already in `indices`.
-            time_keys: self.time_keys()?,
+            time_keys: self.time_keys_within(times)?,
             payload_type: f.and_then(|f| f.payload_type.as_deref()),
             public_key: f.and_then(|f| f.public_key.as_ref()),
         })

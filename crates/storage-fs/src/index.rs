@@ -295,11 +295,10 @@ impl Index {
 
     /// `list_blocks`: walks only the part of the ordered index the query needs.
     pub(crate) fn list(&self, o: &ListOptions) -> Vec<BlockMetadata> {
-        let (Some((tlo, thi)), Some((lo, hi)), Some((tstart, tend))) =
-            (o.time_range_nanos(), o.index_range(), o.time_keys())
-        else {
+        let Some(m) = o.matcher() else {
             return Vec::new();
         };
+        let ((tlo, thi), (lo, hi), (tstart, tend)) = (m.times(), m.indices(), m.time_keys());
         let skip = usize::try_from(o.offset.unwrap_or(0)).unwrap_or(usize::MAX);
         let take = usize::try_from(o.limit.unwrap_or(u64::MAX)).unwrap_or(usize::MAX);
         if take == 0 {
