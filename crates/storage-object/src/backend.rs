@@ -82,8 +82,21 @@ impl ObjectStoreBackend {
         in_span_async(span, async {
             // A GET first: object_store types a refused GET (wrong credentials:
             // `Configuration`), where a refused LIST is only a generic error.
-            backend.inner.read_head().await?;
-            backend.inner.refresh().await
+            let head = backend.inner.read_head().await?;
+            backend.inner.refresh().await?;
+            // A chain exists once its head object does (written when it is
+            // created) or, for chains from before that, once it has pages.
+            let exists = head.is_some() || !backend.inner.view().pages.is_empty();
+            let mode = backend.inner.options.mode;
+            mode.require_existing(NAME, exists, || backend.inner.describe.clone())?;
+            if !exists {
+                // Create-if-absent: a writer that got there first created it.
+                backend
+                    .inner
+                    .put(&Path::from(HEAD_OBJECT), encode_head(None), PutMode::Create)
+                    .await?;
+            }
+            Ok(())
         })
         .await?;
         Ok(backend)
@@ -129,7 +142,12 @@ impl Engine for ObjectStoreBackend {
     fn supported(&self) -> Capabilities {
         // A batch spans several conditional writes (see the crate docs), and
         // object stores keep no free space to return.
-        Capabilities::new().persistent()
+        let caps = Capabilities::new().persistent();
+        if self.inner.options.mode == OpenMode::ReadOnly {
+            caps.read_only()
+        } else {
+            caps
+        }
     }
 
     fn max_payload_bytes(&self) -> usize {

@@ -10,7 +10,7 @@ use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
 use serde::{Deserialize, Serialize};
-use storage_core::{MAX_PAYLOAD_BYTES, Result, StorageError, WireFormat, human_duration};
+use storage_core::{MAX_PAYLOAD_BYTES, OpenMode, Result, StorageError, WireFormat, human_duration};
 
 /// How the backend uses a store, whichever store it is.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -45,6 +45,9 @@ pub struct ObjectOptions {
     pub compact_segment_bytes: u64,
     /// Largest payload accepted (at most [`MAX_PAYLOAD_BYTES`]).
     pub max_payload_bytes: usize,
+    /// Create the chain if its prefix holds none (the default), open only an
+    /// existing one, or open one read-only (every write refused).
+    pub mode: OpenMode,
 }
 
 impl Default for ObjectOptions {
@@ -59,6 +62,7 @@ impl Default for ObjectOptions {
             orphan_grace: Duration::from_secs(15 * 60),
             compact_segment_bytes: 8 << 20,
             max_payload_bytes: MAX_PAYLOAD_BYTES,
+            mode: OpenMode::Create,
         }
     }
 }

@@ -112,7 +112,8 @@ use object_store::{
 use storage_core::raw::{ChainViewFn, Engine, Gate, admit, in_span_async, op_span};
 use storage_core::{
     BackendStats, Block, BlockHash, BlockHashMap, BlockMetadata, Capabilities, ErrorStatus,
-    ListOptions, Result, SortOrder, StorageError, StorageStats, system_time_from_unix_nanos,
+    ListOptions, OpenMode, Result, SortOrder, StorageError, StorageStats,
+    system_time_from_unix_nanos,
 };
 use tokio::sync::Mutex as AsyncMutex;
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use object_store::memory::InMemory;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use storage_conformance::{Fixture, Suite};
-use storage_core::{BlockHash, Capabilities, StorageBackend, StorageError, async_trait};
+use storage_core::{BlockHash, Capabilities, OpenMode, StorageBackend, StorageError, async_trait};
 use storage_object::{CLUSTER_ENV, ObjectOptions, ObjectStoreBackend, ObjectStoreConfig};
 
 /// The payload limit every fixture's store is configured with.
@@ -61,11 +61,20 @@ impl ObjectFixture {
     }
 
     async fn backend(&self) -> Result<ObjectStoreBackend, StorageError> {
+        self.backend_in(OpenMode::Create).await
+    }
+
+    async fn backend_in(&self, mode: OpenMode) -> Result<ObjectStoreBackend, StorageError> {
         match &self.target {
             Target::Memory(store) => {
-                ObjectStoreBackend::with_store(store.clone(), &self.prefix, options()).await
+                let options = ObjectOptions { mode, ..options() };
+                ObjectStoreBackend::with_store(store.clone(), &self.prefix, options).await
             }
-            Target::Cluster(config) => ObjectStoreBackend::open((**config).clone()).await,
+            Target::Cluster(config) => {
+                let mut config = (**config).clone();
+                config.options.mode = mode;
+                ObjectStoreBackend::open(config).await
+            }
         }
     }
 }
@@ -94,6 +103,21 @@ impl Fixture for ObjectFixture {
 
     fn max_payload_bytes(&self) -> Option<usize> {
         Some(FIXTURE_PAYLOAD_LIMIT)
+    }
+
+    fn open_modes(&self) -> &'static [OpenMode] {
+        &[OpenMode::OpenExisting, OpenMode::ReadOnly]
+    }
+
+    async fn open_in(
+        &self,
+        mode: OpenMode,
+    ) -> Option<Result<Arc<dyn StorageBackend>, StorageError>> {
+        Some(
+            self.backend_in(mode)
+                .await
+                .map(|s| Arc::new(s) as Arc<dyn StorageBackend>),
+        )
     }
 
     async fn open(&self) -> Result<Arc<dyn StorageBackend>, StorageError> {

@@ -31,6 +31,10 @@
 //!   syncs on flushes and when the WAL rotates), never part of a batch.
 //! - `sync_writes = true`: each write batch is fsynced before it is acknowledged;
 //!   a power loss loses nothing acknowledged.
+//! - `wal_sync_interval = Some(d)` (without `sync_writes`): a background thread
+//!   syncs the log every `d`, so a power loss loses at most about `d` of
+//!   acknowledged writes. [`RocksDBConfig::apply_wal`] maps the shared
+//!   `WALConfig` onto these settings.
 //!
 //! RocksDB checksums every SST block; a checksum failure, like a stored block whose
 //! bytes no longer hash to its key, is reported as [`StorageError::Corrupted`].
@@ -107,6 +111,15 @@ pub struct RocksDBConfig {
     pub bloom_filter_bits: f64,
     /// fsync every write batch before acknowledging it (see the crate docs).
     pub sync_writes: bool,
+    /// Without `sync_writes`: sync the write-ahead log this often, so a power
+    /// loss loses at most about this much time of acknowledged writes. `None`:
+    /// RocksDB syncs only when it flushes or rotates the log.
+    #[serde(with = "storage_core::human_duration::option")]
+    pub wal_sync_interval: Option<Duration>,
+    /// Once the write-ahead logs hold this many bytes, RocksDB flushes the
+    /// memtables they cover so the logs can be deleted (`max_total_wal_size`;
+    /// 0: RocksDB's rule, four times the memtables' total size).
+    pub max_total_wal_size: u64,
     /// Blocks with a longer payload are refused with `InvalidInput` (at most, and
     /// by default, [`storage_core::MAX_PAYLOAD_BYTES`]).
     pub max_payload_bytes: usize,
@@ -132,6 +145,8 @@ impl Default for RocksDBConfig {
             enable_bloom_filter: true,
             bloom_filter_bits: 10.0,
             sync_writes: false,
+            wal_sync_interval: None,
+            max_total_wal_size: 0,
             max_payload_bytes: storage_core::MAX_PAYLOAD_BYTES,
             execution: Execution::Inline,
             mode: OpenMode::Create,
@@ -140,6 +155,18 @@ impl Default for RocksDBConfig {
 }
 
 impl RocksDBConfig {
+    /// Applies the shared durability settings: `enabled = false` syncs nothing
+    /// (writes still reach the log before they are acknowledged, so a process
+    /// crash loses none); a zero `sync_interval` sets `sync_writes`; any other
+    /// syncs the log every `sync_interval`; `max_log_size` is
+    /// `max_total_wal_size`.
+    pub fn apply_wal(&mut self, wal: &storage_core::WALConfig) {
+        self.sync_writes = wal.enabled && wal.sync_interval.is_zero();
+        self.wal_sync_interval =
+            (wal.enabled && !wal.sync_interval.is_zero()).then_some(wal.sync_interval);
+        self.max_total_wal_size = wal.max_log_size;
+    }
+
     fn options(&self) -> Result<(Options, Options)> {
         let bad = |m: String| Err(StorageError::Configuration(format!("rocksdb: {m}")));
         if self.path.trim().is_empty() {
@@ -185,6 +212,14 @@ impl RocksDBConfig {
         db.set_max_background_jobs(self.max_background_jobs);
         db.set_wal_recovery_mode(DBRecoveryMode::PointInTime);
         db.set_paranoid_checks(true);
+        if self.max_total_wal_size > 0 {
+            db.set_max_total_wal_size(self.max_total_wal_size);
+        }
+        if self.wal_sync_interval.is_some_and(|d| d.is_zero()) {
+            return bad(
+                "wal_sync_interval must be positive (set sync_writes to sync every write)".into(),
+            );
+        }
         Ok((db, cf))
     }
 }
@@ -207,6 +242,8 @@ struct Inner {
     /// Serialises writers; holds the counters they update.
     writer: Mutex<Counters>,
     compaction: Mutex<CompactionStats>,
+    /// Periodic log syncs done (see `wal_sync_interval`).
+    wal_syncs: std::sync::atomic::AtomicU64,
 }
 
 /// The RocksDB backend. Cheap to share behind an `Arc`; all methods take `&self`.
@@ -782,6 +819,34 @@ fn open_read_only(
     }
 }
 
+/// Syncs the write-ahead log every `every` until the store is closed or
+/// dropped. It holds the database only while syncing, so close (which waits
+/// to be its sole owner) is never held back by more than one sync. A failed
+/// sync is logged and retried at the next tick: RocksDB reports the failure to
+/// the next write too.
+fn spawn_wal_syncer(db: std::sync::Weak<Inner>, every: Duration) -> Result<()> {
+    std::thread::Builder::new()
+        .name("rocksdb-wal-sync".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(every);
+                let Some(inner) = db.upgrade() else { return };
+                match inner.db.flush_wal(true) {
+                    Ok(()) => {
+                        inner
+                            .wal_syncs
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        tracing::warn!(backend = NAME, path = %inner.path.display(), error = %e, "periodic WAL sync failed");
+                    }
+                }
+            }
+        })
+        .map(drop)
+        .map_err(|e| StorageError::io("starting the WAL sync thread", e))
+}
+
 fn system_time_nanos(t: SystemTime) -> u64 {
     storage_core::unix_nanos(t).unwrap_or(u64::MAX)
 }
@@ -832,6 +897,7 @@ impl RocksDBBackend {
             max_payload_bytes: config.max_payload_bytes,
             writer: Mutex::new(Counters::default()),
             compaction: Mutex::new(CompactionStats::default()),
+            wal_syncs: 0.into(),
         };
         let counters = Counters {
             count: inner.get_u64("count")?,
@@ -842,11 +908,18 @@ impl RocksDBBackend {
             .writer
             .get_mut()
             .unwrap_or_else(PoisonError::into_inner) = counters;
+        let inner = Arc::new(inner);
+        if let Some(every) = config
+            .wal_sync_interval
+            .filter(|_| !read_only && !config.sync_writes)
+        {
+            spawn_wal_syncer(Arc::downgrade(&inner), every)?;
+        }
         Ok(Self {
             path,
             read_only,
             max_payload_bytes: inner.max_payload_bytes,
-            inner: OpenHandle::new(NAME, Arc::new(inner), config.execution),
+            inner: OpenHandle::new(NAME, inner, config.execution),
             gate: Gate::new(),
         })
     }
@@ -1036,6 +1109,84 @@ impl Engine for RocksDBBackend {
 mod tests {
     use super::*;
     use storage_core::{ErrorKind, StorageBackend};
+
+    /// The value of `name` in the newest OPTIONS file RocksDB wrote in `dir`.
+    fn written_option(dir: &Path, name: &str) -> Option<String> {
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("OPTIONS-"))
+            })
+            .collect();
+        files.sort();
+        let text = std::fs::read_to_string(files.last()?).unwrap();
+        text.lines().find_map(|l| {
+            l.trim()
+                .strip_prefix(name)
+                .and_then(|r| r.strip_prefix('='))
+                .map(str::to_owned)
+        })
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn wal_settings_reach_rocksdb_and_the_syncer_stops_at_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = RocksDBConfig {
+            path: dir.path().to_string_lossy().into_owned(),
+            ..Default::default()
+        };
+        config.apply_wal(&storage_core::WALConfig {
+            enabled: true,
+            sync_interval: Duration::from_millis(20),
+            max_log_size: 1 << 20,
+        });
+        assert!(!config.sync_writes);
+        let store = RocksDBBackend::new(config).unwrap();
+        assert_eq!(
+            written_option(dir.path(), "max_total_wal_size").as_deref(),
+            Some("1048576")
+        );
+        let inner = store.inner.get().unwrap();
+        let syncs = || inner.wal_syncs.load(std::sync::atomic::Ordering::Relaxed);
+        let started = Instant::now();
+        while syncs() < 2 {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "no periodic sync"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(inner);
+        let counter = std::sync::Arc::downgrade(&store.inner.get().unwrap());
+        store.close().await.unwrap();
+        assert!(counter.upgrade().is_none(), "the syncer holds the database");
+        // A closed store opens again at once: the syncer released its lock.
+        let again = RocksDBBackend::new(RocksDBConfig {
+            path: dir.path().to_string_lossy().into_owned(),
+            ..Default::default()
+        })
+        .unwrap();
+        again.close().await.unwrap();
+    }
+
+    #[test]
+    fn synced_and_unsynced_wal_settings() {
+        let mut config = RocksDBConfig::default();
+        config.apply_wal(&storage_core::WALConfig::synced());
+        assert!(config.sync_writes);
+        assert_eq!(config.wal_sync_interval, None);
+        config.apply_wal(&storage_core::WALConfig {
+            enabled: false,
+            ..Default::default()
+        });
+        assert!(!config.sync_writes);
+        assert_eq!(config.wal_sync_interval, None);
+        config.wal_sync_interval = Some(Duration::ZERO);
+        assert!(config.options().is_err());
+    }
 
     /// A closed store with one block in `dir`.
     fn closed_store(dir: &Path) {

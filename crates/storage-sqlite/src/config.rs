@@ -26,9 +26,18 @@ pub struct SQLiteConfig {
     pub cache_size: i64,
     /// Where temporary tables and indices live.
     pub temp_store: TempStore,
-    /// Write-ahead logging (readers never block the writer); also sets
-    /// `wal_autocheckpoint = 1000` pages.
+    /// Write-ahead logging (readers never block the writer).
     pub enable_wal: bool,
+    /// With WAL: once the log holds this many bytes, the writer folds it into
+    /// the database (`wal_autocheckpoint`, in pages of the database's page
+    /// size), and a checkpoint truncates a larger log back to it
+    /// (`journal_size_limit`). The default is SQLite's, 1,000 pages of 4 KiB.
+    pub wal_autocheckpoint_bytes: u64,
+    /// With WAL and `synchronous = NORMAL`: sync the log this often, so a power
+    /// loss loses at most about this much time of acknowledged writes. `None`:
+    /// the log is synced only at checkpoints.
+    #[serde(with = "storage_core::human_duration::option")]
+    pub wal_sync_interval: Option<Duration>,
     /// How long a connection waits on a lock before failing with a transient error.
     pub busy_timeout: Duration,
     /// Blocks with a longer payload are refused with `InvalidInput` (at most, and
@@ -55,6 +64,8 @@ impl Default for SQLiteConfig {
             cache_size: -64 * 1024,
             temp_store: TempStore::Memory,
             enable_wal: true,
+            wal_autocheckpoint_bytes: 4_096_000,
+            wal_sync_interval: None,
             busy_timeout: Duration::from_secs(5),
             max_payload_bytes: storage_core::MAX_PAYLOAD_BYTES,
             execution: storage_core::Execution::Inline,
@@ -70,6 +81,27 @@ impl SQLiteConfig {
             database_path: path.into().to_string_lossy().into_owned(),
             ..Self::default()
         }
+    }
+
+    /// Applies the shared durability settings: `enabled = false` is
+    /// `synchronous = NORMAL` with no periodic sync (a process crash loses no
+    /// acknowledged write; a power loss, those since the last checkpoint); a zero
+    /// `sync_interval` is `synchronous = FULL` (a power loss loses none); any
+    /// other is `NORMAL` with the log synced every `sync_interval`;
+    /// `max_log_size` is `wal_autocheckpoint_bytes`. Write-ahead logging is
+    /// switched on, since the settings describe its log.
+    pub fn apply_wal(&mut self, wal: &storage_core::WALConfig) {
+        self.enable_wal = true;
+        self.journal_mode = JournalMode::WAL;
+        let every_write = wal.enabled && wal.sync_interval.is_zero();
+        self.synchronous = if every_write {
+            SynchronousMode::Full
+        } else {
+            SynchronousMode::Normal
+        };
+        self.wal_sync_interval =
+            (wal.enabled && !wal.sync_interval.is_zero()).then_some(wal.sync_interval);
+        self.wal_autocheckpoint_bytes = wal.max_log_size;
     }
 
     /// Checks that the settings make sense together.
@@ -95,6 +127,23 @@ impl SQLiteConfig {
                  or neither",
                 self.enable_wal, self.journal_mode
             ));
+        }
+        if let Some(every) = self.wal_sync_interval {
+            if !self.enable_wal {
+                return bad(
+                    "sqlite: wal_sync_interval needs enable_wal (there is no log to sync)".into(),
+                );
+            }
+            if every.is_zero() {
+                return bad(
+                    "sqlite: wal_sync_interval must be positive (use synchronous = FULL to sync \
+                     every commit)"
+                        .into(),
+                );
+            }
+        }
+        if self.enable_wal && self.wal_autocheckpoint_bytes == 0 {
+            return bad("sqlite: wal_autocheckpoint_bytes must be positive".into());
         }
         if self.busy_timeout.is_zero() {
             return bad("sqlite: busy_timeout must be positive".into());

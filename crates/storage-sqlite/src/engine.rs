@@ -234,6 +234,9 @@ impl Engine for SQLiteBackend {
     }
 
     async fn shutdown(&self) -> Result<()> {
+        self.open
+            .open
+            .store(false, std::sync::atomic::Ordering::Release);
         let wal = self.config.enable_wal;
         // Readers first, so the checkpoint below is not held back by them.
         self.readers

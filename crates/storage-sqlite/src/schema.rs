@@ -52,8 +52,6 @@ pub(crate) fn pragmas(c: &SQLiteConfig, reader: bool) -> String {
     );
     if reader {
         s.push_str(" PRAGMA query_only = ON;");
-    } else if c.enable_wal {
-        s.push_str(" PRAGMA wal_autocheckpoint = 1000;");
     }
     s
 }
@@ -137,6 +135,17 @@ pub(crate) fn open_writer(path: &Path, cfg: &SQLiteConfig, check: bool) -> Resul
     }
     conn.execute_batch(&pragmas(cfg, false))
         .map_err(|e| sql_err(&ctx("configuring"), e))?;
+    if cfg.enable_wal {
+        let page: i64 = conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .map_err(|e| sql_err(&ctx("reading the page size of"), e))?;
+        let bytes = i64::try_from(cfg.wal_autocheckpoint_bytes).unwrap_or(i64::MAX);
+        conn.execute_batch(&format!(
+            "PRAGMA wal_autocheckpoint = {}; PRAGMA journal_size_limit = {bytes};",
+            (bytes / page.max(512)).max(1)
+        ))
+        .map_err(|e| sql_err(&ctx("setting the log size of"), e))?;
+    }
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(|e| sql_err(&ctx("locking"), e))?;
