@@ -234,7 +234,9 @@ fn workspace_root() -> PathBuf {
 }
 
 /// Feature sets of the `olocus-storage` facade that CI builds alone.
-const FACADE_FEATURES: [&str; 7] = ["", "memory", "fs", "rocksdb", "sqlite", "cache", "replica"];
+const FACADE_FEATURES: [&str; 8] = [
+    "", "memory", "fs", "rocksdb", "sqlite", "cache", "replica", "object",
+];
 
 /// A tool installed by `scripts/install-deps.sh`: on `PATH`, or in CI's cache
 /// directory (`OLOCUS_TOOLS_DIR`, default `~/.cache/olocus-storage/tools`).

@@ -10,30 +10,28 @@
 //! | `rocksdb` | `rocksdb` | RocksDB (builds C++; needs libclang) |
 //! | `sqlite` | `sqlite` | SQLite (bundled) |
 //! | `cache` | `cache` | moka read cache over any backend |
+//! | `object` | `object` | S3 and S3-compatible object storage |
 //! | `replica` | `manager` | replication manager over several backends |
 //!
 //! The core (block model, [`StorageBackend`] trait, errors) is re-exported at the
 //! root and in [`traits`].
 //!
 //! [`Storage::new`] builds a store from a [`StorageConfig`], which is also
-//! readable from TOML:
+//! readable from TOML (see its docs) and, for the backend and open mode, from a
+//! URL ([`Storage::open_url`]):
 //!
 //! ```
 //! # #[cfg(feature = "fs")]
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-//! use olocus_storage::{BackendConfig, Storage, StorageConfig, WALConfig};
+//! use olocus_storage::{BackendConfig, CompressionType, Storage, StorageConfig, WALConfig};
 //!
 //! let dir = tempfile::tempdir().unwrap();
-//! let config = StorageConfig {
-//!     backend: BackendConfig::Filesystem {
-//!         path: dir.path().join("chain"),
-//!         compression: olocus_storage::CompressionType::Zstd,
-//!     },
-//!     wal_config: WALConfig::default(),
-//!     cache_config: None,
-//!     max_payload_bytes: 1 << 20, // refuse blocks with payloads over 1 MiB
-//!     mode: olocus_storage::OpenMode::Create,
-//! };
+//! let config = StorageConfig::new(BackendConfig::Filesystem {
+//!     path: dir.path().join("chain"),
+//!     compression: CompressionType::Zstd,
+//! })
+//! .with_wal(WALConfig::synced()) // every write synced before it is acknowledged
+//! .with_max_payload_bytes(1 << 20); // refuse blocks with payloads over 1 MiB
 //! let storage = Storage::new(config).await?;
 //! assert_eq!(storage.count_blocks().await?, 0);
 //! # Ok::<(), olocus_storage::StorageError>(())
@@ -43,11 +41,13 @@
 // Library code returns errors; tests may unwrap (see clippy.toml).
 #![warn(clippy::unwrap_used)]
 
+use std::any::Any;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
 use serde::{Deserialize, Serialize};
 
 // What applications use; implementor helpers stay in `storage_core::raw`.
@@ -103,19 +103,50 @@ pub mod cache {
     pub use storage_cache::*;
 }
 
+/// The object-store backend (S3 and S3-compatible services).
+#[cfg(feature = "object")]
+pub mod object {
+    pub use storage_object::*;
+}
+
 /// The replication manager.
 #[cfg(feature = "replica")]
 pub mod manager {
     pub use storage_replica::*;
 }
 
+/// A credential: kept out of `Debug` output, URLs and error messages.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a credential.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The credential itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
 /// Which backend [`Storage::new`] opens (the seed's `StorageBackend` enum, renamed:
 /// that name is the trait's).
 ///
-/// In TOML: `[backend]` with `type = "memory" | "filesystem" | "rocksdb" | "sqlite"`
-/// and the variant's fields.
+/// In TOML: `[backend]` with `type = "memory" | "filesystem" | "rocksdb" |
+/// "sqlite" | "object"` and the variant's fields. As a URL: see
+/// [`BackendConfig::from_str`](#impl-FromStr-for-BackendConfig).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+#[non_exhaustive]
 pub enum BackendConfig {
     /// In memory; gone when the store is dropped.
     Memory,
@@ -145,6 +176,30 @@ pub enum BackendConfig {
         /// Database file.
         path: PathBuf,
     },
+    /// Object storage: S3 or an S3-compatible service (`s3://bucket/prefix`),
+    /// a local directory through object_store (`file:///abs/dir`, one writing
+    /// process), or a fresh in-memory store (`memory://`). Many chains can share
+    /// a bucket under different prefixes.
+    Object {
+        /// Where the chain lives.
+        url: String,
+        /// S3 endpoint of an S3-compatible service (`http://127.0.0.1:8333`);
+        /// else `AWS_ENDPOINT`, else AWS itself.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        endpoint: Option<String>,
+        /// S3 region; else `AWS_REGION`/`AWS_DEFAULT_REGION`, else `us-east-1`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        region: Option<String>,
+        /// S3 access key; else `AWS_ACCESS_KEY_ID`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        access_key_id: Option<String>,
+        /// S3 secret key; else `AWS_SECRET_ACCESS_KEY`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        secret_access_key: Option<Secret>,
+        /// Allow a plain `http://` endpoint (local clusters).
+        #[serde(default)]
+        allow_http: bool,
+    },
 }
 
 fn default_rocksdb_compression() -> CompressionType {
@@ -156,6 +211,41 @@ fn default_rocksdb_cache() -> usize {
 }
 
 impl BackendConfig {
+    /// A filesystem store in `path`, with the backend's default compression.
+    pub fn filesystem(path: impl Into<PathBuf>) -> Self {
+        Self::Filesystem {
+            path: path.into(),
+            compression: CompressionType::default(),
+        }
+    }
+
+    /// A RocksDB store in `path` with the default compression and cache.
+    pub fn rocksdb(path: impl Into<String>) -> Self {
+        Self::RocksDB {
+            path: path.into(),
+            compression: default_rocksdb_compression(),
+            cache_size: default_rocksdb_cache(),
+        }
+    }
+
+    /// An SQLite store in the file `path`.
+    pub fn sqlite(path: impl Into<PathBuf>) -> Self {
+        Self::SQLite { path: path.into() }
+    }
+
+    /// An object store chain at `url` (`s3://bucket/prefix`), with endpoint,
+    /// region and credentials from the environment.
+    pub fn object(url: impl Into<String>) -> Self {
+        Self::Object {
+            url: url.into(),
+            endpoint: None,
+            region: None,
+            access_key_id: None,
+            secret_access_key: None,
+            allow_http: false,
+        }
+    }
+
     /// The backend's name, as in URLs and errors.
     pub fn name(&self) -> &'static str {
         match self {
@@ -163,6 +253,7 @@ impl BackendConfig {
             Self::Filesystem { .. } => "filesystem",
             Self::RocksDB { .. } => "rocksdb",
             Self::SQLite { .. } => "sqlite",
+            Self::Object { .. } => "object",
         }
     }
 
@@ -173,6 +264,7 @@ impl BackendConfig {
             Self::Filesystem { .. } => "fs",
             Self::RocksDB { .. } => "rocksdb",
             Self::SQLite { .. } => "sqlite",
+            Self::Object { .. } => "object",
         }
     }
 
@@ -183,95 +275,216 @@ impl BackendConfig {
             Self::Filesystem { .. } => cfg!(feature = "fs"),
             Self::RocksDB { .. } => cfg!(feature = "rocksdb"),
             Self::SQLite { .. } => cfg!(feature = "sqlite"),
+            Self::Object { .. } => cfg!(feature = "object"),
         }
     }
 
-    /// The URL form: `memory:`, `fs:PATH`, `rocksdb:PATH`, `sqlite:PATH`.
+    /// The URL form: `memory:`, `fs:PATH`, `rocksdb:PATH`, `sqlite:PATH`,
+    /// `s3://bucket/prefix?endpoint=…&region=…`. Credentials are never part of
+    /// it.
     pub fn to_url(&self) -> String {
-        match self {
+        let mut params = Vec::new();
+        let url = match self {
             Self::Memory => "memory:".into(),
             Self::Filesystem { path, compression } => {
-                with_compression(format!("fs:{}", path.display()), *compression, None)
+                if *compression != CompressionType::default() {
+                    params.push(("compression", compression.to_string()));
+                }
+                format!("fs:{}", encode_path(&path.to_string_lossy()))
             }
             Self::RocksDB {
                 path, compression, ..
-            } => with_compression(
-                format!("rocksdb:{path}"),
-                *compression,
-                Some(CompressionType::Zstd),
-            ),
-            Self::SQLite { path } => format!("sqlite:{}", path.display()),
-        }
+            } => {
+                if *compression != default_rocksdb_compression() {
+                    params.push(("compression", compression.to_string()));
+                }
+                format!("rocksdb:{}", encode_path(path))
+            }
+            Self::SQLite { path } => format!("sqlite:{}", encode_path(&path.to_string_lossy())),
+            Self::Object {
+                url,
+                endpoint,
+                region,
+                allow_http,
+                ..
+            } => {
+                if let Some(e) = endpoint {
+                    params.push(("endpoint", e.clone()));
+                }
+                if let Some(r) = region {
+                    params.push(("region", r.clone()));
+                }
+                // Implied by an http:// endpoint; said when it is not.
+                if *allow_http
+                    != endpoint
+                        .as_deref()
+                        .is_some_and(|e| e.starts_with("http://"))
+                {
+                    params.push(("allow_http", allow_http.to_string()));
+                }
+                encode_path(url)
+            }
+        };
+        with_params(url, &params)
     }
 }
 
-fn with_compression(url: String, c: CompressionType, default: Option<CompressionType>) -> String {
-    if c == default.unwrap_or_default() {
-        url
-    } else {
-        format!("{url}?compression={c}")
+/// What a path may not hold unescaped in a URL: `%` starts an escape, `?` the
+/// parameters.
+const PATH_ESCAPES: &AsciiSet = &CONTROLS.add(b'%').add(b'?').add(b'#');
+/// What a parameter value may not hold unescaped.
+const PARAM_ESCAPES: &AsciiSet = &CONTROLS.add(b'%').add(b'&').add(b'=').add(b'#');
+
+fn encode_path(path: &str) -> String {
+    utf8_percent_encode(path, PATH_ESCAPES).to_string()
+}
+
+fn with_params(url: String, params: &[(&str, String)]) -> String {
+    if params.is_empty() {
+        return url;
     }
+    let query: Vec<String> = params
+        .iter()
+        .map(|(k, v)| format!("{k}={}", utf8_percent_encode(v, PARAM_ESCAPES)))
+        .collect();
+    format!("{url}?{}", query.join("&"))
+}
+
+/// The URL forms, with what each takes.
+const URL_FORMS: &str = "memory:, fs:PATH, rocksdb:PATH, sqlite:PATH or s3://BUCKET/PREFIX";
+
+/// A store URL taken apart: the backend, and the open mode if it names one.
+fn parse_store_url(url: &str) -> Result<(BackendConfig, Option<OpenMode>)> {
+    let bad = |why: &str| {
+        StorageError::InvalidInput(format!(
+            "bad store URL {url:?}: {why} (expected {URL_FORMS}; parameters: \
+             compression=zstd|lz4|gzip|none for fs: and rocksdb:, endpoint=, region= and \
+             allow_http= for s3:, and mode=create|open_existing|read_only for any)"
+        ))
+    };
+    let decode = |s: &str, what: &str| {
+        percent_decode_str(s)
+            .decode_utf8()
+            .map(|c| c.into_owned())
+            .map_err(|_| {
+                bad(&format!(
+                    "the {what} is not UTF-8 once %-escapes are decoded"
+                ))
+            })
+    };
+    let (scheme, rest) = url.split_once(':').ok_or_else(|| bad("no scheme"))?;
+    let (raw_path, query) = match rest.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (rest, None),
+    };
+    let path = decode(raw_path, "path")?;
+    let mut params: Vec<(String, String)> = Vec::new();
+    for pair in query.into_iter().flat_map(|q| q.split('&')) {
+        if pair.is_empty() {
+            continue;
+        }
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| bad(&format!("parameter {pair:?} has no value")))?;
+        let k = decode(k, "parameter name")?;
+        if params.iter().any(|(seen, _)| *seen == k) {
+            return Err(bad(&format!("parameter {k:?} is given twice")));
+        }
+        params.push((k, decode(v, "parameter value")?));
+    }
+    let mut take = |name: &str| {
+        params
+            .iter()
+            .position(|(k, _)| k == name)
+            .map(|i| params.remove(i).1)
+    };
+    let mode = take("mode").map(|m| m.parse::<OpenMode>()).transpose()?;
+    let need_path = |path: String| {
+        if path.is_empty() {
+            Err(bad("a path is needed"))
+        } else {
+            Ok(path)
+        }
+    };
+    let scheme = scheme.to_ascii_lowercase();
+    let config = match scheme.as_str() {
+        "memory" | "mem" => {
+            if !path.is_empty() {
+                return Err(bad("memory: takes no path"));
+            }
+            BackendConfig::Memory
+        }
+        "fs" | "filesystem" | "file" => BackendConfig::Filesystem {
+            path: need_path(path)?.into(),
+            compression: take("compression")
+                .map(|c| c.parse())
+                .transpose()?
+                .unwrap_or_default(),
+        },
+        "rocksdb" => BackendConfig::RocksDB {
+            path: need_path(path)?,
+            compression: take("compression")
+                .map(|c| c.parse())
+                .transpose()?
+                .unwrap_or_else(default_rocksdb_compression),
+            cache_size: default_rocksdb_cache(),
+        },
+        "sqlite" => BackendConfig::SQLite {
+            path: need_path(path)?.into(),
+        },
+        "s3" => {
+            let location = path
+                .strip_prefix("//")
+                .filter(|l| !l.starts_with('/') && !l.is_empty())
+                .ok_or_else(|| bad("expected s3://BUCKET/PREFIX"))?;
+            let endpoint = take("endpoint");
+            let allow_http = match take("allow_http").as_deref() {
+                None => endpoint
+                    .as_deref()
+                    .is_some_and(|e| e.starts_with("http://")),
+                Some("true") => true,
+                Some("false") => false,
+                Some(other) => {
+                    return Err(bad(&format!(
+                        "allow_http={other:?}: expected true or false"
+                    )));
+                }
+            };
+            BackendConfig::Object {
+                url: format!("s3://{location}"),
+                endpoint,
+                region: take("region"),
+                access_key_id: None,
+                secret_access_key: None,
+                allow_http,
+            }
+        }
+        other => return Err(bad(&format!("unknown scheme {other:?}"))),
+    };
+    if let Some((k, _)) = params.first() {
+        return Err(bad(&format!("{scheme}: takes no parameter {k:?}")));
+    }
+    Ok((config, mode))
 }
 
 /// Parses a backend URL: `memory:`, `fs:PATH` (or `filesystem:`), `rocksdb:PATH`,
-/// `sqlite:PATH`; `fs:` and `rocksdb:` take `?compression=zstd|lz4|gzip|none`.
+/// `sqlite:PATH`, `s3://BUCKET/PREFIX`. `fs:` and `rocksdb:` take
+/// `?compression=zstd|lz4|gzip|none`; `s3:` takes `endpoint=`, `region=` and
+/// `allow_http=` (implied by an `http://` endpoint), with credentials from
+/// `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`. `%XX` escapes are decoded
+/// in paths and values. The open mode (`mode=`) belongs to the whole store:
+/// parse such a URL with [`StorageConfig::from_url`].
 impl FromStr for BackendConfig {
     type Err = StorageError;
 
     fn from_str(url: &str) -> Result<Self> {
-        let bad = |why: &str| {
-            StorageError::InvalidInput(format!(
-                "bad store URL {url:?}: {why} (expected memory:, fs:PATH, rocksdb:PATH or sqlite:PATH)"
-            ))
-        };
-        let (scheme, rest) = url.split_once(':').ok_or_else(|| bad("no scheme"))?;
-        let (path, query) = match rest.split_once('?') {
-            Some((p, q)) => (p, Some(q)),
-            None => (rest, None),
-        };
-        let mut compression = None;
-        if let Some(q) = query {
-            for pair in q.split('&') {
-                match pair.split_once('=') {
-                    Some(("compression", v)) => compression = Some(v.parse::<CompressionType>()?),
-                    _ => return Err(bad(&format!("unknown parameter {pair:?}"))),
-                }
-            }
+        match parse_store_url(url)? {
+            (config, None) => Ok(config),
+            (_, Some(_)) => Err(StorageError::InvalidInput(format!(
+                "store URL {url:?}: `mode=` sets how the whole store opens; parse it with \
+                 StorageConfig::from_url (or open it with Storage::open_url)"
+            ))),
         }
-        let need_path = || {
-            if path.is_empty() {
-                Err(bad("a path is needed"))
-            } else {
-                Ok(path)
-            }
-        };
-        let config = match scheme.to_ascii_lowercase().as_str() {
-            "memory" | "mem" => {
-                if !path.is_empty() || compression.is_some() {
-                    return Err(bad("memory: takes no path or parameters"));
-                }
-                Self::Memory
-            }
-            "fs" | "filesystem" | "file" => Self::Filesystem {
-                path: need_path()?.into(),
-                compression: compression.unwrap_or_default(),
-            },
-            "rocksdb" => Self::RocksDB {
-                path: need_path()?.into(),
-                compression: compression.unwrap_or(CompressionType::Zstd),
-                cache_size: default_rocksdb_cache(),
-            },
-            "sqlite" => {
-                if compression.is_some() {
-                    return Err(bad("sqlite: takes no compression"));
-                }
-                Self::SQLite {
-                    path: need_path()?.into(),
-                }
-            }
-            other => return Err(bad(&format!("unknown scheme {other:?}"))),
-        };
-        Ok(config)
     }
 }
 
@@ -291,13 +504,24 @@ pub enum EvictionPolicy {
 
 /// Read-cache settings (the seed's `CacheConfig`); sizes in bytes. Needs the
 /// `cache` feature when set.
+///
+/// ```
+/// use olocus_storage::{CacheConfig, EvictionPolicy};
+/// let cache = CacheConfig::default()
+///     .block_cache_size(64 << 20)
+///     .eviction_policy(EvictionPolicy::LFU)
+///     .prefetch(32);
+/// assert!(cache.prefetch_enabled);
+/// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct CacheConfig {
     /// Byte budget for blocks.
     pub block_cache_size: u64,
     /// Byte budget for metadata (the seed's opening example calls it
-    /// `index_cache_size`; both names are accepted).
+    /// `index_cache_size`, its cache section `metadata_cache_size`; both
+    /// names are accepted).
     #[serde(alias = "metadata_cache_size")]
     pub index_cache_size: u64,
     /// Eviction policy.
@@ -311,6 +535,11 @@ pub struct CacheConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub ttl: Option<Duration>,
+    /// On a miss by hash, load the neighbouring indices in the background.
+    pub prefetch_enabled: bool,
+    /// How many neighbouring indices one prefetch loads (half before, half
+    /// after).
+    pub prefetch_size: usize,
 }
 
 impl Default for CacheConfig {
@@ -321,52 +550,233 @@ impl Default for CacheConfig {
             eviction_policy: EvictionPolicy::LRU,
             write_through: true,
             ttl: None,
+            prefetch_enabled: false,
+            prefetch_size: 16,
         }
     }
 }
 
-/// Everything [`Storage::new`] needs (the seed's `StorageConfig`).
+impl CacheConfig {
+    /// Sets the byte budget for blocks.
+    pub fn block_cache_size(mut self, bytes: u64) -> Self {
+        self.block_cache_size = bytes;
+        self
+    }
+
+    /// Sets the byte budget for metadata.
+    pub fn index_cache_size(mut self, bytes: u64) -> Self {
+        self.index_cache_size = bytes;
+        self
+    }
+
+    /// Sets the eviction policy.
+    pub fn eviction_policy(mut self, policy: EvictionPolicy) -> Self {
+        self.eviction_policy = policy;
+        self
+    }
+
+    /// Caches blocks as they are stored (`true`) or only on reads.
+    pub fn write_through(mut self, on: bool) -> Self {
+        self.write_through = on;
+        self
+    }
+
+    /// Expires entries this long after insertion (`None`: never).
+    pub fn ttl(mut self, ttl: Option<Duration>) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Prefetches `size` neighbouring indices on a miss.
+    pub fn prefetch(mut self, size: usize) -> Self {
+        self.prefetch_enabled = true;
+        self.prefetch_size = size;
+        self
+    }
+}
+
+/// How many copies must acknowledge a write.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConsistencyLevel {
+    /// Any one copy.
+    One,
+    /// A majority of all copies, primary included.
+    #[default]
+    Quorum,
+    /// Every copy.
+    All,
+}
+
+/// Copies kept beside the primary store by the replication manager (the
+/// seed's `StorageManagerConfig`, with the replicas themselves). Needs the
+/// `replica` feature when set.
 ///
-/// How `wal_config` applies: filesystem — see `FsConfig::from_wal` (disabled:
-/// buffered; zero interval: every write synced; otherwise periodic syncs;
-/// `max_log_size` is the segment size); RocksDB — a zero `sync_interval` syncs
-/// every write, otherwise RocksDB's WAL is written per write and synced by RocksDB;
-/// SQLite — a zero `sync_interval` uses `synchronous = FULL`, otherwise `NORMAL`;
-/// memory — ignored.
+/// Every replica opens with the store's `wal_config`, `mode` and
+/// `max_payload_bytes`; the read cache, if any, sits in front of the manager.
 ///
 /// ```toml
-/// [backend]
+/// [replication]
+/// consistency_level = "Quorum"
+/// health_check_interval = "30s"
+///
+/// [[replication.replicas]]
 /// type = "filesystem"
-/// path = "/var/lib/olocus/chain"
-/// compression = "zstd"
+/// path = "/backup/olocus/chain"
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ReplicationConfig {
+    /// The replicas, in order (the primary is the store's `backend`).
+    pub replicas: Vec<BackendConfig>,
+    /// Copies (primary included) each block should live on; a health report
+    /// with fewer healthy copies says the store is under-replicated.
+    pub replication_factor: u32,
+    /// Acknowledgement level of writes.
+    pub consistency_level: ConsistencyLevel,
+    /// Period of the background health check and repair.
+    #[serde(with = "storage_core::human_duration")]
+    pub health_check_interval: Duration,
+    /// Run the health check and replay queued repairs every
+    /// `health_check_interval` while the store is open.
+    pub health_checks: bool,
+    /// Serve reads from a healthy replica when the primary fails.
+    pub auto_failover: bool,
+    /// Wait for every copy's outcome before returning from a write.
+    pub sync_writes: bool,
+    /// How long one copy may take for one call before it counts as failed.
+    #[serde(with = "storage_core::human_duration")]
+    pub replica_timeout: Duration,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        Self {
+            replicas: Vec::new(),
+            replication_factor: 2,
+            consistency_level: ConsistencyLevel::Quorum,
+            health_check_interval: Duration::from_secs(30),
+            health_checks: true,
+            auto_failover: true,
+            sync_writes: false,
+            replica_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl ReplicationConfig {
+    /// Replication onto `replicas` with the default settings.
+    pub fn new(replicas: impl IntoIterator<Item = BackendConfig>) -> Self {
+        Self {
+            replicas: replicas.into_iter().collect(),
+            ..Self::default()
+        }
+    }
+
+    /// Sets the acknowledgement level of writes.
+    pub fn consistency_level(mut self, level: ConsistencyLevel) -> Self {
+        self.consistency_level = level;
+        self
+    }
+
+    /// Sets the number of copies each block should live on.
+    pub fn replication_factor(mut self, copies: u32) -> Self {
+        self.replication_factor = copies;
+        self
+    }
+
+    /// Sets the period of the background health check (`None`: no background
+    /// check; call the manager's `health_check` and `process_repairs`).
+    pub fn health_checks(mut self, every: Option<Duration>) -> Self {
+        self.health_checks = every.is_some();
+        if let Some(every) = every {
+            self.health_check_interval = every;
+        }
+        self
+    }
+
+    /// Sets how long one copy may take for one call.
+    pub fn replica_timeout(mut self, timeout: Duration) -> Self {
+        self.replica_timeout = timeout;
+        self
+    }
+
+    /// Serves reads from a healthy replica when the primary fails (`true`).
+    pub fn auto_failover(mut self, on: bool) -> Self {
+        self.auto_failover = on;
+        self
+    }
+
+    /// Waits for every copy's outcome before returning from a write.
+    pub fn sync_writes(mut self, on: bool) -> Self {
+        self.sync_writes = on;
+        self
+    }
+}
+
+/// Everything [`Storage::new`] needs (the seed's `StorageConfig`): a backend,
+/// optionally replicated and cached, and how it opens and syncs.
+///
+/// How each backend applies `wal_config` (every field is honoured, or the
+/// store refuses to open):
+///
+/// | setting | filesystem | RocksDB | SQLite | object store | memory |
+/// |---|---|---|---|---|---|
+/// | `enabled = false` | written, never synced | written to the log, never synced | `synchronous = NORMAL`, no periodic sync | every write durable when acknowledged | default only |
+/// | `sync_interval = 0` | every write synced | `sync_writes` | `synchronous = FULL` | as above | default only |
+/// | `sync_interval > 0` | synced every interval | log synced every interval | `NORMAL`, log synced every interval | as above | default only |
+/// | `max_log_size` | segment size | `max_total_wal_size` | WAL checkpoint size | no log to bound | default only |
+///
+/// A memory store keeps nothing to sync, so it refuses any `wal_config` but
+/// the default.
+///
+/// ```toml
+/// mode = "create"             # or "open_existing", "read_only"
+///
+/// [backend]
+/// type = "sqlite"
+/// path = "/var/lib/olocus/chain.db"
 ///
 /// [wal_config]
 /// enabled = true
 /// sync_interval = "5s"
 /// max_log_size = 104857600
 ///
+/// [replication]
+/// consistency_level = "All"
+///
+/// [[replication.replicas]]
+/// type = "object"
+/// url = "s3://olocus/chain"
+/// endpoint = "http://127.0.0.1:8333"
+///
 /// [cache_config]
 /// block_cache_size = 33554432
 /// index_cache_size = 8388608
 /// eviction_policy = "LRU"
+/// prefetch_enabled = true
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct StorageConfig {
-    /// The backend.
+    /// The backend (the primary copy, when replicated).
     pub backend: BackendConfig,
     /// Durability settings (see the type docs for each backend).
     #[serde(default)]
     pub wal_config: WALConfig,
-    /// A read cache in front of the backend; `None`: no cache.
+    /// A read cache in front of the store; `None`: no cache.
     #[serde(default)]
     pub cache_config: Option<CacheConfig>,
+    /// Replicas kept by the replication manager; `None`: one copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication: Option<ReplicationConfig>,
     /// Blocks with a longer payload are refused with `InvalidInput` (at most, and
     /// by default, [`storage_core::MAX_PAYLOAD_BYTES`]).
     #[serde(default = "default_max_payload_bytes")]
     pub max_payload_bytes: usize,
     /// How the store is opened: `"create"` (the default), `"open_existing"`
-    /// or `"read_only"` (SQLite and RocksDB).
+    /// or `"read_only"`.
     #[serde(default)]
     pub mode: OpenMode,
 }
@@ -382,14 +792,56 @@ impl StorageConfig {
             backend,
             wal_config: WALConfig::default(),
             cache_config: None,
+            replication: None,
             max_payload_bytes: default_max_payload_bytes(),
             mode: OpenMode::Create,
         }
     }
 
+    /// Parses a store URL (see [`BackendConfig::from_str`]), which may also
+    /// say how to open it: `sqlite:/data/chain.db?mode=read_only`.
+    pub fn from_url(url: &str) -> Result<Self> {
+        let (backend, mode) = parse_store_url(url)?;
+        Ok(Self::new(backend).with_mode(mode.unwrap_or_default()))
+    }
+
+    /// The URL form of the backend and mode (other settings are not part of it).
+    pub fn to_url(&self) -> String {
+        let url = self.backend.to_url();
+        if self.mode == OpenMode::Create {
+            return url;
+        }
+        let sep = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{sep}mode={}", self.mode)
+    }
+
     /// The same configuration, opening in `mode`.
     pub fn with_mode(mut self, mode: OpenMode) -> Self {
         self.mode = mode;
+        self
+    }
+
+    /// The same configuration with these durability settings.
+    pub fn with_wal(mut self, wal: WALConfig) -> Self {
+        self.wal_config = wal;
+        self
+    }
+
+    /// The same configuration with a read cache in front.
+    pub fn with_cache(mut self, cache: CacheConfig) -> Self {
+        self.cache_config = Some(cache);
+        self
+    }
+
+    /// The same configuration, replicated.
+    pub fn with_replication(mut self, replication: ReplicationConfig) -> Self {
+        self.replication = Some(replication);
+        self
+    }
+
+    /// The same configuration with a lower payload limit.
+    pub fn with_max_payload_bytes(mut self, bytes: usize) -> Self {
+        self.max_payload_bytes = bytes;
         self
     }
 
@@ -421,38 +873,35 @@ impl StorageConfig {
                 storage_core::MAX_PAYLOAD_BYTES
             )));
         }
-        if !self.backend.is_compiled_in() {
-            return Err(missing_feature(self.backend.name(), self.backend.feature()));
-        }
-        match &self.backend {
-            BackendConfig::Filesystem { path, .. } | BackendConfig::SQLite { path } => {
-                if path.as_os_str().is_empty() {
-                    return Err(StorageError::Configuration(format!(
-                        "{}: path is empty",
-                        self.backend.name()
-                    )));
-                }
+        self.validate_backend(&self.backend, "backend")?;
+        if let Some(r) = &self.replication {
+            if !cfg!(feature = "replica") {
+                return Err(missing_feature("replication", "replica"));
             }
-            BackendConfig::RocksDB {
-                path, cache_size, ..
-            } => {
-                if path.trim().is_empty() {
-                    return Err(StorageError::Configuration("rocksdb: path is empty".into()));
-                }
-                if *cache_size == 0 {
-                    return Err(StorageError::Configuration(
-                        "rocksdb: cache_size must be positive (bytes)".into(),
-                    ));
-                }
+            if r.replicas.is_empty() {
+                return Err(StorageError::Configuration(
+                    "replication: no replicas (add [[replication.replicas]] entries, or remove \
+                     [replication])"
+                        .into(),
+                ));
             }
-            BackendConfig::Memory if self.mode != OpenMode::Create => {
+            for (i, replica) in r.replicas.iter().enumerate() {
+                self.validate_backend(replica, &format!("replication.replicas[{i}]"))?;
+            }
+            let copies = 1 + r.replicas.len();
+            if r.replication_factor == 0 || r.replication_factor as usize > copies {
                 return Err(StorageError::Configuration(format!(
-                    "memory: a memory store exists only while it is open; mode {:?} needs a \
-                     store that was opened before",
-                    self.mode
+                    "replication: replication_factor {} must be between 1 and the number of \
+                     copies ({copies}, the primary included)",
+                    r.replication_factor
                 )));
             }
-            BackendConfig::Memory => {}
+            if r.health_check_interval.is_zero() || r.replica_timeout.is_zero() {
+                return Err(StorageError::Configuration(
+                    "replication: health_check_interval and replica_timeout must be positive"
+                        .into(),
+                ));
+            }
         }
         if let Some(c) = &self.cache_config {
             if !cfg!(feature = "cache") {
@@ -463,6 +912,59 @@ impl StorageConfig {
                     "cache_config: block_cache_size and index_cache_size must be positive (bytes)"
                         .into(),
                 ));
+            }
+            if c.prefetch_enabled && c.prefetch_size == 0 {
+                return Err(StorageError::Configuration(
+                    "cache_config: prefetch_size must be positive when prefetch_enabled is set"
+                        .into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks one copy's settings; `at` names it in errors.
+    fn validate_backend(&self, backend: &BackendConfig, at: &str) -> Result<()> {
+        let bad = |m: String| Err(StorageError::Configuration(format!("{at}: {m}")));
+        if !backend.is_compiled_in() {
+            return Err(missing_feature(backend.name(), backend.feature()));
+        }
+        match backend {
+            BackendConfig::Filesystem { path, .. } | BackendConfig::SQLite { path } => {
+                if path.as_os_str().is_empty() {
+                    return bad(format!("{}: path is empty", backend.name()));
+                }
+            }
+            BackendConfig::RocksDB {
+                path, cache_size, ..
+            } => {
+                if path.trim().is_empty() {
+                    return bad("rocksdb: path is empty".into());
+                }
+                if *cache_size == 0 {
+                    return bad("rocksdb: cache_size must be positive (bytes)".into());
+                }
+            }
+            BackendConfig::Object { url, .. } => {
+                if url.trim().is_empty() {
+                    return bad("object: url is empty".into());
+                }
+            }
+            BackendConfig::Memory => {
+                if self.mode != OpenMode::Create {
+                    return bad(format!(
+                        "memory: a memory store exists only while it is open; mode {} needs a \
+                         store that was opened before",
+                        self.mode
+                    ));
+                }
+                if self.wal_config != WALConfig::default() {
+                    return bad(
+                        "memory: a memory store keeps nothing to sync, so wal_config does not \
+                         apply; remove it, or pick a persistent backend"
+                            .into(),
+                    );
+                }
             }
         }
         Ok(())
@@ -475,20 +977,58 @@ fn missing_feature(what: &str, feature: &str) -> StorageError {
     ))
 }
 
-/// An open store: a backend from a [`StorageConfig`], wrapped in the read cache
-/// when configured. Derefs to `dyn StorageBackend`; [`Storage::backend`] gives the
-/// `Arc<dyn StorageBackend>` to share or to hand to other components.
+/// The read cache over a store, as [`Storage::cache`] gives it.
+#[cfg(feature = "cache")]
+pub type CachedStorage = storage_cache::CachedStorageBackend<Arc<dyn StorageBackend>>;
+
+/// One opened copy: as a backend, and as its own type for [`Storage::backend_as`].
+struct Opened {
+    backend: Arc<dyn StorageBackend>,
+    typed: Arc<dyn Any + Send + Sync>,
+}
+
+impl Opened {
+    #[allow(dead_code)] // unused when no backend feature is on
+    fn of<T: StorageBackend + 'static>(backend: T) -> Self {
+        let backend = Arc::new(backend);
+        Self {
+            backend: backend.clone(),
+            typed: backend,
+        }
+    }
+}
+
+/// The pieces of an open store that its typed accessors reach.
+struct Parts {
+    /// The primary, then the replicas, each as its own type.
+    copies: Vec<Arc<dyn Any + Send + Sync>>,
+    #[cfg(feature = "cache")]
+    cache: Option<Arc<CachedStorage>>,
+    #[cfg(feature = "replica")]
+    manager: Option<storage_replica::StorageManager>,
+    /// Stops the background health check when the last handle goes.
+    #[cfg(feature = "replica")]
+    _health: Option<storage_replica::HealthCheckHandle>,
+}
+
+/// An open store: a backend from a [`StorageConfig`], replicated and wrapped in
+/// the read cache when configured. Derefs to `dyn StorageBackend`;
+/// [`Storage::backend`] gives the `Arc<dyn StorageBackend>` to share or to hand
+/// to other components, and [`Storage::backend_as`], [`Storage::replica_as`],
+/// `Storage::cache` and `Storage::manager` reach what only one backend or
+/// wrapper offers. Clones share the store.
 #[derive(Clone)]
 pub struct Storage {
     backend: Arc<dyn StorageBackend>,
     config: StorageConfig,
+    parts: Arc<Parts>,
 }
 
 impl std::fmt::Debug for Storage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Storage")
             .field("backend", &self.backend)
-            .field("url", &self.config.backend.to_url())
+            .field("url", &self.config.to_url())
             .finish()
     }
 }
@@ -508,26 +1048,53 @@ impl From<Storage> for Arc<dyn StorageBackend> {
 }
 
 impl Storage {
-    /// Opens the configured backend (creating it if needed) and wraps it in the
-    /// cache when `cache_config` is set.
+    /// Opens the configured backend (and replicas), as `mode` says, and wraps
+    /// it in the cache when `cache_config` is set.
     ///
     /// A backend whose feature is off fails with a `Configuration` error naming the
     /// feature; so do invalid settings (zero sizes, an empty path). A path that
-    /// cannot be opened fails with the backend's I/O error naming it.
+    /// cannot be opened fails with the backend's I/O error naming it. If a
+    /// replica fails to open, the copies already open are closed again.
     pub async fn new(config: StorageConfig) -> Result<Self> {
         config.validate()?;
-        let backend = open_backend(&config).await?;
-        let backend = wrap_cache(backend, config.cache_config.as_ref())?;
-        Ok(Self { backend, config })
+        let primary = open_backend(&config.backend, &config).await?;
+        let mut copies = vec![primary];
+        for replica in config.replication.iter().flat_map(|r| &r.replicas) {
+            match open_backend(replica, &config).await {
+                Ok(opened) => copies.push(opened),
+                Err(e) => {
+                    for c in &copies {
+                        let _ = c.backend.close().await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let typed = copies.iter().map(|c| c.typed.clone()).collect();
+        let backends: Vec<_> = copies.into_iter().map(|c| c.backend).collect();
+        let stack = build_stack(backends, &config)?;
+        Ok(Self {
+            backend: stack.outer,
+            parts: Arc::new(Parts {
+                copies: typed,
+                #[cfg(feature = "cache")]
+                cache: stack.cache,
+                #[cfg(feature = "replica")]
+                manager: stack.manager,
+                #[cfg(feature = "replica")]
+                _health: stack.health,
+            }),
+            config,
+        })
     }
 
-    /// Opens a store from a URL (`memory:`, `fs:PATH`, `rocksdb:PATH`,
-    /// `sqlite:PATH`) with default durability and no cache.
+    /// Opens a store from a URL (see [`StorageConfig::from_url`]) with default
+    /// durability and no cache.
     pub async fn open_url(url: &str) -> Result<Self> {
-        Self::new(StorageConfig::new(url.parse()?)).await
+        Self::new(StorageConfig::from_url(url)?).await
     }
 
-    /// The backend, to share.
+    /// The store, to share.
     pub fn backend(&self) -> Arc<dyn StorageBackend> {
         self.backend.clone()
     }
@@ -536,18 +1103,127 @@ impl Storage {
     pub fn config(&self) -> &StorageConfig {
         &self.config
     }
+
+    /// The backend (the primary, when replicated) as its own type, to reach
+    /// what only it offers; `None` if it is another type.
+    ///
+    /// ```
+    /// # #[cfg(feature = "memory")]
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use olocus_storage::{Storage, memory::MemoryBackend};
+    /// let storage = Storage::open_url("memory:").await?;
+    /// let memory: &MemoryBackend = storage.backend_as().expect("a memory store");
+    /// # let _ = memory;
+    /// # Ok::<(), olocus_storage::StorageError>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn backend_as<T: Any>(&self) -> Option<&T> {
+        self.parts.copies.first()?.downcast_ref()
+    }
+
+    /// Replica `i` (counted from 0, in the configuration's order) as its own
+    /// type; `None` if there is no such replica or it is another type.
+    pub fn replica_as<T: Any>(&self, i: usize) -> Option<&T> {
+        self.parts.copies.get(i.checked_add(1)?)?.downcast_ref()
+    }
+
+    /// The read cache, for its statistics and settings; `None` without
+    /// `cache_config`.
+    #[cfg(feature = "cache")]
+    pub fn cache(&self) -> Option<&CachedStorage> {
+        self.parts.cache.as_deref()
+    }
+
+    /// The replication manager, for health checks and repair; `None` without
+    /// `replication`.
+    #[cfg(feature = "replica")]
+    pub fn manager(&self) -> Option<&storage_replica::StorageManager> {
+        self.parts.manager.as_ref()
+    }
 }
 
-#[allow(unused_variables)] // which arms use `config` depends on the features
-async fn open_backend(config: &StorageConfig) -> Result<Arc<dyn StorageBackend>> {
+/// The copies assembled: the store to use, and the wrappers on the way.
+struct Stack {
+    outer: Arc<dyn StorageBackend>,
+    #[cfg(feature = "cache")]
+    cache: Option<Arc<CachedStorage>>,
+    #[cfg(feature = "replica")]
+    manager: Option<storage_replica::StorageManager>,
+    #[cfg(feature = "replica")]
+    health: Option<storage_replica::HealthCheckHandle>,
+}
+
+fn build_stack(mut copies: Vec<Arc<dyn StorageBackend>>, config: &StorageConfig) -> Result<Stack> {
+    let primary = copies.remove(0);
+    #[cfg(feature = "replica")]
+    let (outer, manager, health) = match &config.replication {
+        None => (primary, None, None),
+        Some(r) => {
+            let manager = storage_replica::StorageManager::from_arcs(
+                primary,
+                copies,
+                storage_replica::StorageManagerConfig {
+                    replication_factor: r.replication_factor,
+                    consistency_level: match r.consistency_level {
+                        ConsistencyLevel::One => storage_replica::ConsistencyLevel::One,
+                        ConsistencyLevel::Quorum => storage_replica::ConsistencyLevel::Quorum,
+                        ConsistencyLevel::All => storage_replica::ConsistencyLevel::All,
+                    },
+                    health_check_interval: r.health_check_interval,
+                    auto_failover: r.auto_failover,
+                    sync_writes: r.sync_writes,
+                    replica_timeout: r.replica_timeout,
+                },
+            )?;
+            let health = r.health_checks.then(|| manager.start_health_checks());
+            let outer: Arc<dyn StorageBackend> = Arc::new(manager.clone());
+            (outer, Some(manager), health)
+        }
+    };
+    #[cfg(not(feature = "replica"))]
+    let outer = {
+        // Refused by `validate`.
+        debug_assert!(copies.is_empty());
+        primary
+    };
+    #[cfg(feature = "cache")]
+    {
+        let cache = wrap_cache(outer.clone(), config.cache_config.as_ref())?;
+        Ok(Stack {
+            outer: cache
+                .clone()
+                .map_or(outer, |c| c as Arc<dyn StorageBackend>),
+            cache,
+            #[cfg(feature = "replica")]
+            manager,
+            #[cfg(feature = "replica")]
+            health,
+        })
+    }
+    #[cfg(not(feature = "cache"))]
+    {
+        // Refused by `validate`.
+        debug_assert!(config.cache_config.is_none());
+        Ok(Stack {
+            outer,
+            #[cfg(feature = "replica")]
+            manager,
+            #[cfg(feature = "replica")]
+            health,
+        })
+    }
+}
+
+#[allow(unused_variables)] // which arms use the settings depends on the features
+async fn open_backend(backend: &BackendConfig, config: &StorageConfig) -> Result<Opened> {
     let wal = &config.wal_config;
-    match &config.backend {
+    match backend {
         #[cfg(feature = "memory")]
-        BackendConfig::Memory => Ok(Arc::new(
+        BackendConfig::Memory => Ok(Opened::of(
             storage_memory::MemoryBackend::new().with_max_payload_bytes(config.max_payload_bytes),
         )),
         #[cfg(feature = "fs")]
-        BackendConfig::Filesystem { path, compression } => Ok(Arc::new(
+        BackendConfig::Filesystem { path, compression } => Ok(Opened::of(
             storage_fs::FilesystemBackend::open_async(storage_fs::FsConfig {
                 max_payload_bytes: config.max_payload_bytes,
                 execution: Default::default(),
@@ -562,15 +1238,15 @@ async fn open_backend(config: &StorageConfig) -> Result<Arc<dyn StorageBackend>>
             compression,
             cache_size,
         } => {
-            let rc = storage_rocksdb::RocksDBConfig {
+            let mut rc = storage_rocksdb::RocksDBConfig {
                 path: path.clone(),
                 compression: *compression,
                 cache_size: *cache_size,
-                sync_writes: wal.enabled && wal.sync_interval.is_zero(),
                 max_payload_bytes: config.max_payload_bytes,
                 mode: config.mode,
                 ..Default::default()
             };
+            rc.apply_wal(wal);
             let store =
                 tokio::task::spawn_blocking(move || storage_rocksdb::RocksDBBackend::new(rc))
                     .await
@@ -582,17 +1258,43 @@ async fn open_backend(config: &StorageConfig) -> Result<Arc<dyn StorageBackend>>
                             e,
                         )
                     })??;
-            Ok(Arc::new(store))
+            Ok(Opened::of(store))
         }
         #[cfg(feature = "sqlite")]
         BackendConfig::SQLite { path } => {
             let mut sc = storage_sqlite::SQLiteConfig::at(path);
             sc.max_payload_bytes = config.max_payload_bytes;
             sc.mode = config.mode;
-            if wal.enabled && wal.sync_interval.is_zero() {
-                sc.synchronous = storage_sqlite::SynchronousMode::Full;
-            }
-            Ok(Arc::new(storage_sqlite::SQLiteBackend::new(sc).await?))
+            sc.apply_wal(wal);
+            Ok(Opened::of(storage_sqlite::SQLiteBackend::new(sc).await?))
+        }
+        #[cfg(feature = "object")]
+        BackendConfig::Object {
+            url,
+            endpoint,
+            region,
+            access_key_id,
+            secret_access_key,
+            allow_http,
+        } => {
+            // Every write is durable when the service acknowledges it, which
+            // meets any `wal_config`; there is no log for `max_log_size`.
+            let oc = storage_object::ObjectStoreConfig {
+                url: url.clone(),
+                endpoint: endpoint.clone(),
+                region: region.clone(),
+                access_key_id: access_key_id.clone(),
+                secret_access_key: secret_access_key.as_ref().map(|s| s.expose().to_owned()),
+                allow_http: *allow_http,
+                options: storage_object::ObjectOptions {
+                    max_payload_bytes: config.max_payload_bytes,
+                    mode: config.mode,
+                    ..Default::default()
+                },
+            };
+            Ok(Opened::of(
+                storage_object::ObjectStoreBackend::open(oc).await?,
+            ))
         }
         #[allow(unreachable_patterns)]
         other => Err(missing_feature(other.name(), other.feature())),
@@ -603,9 +1305,9 @@ async fn open_backend(config: &StorageConfig) -> Result<Arc<dyn StorageBackend>>
 fn wrap_cache(
     backend: Arc<dyn StorageBackend>,
     cache: Option<&CacheConfig>,
-) -> Result<Arc<dyn StorageBackend>> {
+) -> Result<Option<Arc<CachedStorage>>> {
     let Some(c) = cache else {
-        return Ok(backend);
+        return Ok(None);
     };
     let config = storage_cache::CacheConfig {
         block_cache_size: c.block_cache_size,
@@ -618,20 +1320,10 @@ fn wrap_cache(
             EvictionPolicy::Random => storage_cache::EvictionPolicy::Random,
         },
         write_through: c.write_through,
-        ..storage_cache::CacheConfig::default()
+        prefetch_enabled: c.prefetch_enabled,
+        prefetch_size: c.prefetch_size,
     };
-    Ok(Arc::new(storage_cache::CachedStorageBackend::new(
+    Ok(Some(Arc::new(storage_cache::CachedStorageBackend::new(
         backend, config,
-    )?))
-}
-
-#[cfg(not(feature = "cache"))]
-fn wrap_cache(
-    backend: Arc<dyn StorageBackend>,
-    cache: Option<&CacheConfig>,
-) -> Result<Arc<dyn StorageBackend>> {
-    match cache {
-        None => Ok(backend),
-        Some(_) => Err(missing_feature("the read cache (cache_config)", "cache")),
-    }
+    )?)))
 }

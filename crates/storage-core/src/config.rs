@@ -50,6 +50,17 @@ impl OpenMode {
     }
 }
 
+impl std::fmt::Display for OpenMode {
+    /// The name TOML and URLs use.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Create => "create",
+            Self::OpenExisting => "open_existing",
+            Self::ReadOnly => "read_only",
+        })
+    }
+}
+
 impl std::str::FromStr for OpenMode {
     type Err = StorageError;
 
