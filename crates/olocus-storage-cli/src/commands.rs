@@ -509,10 +509,10 @@ pub(crate) async fn maintain(ctx: &Ctx, store: &Storage, vacuum: bool) -> CliRes
 /// `repair`: salvage what is intact into a new store.
 pub(crate) async fn repair(ctx: &Ctx, from: &str, to: &str) -> CliResult {
     let (src_config, dst_config) = (
-        StorageConfig::new(from.parse().map_err(ctx_err("--from"))?),
-        StorageConfig::new(to.parse().map_err(ctx_err("--to"))?),
+        StorageConfig::from_url(from).map_err(ctx_err("--from"))?,
+        StorageConfig::from_url(to).map_err(ctx_err("--to"))?,
     );
-    if src_config == dst_config {
+    if src_config.backend == dst_config.backend {
         return Err(CliError("--from and --to name the same store".into()));
     }
     let dst = Storage::new(dst_config)
@@ -589,12 +589,12 @@ pub(crate) fn read_mode(backend: &BackendConfig) -> OpenMode {
 }
 
 pub(crate) async fn migrate(ctx: &Ctx, from: &str, to: &str, batch: u64) -> CliResult {
-    let src_backend: BackendConfig = from.parse().map_err(ctx_err("--from"))?;
-    let mode = read_mode(&src_backend);
-    let (src_config, dst_config) = (
-        StorageConfig::new(src_backend).with_mode(mode),
-        StorageConfig::new(to.parse().map_err(ctx_err("--to"))?),
-    );
+    let mut src_config = StorageConfig::from_url(from).map_err(ctx_err("--from"))?;
+    // A mode the URL names wins; otherwise the source is only read.
+    if src_config.mode == OpenMode::Create {
+        src_config.mode = read_mode(&src_config.backend);
+    }
+    let dst_config = StorageConfig::from_url(to).map_err(ctx_err("--to"))?;
     if src_config.backend == dst_config.backend {
         return Err(CliError("--from and --to name the same store".into()));
     }

@@ -54,7 +54,7 @@ pub(crate) async fn run(
     // Only the default store lives in a temporary directory.
     let (config, temp) = match (config_file, store_url) {
         (Some(path), _) => (StorageConfig::load(path)?, None),
-        (None, Some(url)) => (StorageConfig::new(url.parse()?), None),
+        (None, Some(url)) => (StorageConfig::from_url(url)?, None),
         (None, None) => {
             let temp = tempfile::Builder::new()
                 .prefix("olocus-demo-")

@@ -1,7 +1,9 @@
 //! `olocus-storage`: the command line of olocus-storage.
 //!
 //! Stores are named by URL (`memory:`, `fs:PATH`, `rocksdb:PATH`, `sqlite:PATH`,
-//! with `?compression=…` for fs and rocksdb) or by a TOML file (`--config`).
+//! `s3://BUCKET/PREFIX`, with `?compression=…` for fs and rocksdb,
+//! `?endpoint=…&region=…` for s3 and `?mode=…` for any) or by a TOML file
+//! (`--config`).
 //! `olocus-storage --help` lists the commands; `demo` shows everything at once.
 
 // Library code returns errors; tests may unwrap (see clippy.toml).
@@ -26,9 +28,12 @@ mod render;
 #[derive(Parser)]
 #[command(name = "olocus-storage", version, propagate_version = true)]
 struct Cli {
-    /// The store: memory:, fs:PATH, rocksdb:PATH or sqlite:PATH (fs and rocksdb
-    /// take ?compression=zstd|lz4|gzip|none). Only `import` creates a missing
-    /// store; reading commands open SQLite and RocksDB stores read-only.
+    /// The store: memory:, fs:PATH, rocksdb:PATH, sqlite:PATH or
+    /// s3://BUCKET/PREFIX (fs and rocksdb take ?compression=zstd|lz4|gzip|none;
+    /// s3 takes ?endpoint=URL&region=NAME, with credentials from
+    /// AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; any takes
+    /// ?mode=create|open_existing|read_only). Only `import` creates a missing
+    /// store; reading commands open stores read-only where the backend can.
     #[arg(long, global = true, env = "OLOCUS_STORE")]
     store: Option<String>,
     /// A TOML configuration file (backend, wal_config, cache_config) instead of
@@ -258,11 +263,11 @@ fn open_mode(command: &Cmd, backend: &BackendConfig) -> OpenMode {
 async fn open(cli: &Cli) -> CliResult<Storage> {
     let config = match (&cli.config, &cli.store) {
         (Some(path), _) => StorageConfig::load(path)?,
-        (None, Some(url)) => StorageConfig::new(url.parse()?),
+        (None, Some(url)) => StorageConfig::from_url(url)?,
         (None, None) => {
             return Err(CliError(
                 "no store given: pass --store URL (memory:, fs:PATH, rocksdb:PATH, \
-                 sqlite:PATH) or --config FILE.toml"
+                 sqlite:PATH, s3://BUCKET/PREFIX) or --config FILE.toml"
                     .into(),
             ));
         }

@@ -2,82 +2,11 @@
 //! trips, migrate between every pair of persistent backends compiled in, verify on
 //! a damaged and on a gapped store, the demo, and errors.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::time::{Duration, SystemTime};
 
-use olocus_storage::{Block, SigningKey, WireFormat};
-
-fn bin(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_olocus-storage"))
-        .args(args)
-        .env_remove("OLOCUS_STORE")
-        .output()
-        .expect("run olocus-storage")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = bin(args);
-    assert!(
-        out.status.success(),
-        "olocus-storage {args:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8(out.stdout).expect("utf-8 output")
-}
-
-fn fails(args: &[&str]) -> (String, String) {
-    let out = bin(args);
-    assert!(!out.status.success(), "olocus-storage {args:?} should fail");
-    (
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
-}
-
-/// A signed chain of `n` blocks with JSON payloads.
-fn chain(n: u64) -> Vec<Block> {
-    let key = SigningKey::from_bytes(&[11; 32]);
-    let t0 = SystemTime::UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789);
-    let mut out: Vec<Block> = Vec::new();
-    for i in 0..n {
-        let ty = if i % 4 == 0 {
-            "cli.event/v1"
-        } else {
-            "cli.reading/v1"
-        };
-        let payload = format!(
-            "{{\"seq\":{i},\"note\":\"{}\"}}",
-            "x".repeat((i % 50) as usize)
-        );
-        let prev = out.last().map(Block::hash);
-        let b = Block::sign_raw(
-            i,
-            t0 + Duration::from_micros(i * 1_001),
-            prev,
-            ty,
-            payload.into_bytes(),
-            &key,
-        )
-        .unwrap();
-        out.push(b);
-    }
-    out
-}
-
-fn write_jsonl(path: &Path, blocks: &[Block]) {
-    let mut text = Vec::new();
-    for b in blocks {
-        text.extend(WireFormat::JSON.encode(b).unwrap());
-        text.push(b'\n');
-    }
-    std::fs::write(path, text).unwrap();
-}
-
-fn s(p: &Path) -> String {
-    p.display().to_string()
-}
+use common::{chain, fails, ok, s, write_jsonl};
 
 /// Persistent backends compiled into this build, as URL makers.
 fn backends(dir: &Path, tag: &str) -> Vec<String> {
