@@ -52,10 +52,7 @@ fn cache(c: &mut Criterion) {
     // A budget of a few entries: random reads over 20,000 blocks almost always miss.
     let cold = CachedStorageBackend::new(
         sqlite.clone(),
-        CacheConfig {
-            block_cache_size: 16 << 10,
-            ..Default::default()
-        },
+        CacheConfig::default().block_cache_size(16 << 10),
     )
     .expect("cache");
     rt.block_on(async {

@@ -97,29 +97,28 @@ async fn open_ours(s: Subject, path: &Path, durable: bool) -> Arc<dyn StorageBac
         Subject::Object => Arc::new(open_object(path).await),
         Subject::Memory => Arc::new(storage_memory::MemoryBackend::new()),
         Subject::Fs => Arc::new(
-            storage_fs::FilesystemBackend::open(storage_fs::FsConfig {
-                path: path.to_path_buf(),
-                compression: CompressionType::None,
-                durability: if durable {
-                    storage_fs::Durability::Sync
-                } else {
-                    storage_fs::Durability::Buffered
-                },
-                segment_size: 100 << 20,
-                max_payload_bytes: storage_core::MAX_PAYLOAD_BYTES,
-                execution,
-                mode: Default::default(),
-            })
+            storage_fs::FilesystemBackend::open(
+                storage_fs::FsConfig::new(path.to_path_buf())
+                    .compression(CompressionType::None)
+                    .durability(if durable {
+                        storage_fs::Durability::Sync
+                    } else {
+                        storage_fs::Durability::Buffered
+                    })
+                    .segment_size(100 << 20)
+                    .max_payload_bytes(storage_core::MAX_PAYLOAD_BYTES)
+                    .execution(execution)
+                    .mode(Default::default()),
+            )
             .expect("fs open"),
         ),
         Subject::Rocksdb => Arc::new(
-            storage_rocksdb::RocksDBBackend::new(storage_rocksdb::RocksDBConfig {
-                path: path.to_string_lossy().into_owned(),
-                compression: CompressionType::Lz4,
-                sync_writes: durable,
-                execution,
-                ..Default::default()
-            })
+            storage_rocksdb::RocksDBBackend::new(
+                storage_rocksdb::RocksDBConfig::new(path.to_string_lossy().into_owned())
+                    .compression(CompressionType::Lz4)
+                    .sync_writes(durable)
+                    .execution(execution),
+            )
             .expect("rocksdb open"),
         ),
         Subject::Sqlite | Subject::CacheSqlite => {

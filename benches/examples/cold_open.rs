@@ -14,15 +14,13 @@ fn main() {
     let path = args.next().expect("PATH");
     let n: u64 = args.next().map_or(1_000_000, |v| v.parse().expect("N"));
     let opens: u32 = args.next().map_or(10, |v| v.parse().expect("OPENS"));
-    let config = FsConfig {
-        path: path.into(),
-        compression: storage_core::CompressionType::None,
-        durability: Durability::Buffered,
-        segment_size: 100 << 20,
-        max_payload_bytes: storage_core::MAX_PAYLOAD_BYTES,
-        execution: Default::default(),
-        mode: Default::default(),
-    };
+    let config = FsConfig::new(path)
+        .compression(storage_core::CompressionType::None)
+        .durability(Durability::Buffered)
+        .segment_size(100 << 20)
+        .max_payload_bytes(storage_core::MAX_PAYLOAD_BYTES)
+        .execution(Default::default())
+        .mode(Default::default());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .build()

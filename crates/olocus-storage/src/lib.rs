@@ -1162,18 +1162,17 @@ fn build_stack(mut copies: Vec<Arc<dyn StorageBackend>>, config: &StorageConfig)
             let manager = storage_replica::StorageManager::from_arcs(
                 primary,
                 copies,
-                storage_replica::StorageManagerConfig {
-                    replication_factor: r.replication_factor,
-                    consistency_level: match r.consistency_level {
+                storage_replica::StorageManagerConfig::default()
+                    .replication_factor(r.replication_factor)
+                    .consistency_level(match r.consistency_level {
                         ConsistencyLevel::One => storage_replica::ConsistencyLevel::One,
                         ConsistencyLevel::Quorum => storage_replica::ConsistencyLevel::Quorum,
                         ConsistencyLevel::All => storage_replica::ConsistencyLevel::All,
-                    },
-                    health_check_interval: r.health_check_interval,
-                    auto_failover: r.auto_failover,
-                    sync_writes: r.sync_writes,
-                    replica_timeout: r.replica_timeout,
-                },
+                    })
+                    .health_check_interval(r.health_check_interval)
+                    .auto_failover(r.auto_failover)
+                    .sync_writes(r.sync_writes)
+                    .replica_timeout(r.replica_timeout),
             )?;
             let health = r.health_checks.then(|| manager.start_health_checks());
             let outer: Arc<dyn StorageBackend> = Arc::new(manager.clone());
@@ -1224,12 +1223,12 @@ async fn open_backend(backend: &BackendConfig, config: &StorageConfig) -> Result
         )),
         #[cfg(feature = "fs")]
         BackendConfig::Filesystem { path, compression } => Ok(Opened::of(
-            storage_fs::FilesystemBackend::open_async(storage_fs::FsConfig {
-                max_payload_bytes: config.max_payload_bytes,
-                execution: Default::default(),
-                mode: config.mode,
-                ..storage_fs::FsConfig::from_wal(path, *compression, wal)
-            })
+            storage_fs::FilesystemBackend::open_async(
+                storage_fs::FsConfig::from_wal(path, *compression, wal)
+                    .max_payload_bytes(config.max_payload_bytes)
+                    .execution(Default::default())
+                    .mode(config.mode),
+            )
             .await?,
         )),
         #[cfg(feature = "rocksdb")]
@@ -1238,14 +1237,11 @@ async fn open_backend(backend: &BackendConfig, config: &StorageConfig) -> Result
             compression,
             cache_size,
         } => {
-            let mut rc = storage_rocksdb::RocksDBConfig {
-                path: path.clone(),
-                compression: *compression,
-                cache_size: *cache_size,
-                max_payload_bytes: config.max_payload_bytes,
-                mode: config.mode,
-                ..Default::default()
-            };
+            let mut rc = storage_rocksdb::RocksDBConfig::new(path.clone())
+                .compression(*compression)
+                .cache_size(*cache_size)
+                .max_payload_bytes(config.max_payload_bytes)
+                .mode(config.mode);
             rc.apply_wal(wal);
             let store =
                 tokio::task::spawn_blocking(move || storage_rocksdb::RocksDBBackend::new(rc))
@@ -1279,19 +1275,17 @@ async fn open_backend(backend: &BackendConfig, config: &StorageConfig) -> Result
         } => {
             // Every write is durable when the service acknowledges it, which
             // meets any `wal_config`; there is no log for `max_log_size`.
-            let oc = storage_object::ObjectStoreConfig {
-                url: url.clone(),
-                endpoint: endpoint.clone(),
-                region: region.clone(),
-                access_key_id: access_key_id.clone(),
-                secret_access_key: secret_access_key.as_ref().map(|s| s.expose().to_owned()),
-                allow_http: *allow_http,
-                options: storage_object::ObjectOptions {
-                    max_payload_bytes: config.max_payload_bytes,
-                    mode: config.mode,
-                    ..Default::default()
-                },
-            };
+            let oc = storage_object::ObjectStoreConfig::new(url.clone())
+                .endpoint(endpoint.clone())
+                .region(region.clone())
+                .access_key_id(access_key_id.clone())
+                .secret_access_key(secret_access_key.as_ref().map(|s| s.expose().to_owned()))
+                .allow_http(*allow_http)
+                .options(
+                    storage_object::ObjectOptions::default()
+                        .max_payload_bytes(config.max_payload_bytes)
+                        .mode(config.mode),
+                );
             Ok(Opened::of(
                 storage_object::ObjectStoreBackend::open(oc).await?,
             ))
@@ -1309,20 +1303,19 @@ fn wrap_cache(
     let Some(c) = cache else {
         return Ok(None);
     };
-    let config = storage_cache::CacheConfig {
-        block_cache_size: c.block_cache_size,
-        metadata_cache_size: c.index_cache_size,
-        ttl: c.ttl,
-        eviction_policy: match c.eviction_policy {
+    let config = storage_cache::CacheConfig::default()
+        .block_cache_size(c.block_cache_size)
+        .metadata_cache_size(c.index_cache_size)
+        .ttl(c.ttl)
+        .eviction_policy(match c.eviction_policy {
             EvictionPolicy::LRU => storage_cache::EvictionPolicy::LRU,
             EvictionPolicy::LFU => storage_cache::EvictionPolicy::LFU,
             EvictionPolicy::FIFO => storage_cache::EvictionPolicy::FIFO,
             EvictionPolicy::Random => storage_cache::EvictionPolicy::Random,
-        },
-        write_through: c.write_through,
-        prefetch_enabled: c.prefetch_enabled,
-        prefetch_size: c.prefetch_size,
-    };
+        })
+        .write_through(c.write_through)
+        .prefetch_enabled(c.prefetch_enabled)
+        .prefetch_size(c.prefetch_size);
     Ok(Some(Arc::new(storage_cache::CachedStorageBackend::new(
         backend, config,
     )?)))

@@ -13,14 +13,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let sqlite = SQLiteBackend::new(SQLiteConfig::at(dir.join("chain.db"))).await?;
     let store = CachedStorageBackend::new(
         sqlite,
-        CacheConfig {
-            block_cache_size: 256 << 10,
-            eviction_policy: EvictionPolicy::LFU,
-            write_through: false,
-            prefetch_enabled: true,
-            prefetch_size: 8,
-            ..CacheConfig::default()
-        },
+        CacheConfig::default()
+            .block_cache_size(256 << 10)
+            .eviction_policy(EvictionPolicy::LFU)
+            .write_through(false)
+            .prefetch_enabled(true)
+            .prefetch_size(8),
     )?;
     let key = SigningKey::from_bytes(&[9; 32]);
     let t0 = SystemTime::now();

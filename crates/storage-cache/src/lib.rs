@@ -79,6 +79,7 @@ pub enum EvictionPolicy {
 /// Cache settings. Sizes are in bytes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
+#[non_exhaustive]
 pub struct CacheConfig {
     /// Byte budget of the block cache.
     pub block_cache_size: u64,
@@ -577,3 +578,13 @@ impl<B: StorageBackend> Engine for CachedStorageBackend<B> {
         self.shared.inner.check_integrity().await
     }
 }
+
+storage_core::setters!(CacheConfig {
+    block_cache_size: u64,
+    metadata_cache_size: u64,
+    ttl: Option<Duration>,
+    eviction_policy: EvictionPolicy,
+    write_through: bool,
+    prefetch_enabled: bool,
+    prefetch_size: usize,
+});

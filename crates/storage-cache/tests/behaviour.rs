@@ -16,10 +16,7 @@ fn cache(config: CacheConfig) -> CachedStorageBackend<MemoryBackend> {
 #[tokio::test]
 async fn memory_held_stays_within_ten_percent_of_the_budget() {
     const BUDGET: u64 = 1 << 20;
-    let store = cache(CacheConfig {
-        block_cache_size: BUDGET,
-        ..Default::default()
-    });
+    let store = cache(CacheConfig::default().block_cache_size(BUDGET));
     // ~650-byte payloads: 6,000 blocks weigh about 5 MiB, five times the budget.
     let chain = data::chain_with_note(6_000, 610);
     for batch in chain.chunks(200) {
@@ -50,29 +47,18 @@ async fn fifo_and_random_are_refused_not_remapped() {
     for policy in [EvictionPolicy::FIFO, EvictionPolicy::Random] {
         let err = CachedStorageBackend::new(
             MemoryBackend::new(),
-            CacheConfig {
-                eviction_policy: policy,
-                ..Default::default()
-            },
+            CacheConfig::default().eviction_policy(policy),
         )
         .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Configuration);
         assert!(err.to_string().contains(&format!("{policy:?}")), "{err}");
     }
     for bad in [
-        CacheConfig {
-            block_cache_size: 0,
-            ..Default::default()
-        },
-        CacheConfig {
-            ttl: Some(Duration::ZERO),
-            ..Default::default()
-        },
-        CacheConfig {
-            prefetch_enabled: true,
-            prefetch_size: 0,
-            ..Default::default()
-        },
+        CacheConfig::default().block_cache_size(0),
+        CacheConfig::default().ttl(Some(Duration::ZERO)),
+        CacheConfig::default()
+            .prefetch_enabled(true)
+            .prefetch_size(0),
     ] {
         assert!(CachedStorageBackend::new(MemoryBackend::new(), bad).is_err());
     }
@@ -121,11 +107,11 @@ async fn counters_are_exact_under_concurrency() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn deleted_blocks_are_never_served_while_readers_race() {
-    let store = Arc::new(cache(CacheConfig {
-        prefetch_enabled: true,
-        prefetch_size: 32,
-        ..Default::default()
-    }));
+    let store = Arc::new(cache(
+        CacheConfig::default()
+            .prefetch_enabled(true)
+            .prefetch_size(32),
+    ));
     let chain = data::chain(400);
     store.store_blocks(&chain).await.unwrap();
     let mut readers = JoinSet::new();
@@ -179,11 +165,9 @@ async fn prefetch_loads_neighbours_in_the_background() {
     inner.store_blocks(&chain).await.unwrap();
     let store = CachedStorageBackend::new(
         inner,
-        CacheConfig {
-            prefetch_enabled: true,
-            prefetch_size: 10,
-            ..Default::default()
-        },
+        CacheConfig::default()
+            .prefetch_enabled(true)
+            .prefetch_size(10),
     )
     .unwrap();
     store.retrieve_block(&chain[50].hash()).await.unwrap();
@@ -229,18 +213,12 @@ async fn failed_writes_cache_nothing_and_resize_is_live() {
 
     // Shrink live below one entry: the cache empties; grow again: it refills.
     store
-        .configure_cache(CacheConfig {
-            block_cache_size: 64,
-            ..Default::default()
-        })
+        .configure_cache(CacheConfig::default().block_cache_size(64))
         .unwrap();
     assert_eq!(store.get_cache_stats().block_bytes, 0);
     assert!(
         store
-            .configure_cache(CacheConfig {
-                eviction_policy: EvictionPolicy::FIFO,
-                ..Default::default()
-            })
+            .configure_cache(CacheConfig::default().eviction_policy(EvictionPolicy::FIFO))
             .is_err()
     );
     store.configure_cache(CacheConfig::default()).unwrap();

@@ -48,20 +48,18 @@ impl CachedFixture {
                 Arc::new(MemoryBackend::new().with_max_payload_bytes(FIXTURE_PAYLOAD_LIMIT))
             }
             Inner::Sqlite(dir) => Arc::new(
-                SQLiteBackend::new(SQLiteConfig {
-                    max_payload_bytes: FIXTURE_PAYLOAD_LIMIT,
-                    ..SQLiteConfig::at(dir.path().join("blocks.db"))
-                })
+                SQLiteBackend::new(
+                    SQLiteConfig::at(dir.path().join("blocks.db"))
+                        .max_payload_bytes(FIXTURE_PAYLOAD_LIMIT),
+                )
                 .await?,
             ),
             Inner::Rocks(dir) => {
-                let config = RocksDBConfig {
-                    path: dir.path().join("db").to_string_lossy().into_owned(),
-                    cache_size: 8 << 20,
-                    write_buffer_size: 4 << 20,
-                    max_payload_bytes: FIXTURE_PAYLOAD_LIMIT,
-                    ..RocksDBConfig::default()
-                };
+                let config =
+                    RocksDBConfig::new(dir.path().join("db").to_string_lossy().into_owned())
+                        .cache_size(8 << 20)
+                        .write_buffer_size(4 << 20)
+                        .max_payload_bytes(FIXTURE_PAYLOAD_LIMIT);
                 Arc::new(
                     tokio::task::spawn_blocking(move || RocksDBBackend::new(config))
                         .await
@@ -133,21 +131,16 @@ impl Fixture for CachedFixture {
 }
 
 fn config(write_through: bool) -> CacheConfig {
-    CacheConfig {
-        write_through,
-        ..CacheConfig::default()
-    }
+    CacheConfig::default().write_through(write_through)
 }
 
 fn tiny() -> CacheConfig {
-    CacheConfig {
-        block_cache_size: 16 << 10,
-        metadata_cache_size: 4 << 10,
-        eviction_policy: EvictionPolicy::LFU,
-        prefetch_enabled: true,
-        prefetch_size: 8,
-        ..CacheConfig::default()
-    }
+    CacheConfig::default()
+        .block_cache_size(16 << 10)
+        .metadata_cache_size(4 << 10)
+        .eviction_policy(EvictionPolicy::LFU)
+        .prefetch_enabled(true)
+        .prefetch_size(8)
 }
 
 conformance_main! {

@@ -83,6 +83,42 @@ pub mod raw {
 }
 
 /// Re-exported so users and backends name the same versions.
+/// Chained setters for a settings struct's public fields, so that the struct
+/// can be `#[non_exhaustive]` (new fields added later break no one) and still
+/// be built in one expression: `Config::new(path).field(value).other(value)`.
+///
+/// `setters!(into Config { path: PathBuf })` makes setters taking `impl Into<T>`
+/// (paths, names); `setters!(Config { size: u64 })` setters taking the type
+/// itself, so integer literals keep inferring.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! setters {
+    (into $ty:ty { $($field:ident : $fty:ty),* $(,)? }) => {
+        impl $ty {
+            $(
+                #[doc = concat!("Sets `", stringify!($field), "` (see the field).")]
+                #[must_use]
+                pub fn $field(mut self, value: impl Into<$fty>) -> Self {
+                    self.$field = value.into();
+                    self
+                }
+            )*
+        }
+    };
+    ($ty:ty { $($field:ident : $fty:ty),* $(,)? }) => {
+        impl $ty {
+            $(
+                #[doc = concat!("Sets `", stringify!($field), "` (see the field).")]
+                #[must_use]
+                pub fn $field(mut self, value: $fty) -> Self {
+                    self.$field = value;
+                    self
+                }
+            )*
+        }
+    };
+}
+
 pub use async_trait::async_trait;
 pub use ed25519_dalek::{SigningKey, VerifyingKey};
 /// Re-exported for consuming [`BlockStream`]s (`try_next`, `try_collect`, ...).

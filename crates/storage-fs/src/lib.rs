@@ -133,6 +133,7 @@ pub enum Durability {
 
 /// Filesystem backend settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct FsConfig {
     /// Store directory (created if missing).
     pub path: PathBuf,
@@ -494,3 +495,13 @@ impl Engine for FilesystemBackend {
         .await
     }
 }
+
+storage_core::setters!(into FsConfig { path: PathBuf });
+storage_core::setters!(FsConfig {
+    compression: CompressionType,
+    durability: Durability,
+    segment_size: u64,
+    max_payload_bytes: usize,
+    execution: Execution,
+    mode: OpenMode,
+});

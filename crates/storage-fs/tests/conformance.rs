@@ -42,15 +42,13 @@ impl FsFixture {
 
 impl FsFixture {
     async fn open_mode(&self, mode: OpenMode) -> Result<Arc<dyn StorageBackend>, StorageError> {
-        let config = FsConfig {
-            path: self.dir.path().join("store"),
-            compression: self.compression,
-            durability: self.durability,
-            segment_size: self.segment_size,
-            max_payload_bytes: FIXTURE_PAYLOAD_LIMIT,
-            execution: Default::default(),
-            mode,
-        };
+        let config = FsConfig::new(self.dir.path().join("store"))
+            .compression(self.compression)
+            .durability(self.durability)
+            .segment_size(self.segment_size)
+            .max_payload_bytes(FIXTURE_PAYLOAD_LIMIT)
+            .execution(Default::default())
+            .mode(mode);
         let store = Arc::new(FilesystemBackend::open_async(config).await?);
         *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Arc::downgrade(&store);
         Ok(store)
@@ -129,15 +127,13 @@ impl Fixture for SimFixture {
     }
 
     async fn open(&self) -> Result<Arc<dyn StorageBackend>, StorageError> {
-        let config = FsConfig {
-            path: "/sim/store".into(),
-            compression: CompressionType::Lz4,
-            durability: Durability::Buffered,
-            segment_size: 64 << 10,
-            max_payload_bytes: FIXTURE_PAYLOAD_LIMIT,
-            execution: Default::default(),
-            mode: Default::default(),
-        };
+        let config = FsConfig::new("/sim/store")
+            .compression(CompressionType::Lz4)
+            .durability(Durability::Buffered)
+            .segment_size(64 << 10)
+            .max_payload_bytes(FIXTURE_PAYLOAD_LIMIT)
+            .execution(Default::default())
+            .mode(Default::default());
         let vfs = Arc::new(self.0.clone());
         let store = tokio::task::spawn_blocking(move || FilesystemBackend::open_on(config, vfs))
             .await

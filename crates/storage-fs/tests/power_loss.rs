@@ -26,15 +26,13 @@ use storage_fs::io::SimVfs;
 use storage_fs::{Durability, FilesystemBackend, FsConfig};
 
 fn config() -> FsConfig {
-    FsConfig {
-        path: "/sim/store".into(),
-        compression: CompressionType::Lz4,
-        durability: Durability::Sync,
-        segment_size: 64 << 10,
-        max_payload_bytes: storage_core::MAX_PAYLOAD_BYTES,
-        execution: Default::default(),
-        mode: Default::default(),
-    }
+    FsConfig::new("/sim/store")
+        .compression(CompressionType::Lz4)
+        .durability(Durability::Sync)
+        .segment_size(64 << 10)
+        .max_payload_bytes(storage_core::MAX_PAYLOAD_BYTES)
+        .execution(Default::default())
+        .mode(Default::default())
 }
 
 /// 121 linked blocks with 1.5 KiB payloads (half random, so segments fill up);

@@ -11,15 +11,13 @@ use storage_core::{
 use storage_fs::{Durability, FilesystemBackend, FsConfig};
 
 fn config(dir: &Path, compression: CompressionType, segment_size: u64) -> FsConfig {
-    FsConfig {
-        path: dir.to_path_buf(),
-        compression,
-        durability: Durability::Buffered,
-        segment_size,
-        max_payload_bytes: storage_core::MAX_PAYLOAD_BYTES,
-        execution: Default::default(),
-        mode: Default::default(),
-    }
+    FsConfig::new(dir.to_path_buf())
+        .compression(compression)
+        .durability(Durability::Buffered)
+        .segment_size(segment_size)
+        .max_payload_bytes(storage_core::MAX_PAYLOAD_BYTES)
+        .execution(Default::default())
+        .mode(Default::default())
 }
 
 fn open(dir: &Path) -> FilesystemBackend {

@@ -30,15 +30,13 @@ impl DurableTarget for Fs {
                 CompressionType::Zstd,
             ),
         };
-        let config = FsConfig {
-            path: dir.to_path_buf(),
-            compression,
-            durability,
-            segment_size,
-            max_payload_bytes: storage_core::MAX_PAYLOAD_BYTES,
-            execution: Default::default(),
-            mode: Default::default(),
-        };
+        let config = FsConfig::new(dir.to_path_buf())
+            .compression(compression)
+            .durability(durability)
+            .segment_size(segment_size)
+            .max_payload_bytes(storage_core::MAX_PAYLOAD_BYTES)
+            .execution(Default::default())
+            .mode(Default::default());
         Ok(Arc::new(FilesystemBackend::open_async(config).await?))
     }
 

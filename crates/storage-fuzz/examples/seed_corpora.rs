@@ -46,15 +46,13 @@ async fn main() {
     for (c, compression) in CompressionType::ALL.into_iter().enumerate() {
         for close in [true, false] {
             let vfs = SimVfs::new();
-            let cfg = FsConfig {
-                path: "/fuzz/store".into(),
-                compression,
-                durability: Durability::Buffered,
-                segment_size: 64 << 10,
-                max_payload_bytes: storage_core::MAX_PAYLOAD_BYTES,
-                execution: Default::default(),
-                mode: Default::default(),
-            };
+            let cfg = FsConfig::new("/fuzz/store")
+                .compression(compression)
+                .durability(Durability::Buffered)
+                .segment_size(64 << 10)
+                .max_payload_bytes(storage_core::MAX_PAYLOAD_BYTES)
+                .execution(Default::default())
+                .mode(Default::default());
             let store = FilesystemBackend::open_on(cfg, Arc::new(vfs.clone())).expect("open");
             store.store_block(&chain[0]).await.expect("store");
             store.store_blocks(&chain[1..4]).await.expect("batch");

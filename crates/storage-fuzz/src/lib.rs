@@ -106,15 +106,13 @@ fn segment_header() -> &'static [u8] {
 }
 
 fn fs_config(compression: CompressionType) -> FsConfig {
-    FsConfig {
-        path: PathBuf::from(FS_DIR),
-        compression,
-        durability: Durability::Buffered,
-        segment_size: 64 << 10,
-        max_payload_bytes: storage_core::MAX_PAYLOAD_BYTES,
-        execution: Default::default(),
-        mode: Default::default(),
-    }
+    FsConfig::new(PathBuf::from(FS_DIR))
+        .compression(compression)
+        .durability(Durability::Buffered)
+        .segment_size(64 << 10)
+        .max_payload_bytes(storage_core::MAX_PAYLOAD_BYTES)
+        .execution(Default::default())
+        .mode(Default::default())
 }
 
 /// A block no input holds, for the write-after-recovery check.

@@ -18,10 +18,7 @@ use storage_object::{ObjectStoreBackend, ObjectStoreConfig};
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let prefix = format!("examples/chain-{}", std::process::id());
     let config = match std::env::args().nth(1) {
-        Some(url) => ObjectStoreConfig {
-            url,
-            ..Default::default()
-        },
+        Some(url) => ObjectStoreConfig::new(url),
         None => ObjectStoreConfig::from_cluster_env(&prefix).unwrap_or_default(),
     };
     println!("store: {}", config.url);

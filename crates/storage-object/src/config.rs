@@ -15,6 +15,7 @@ use storage_core::{MAX_PAYLOAD_BYTES, OpenMode, Result, StorageError, WireFormat
 /// How the backend uses a store, whichever store it is.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct ObjectOptions {
     /// How blocks are encoded in segments (each index entry records its format,
     /// so this may change between opens).
@@ -113,6 +114,7 @@ impl ObjectOptions {
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct ObjectStoreConfig {
     /// `s3://bucket/prefix` (S3 and S3-compatible stores), `file:///abs/dir`
     /// (object_store's local-file store; one writing process), or `memory://`
@@ -158,6 +160,15 @@ pub(crate) struct Built {
 }
 
 impl ObjectStoreConfig {
+    /// The chain at `url` with the default settings; endpoint, region and
+    /// credentials from the environment.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            ..Self::default()
+        }
+    }
+
     /// An S3 config for `s3://bucket/prefix` at `endpoint` with static credentials.
     pub fn s3(url: &str, endpoint: &str, access_key_id: &str, secret_access_key: &str) -> Self {
         Self {
@@ -289,3 +300,26 @@ impl ObjectStoreConfig {
         ))
     }
 }
+
+storage_core::setters!(ObjectOptions {
+    format: WireFormat,
+    parallelism: usize,
+    request_timeout: Duration,
+    connect_timeout: Duration,
+    max_retries: usize,
+    retry_timeout: Duration,
+    orphan_grace: Duration,
+    compact_segment_bytes: u64,
+    max_payload_bytes: usize,
+    mode: OpenMode,
+});
+
+storage_core::setters!(into ObjectStoreConfig { url: String });
+storage_core::setters!(ObjectStoreConfig {
+    endpoint: Option<String>,
+    region: Option<String>,
+    access_key_id: Option<String>,
+    secret_access_key: Option<String>,
+    allow_http: bool,
+    options: ObjectOptions,
+});

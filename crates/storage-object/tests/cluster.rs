@@ -74,11 +74,9 @@ fn volume_server_killed_mid_ingest(weed: PathBuf) -> Result<(), Failed> {
         &env["OLOCUS_S3_SECRET_ACCESS_KEY"],
     );
     // A short budget, so a write the cluster cannot take fails (transiently) soon.
-    config.options = ObjectOptions {
-        request_timeout: Duration::from_secs(5),
-        retry_timeout: Duration::from_secs(4),
-        ..Default::default()
-    };
+    config.options = ObjectOptions::default()
+        .request_timeout(Duration::from_secs(5))
+        .retry_timeout(Duration::from_secs(4));
     let rt = runtime();
     let store = rt.block_on(ObjectStoreBackend::open(config.clone()))?;
 

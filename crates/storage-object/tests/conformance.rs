@@ -16,10 +16,7 @@ use storage_object::{CLUSTER_ENV, ObjectOptions, ObjectStoreBackend, ObjectStore
 const FIXTURE_PAYLOAD_LIMIT: usize = 9 << 20;
 
 fn options() -> ObjectOptions {
-    ObjectOptions {
-        max_payload_bytes: FIXTURE_PAYLOAD_LIMIT,
-        ..Default::default()
-    }
+    ObjectOptions::default().max_payload_bytes(FIXTURE_PAYLOAD_LIMIT)
 }
 
 /// A fresh prefix per fixture, so every case has its own chain in one bucket.
@@ -67,7 +64,7 @@ impl ObjectFixture {
     async fn backend_in(&self, mode: OpenMode) -> Result<ObjectStoreBackend, StorageError> {
         match &self.target {
             Target::Memory(store) => {
-                let options = ObjectOptions { mode, ..options() };
+                let options = options().mode(mode);
                 ObjectStoreBackend::with_store(store.clone(), &self.prefix, options).await
             }
             Target::Cluster(config) => {

@@ -69,10 +69,7 @@ async fn compact_removes_orphans_after_the_grace_period() {
 
     let s = open(
         &store,
-        ObjectOptions {
-            orphan_grace: Duration::ZERO,
-            ..Default::default()
-        },
+        ObjectOptions::default().orphan_grace(Duration::ZERO),
     )
     .await;
     let before = views(&s).await;
@@ -96,10 +93,7 @@ async fn compact_repacks_small_and_partly_dead_segments() {
     let chain = data::chain(40);
     // No grace: block 3's segment, all of it deleted, looks like any orphan and
     // would otherwise be kept until it is old.
-    let no_grace = ObjectOptions {
-        orphan_grace: Duration::ZERO,
-        ..Default::default()
-    };
+    let no_grace = ObjectOptions::default().orphan_grace(Duration::ZERO);
     let s = open(&store, no_grace).await;
     let stale = open(&store, ObjectOptions::default()).await;
     for b in chain.iter().take(20) {

@@ -33,13 +33,10 @@ impl DurableTarget for ObjectFiles {
         let files = LocalFileSystem::new_with_prefix(dir).map_err(|e| {
             StorageError::Configuration(format!("local file store at {}: {e}", dir.display()))
         })?;
-        let options = ObjectOptions {
-            format: WireFormat {
-                compression,
-                ..WireFormat::BINARY
-            },
-            ..Default::default()
-        };
+        let options = ObjectOptions::default().format(WireFormat {
+            compression,
+            ..WireFormat::BINARY
+        });
         Ok(Arc::new(
             ObjectStoreBackend::with_store_single_writer(Arc::new(files), "", options).await?,
         ))

@@ -22,13 +22,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let manager = StorageManager::from_arcs(
         Arc::new(primary),
         vec![Arc::new(replica1), replica2.clone()],
-        StorageManagerConfig {
-            replication_factor: 3,
-            consistency_level: ConsistencyLevel::Quorum,
-            sync_writes: true,
-            replica_timeout: Duration::from_millis(500),
-            ..StorageManagerConfig::default()
-        },
+        StorageManagerConfig::default()
+            .replication_factor(3)
+            .consistency_level(ConsistencyLevel::Quorum)
+            .sync_writes(true)
+            .replica_timeout(Duration::from_millis(500)),
     )?;
 
     let key = SigningKey::from_bytes(&[3; 32]);

@@ -84,6 +84,7 @@ pub enum ConsistencyLevel {
 /// Manager settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
+#[non_exhaustive]
 pub struct StorageManagerConfig {
     /// Copies (primary included) each block should live on; a health report with
     /// fewer healthy copies says the store is under-replicated. 1..=copies.
@@ -295,3 +296,12 @@ impl StorageManager {
         }
     }
 }
+
+storage_core::setters!(StorageManagerConfig {
+    replication_factor: u32,
+    consistency_level: ConsistencyLevel,
+    health_check_interval: Duration,
+    auto_failover: bool,
+    sync_writes: bool,
+    replica_timeout: Duration,
+});

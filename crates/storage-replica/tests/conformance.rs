@@ -83,10 +83,10 @@ impl Fixture for ManagerFixture {
                 ),
                 Some(dir) => (
                     Arc::new(
-                        SQLiteBackend::new(SQLiteConfig {
-                            max_payload_bytes: FIXTURE_PAYLOAD_LIMIT,
-                            ..SQLiteConfig::at(dir.path().join("primary.db"))
-                        })
+                        SQLiteBackend::new(
+                            SQLiteConfig::at(dir.path().join("primary.db"))
+                                .max_payload_bytes(FIXTURE_PAYLOAD_LIMIT),
+                        )
                         .await?,
                     ),
                     // Every copy persists, so the manager does (it reports what
@@ -94,22 +94,20 @@ impl Fixture for ManagerFixture {
                     vec![
                         Arc::new(open_rocks(dir.path().join("replica_rocks")).await?),
                         Arc::new(
-                            SQLiteBackend::new(SQLiteConfig {
-                                max_payload_bytes: FIXTURE_PAYLOAD_LIMIT,
-                                ..SQLiteConfig::at(dir.path().join("replica.db"))
-                            })
+                            SQLiteBackend::new(
+                                SQLiteConfig::at(dir.path().join("replica.db"))
+                                    .max_payload_bytes(FIXTURE_PAYLOAD_LIMIT),
+                            )
                             .await?,
                         ),
                     ],
                 ),
             };
-        let config = StorageManagerConfig {
-            replication_factor: 3,
-            consistency_level: self.level,
-            sync_writes: self.sync_writes,
-            replica_timeout: Duration::from_secs(10),
-            ..StorageManagerConfig::default()
-        };
+        let config = StorageManagerConfig::default()
+            .replication_factor(3)
+            .consistency_level(self.level)
+            .sync_writes(self.sync_writes)
+            .replica_timeout(Duration::from_secs(10));
         let manager = StorageManager::from_arcs(primary, replicas, config)?;
         if self.cached {
             return Ok(Arc::new(CachedStorageBackend::new(
@@ -122,13 +120,10 @@ impl Fixture for ManagerFixture {
 }
 
 async fn open_rocks(path: std::path::PathBuf) -> Result<RocksDBBackend, StorageError> {
-    let config = RocksDBConfig {
-        path: path.to_string_lossy().into_owned(),
-        cache_size: 8 << 20,
-        write_buffer_size: 4 << 20,
-        max_payload_bytes: FIXTURE_PAYLOAD_LIMIT,
-        ..RocksDBConfig::default()
-    };
+    let config = RocksDBConfig::new(path.to_string_lossy().into_owned())
+        .cache_size(8 << 20)
+        .write_buffer_size(4 << 20)
+        .max_payload_bytes(FIXTURE_PAYLOAD_LIMIT);
     tokio::task::spawn_blocking(move || RocksDBBackend::new(config))
         .await
         .expect("open task")

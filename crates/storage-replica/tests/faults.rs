@@ -31,14 +31,13 @@ impl Cluster {
     ) -> StorageManager {
         manager_over(
             &self.copies,
-            StorageManagerConfig {
-                replication_factor: 3,
-                consistency_level: level,
-                sync_writes,
-                replica_timeout: timeout,
-                health_check_interval: Duration::from_millis(50),
-                auto_failover: true,
-            },
+            StorageManagerConfig::default()
+                .replication_factor(3)
+                .consistency_level(level)
+                .sync_writes(sync_writes)
+                .replica_timeout(timeout)
+                .health_check_interval(Duration::from_millis(50))
+                .auto_failover(true),
         )
     }
 
@@ -305,20 +304,14 @@ fn configuration_is_checked() {
     };
     for factor in [0, 3] {
         let (p, r) = copies();
-        let cfg = StorageManagerConfig {
-            replication_factor: factor,
-            ..Default::default()
-        };
+        let cfg = StorageManagerConfig::default().replication_factor(factor);
         assert_eq!(
             StorageManager::from_arcs(p, r, cfg).unwrap_err().kind(),
             ErrorKind::Configuration
         );
     }
     let (p, r) = copies();
-    let cfg = StorageManagerConfig {
-        replica_timeout: Duration::ZERO,
-        ..Default::default()
-    };
+    let cfg = StorageManagerConfig::default().replica_timeout(Duration::ZERO);
     assert!(StorageManager::from_arcs(p, r, cfg).is_err());
 }
 
@@ -356,14 +349,13 @@ impl DiskCluster {
     fn manager(&self, level: ConsistencyLevel) -> StorageManager {
         manager_over(
             &self.copies,
-            StorageManagerConfig {
-                replication_factor: 3,
-                consistency_level: level,
-                sync_writes: true,
-                replica_timeout: T,
-                health_check_interval: Duration::from_secs(3600),
-                auto_failover: true,
-            },
+            StorageManagerConfig::default()
+                .replication_factor(3)
+                .consistency_level(level)
+                .sync_writes(true)
+                .replica_timeout(T)
+                .health_check_interval(Duration::from_secs(3600))
+                .auto_failover(true),
         )
     }
 }
@@ -435,10 +427,7 @@ async fn capabilities_are_what_every_copy_shares() {
             .unwrap(),
     );
     let volatile: Arc<dyn StorageBackend> = Arc::new(MemoryBackend::new());
-    let config = || StorageManagerConfig {
-        replication_factor: 2,
-        ..StorageManagerConfig::default()
-    };
+    let config = || StorageManagerConfig::default().replication_factor(2);
     let both_durable =
         StorageManager::from_arcs(durable.clone(), vec![durable2], config()).unwrap();
     let caps = both_durable.capabilities();

@@ -15,10 +15,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = std::env::args()
         .nth(1)
         .unwrap_or_else(|| tmp.to_string_lossy().into_owned());
-    let config = RocksDBConfig {
-        path: path.clone(),
-        ..RocksDBConfig::default()
-    };
+    let config = RocksDBConfig::new(path.clone());
 
     let store = RocksDBBackend::new(config.clone())?;
     let keys = [

@@ -47,7 +47,7 @@
 //! ```no_run
 //! # async fn demo() -> storage_core::Result<()> {
 //! use storage_rocksdb::{RocksDBBackend, RocksDBConfig};
-//! let store = RocksDBBackend::new(RocksDBConfig { path: "./data/rocks".into(), ..Default::default() })?;
+//! let store = RocksDBBackend::new(RocksDBConfig::new("./data/rocks").sync_writes(true))?;
 //! # Ok(()) }
 //! ```
 
@@ -92,6 +92,7 @@ const ALL_CFS: [&str; 7] = [
 /// RocksDB settings (the seed's, plus `sync_writes`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
+#[non_exhaustive]
 pub struct RocksDBConfig {
     /// Database directory (created if missing).
     pub path: String,
@@ -155,6 +156,14 @@ impl Default for RocksDBConfig {
 }
 
 impl RocksDBConfig {
+    /// The default settings for a database in `path`.
+    pub fn new(path: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            ..Self::default()
+        }
+    }
+
     /// Applies the shared durability settings: `enabled = false` syncs nothing
     /// (writes still reach the log before they are acknowledged, so a process
     /// crash loses none); a zero `sync_interval` sets `sync_writes`; any other
@@ -1104,6 +1113,23 @@ impl Engine for RocksDBBackend {
         .await
     }
 }
+
+storage_core::setters!(into RocksDBConfig { path: String });
+storage_core::setters!(RocksDBConfig {
+    compression: CompressionType,
+    cache_size: usize,
+    write_buffer_size: usize,
+    max_write_buffer_number: i32,
+    max_background_jobs: i32,
+    enable_bloom_filter: bool,
+    bloom_filter_bits: f64,
+    sync_writes: bool,
+    wal_sync_interval: Option<Duration>,
+    max_total_wal_size: u64,
+    max_payload_bytes: usize,
+    execution: Execution,
+    mode: OpenMode,
+});
 
 #[cfg(test)]
 mod tests {

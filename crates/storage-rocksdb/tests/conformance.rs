@@ -88,17 +88,14 @@ impl Fixture for RocksFixture {
 
 impl RocksFixture {
     async fn open_mode(&self, mode: OpenMode) -> Result<Arc<dyn StorageBackend>, StorageError> {
-        let config = RocksDBConfig {
-            path: self.dir.path().join("db").to_string_lossy().into_owned(),
-            compression: self.compression,
-            cache_size: 8 << 20,
-            write_buffer_size: 4 << 20,
-            max_background_jobs: 2,
-            sync_writes: self.sync_writes,
-            max_payload_bytes: FIXTURE_PAYLOAD_LIMIT,
-            mode,
-            ..RocksDBConfig::default()
-        };
+        let config = RocksDBConfig::new(self.dir.path().join("db").to_string_lossy().into_owned())
+            .compression(self.compression)
+            .cache_size(8 << 20)
+            .write_buffer_size(4 << 20)
+            .max_background_jobs(2)
+            .sync_writes(self.sync_writes)
+            .max_payload_bytes(FIXTURE_PAYLOAD_LIMIT)
+            .mode(mode);
         // Opening reads files: keep it off the runtime thread.
         let store = tokio::task::spawn_blocking(move || RocksDBBackend::new(config))
             .await

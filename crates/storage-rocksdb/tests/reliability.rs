@@ -25,15 +25,12 @@ impl DurableTarget for Rocks {
             0 => (false, CompressionType::Lz4),
             _ => (true, CompressionType::Zstd),
         };
-        let config = RocksDBConfig {
-            path: dir.to_string_lossy().into_owned(),
-            compression,
-            cache_size: 8 << 20,
-            write_buffer_size: 256 << 10,
-            max_background_jobs: 2,
-            sync_writes,
-            ..RocksDBConfig::default()
-        };
+        let config = RocksDBConfig::new(dir.to_string_lossy().into_owned())
+            .compression(compression)
+            .cache_size(8 << 20)
+            .write_buffer_size(256 << 10)
+            .max_background_jobs(2)
+            .sync_writes(sync_writes);
         let store = tokio::task::spawn_blocking(move || RocksDBBackend::new(config))
             .await
             .expect("open task")?;
@@ -52,11 +49,8 @@ impl DurableTarget for Rocks {
         &self,
         dir: &Path,
     ) -> Option<Result<Arc<dyn StorageBackend>, StorageError>> {
-        let config = RocksDBConfig {
-            path: dir.to_string_lossy().into_owned(),
-            mode: storage_core::OpenMode::ReadOnly,
-            ..RocksDBConfig::default()
-        };
+        let config = RocksDBConfig::new(dir.to_string_lossy().into_owned())
+            .mode(storage_core::OpenMode::ReadOnly);
         let opened = tokio::task::spawn_blocking(move || RocksDBBackend::new(config))
             .await
             .expect("open task");

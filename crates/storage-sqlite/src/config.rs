@@ -13,6 +13,7 @@ use storage_core::{Result, StorageError};
 /// an acknowledged write; see the crate docs for what each mode survives.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
+#[non_exhaustive]
 pub struct SQLiteConfig {
     /// Database file; its directory is created if missing.
     pub database_path: String,
@@ -223,6 +224,22 @@ impl fmt::Display for TempStore {
         })
     }
 }
+
+storage_core::setters!(into SQLiteConfig { database_path: String });
+storage_core::setters!(SQLiteConfig {
+    max_connections: u32,
+    journal_mode: JournalMode,
+    synchronous: SynchronousMode,
+    cache_size: i64,
+    temp_store: TempStore,
+    enable_wal: bool,
+    wal_autocheckpoint_bytes: u64,
+    wal_sync_interval: Option<Duration>,
+    busy_timeout: Duration,
+    max_payload_bytes: usize,
+    execution: storage_core::Execution,
+    mode: storage_core::OpenMode,
+});
 
 #[cfg(test)]
 mod tests {
