@@ -575,19 +575,17 @@ pub(crate) async fn repair(ctx: &Ctx, from: &str, to: &str) -> CliResult {
     Ok(())
 }
 
-/// `migrate`.
-/// How a store that is only read is opened: read-only where the backend can
-/// (beside a process writing it), otherwise as an existing store (the
-/// filesystem backend cannot open read-only yet); a missing store is an error
-/// either way, not a new empty one.
+/// How a store that is only read is opened: read-only, beside any process
+/// writing it; a missing store is an error, not a new empty one. (A memory
+/// store exists only once opened.)
 pub(crate) fn read_mode(backend: &BackendConfig) -> OpenMode {
     match backend {
         BackendConfig::Memory => OpenMode::Create,
-        BackendConfig::Filesystem { .. } => OpenMode::OpenExisting,
         _ => OpenMode::ReadOnly,
     }
 }
 
+/// `migrate`.
 pub(crate) async fn migrate(ctx: &Ctx, from: &str, to: &str, batch: u64) -> CliResult {
     let mut src_config = StorageConfig::from_url(from).map_err(ctx_err("--from"))?;
     // A mode the URL names wins; otherwise the source is only read.

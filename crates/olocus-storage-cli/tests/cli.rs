@@ -442,27 +442,31 @@ fn reading_commands_open_existing_stores_and_read_beside_a_writer() {
             "{url}: a read created the store"
         );
     }
-    if !cfg!(feature = "rocksdb") {
-        return;
-    }
-    // RocksDB locks its directory: a second writer could not open it, a reader can.
+    // Every persistent backend here (SQLite has no writer lock to show)
+    // locks its directory against a second writer; a reader opens beside it.
     let input = dir.path().join("in.jsonl");
     write_jsonl(&input, &chain(30));
-    let url = format!("rocksdb:{}", s(&dir.path().join("busy")));
-    ok(&["--store", &url, "import", &s(&input)]);
+    let mut urls = vec![format!("fs:{}", s(&dir.path().join("busy-fs")))];
+    if cfg!(feature = "rocksdb") {
+        urls.push(format!("rocksdb:{}", s(&dir.path().join("busy-rocks"))));
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let writer = rt
-        .block_on(olocus_storage::Storage::open_url(&url))
-        .unwrap();
-    let listed = ok(&["--store", &url, "list", "--json"]);
-    let rows: serde_json::Value = serde_json::from_str(&listed).unwrap();
-    assert_eq!(rows.as_array().map(Vec::len), Some(30), "{listed}");
-    assert!(ok(&["--store", &url, "verify"]).contains("verified 30 blocks"));
-    let (_, err) = fails(&["--store", &url, "import", &s(&input)]);
-    assert!(err.contains("lock"), "a second writer: {err}");
-    rt.block_on(olocus_storage::StorageBackend::close(&*writer))
-        .unwrap();
+    for url in urls {
+        ok(&["--store", &url, "import", &s(&input)]);
+        let writer = rt
+            .block_on(olocus_storage::Storage::open_url(&url))
+            .unwrap();
+        let listed = ok(&["--store", &url, "list", "--json"]);
+        let rows: serde_json::Value = serde_json::from_str(&listed).unwrap();
+        assert_eq!(rows.as_array().map(Vec::len), Some(30), "{url}: {listed}");
+        assert!(ok(&["--store", &url, "verify"]).contains("verified 30 blocks"));
+        assert!(ok(&["--store", &url, "head"]).contains("#29"), "{url}");
+        let (_, err) = fails(&["--store", &url, "import", &s(&input)]);
+        assert!(err.contains("lock"), "{url}: a second writer: {err}");
+        rt.block_on(olocus_storage::StorageBackend::close(&*writer))
+            .unwrap();
+    }
 }

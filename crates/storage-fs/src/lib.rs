@@ -152,8 +152,10 @@ pub struct FsConfig {
     /// tokio's blocking pool, where a timeout around a call fires even if the
     /// disk stalls (see [`storage_core::Execution`]).
     pub execution: Execution,
-    /// Create the store if missing (the default) or open only an existing one.
-    /// Read-only opening is not supported by this backend yet and is refused.
+    /// Create the store if missing (the default), open only an existing one,
+    /// or open one read-only: no lock, nothing written, beside a writer in
+    /// another process; it sees the store as the writer had it when opening
+    /// began.
     pub mode: OpenMode,
 }
 
@@ -236,6 +238,7 @@ pub struct FilesystemBackend {
     path: PathBuf,
     recovery: Recovery,
     max_payload_bytes: usize,
+    read_only: bool,
     inner: OpenHandle<Inner>,
     gate: Gate,
 }
@@ -352,6 +355,7 @@ impl FilesystemBackend {
                 path,
                 recovery,
                 max_payload_bytes: inner.cfg.max_payload_bytes,
+                read_only: inner.cfg.mode == OpenMode::ReadOnly,
                 inner: OpenHandle::new(NAME, inner, execution),
                 gate: Gate::new(),
             })
@@ -390,7 +394,12 @@ impl Engine for FilesystemBackend {
     }
 
     fn supported(&self) -> Capabilities {
-        Capabilities::new().persistent().atomic_batches().vacuum()
+        let caps = Capabilities::new().persistent().atomic_batches().vacuum();
+        if self.read_only {
+            caps.read_only()
+        } else {
+            caps
+        }
     }
 
     fn max_payload_bytes(&self) -> usize {

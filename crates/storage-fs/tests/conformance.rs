@@ -74,7 +74,7 @@ impl Fixture for FsFixture {
     }
 
     fn open_modes(&self) -> &'static [OpenMode] {
-        &[OpenMode::OpenExisting]
+        &[OpenMode::OpenExisting, OpenMode::ReadOnly]
     }
 
     async fn open_in(

@@ -441,7 +441,23 @@ async fn reading_a_closed_store_writes_nothing() {
     s.close().await.unwrap();
     assert!(
         snapshot(dir.path()) == before,
+        "a reading session changed files"
+    );
+    // Opened read-only, not even the lock file is touched.
+    let lock = dir.path().join("LOCK");
+    let lock_before = std::fs::metadata(&lock).map(|m| m.modified().unwrap()).ok();
+    let mut cfg = config(dir.path(), CompressionType::None, 64 << 10);
+    cfg.mode = storage_core::OpenMode::ReadOnly;
+    let s = FilesystemBackend::open(cfg).unwrap();
+    assert_eq!(s.get_blocks_by_range(0, 199).await.unwrap().len(), 200);
+    s.close().await.unwrap();
+    assert!(
+        snapshot(dir.path()) == before,
         "a read-only session changed files"
+    );
+    assert_eq!(
+        std::fs::metadata(&lock).map(|m| m.modified().unwrap()).ok(),
+        lock_before
     );
 }
 
@@ -472,19 +488,56 @@ async fn engine_errors_keep_their_cause() {
     assert!(err.to_string().contains("plain-file"), "{err}");
 }
 
-/// Read-only opening is refused as unsupported, and opening a missing store
-/// as existing names the path; neither creates the directory.
+/// Opening a missing store read-only or as existing names the path and
+/// creates nothing.
 #[test]
-fn open_modes_this_backend_refuses_leave_nothing_behind() {
+fn opening_a_missing_store_leaves_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("never");
     let mut cfg = config(&path, CompressionType::None, 64 << 10);
+    for mode in [
+        storage_core::OpenMode::ReadOnly,
+        storage_core::OpenMode::OpenExisting,
+    ] {
+        cfg.mode = mode;
+        let e = FilesystemBackend::open(cfg.clone()).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotFound, "{mode}: {e}");
+        assert!(e.to_string().contains(&path.display().to_string()), "{e}");
+        assert!(!path.exists());
+    }
+}
+
+/// A read-only open beside a writer whose last append is torn (cut short as
+/// by a crash, or still under way) sees every whole record, leaves the torn
+/// bytes where they are, takes no lock and writes nothing.
+#[tokio::test]
+async fn read_only_leaves_a_torn_tail_and_the_lock_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    closed_store(dir.path()).await;
+    let seg = files(dir.path(), ".seg").pop().unwrap();
+    let whole = std::fs::metadata(&seg).unwrap().len();
+    // Half a record appended: the header of a put and a few body bytes.
+    let mut torn = std::fs::read(&seg).unwrap();
+    let tail = torn[torn.len() - 40..].to_vec();
+    torn.extend_from_slice(&tail[..20]);
+    std::fs::write(&seg, &torn).unwrap();
+    let mut cfg = config(dir.path(), CompressionType::None, 64 << 10);
     cfg.mode = storage_core::OpenMode::ReadOnly;
-    let e = FilesystemBackend::open(cfg.clone()).unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
-    cfg.mode = storage_core::OpenMode::OpenExisting;
-    let e = FilesystemBackend::open(cfg).unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
-    assert!(e.to_string().contains(&path.display().to_string()), "{e}");
-    assert!(!path.exists());
+    let reader = FilesystemBackend::open(cfg).unwrap();
+    assert!(reader.capabilities().read_only);
+    assert_eq!(reader.count_blocks().await.unwrap(), 200);
+    assert_eq!(
+        std::fs::metadata(&seg).unwrap().len(),
+        whole + 20,
+        "the reader cut"
+    );
+    // It holds no lock: a writer opens beside it (and cuts the torn bytes).
+    let writer = open(dir.path());
+    assert_eq!(std::fs::metadata(&seg).unwrap().len(), whole);
+    assert_eq!(reader.get_blocks_by_range(0, 199).await.unwrap().len(), 200);
+    let head = writer.get_chain_head().await.unwrap().unwrap();
+    let e = reader.delete_block(&head).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ReadOnly);
+    reader.close().await.unwrap();
+    writer.close().await.unwrap();
 }

@@ -33,15 +33,25 @@ impl DurableTarget for Fs {
         let config = FsConfig::new(dir.to_path_buf())
             .compression(compression)
             .durability(durability)
-            .segment_size(segment_size)
-            .max_payload_bytes(storage_core::MAX_PAYLOAD_BYTES)
-            .execution(Default::default())
-            .mode(Default::default());
+            .segment_size(segment_size);
         Ok(Arc::new(FilesystemBackend::open_async(config).await?))
     }
 
     fn settings(&self) -> u64 {
         3
+    }
+
+    fn opens_read_only(&self) -> bool {
+        true
+    }
+
+    async fn open_read_only(
+        &self,
+        dir: &Path,
+    ) -> Option<Result<Arc<dyn StorageBackend>, StorageError>> {
+        let config = FsConfig::new(dir.to_path_buf()).mode(storage_core::OpenMode::ReadOnly);
+        let opened = FilesystemBackend::open_async(config).await;
+        Some(opened.map(|s| Arc::new(s) as Arc<dyn StorageBackend>))
     }
 
     /// Record starts in segment files, found by walking the framing (a 48-byte

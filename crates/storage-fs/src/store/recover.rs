@@ -39,10 +39,7 @@ pub(crate) fn open(cfg: FsConfig, vfs: Arc<dyn Vfs>) -> Result<(Arc<Inner>, Reco
         vfs,
     };
     if cfg.mode == OpenMode::ReadOnly {
-        return Err(StorageError::unsupported(
-            crate::NAME,
-            "opening read-only (open it for writing, or copy it with `migrate`)",
-        ));
+        return open_read_only(cfg, dir);
     }
     if !cfg.mode.creates() {
         // A store has its manifest, or (written before manifests) segments.
@@ -91,13 +88,7 @@ pub(crate) fn open(cfg: FsConfig, vfs: Arc<dyn Vfs>) -> Result<(Arc<Inner>, Reco
         segments: listed.len(),
         ..Recovery::default()
     };
-    let loaded = match load_all(&dir, &listed, true, &mut rec)? {
-        Some(l) => l,
-        // The log has deletions or superseded copies: replay it. Recovery work
-        // (cutting a torn tail) was done by the first pass.
-        None => load_all(&dir, &listed, false, &mut Recovery::default())?
-            .expect("a replay always completes"),
-    };
+    let loaded = load(&dir, &listed, false, &mut rec)?;
     let (state, active) = (loaded.state, loaded.active);
     // Segments after the last listed one were started by a roll or written by a
     // compaction that stopped before its manifest commit.
@@ -146,6 +137,122 @@ pub(crate) fn open(cfg: FsConfig, vfs: Arc<dyn Vfs>) -> Result<(Arc<Inner>, Reco
         spawn_periodic(Arc::downgrade(&inner), inner.stop.clone(), every)?;
     }
     Ok((inner, rec))
+}
+
+/// Loads the listed segments: in bulk, or replayed when the log has deletions
+/// or superseded copies. Recovery work (cutting a torn tail) is done by the
+/// first pass.
+fn load(dir: &Dir, listed: &[(u64, u64)], read_only: bool, rec: &mut Recovery) -> Result<Loaded> {
+    match load_all(dir, listed, true, read_only, rec)? {
+        Some(l) => Ok(l),
+        None => Ok(
+            load_all(dir, listed, false, read_only, &mut Recovery::default())?
+                .expect("a replay always completes"),
+        ),
+    }
+}
+
+/// Opens the store for reading only, beside a writer in another process: no
+/// lock, nothing written. What it sees is the store as of opening: the
+/// segments the manifest listed, each read to its end then; a record the
+/// writer was appending at that moment (a torn tail) is left out, not cut.
+/// Segment files stay open, so a compaction in the writer that removes them
+/// later does not matter. A compaction that replaces segments while this one
+/// opens changes the manifest: opening then starts again.
+fn open_read_only(cfg: FsConfig, dir: Dir) -> Result<(Arc<Inner>, Recovery)> {
+    let mut attempt = 0u64;
+    loop {
+        let listed = match read_manifest(&dir)? {
+            Some(listed) => listed,
+            None => {
+                let has_segments = match dir.vfs.list(&dir.path) {
+                    Ok(names) => names.iter().any(|n| n.ends_with(".seg")),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+                    Err(e) => return Err(io(format!("listing {}", dir.path.display()), e)),
+                };
+                if has_segments {
+                    return Err(StorageError::corrupted(format!(
+                        "fs: {} has segment files but no MANIFEST (a store still being \
+                         created, or damage); open it for writing to recover it",
+                        dir.path.display()
+                    )));
+                }
+                return Err(StorageError::StoreNotFound {
+                    backend: crate::NAME.to_owned(),
+                    location: dir.path.display().to_string(),
+                });
+            }
+        };
+        let mut rec = Recovery {
+            segments: listed.len(),
+            ..Recovery::default()
+        };
+        let outcome =
+            check_listed(&dir, &listed).and_then(|()| load(&dir, &listed, true, &mut rec));
+        let loaded = match outcome {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                attempt += 1;
+                if attempt < 20 && read_manifest(&dir)?.as_ref() != Some(&listed) {
+                    std::thread::sleep(Duration::from_millis(5 * attempt));
+                    continue;
+                }
+                return Err(e);
+            }
+        };
+        let Active {
+            id: seg,
+            file,
+            len,
+            ops,
+            mark,
+            ..
+        } = loaded.active;
+        let inner = Arc::new(Inner {
+            dir: dir.clone(),
+            cfg: cfg.clone(),
+            state: RwLock::new(loaded.state),
+            writer: Mutex::new(Writer {
+                seg,
+                file,
+                len,
+                ops,
+                buf: Vec::new(),
+                // Writes are refused before they get here; this keeps them
+                // out even so, and makes close write nothing.
+                broken: Some("the store is open read-only".into()),
+                segments: listed.into_iter().collect(),
+                dirty: false,
+            }),
+            durable: Mutex::new(DurableState {
+                synced: (seg, len),
+                leader: false,
+                mark,
+            }),
+            durable_cv: Condvar::new(),
+            stop: Arc::new(Stop::default()),
+            _lock: Box::new(()),
+        });
+        return Ok((inner, rec));
+    }
+}
+
+/// Every segment the manifest lists exists.
+fn check_listed(dir: &Dir, listed: &[(u64, u64)]) -> Result<()> {
+    let present: Vec<u64> = read_dir(dir)?
+        .iter()
+        .filter_map(|n| parse_id(n, ".seg"))
+        .collect();
+    match listed.iter().find(|(id, _)| !present.contains(id)) {
+        Some((id, _)) => Err(lost(
+            dir,
+            *id,
+            "is missing",
+            (SEG_HEADER, u64::MAX),
+            "the manifest lists it",
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Opens a store file (read-only unless `write`) and reads its length.
@@ -343,6 +450,7 @@ pub(super) fn load_all(
     dir: &Dir,
     listed: &[(u64, u64)],
     bulk: bool,
+    read_only: bool,
     rec: &mut Recovery,
 ) -> Result<Option<Loaded>> {
     let idx_file = |id: u64| dir.vfs.open(&dir.idx(id), false);
@@ -359,7 +467,7 @@ pub(super) fn load_all(
     let mut buf = Vec::new(); // one buffer for every index file
     for (n, &(id, sealed)) in listed.iter().enumerate() {
         let last = n + 1 == listed.len();
-        let (file, len, mark, mark_slot) = open_segment(dir, id, last)?;
+        let (file, len, mark, mark_slot) = open_segment(dir, id, last && !read_only)?;
         buf.clear();
         let header = idx_file(id)
             .and_then(|f| {
@@ -398,7 +506,8 @@ pub(super) fn load_all(
         }
         // A sealed segment ends where it was sealed.
         let end = if sealed > 0 { sealed } else { len };
-        let (len, tail) = recover_tail(dir, id, &*file, covered, end, durable, last, rec)?;
+        let (len, tail) =
+            recover_tail(dir, id, &*file, covered, end, durable, last, read_only, rec)?;
         match &mut builder {
             Some(b) => {
                 if let Some(h) = &header
@@ -437,7 +546,7 @@ pub(super) fn load_all(
                 None => Vec::new(),
             };
             ops.extend(tail);
-            if !last {
+            if !last && !read_only {
                 // Sealed, but its index file never got written: write it now.
                 write_index(dir, id, len, &ops)?;
             } else {
@@ -490,6 +599,12 @@ pub(super) fn open_segment(
     let header = read_exact(&*file, 0, SEG_HEADER as usize, &|| {
         path.display().to_string()
     })?;
+    // Read again after the header: a writer in another process (beside a
+    // read-only opener) may have synced more and marked it meanwhile, and the
+    // mark must never be past the length this open works with.
+    let len = file
+        .len()
+        .map_err(|e| io(format!("reading metadata of {}", path.display()), e))?;
     match format::parse_segment_header(&header, id) {
         format::SegmentHeader::Valid { durable, slot } => Ok((file, len, durable, slot)),
         _ => Err(StorageError::corrupted(format!(
@@ -515,6 +630,7 @@ pub(super) fn recover_tail(
     len: u64,
     durable: u64,
     last: bool,
+    read_only: bool,
     rec: &mut Recovery,
 ) -> Result<(u64, Vec<Op>)> {
     if covered >= len {
@@ -556,6 +672,11 @@ pub(super) fn recover_tail(
              although {why}; {around}; salvage what is intact with `repair`",
             path.display()
         )));
+    }
+    if read_only {
+        // An append under way in the writer (or an interrupted one it will cut
+        // when it next opens): not part of what this open sees.
+        return Ok((cut, ops));
     }
     // An interrupted append: keep the bytes for inspection, then cut them.
     let saved = dir.path.join(format!("{id:016x}.seg.torn-{cut}"));
@@ -883,9 +1004,9 @@ mod tests {
         let ids = read_manifest(&d).unwrap().unwrap();
         assert!(ids.len() > 3, "{ids:?}");
         let mut rec = Recovery::default();
-        let bulk = load_all(&d, &ids, true, &mut rec).unwrap().unwrap();
+        let bulk = load_all(&d, &ids, true, false, &mut rec).unwrap().unwrap();
         assert!(rec.scanned_bytes > 0);
-        let replay = load_all(&d, &ids, false, &mut Recovery::default())
+        let replay = load_all(&d, &ids, false, false, &mut Recovery::default())
             .unwrap()
             .unwrap();
         assert_eq!(bulk.state.index.len(), 900);
