@@ -712,9 +712,24 @@ impl Inner {
     fn range(&self, start: u64, end: u64) -> Result<Vec<Block>> {
         let snap = self.db.snapshot();
         let (cf_index, cf_blocks) = (cf(&self.db, CF_INDEX)?, cf(&self.db, CF_BLOCKS)?);
+        // A range is a scan (a long chain is read as many ranges): reading it
+        // through the block cache would evict the point lookups' working set
+        // and make a streamed export's memory grow with the chain.
+        let scan_opts = || {
+            let mut o = ReadOptions::default();
+            o.set_snapshot(&snap);
+            o.fill_cache(false);
+            o
+        };
+        let get_opts = scan_opts();
         let mut out = Vec::new();
         let from = start.to_be_bytes();
-        for item in snap.iterator_cf(cf_index, IteratorMode::From(&from, Direction::Forward)) {
+        let entries = self.db.iterator_cf_opt(
+            cf_index,
+            scan_opts(),
+            IteratorMode::From(&from, Direction::Forward),
+        );
+        for item in entries {
             let (k, v) = item.map_err(|e| db_err("scanning the index", e))?;
             let index =
                 u64_at(&k, 0).ok_or_else(|| StorageError::corrupted("rocksdb: short index key"))?;
@@ -722,8 +737,9 @@ impl Inner {
                 break;
             }
             let meta = parse_record(index, &v)?;
-            let bytes = snap
-                .get_cf(cf_blocks, meta.hash.as_bytes())
+            let bytes = self
+                .db
+                .get_pinned_cf_opt(cf_blocks, meta.hash.as_bytes(), &get_opts)
                 .map_err(|e| db_err(&format!("reading block {}", meta.hash), e))?
                 .ok_or_else(|| {
                     StorageError::corrupted(format!("rocksdb: index entry {index} has no block"))

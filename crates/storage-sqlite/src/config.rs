@@ -23,8 +23,15 @@ pub struct SQLiteConfig {
     pub journal_mode: JournalMode,
     /// When SQLite waits for the disk (see the crate docs).
     pub synchronous: SynchronousMode,
-    /// Page cache per connection: positive = pages, negative = KiB (SQLite's rule).
+    /// Page cache of the writer connection: positive = pages, negative = KiB
+    /// (SQLite's rule).
     pub cache_size: i64,
+    /// Page cache of each read connection, in the same units. Small by default:
+    /// the operating system caches the file as well, and a long scan (a
+    /// streamed export) fills every cache it passes through, so with the
+    /// writer's size each reader would hold that much once a long chain had
+    /// been read.
+    pub read_cache_size: i64,
     /// Where temporary tables and indices live.
     pub temp_store: TempStore,
     /// Write-ahead logging (readers never block the writer).
@@ -63,6 +70,7 @@ impl Default for SQLiteConfig {
             journal_mode: JournalMode::WAL,
             synchronous: SynchronousMode::Normal,
             cache_size: -64 * 1024,
+            read_cache_size: -8 * 1024,
             temp_store: TempStore::Memory,
             enable_wal: true,
             wal_autocheckpoint_bytes: 4_096_000,
@@ -231,6 +239,7 @@ storage_core::setters!(SQLiteConfig {
     journal_mode: JournalMode,
     synchronous: SynchronousMode,
     cache_size: i64,
+    read_cache_size: i64,
     temp_store: TempStore,
     enable_wal: bool,
     wal_autocheckpoint_bytes: u64,

@@ -47,7 +47,11 @@ pub(crate) fn pragmas(c: &SQLiteConfig, reader: bool) -> String {
          PRAGMA temp_store = {};",
         c.busy_timeout.as_millis(),
         c.synchronous,
-        c.cache_size,
+        if reader {
+            c.read_cache_size
+        } else {
+            c.cache_size
+        },
         c.temp_store
     );
     if reader {
