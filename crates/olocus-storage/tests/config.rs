@@ -103,6 +103,7 @@ fn urls_round_trip() {
     }
 }
 
+#[cfg(feature = "fs")]
 #[tokio::test]
 async fn invalid_settings_are_refused_before_opening() {
     let dir = tempfile::tempdir().unwrap();
@@ -143,7 +144,7 @@ async fn a_backend_without_its_feature_names_the_feature() {
     assert!(err.to_string().contains("`rocksdb` feature"), "{err}");
 }
 
-#[cfg(not(feature = "cache"))]
+#[cfg(all(not(feature = "cache"), feature = "memory"))]
 #[tokio::test]
 async fn a_cache_without_its_feature_names_the_feature() {
     let mut c = StorageConfig::new(BackendConfig::Memory);

@@ -2,34 +2,43 @@
 //! cached stores from one TOML file, typed access to what one backend offers,
 //! and durability settings that reach each backend or are refused.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use olocus_storage::{
-    BackendConfig, Block, BlockPayload, ErrorKind, OpenMode, SigningKey, Storage,
-    StorageBackendExt, StorageConfig, WALConfig,
-};
+use olocus_storage::{BackendConfig, ErrorKind, OpenMode, StorageConfig};
 
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Note {
-    n: u32,
-}
+/// What the tests that open a store share (only some features have one).
+#[cfg(any(feature = "sqlite", feature = "rocksdb", feature = "object"))]
+mod chain {
+    use std::time::{Duration, SystemTime};
 
-impl BlockPayload for Note {
-    const PAYLOAD_TYPE: &'static str = "facade.note/v1";
-}
+    use olocus_storage::{Block, BlockPayload, SigningKey, Storage, StorageBackendExt};
 
-/// 2023-11-14, UTC.
-const DAY: u64 = 1_700_000_000;
-
-async fn append_three(storage: &Storage) -> Vec<Block> {
-    let key = SigningKey::from_bytes(&[7; 32]);
-    let mut out = Vec::new();
-    for n in 0..3 {
-        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(DAY + u64::from(n));
-        out.push(storage.append(&Note { n }, &key, t).await.unwrap());
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Note {
+        n: u32,
     }
-    out
+
+    impl BlockPayload for Note {
+        const PAYLOAD_TYPE: &'static str = "facade.note/v1";
+    }
+
+    /// 2023-11-14, UTC.
+    const DAY: u64 = 1_700_000_000;
+
+    /// Appends three blocks on 2023-11-14.
+    pub(crate) async fn append_three(storage: &Storage) -> Vec<Block> {
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let mut out = Vec::new();
+        for n in 0..3 {
+            let t = SystemTime::UNIX_EPOCH + Duration::from_secs(DAY + u64::from(n));
+            out.push(storage.append(&Note { n }, &key, t).await.unwrap());
+        }
+        out
+    }
 }
+
+#[cfg(any(feature = "sqlite", feature = "rocksdb", feature = "object"))]
+use chain::append_three;
 
 #[test]
 fn urls_carry_object_stores_modes_and_escapes() {
@@ -161,8 +170,10 @@ fn a_replicated_cached_store_is_one_toml_file() {
     assert_eq!(StorageConfig::from_toml(&text).unwrap(), c);
 }
 
+#[cfg(all(feature = "memory", feature = "fs"))]
 #[tokio::test]
 async fn settings_that_cannot_hold_are_refused() {
+    use olocus_storage::{Storage, WALConfig};
     let err = Storage::new(StorageConfig::new(BackendConfig::Memory).with_wal(WALConfig::synced()))
         .await
         .unwrap_err();
@@ -217,6 +228,7 @@ async fn settings_that_cannot_hold_are_refused() {
 #[cfg(feature = "sqlite")]
 #[tokio::test(flavor = "multi_thread")]
 async fn open_modes_through_urls() {
+    use olocus_storage::Storage;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("chain.db");
     let err = Storage::open_url(&format!("sqlite:{}?mode=open_existing", path.display()))
@@ -244,6 +256,7 @@ async fn open_modes_through_urls() {
 #[tokio::test(flavor = "multi_thread")]
 async fn backend_specific_apis_and_wal_settings_reach_the_backend() {
     use olocus_storage::sqlite::{SQLiteBackend, SynchronousMode};
+    use olocus_storage::{Storage, WALConfig};
     let dir = tempfile::tempdir().unwrap();
     let config =
         StorageConfig::new(BackendConfig::sqlite(dir.path().join("c.db"))).with_wal(WALConfig {
@@ -281,6 +294,7 @@ async fn backend_specific_apis_and_wal_settings_reach_the_backend() {
 #[tokio::test(flavor = "multi_thread")]
 async fn wal_settings_reach_rocksdb() {
     use olocus_storage::rocksdb::RocksDBBackend;
+    use olocus_storage::{Storage, WALConfig};
     let dir = tempfile::tempdir().unwrap();
     let storage = Storage::new(
         StorageConfig::new(BackendConfig::rocksdb(
@@ -307,6 +321,7 @@ async fn wal_settings_reach_rocksdb() {
 ))]
 #[tokio::test(flavor = "multi_thread")]
 async fn a_replicated_cached_store_works_and_its_parts_are_reachable() {
+    use olocus_storage::Storage;
     use olocus_storage::filesystem::FilesystemBackend;
     use olocus_storage::sqlite::SQLiteBackend;
     let dir = tempfile::tempdir().unwrap();
@@ -375,6 +390,8 @@ async fn a_replicated_cached_store_works_and_its_parts_are_reachable() {
 #[cfg(feature = "object")]
 #[tokio::test(flavor = "multi_thread")]
 async fn an_object_store_opens_from_toml() {
+    use olocus_storage::Storage;
+    use olocus_storage::StorageBackendExt;
     use olocus_storage::object::ObjectStoreBackend;
     let storage = Storage::new(
         StorageConfig::from_toml("[backend]\ntype = \"object\"\nurl = \"memory://\"\n").unwrap(),
