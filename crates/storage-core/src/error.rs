@@ -90,6 +90,22 @@ pub enum StorageError {
         location: String,
     },
 
+    /// Another handle or process holds the store open for writing, and this
+    /// backend allows one writer at a time. Opening read-only works beside it;
+    /// opening for writing works once the holder closes.
+    #[error("{backend} store at {location} is locked by another writer{}", holder.as_ref().map(|h| format!(" ({h})")).unwrap_or_default())]
+    StoreLocked {
+        /// The backend's name.
+        backend: String,
+        /// The store's path.
+        location: String,
+        /// Who holds it, if the backend can tell (a process id).
+        holder: Option<String>,
+        /// The engine's own error, if it reported the lock.
+        #[source]
+        source: Option<BoxError>,
+    },
+
     /// The store was closed; open it again to continue.
     #[error("{backend} store is closed")]
     Closed {
@@ -184,6 +200,8 @@ pub enum ErrorKind {
     Closed,
     /// See [`StorageError::ReadOnly`].
     ReadOnly,
+    /// See [`StorageError::StoreLocked`].
+    Locked,
     /// See [`StorageError::InsufficientReplicas`].
     InsufficientReplicas,
     /// See [`StorageError::Timeout`].
@@ -210,6 +228,7 @@ impl StorageError {
             Self::Closed { .. } => ErrorKind::Closed,
             Self::ReadOnly { .. } => ErrorKind::ReadOnly,
             Self::StoreNotFound { .. } => ErrorKind::NotFound,
+            Self::StoreLocked { .. } => ErrorKind::Locked,
             Self::InsufficientReplicas { .. } => ErrorKind::InsufficientReplicas,
             Self::Timeout { .. } => ErrorKind::Timeout,
             Self::Io { .. } => ErrorKind::Io,
@@ -226,6 +245,8 @@ impl StorageError {
     pub fn status(&self) -> ErrorStatus {
         match self {
             Self::Timeout { .. } | Self::InsufficientReplicas { .. } => ErrorStatus::Temporary,
+            // The holder keeps it until it closes: not worth a tight retry.
+            Self::StoreLocked { .. } => ErrorStatus::Persistent,
             Self::Backend { status, .. } => *status,
             Self::Io { source, .. }
                 if matches!(

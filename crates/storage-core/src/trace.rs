@@ -88,6 +88,7 @@ impl ErrorKind {
             ErrorKind::Unsupported => "unsupported",
             ErrorKind::Closed => "closed",
             ErrorKind::ReadOnly => "read_only",
+            ErrorKind::Locked => "locked",
             ErrorKind::InsufficientReplicas => "insufficient_replicas",
             ErrorKind::Timeout => "timeout",
             ErrorKind::Io => "io",

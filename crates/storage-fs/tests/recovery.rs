@@ -161,9 +161,11 @@ async fn second_opener_gets_a_clear_error() {
     let s = open(dir.path());
     let err =
         FilesystemBackend::open(config(dir.path(), CompressionType::None, 64 << 10)).unwrap_err();
-    assert!(
-        err.to_string().contains("already open") || format!("{err:?}").contains("already open")
-    );
+    assert_eq!(err.kind(), ErrorKind::Locked, "{err}");
+    let text = err.to_string();
+    assert!(text.contains("locked by another writer"), "{text}");
+    assert!(text.contains(&dir.path().display().to_string()), "{text}");
+    assert!(text.contains("another handle"), "{text}");
     assert!(!err.is_transient());
     s.close().await.unwrap();
     // Closing releases the lock at once.

@@ -899,7 +899,19 @@ impl RocksDBBackend {
         } else {
             DB::open_cf_descriptors(&db_opts, &path, descriptors)
         }
-        .map_err(|e| db_err(&format!("opening {}", path.display()), e))?;
+        .map_err(|e| {
+            // RocksDB reports a held LOCK file as an I/O error naming it.
+            if e.kind() == rocksdb::ErrorKind::IOError && e.as_ref().contains("lock file") {
+                StorageError::StoreLocked {
+                    backend: NAME.to_owned(),
+                    location: path.display().to_string(),
+                    holder: None,
+                    source: Some(Box::new(e)),
+                }
+            } else {
+                db_err(&format!("opening {}", path.display()), e)
+            }
+        })?;
         // RocksDB recovers whatever state its MANIFEST and logs describe: a MANIFEST
         // cut at a record boundary reads as an older, consistent state. Writes only
         // move the sequence number forward, so one behind the last close is loss.
@@ -1259,7 +1271,7 @@ mod tests {
         };
         let first = RocksDBBackend::new(config.clone()).unwrap();
         let err = RocksDBBackend::new(config).unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::Backend, "{err}");
+        assert_eq!(err.kind(), ErrorKind::Locked, "{err}");
         let mut chain = Vec::new();
         let mut at: Option<&(dyn std::error::Error + 'static)> = Some(&err);
         while let Some(e) = at {
@@ -1272,7 +1284,7 @@ mod tests {
         let cause = engine.to_string();
         assert!(!chain[0].contains(&cause), "cause printed twice: {chain:?}");
         assert!(
-            chain[0].starts_with("rocksdb backend error while "),
+            chain[0].starts_with("rocksdb store at ") && chain[0].contains("locked"),
             "{chain:?}"
         );
         drop(first);

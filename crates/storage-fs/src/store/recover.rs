@@ -18,16 +18,13 @@ pub(super) fn acquire_lock(dir: &Dir) -> Result<Box<dyn Any + Send + Sync>> {
     let path = dir.path.join(LOCK_FILE);
     match dir.vfs.lock(&dir.path) {
         Ok(Ok(guard)) => Ok(guard),
-        // Not temporary for retry loops: the holder keeps it until it closes.
-        Ok(Err(holder)) => Err(StorageError::backend_msg(
-            crate::NAME,
-            format!(
-                "opening {}: the store is already open (lock held by {holder}); one \
-                 process and one handle own a store directory at a time",
-                dir.path.display(),
-            ),
-            storage_core::ErrorStatus::Permanent,
-        )),
+        // One process and one handle own a store directory at a time.
+        Ok(Err(holder)) => Err(StorageError::StoreLocked {
+            backend: crate::NAME.to_owned(),
+            location: dir.path.display().to_string(),
+            holder: Some(format!("held by {holder}")),
+            source: None,
+        }),
         Err(e) => Err(io(format!("locking {}", path.display()), e)),
     }
 }
