@@ -43,7 +43,9 @@ fn read_blocks(
     let mut n = 0u64;
     let mut flush = |pending: &mut Vec<Block>| -> CliResult<()> {
         if !pending.is_empty() && !sink(std::mem::take(pending)) {
-            return Err(CliError("import stopped: the store refused a batch".into()));
+            return Err(CliError::failure(
+                "import stopped: the store refused a batch",
+            ));
         }
         Ok(())
     };
@@ -61,7 +63,7 @@ fn read_blocks(
                 }
                 lineno += 1;
                 if line.len() as u64 > limit && !line.ends_with('\n') {
-                    return Err(CliError(format!(
+                    return Err(CliError::usage(format!(
                         "line {lineno}: longer than {limit} bytes, more than any block encodes \
                          to; refused without reading the rest"
                     )));
@@ -72,7 +74,7 @@ fn read_blocks(
                 }
                 let block = WireFormat::JSON
                     .decode(text.as_bytes())
-                    .map_err(|e| CliError(format!("line {lineno}: {}", CliError::from(e).0)))?;
+                    .map_err(|e| bad_input(e, format!("line {lineno}")))?;
                 pending.push(block);
                 n += 1;
                 if pending.len() >= batch {
@@ -84,10 +86,10 @@ fn read_blocks(
             let mut magic = [0u8; 8];
             reader
                 .read_exact(&mut magic)
-                .map_err(|e| CliError(format!("reading the binary header: {e}")))?;
+                .map_err(|e| CliError::from(e).context("reading the binary header"))?;
             if &magic != BINARY_MAGIC {
-                return Err(CliError(
-                    "not a binary block export (bad header; use --format jsonl?)".into(),
+                return Err(CliError::usage(
+                    "not a binary block export (bad header; use --format jsonl?)",
                 ));
             }
             let mut offset = 8u64;
@@ -100,17 +102,17 @@ fn read_blocks(
                 }
                 let len = u32::from_le_bytes(len) as usize;
                 if len > olocus_storage::MAX_ENCODED_BLOCK_BYTES {
-                    return Err(CliError(format!(
+                    return Err(CliError::usage(format!(
                         "byte {offset}: record of {len} bytes exceeds the block size limit"
                     )));
                 }
                 let mut bytes = vec![0u8; len];
-                reader
-                    .read_exact(&mut bytes)
-                    .map_err(|e| CliError(format!("byte {offset}: record cut short ({e})")))?;
+                reader.read_exact(&mut bytes).map_err(|e| {
+                    CliError::usage(format!("byte {offset}: record cut short ({e})"))
+                })?;
                 let block = WireFormat::BINARY
                     .decode(&bytes)
-                    .map_err(|e| CliError(format!("byte {offset}: {}", CliError::from(e).0)))?;
+                    .map_err(|e| bad_input(e, format!("byte {offset}")))?;
                 offset += 4 + len as u64;
                 pending.push(block);
                 n += 1;
@@ -139,7 +141,7 @@ pub(crate) async fn import(
     } else {
         let path = file.expect("not stdio");
         let f = std::fs::File::open(path)
-            .map_err(|e| CliError(format!("opening {}: {e}", path.display())))?;
+            .map_err(|e| CliError::from(e).context(format!("opening {}", path.display())))?;
         let size = f.metadata().ok().map(|m| m.len());
         (Box::new(f), size)
     };
@@ -175,7 +177,7 @@ pub(crate) async fn import(
     drop(rx);
     let read = reader
         .join()
-        .map_err(|_| CliError("the reader thread panicked".into()))?;
+        .map_err(|_| CliError::failure("the reader thread panicked"))?;
     bar.finish_and_clear();
     if let Some(e) = failure {
         return Err(e);
@@ -191,12 +193,12 @@ pub(crate) async fn import(
     };
     let elapsed = started.elapsed();
     if ctx.json {
-        println!(
+        out!(
             "{}",
             json!({ "imported": stored, "head": top.as_ref().filter(|_| moved).map(|t| t.hash().to_string()), "seconds": elapsed.as_secs_f64() })
-        );
+        )?;
     } else {
-        println!(
+        out!(
             "imported {stored} blocks in {elapsed:.2?}{}",
             match (&top, moved, move_head) {
                 (Some(t), true, _) => format!("; head is #{} {}", t.index(), t.hash()),
@@ -204,7 +206,7 @@ pub(crate) async fn import(
                     "; the head stays (it is at or above these blocks)".into(),
                 _ => String::new(),
             }
-        );
+        )?;
     }
     Ok(())
 }
@@ -266,18 +268,18 @@ pub(crate) async fn export(
     to: Option<u64>,
 ) -> CliResult {
     let format = format_for(if is_stdio(file) { None } else { file }, format);
-    let mut out: BufWriter<Box<dyn Write>> = BufWriter::with_capacity(
-        1 << 20,
-        if is_stdio(file) {
-            Box::new(std::io::stdout())
-        } else {
-            let path = file.expect("not stdio");
-            Box::new(
-                std::fs::File::create(path)
-                    .map_err(|e| CliError(format!("creating {}: {e}", path.display())))?,
-            )
-        },
-    );
+    let mut out: BufWriter<Box<dyn Write>> =
+        BufWriter::with_capacity(
+            1 << 20,
+            if is_stdio(file) {
+                Box::new(std::io::stdout())
+            } else {
+                let path = file.expect("not stdio");
+                Box::new(std::fs::File::create(path).map_err(|e| {
+                    CliError::from(e).context(format!("creating {}", path.display()))
+                })?)
+            },
+        );
     if format == Format::Binary {
         out.write_all(BINARY_MAGIC)?;
     }
@@ -314,9 +316,9 @@ pub(crate) async fn export(
     bar.finish_and_clear();
     if !is_stdio(file) {
         if ctx.json {
-            println!("{}", json!({ "exported": n }));
+            out!("{}", json!({ "exported": n }))?;
         } else {
-            println!("exported {n} blocks");
+            out!("exported {n} blocks")?;
         }
     }
     Ok(())
@@ -340,14 +342,14 @@ pub(crate) async fn verify(ctx: &Ctx, store: &Storage, page: u64, allow_gaps: bo
         Ok(report) => {
             let gaps = olocus_storage::salvage::format_ranges(&report.gaps);
             if ctx.json {
-                println!(
+                out!(
                     "{}",
                     json!({ "ok": true, "checked": report.checked, "stored": report.stored,
                             "last_index": report.last.map(|l| l.0),
                             "head": report.head.map(|h| h.to_string()),
                             "gaps": gaps,
                             "seconds": started.elapsed().as_secs_f64() })
-                );
+                )?;
             } else {
                 let gaps = if gaps.is_empty() {
                     String::new()
@@ -361,12 +363,12 @@ pub(crate) async fn verify(ctx: &Ctx, store: &Storage, page: u64, allow_gaps: bo
                     Some((i, _)) => format!("head is the last block #{i}"),
                     None => "the store is empty".into(),
                 };
-                println!(
+                out!(
                     "verified {} blocks: signatures, index sequence, hash links and stored \
                      hashes hold, the count matches, {head}{gaps} ({:.2?})",
                     report.checked,
                     started.elapsed()
-                );
+                )?;
             }
             Ok(())
         }
@@ -386,19 +388,25 @@ pub(crate) async fn verify(ctx: &Ctx, store: &Storage, page: u64, allow_gaps: bo
                 other => return Err(ctx_err("verifying")(other)),
             };
             if ctx.json {
-                println!(
+                out!(
                     "{}",
                     json!({ "ok": false, "index": index, "problem": kind, "reason": reason,
                             "verified_before": verified })
-                );
+                )?;
             } else {
                 let at = index.map(|i| format!(" at index {i}")).unwrap_or_default();
-                println!("{kind}{at}: {reason} ({verified} blocks before it verified)");
+                out!("{kind}{at}: {reason} ({verified} blocks before it verified)")?;
             }
-            Err(CliError(match index {
-                Some(i) => format!("verification failed at index {i}"),
-                None => "verification failed: the store is damaged".into(),
-            }))
+            Err(match index {
+                Some(i) => CliError::new(
+                    crate::Exit::VerifyFailed,
+                    format!("verification failed at index {i}"),
+                ),
+                None => CliError::new(
+                    crate::Exit::Damaged,
+                    "verification failed: the store is damaged",
+                ),
+            })
         }
     }
 }
@@ -411,13 +419,13 @@ pub(crate) async fn list(ctx: &Ctx, store: &Storage, options: &ListOptions) -> C
         .map_err(ctx_err("listing"))?;
     if ctx.json {
         let rows: Vec<_> = found.iter().map(render::meta_json).collect();
-        println!("{}", serde_json::Value::Array(rows));
+        out!("{}", serde_json::Value::Array(rows))?;
     } else {
-        println!("{}", render::meta_header());
+        out!("{}", render::meta_header())?;
         for m in &found {
-            println!("{}", render::meta_line(m));
+            out!("{}", render::meta_line(m))?;
         }
-        println!("({} blocks)", found.len());
+        out!("({} blocks)", found.len())?;
     }
     Ok(())
 }
@@ -432,13 +440,16 @@ pub(crate) async fn get(ctx: &Ctx, store: &Storage, hash: &BlockHash) -> CliResu
         Some(b) => {
             let v = render::block_json(&b);
             if ctx.json {
-                println!("{v}");
+                out!("{v}")?;
             } else {
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                out!("{}", serde_json::to_string_pretty(&v)?)?;
             }
             Ok(())
         }
-        None => Err(CliError(format!("block {hash} not found"))),
+        None => Err(CliError::new(
+            crate::Exit::NotFound,
+            format!("block {hash} not found"),
+        )),
     }
 }
 
@@ -456,14 +467,14 @@ pub(crate) async fn head(ctx: &Ctx, store: &Storage) -> CliResult {
         None => None,
     };
     if ctx.json {
-        println!(
+        out!(
             "{}",
             json!({ "head": head.map(|h| h.to_string()), "index": block.as_ref().map(Block::index) })
-        );
+        )?;
     } else {
         match block {
-            Some(b) => println!("#{} {}", b.index(), b.hash()),
-            None => println!("no head set"),
+            Some(b) => out!("#{} {}", b.index(), b.hash())?,
+            None => out!("no head set")?,
         }
     }
     Ok(())
@@ -476,9 +487,9 @@ pub(crate) async fn stats(ctx: &Ctx, store: &Storage) -> CliResult {
         .await
         .map_err(ctx_err("reading statistics"))?;
     if ctx.json {
-        println!("{}", render::stats_json(&s));
+        out!("{}", render::stats_json(&s))?;
     } else {
-        print!("{}", render::stats_text(&s));
+        out_no_newline!("{}", render::stats_text(&s))?;
     }
     Ok(())
 }
@@ -495,12 +506,12 @@ pub(crate) async fn maintain(ctx: &Ctx, store: &Storage, vacuum: bool) -> CliRes
     .map_err(ctx_err(what))?;
     let elapsed = started.elapsed();
     if ctx.json {
-        println!(
+        out!(
             "{}",
             json!({ "done": what, "seconds": elapsed.as_secs_f64() })
-        );
+        )?;
     } else {
-        println!("{what} done in {elapsed:.2?}");
+        out!("{what} done in {elapsed:.2?}")?;
     }
     Ok(())
 }
@@ -513,7 +524,7 @@ pub(crate) async fn repair(ctx: &Ctx, from: &str, to: &str) -> CliResult {
         StorageConfig::from_url(to).map_err(ctx_err("--to"))?,
     );
     if src_config.backend == dst_config.backend {
-        return Err(CliError("--from and --to name the same store".into()));
+        return Err(CliError::usage("--from and --to name the same store"));
     }
     let dst = Storage::new(dst_config)
         .await
@@ -553,26 +564,32 @@ pub(crate) async fn repair(ctx: &Ctx, from: &str, to: &str) -> CliResult {
     let report = report.map_err(ctx_err(format!("salvaging {from} into {to}")))?;
     closed.map_err(ctx_err("closing the new store"))?;
     if ctx.json {
-        println!(
+        out!(
             "{}",
             json!({ "copied": report.copied,
                     "lost": report.lost.iter().map(|(a, b)| [a, b]).collect::<Vec<_>>(),
                     "damage": report.damage, "head": report.head.map(|h| h.to_string()) })
-        );
+        )?;
     } else {
         for d in &report.damage {
-            println!("damaged: {d}");
+            out!("damaged: {d}")?;
         }
-        println!(
+        out!(
             "copied {} intact blocks from {from} into {to}; lost: {}; head {}",
             report.copied,
             report.lost_summary(),
             report
                 .head
                 .map_or_else(|| "not set".to_string(), |h| h.to_string())
-        );
+        )?;
     }
     Ok(())
+}
+
+/// An input record that does not decode: bad input, whatever the decoder
+/// calls it.
+fn bad_input(e: StorageError, at: String) -> CliError {
+    CliError::usage(CliError::from(e).context(at).msg)
 }
 
 /// How a store that is only read is opened: read-only, beside any process
@@ -594,7 +611,7 @@ pub(crate) async fn migrate(ctx: &Ctx, from: &str, to: &str, batch: u64) -> CliR
     }
     let dst_config = StorageConfig::from_url(to).map_err(ctx_err("--to"))?;
     if src_config.backend == dst_config.backend {
-        return Err(CliError("--from and --to name the same store".into()));
+        return Err(CliError::usage("--from and --to name the same store"));
     }
     let src = Storage::new(src_config)
         .await
@@ -608,15 +625,15 @@ pub(crate) async fn migrate(ctx: &Ctx, from: &str, to: &str, batch: u64) -> CliR
     closed.0.map_err(ctx_err("closing the source"))?;
     closed.1.map_err(ctx_err("closing the destination"))?;
     if ctx.json {
-        println!("{summary}");
+        out!("{summary}")?;
     } else {
-        println!(
+        out!(
             "migrated {} blocks from {from} to {to} ({} were already there) in {:.2}s; head {}",
             summary["copied"],
             summary["skipped"],
             summary["seconds"].as_f64().unwrap_or(0.0),
             summary["head"].as_str().unwrap_or("not set")
-        );
+        )?;
     }
     Ok(())
 }
@@ -647,7 +664,7 @@ async fn copy_all(
             .await
             .map_err(ctx_err("listing the source"))?;
         if ours.first().map(|m| m.hash) != theirs.first().map(|m| m.hash) {
-            return Err(CliError(format!(
+            return Err(CliError::failure(format!(
                 "the destination holds a block at index {top} that the source does not; \
                  refusing to mix two chains"
             )));
@@ -684,11 +701,8 @@ async fn copy_all(
             for b in &blocks {
                 let linked = prev.as_ref().filter(|p| p.index() + 1 == b.index());
                 verify_block(b, linked).map_err(|e| {
-                    CliError(format!(
-                        "source block #{} fails verification: {}",
-                        b.index(),
-                        CliError::from(e).0
-                    ))
+                    CliError::from(e)
+                        .context(format!("source block #{} fails verification", b.index()))
                 })?;
                 prev = Some(b.clone());
             }
@@ -716,7 +730,7 @@ async fn copy_all(
         .await
         .map_err(ctx_err("counting the destination"))?;
     if dst_count < total {
-        return Err(CliError(format!(
+        return Err(CliError::failure(format!(
             "the destination holds {dst_count} blocks after the copy, the source {total}"
         )));
     }

@@ -49,7 +49,7 @@ pub(crate) async fn run(
     keep: bool,
 ) -> CliResult {
     if blocks < 2 {
-        return Err(CliError("--blocks must be at least 2".into()));
+        return Err(CliError::usage("--blocks must be at least 2"));
     }
     // Only the default store lives in a temporary directory.
     let (config, temp) = match (config_file, store_url) {
@@ -59,7 +59,7 @@ pub(crate) async fn run(
             let temp = tempfile::Builder::new()
                 .prefix("olocus-demo-")
                 .tempdir()
-                .map_err(|e| CliError(format!("creating a temporary directory: {e}")))?;
+                .map_err(|e| CliError::from(e).context("creating a temporary directory"))?;
             let config = StorageConfig::new(BackendConfig::Filesystem {
                 path: temp.path().join("chain"),
                 compression: CompressionType::Lz4,
@@ -72,24 +72,26 @@ pub(crate) async fn run(
         .await
         .map_err(ctx_err(format!("opening {url}")))?;
     if storage.count_blocks().await.map_err(ctx_err("counting"))? > 0 {
-        return Err(CliError(format!(
+        return Err(CliError::failure(format!(
             "{url} already holds blocks; the demo needs an empty store"
         )));
     }
     let mut lines: Vec<(String, String)> = Vec::new();
-    let mut say = |step: &str, text: String| {
+    let mut say = |step: &str, text: String| -> CliResult {
         if !ctx.json {
-            println!("{step:<10} {text}");
+            out!("{step:<10} {text}")?;
         }
         lines.push((step.to_string(), text));
+        Ok(())
     };
     if !ctx.json {
-        println!("olocus-storage demo: {blocks} blocks into {url}\n");
+        out!("olocus-storage demo: {blocks} blocks into {url}\n")?;
     }
 
     // A fresh key for this run.
     let mut seed = [0u8; 32];
-    getrandom::fill(&mut seed).map_err(|e| CliError(format!("no randomness for a key: {e}")))?;
+    getrandom::fill(&mut seed)
+        .map_err(|e| CliError::failure(format!("no randomness for a key: {e}")))?;
     let key = SigningKey::from_bytes(&seed);
     let signer = olocus_storage::PublicKey::from(&key.verifying_key());
 
@@ -115,7 +117,7 @@ pub(crate) async fn run(
             render::short(&signer.to_string()),
             rate(blocks, took)
         ),
-    );
+    )?;
 
     // Store in batches of 500, then move the head.
     let started = Instant::now();
@@ -142,14 +144,14 @@ pub(crate) async fn run(
             last.index(),
             render::short(&last.hash().to_string())
         ),
-    );
+    )?;
 
     // Verify everything from storage.
     let started = Instant::now();
     let checked = storage
         .verify_store(&VerifyOptions::default(), &mut |_| {})
         .await
-        .map_err(|e| CliError(format!("verification failed: {}", CliError::from(e).0)))?
+        .map_err(|e| CliError::from(e).context("verification failed"))?
         .checked;
     let took = started.elapsed();
     say(
@@ -159,7 +161,7 @@ pub(crate) async fn run(
              hashes hold ({took:.2?}, {})",
             rate(checked, took)
         ),
-    );
+    )?;
 
     // By hash.
     let probe = &chain[chain.len() / 2];
@@ -168,11 +170,11 @@ pub(crate) async fn run(
         .retrieve_block(&probe.hash())
         .await
         .map_err(ctx_err("retrieving by hash"))?
-        .ok_or_else(|| CliError("the probe block is missing".into()))?;
+        .ok_or_else(|| CliError::failure("the probe block is missing"))?;
     let took = started.elapsed();
     if got != *probe {
-        return Err(CliError(
-            "the block read back differs from the one stored".into(),
+        return Err(CliError::failure(
+            "the block read back differs from the one stored",
         ));
     }
     say(
@@ -183,7 +185,7 @@ pub(crate) async fn run(
             render::short(&got.hash().to_string()),
             String::from_utf8_lossy(got.payload())
         ),
-    );
+    )?;
 
     // By index range.
     let (lo, hi) = (blocks / 4, blocks / 4 + 99.min(blocks - blocks / 4 - 1));
@@ -199,7 +201,7 @@ pub(crate) async fn run(
             range.len(),
             started.elapsed()
         ),
-    );
+    )?;
 
     // By time: a 250 ms window.
     let from = chain[(blocks / 2) as usize].timestamp();
@@ -224,7 +226,7 @@ pub(crate) async fn run(
             window.last().map_or(0, |m| m.index),
             started.elapsed()
         ),
-    );
+    )?;
 
     // Filters: the newest audit events; a signer, paged.
     let started = Instant::now();
@@ -243,7 +245,7 @@ pub(crate) async fn run(
                 .join(" "),
             started.elapsed()
         ),
-    );
+    )?;
     let started = Instant::now();
     let page = storage
         .list_blocks(
@@ -268,7 +270,7 @@ pub(crate) async fn run(
                 .join(" "),
             started.elapsed()
         ),
-    );
+    )?;
 
     let stats = storage.get_stats().await.map_err(ctx_err("statistics"))?;
     say(
@@ -280,21 +282,21 @@ pub(crate) async fn run(
             stats.oldest_block.map(render::time).unwrap_or_default(),
             stats.newest_block.map(render::time).unwrap_or_default()
         ),
-    );
+    )?;
     storage.close().await.map_err(ctx_err("closing"))?;
     let kept = keep || store_url.is_some() || config_file.is_some();
     if kept {
-        say("kept", format!("the store at {url}"));
+        say("kept", format!("the store at {url}"))?;
     }
     if ctx.json {
         let steps: Vec<_> = lines
             .iter()
             .map(|(k, v)| json!({ "step": k, "result": v }))
             .collect();
-        println!(
+        out!(
             "{}",
             json!({ "store": url, "blocks": blocks, "steps": steps })
-        );
+        )?;
     }
     if let Some(temp) = temp.filter(|_| keep) {
         // Keep the temporary directory instead of removing it.

@@ -20,13 +20,39 @@ use olocus_storage::{
     StorageConfig, StorageError,
 };
 
+/// `println!` that hands back an error instead of panicking when standard
+/// output is closed (`| head`), so the command can end quietly.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*).map_err($crate::CliError::from)
+    }};
+}
+
+/// `print!` as [`out!`] is `println!`.
+macro_rules! out_no_newline {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout().lock(), $($arg)*).map_err($crate::CliError::from)
+    }};
+}
+
 mod commands;
 mod demo;
 mod render;
 
+/// Exit codes and logging, shown under `--help`.
+const AFTER_HELP: &str = "\
+Exit codes: 0 done; 1 other failure; 2 bad usage or input; 3 not found (store,
+block, file); 4 the chain does not verify; 5 the store is locked, busy or timed
+out; 6 the store is damaged; 7 I/O failed; 141 output closed early (| head).
+
+Logging: OLOCUS_LOG sets the filter (tracing's syntax, e.g. OLOCUS_LOG=debug or
+OLOCUS_LOG=storage_fs=trace); the default is warn.";
+
 /// Store, verify, query and move Olocus block chains.
 #[derive(Parser)]
-#[command(name = "olocus-storage", version, propagate_version = true)]
+#[command(name = "olocus-storage", version, propagate_version = true, after_help = AFTER_HELP)]
 struct Cli {
     /// The store: memory:, fs:PATH, rocksdb:PATH, sqlite:PATH or
     /// s3://BUCKET/PREFIX (fs and rocksdb take ?compression=zstd|lz4|gzip|none;
@@ -199,19 +225,134 @@ fn parse_time(s: &str) -> Result<SystemTime, String> {
         .map_err(|e| format!("{s:?} is neither RFC 3339 nor Unix nanoseconds: {e}"))
 }
 
-/// An error to print: the message and every cause below it.
-#[derive(Debug)]
-pub struct CliError(pub String);
+/// How the command line ends: the exit codes listed in the README.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Anything not listed below.
+    Failure = 1,
+    /// Bad usage or bad input: a flag, a URL, a configuration, an input file's
+    /// contents, a write to a store opened read-only.
+    Usage = 2,
+    /// The store, a block or a file does not exist.
+    NotFound = 3,
+    /// The chain does not verify: a bad signature or link, a gap, a wrong head.
+    VerifyFailed = 4,
+    /// The store is locked by another writer, or busy, or timed out.
+    Busy = 5,
+    /// The store's data is damaged.
+    Damaged = 6,
+    /// Reading or writing a file or the store failed.
+    Io = 7,
+    /// Output was closed early (`| head`): ended quietly, as if by SIGPIPE.
+    ClosedPipe = 141,
+}
 
-impl<E: Error> From<E> for CliError {
-    fn from(e: E) -> Self {
+impl Exit {
+    /// The code for a storage error.
+    fn of(e: &StorageError) -> Self {
+        use olocus_storage::ErrorKind as K;
+        match e.kind() {
+            K::InvalidInput
+            | K::Configuration
+            | K::ReadOnly
+            | K::Unsupported
+            | K::IndexConflict
+            | K::Encoding => Self::Usage,
+            K::NotFound => Self::NotFound,
+            K::Verification => Self::VerifyFailed,
+            K::Locked | K::Timeout | K::InsufficientReplicas => Self::Busy,
+            K::Corrupted => Self::Damaged,
+            K::Io => Self::of_io(e),
+            _ => Self::Failure,
+        }
+    }
+
+    /// The code for an I/O error somewhere in `e`'s chain of causes.
+    fn of_io(e: &(dyn Error + 'static)) -> Self {
+        let mut at = Some(e);
+        while let Some(err) = at {
+            if let Some(io) = err.downcast_ref::<std::io::Error>() {
+                return match io.kind() {
+                    std::io::ErrorKind::BrokenPipe => Self::ClosedPipe,
+                    std::io::ErrorKind::NotFound => Self::NotFound,
+                    _ => Self::Io,
+                };
+            }
+            at = err.source();
+        }
+        Self::Io
+    }
+}
+
+/// An error to print (the message and every cause below it), with the exit
+/// code it ends the command with.
+#[derive(Debug)]
+pub struct CliError {
+    /// What went wrong, causes included.
+    pub msg: String,
+    /// How the command ends.
+    pub code: Exit,
+}
+
+impl CliError {
+    /// An error ending with `code`.
+    pub fn new(code: Exit, msg: impl Into<String>) -> Self {
+        Self {
+            msg: msg.into(),
+            code,
+        }
+    }
+
+    /// Bad usage or input.
+    pub fn usage(msg: impl Into<String>) -> Self {
+        Self::new(Exit::Usage, msg)
+    }
+
+    /// Any other failure.
+    pub fn failure(msg: impl Into<String>) -> Self {
+        Self::new(Exit::Failure, msg)
+    }
+
+    /// The same error, saying first what was being done.
+    pub fn context(self, what: impl std::fmt::Display) -> Self {
+        Self {
+            msg: format!("{what}: {}", self.msg),
+            code: self.code,
+        }
+    }
+
+    /// The message of `e` with every cause below it, on one line.
+    fn chain(e: &(dyn Error + 'static)) -> String {
         let mut msg = e.to_string();
         let mut source = e.source();
         while let Some(s) = source {
             msg.push_str(&format!(": {s}"));
             source = s.source();
         }
-        Self(msg)
+        msg
+    }
+}
+
+impl From<StorageError> for CliError {
+    fn from(e: StorageError) -> Self {
+        Self::new(Exit::of(&e), Self::chain(&e))
+    }
+}
+
+impl From<std::io::Error> for CliError {
+    fn from(e: std::io::Error) -> Self {
+        Self::new(Exit::of_io(&e), Self::chain(&e))
+    }
+}
+
+impl From<serde_json::Error> for CliError {
+    fn from(e: serde_json::Error) -> Self {
+        let code = if e.is_io() {
+            Exit::of_io(&e)
+        } else {
+            Exit::Usage
+        };
+        Self::new(code, Self::chain(&e))
     }
 }
 
@@ -265,10 +406,9 @@ async fn open(cli: &Cli) -> CliResult<Storage> {
         (Some(path), _) => StorageConfig::load(path)?,
         (None, Some(url)) => StorageConfig::from_url(url)?,
         (None, None) => {
-            return Err(CliError(
+            return Err(CliError::usage(
                 "no store given: pass --store URL (memory:, fs:PATH, rocksdb:PATH, \
-                 sqlite:PATH, s3://BUCKET/PREFIX) or --config FILE.toml"
-                    .into(),
+                 sqlite:PATH, s3://BUCKET/PREFIX) or --config FILE.toml",
             ));
         }
     };
@@ -282,7 +422,7 @@ async fn open(cli: &Cli) -> CliResult<Storage> {
     };
     Storage::new(config)
         .await
-        .map_err(|e| CliError(format!("opening {what}: {}", CliError::from(e).0)))
+        .map_err(|e| CliError::from(e).context(format!("opening {what}")))
 }
 
 async fn run(cli: Cli) -> CliResult {
@@ -370,6 +510,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal, never into a pipe or a file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -383,14 +525,16 @@ fn main() -> ExitCode {
     };
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(CliError(msg)) => {
-            eprintln!("error: {msg}");
-            ExitCode::FAILURE
+        // Whoever read the output stopped reading: nothing to say.
+        Err(e) if e.code == Exit::ClosedPipe => ExitCode::from(Exit::ClosedPipe as u8),
+        Err(e) => {
+            eprintln!("error: {}", e.msg);
+            ExitCode::from(e.code as u8)
         }
     }
 }
 
 /// Maps a storage error into the CLI's, naming what was being done.
 pub fn ctx_err(what: impl std::fmt::Display) -> impl FnOnce(StorageError) -> CliError {
-    move |e| CliError(format!("{what}: {}", CliError::from(e).0))
+    move |e| CliError::from(e).context(what)
 }

@@ -6,7 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{chain, fails, ok, s, write_jsonl};
+use common::{chain, exit_code, fails, ok, s, write_jsonl};
 
 /// Persistent backends compiled into this build, as URL makers.
 fn backends(dir: &Path, tag: &str) -> Vec<String> {
@@ -144,6 +144,11 @@ fn verify_names_the_first_damaged_block() {
     assert!(out.contains("damaged"), "{out}");
     assert!(out.contains("17 blocks before it verified"), "{out}");
     assert!(err.contains("verification failed"), "{err}");
+    assert_eq!(
+        exit_code(&["--store", &url, "verify"]).0,
+        Some(6),
+        "damaged"
+    );
     let (out, _) = fails(&["--store", &url, "verify", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
@@ -545,4 +550,130 @@ fn export_streams_in_bounded_memory() {
             peaks[1] >> 20
         );
     }
+}
+
+/// Each kind of failure ends with its own exit code, the README's table.
+#[test]
+fn failures_end_with_distinct_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    write_jsonl(&input, &chain(40));
+    let url = format!("fs:{}", s(&dir.path().join("chain")));
+    let missing = format!("fs:{}", s(&dir.path().join("nowhere")));
+    let cases: Vec<(Vec<String>, i32)> = vec![
+        // Usage and bad input.
+        (vec!["--store".into(), "ftp:/x".into(), "head".into()], 2),
+        (
+            vec![
+                "--store".into(),
+                format!("{url}?compresion=zstd"),
+                "head".into(),
+            ],
+            2,
+        ),
+        (vec!["list".into(), "--bogus".into()], 2),
+        // Not found: a store, a file, a block.
+        (vec!["--store".into(), missing.clone(), "head".into()], 3),
+        (
+            vec![
+                "--store".into(),
+                url.clone(),
+                "import".into(),
+                s(&dir.path().join("no.jsonl")),
+            ],
+            3,
+        ),
+    ];
+    for (args, want) in &cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, err) = exit_code(&args);
+        assert_eq!(code, Some(*want), "{args:?}: {err}");
+        assert!(err.starts_with("error: "), "{args:?}: {err}");
+    }
+    ok(&["--store", &url, "import", &s(&input)]);
+    let (code, err) = exit_code(&["--store", &url, "get", &"ab".repeat(32)]);
+    assert_eq!(code, Some(3), "a missing block: {err}");
+    // Bad input file contents.
+    let junk = dir.path().join("junk.jsonl");
+    std::fs::write(&junk, "{not json}\n").unwrap();
+    let (code, err) = exit_code(&["--store", &url, "import", &s(&junk)]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("line 1"), "{err}");
+    // Locked: a writer holds the store.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let writer = rt
+        .block_on(olocus_storage::Storage::open_url(&url))
+        .unwrap();
+    let (code, err) = exit_code(&["--store", &url, "import", &s(&input)]);
+    assert_eq!(code, Some(5), "{err}");
+    assert!(err.contains("locked"), "{err}");
+    rt.block_on(olocus_storage::StorageBackend::close(&*writer))
+        .unwrap();
+    // Verification failed: a gap.
+    let gapped = dir.path().join("gapped.jsonl");
+    let mut blocks = chain(40);
+    blocks.remove(20);
+    write_jsonl(&gapped, &blocks);
+    let gap_url = format!("fs:{}", s(&dir.path().join("gapped")));
+    ok(&["--store", &gap_url, "import", &s(&gapped)]);
+    let (code, err) = exit_code(&["--store", &gap_url, "verify"]);
+    assert_eq!(code, Some(4), "{err}");
+}
+
+/// Output closed early (`| head`) ends the command quietly, with the code a
+/// shell reports for SIGPIPE, and no panic.
+#[test]
+fn a_closed_pipe_ends_quietly() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    write_jsonl(&input, &chain(3_000));
+    let url = format!("fs:{}", s(&dir.path().join("chain")));
+    ok(&["--store", &url, "import", &s(&input)]);
+    for args in [
+        vec!["--store", &url, "list", "--limit", "3000"],
+        vec!["--store", &url, "export"],
+    ] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_olocus-storage"))
+            .args(&args)
+            .env_remove("OLOCUS_STORE")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        assert!(!first.is_empty(), "{args:?}");
+        // The reading end is dropped here, as `head` exits.
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(141), "{args:?}: {err}");
+        assert!(err.is_empty(), "{args:?}: {err}");
+    }
+}
+
+/// `OLOCUS_LOG` turns logging on, and log lines into a pipe carry no colour
+/// codes.
+#[test]
+fn logs_follow_olocus_log_without_colour_in_pipes() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("fs:{}", s(&dir.path().join("chain")));
+    let input = dir.path().join("in.jsonl");
+    write_jsonl(&input, &chain(5));
+    ok(&["--store", &url, "import", &s(&input)]);
+    let out = common::bin_env(
+        &["--store", &url, "head"],
+        &[("OLOCUS_LOG", "storage_fs=debug")],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("opened filesystem store"), "{err}");
+    assert!(!err.contains('\u{1b}'), "colour codes in a pipe: {err:?}");
+    let quiet = common::bin(&["--store", &url, "head"]);
+    assert!(quiet.stderr.is_empty(), "logs without OLOCUS_LOG");
 }

@@ -94,3 +94,13 @@ pub(crate) fn write_jsonl(path: &Path, blocks: &[Block]) {
 pub(crate) fn s(p: &Path) -> String {
     p.display().to_string()
 }
+
+/// Runs the binary; its exit code (`None` if a signal ended it) and standard
+/// error.
+pub(crate) fn exit_code(args: &[&str]) -> (Option<i32>, String) {
+    let out = bin(args);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
