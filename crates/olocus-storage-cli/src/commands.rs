@@ -430,13 +430,88 @@ pub(crate) async fn list(ctx: &Ctx, store: &Storage, options: &ListOptions) -> C
     Ok(())
 }
 
-/// `get`.
-pub(crate) async fn get(ctx: &Ctx, store: &Storage, hash: &BlockHash) -> CliResult {
-    match store
-        .retrieve_block(hash)
+/// Which block `get` prints.
+#[derive(Debug)]
+pub(crate) enum Lookup<'a> {
+    /// A hash, or a prefix of one.
+    Hash(&'a str),
+    /// A chain index.
+    Index(u64),
+}
+
+/// The one stored block whose hash is or starts with `text`.
+async fn resolve_hash(store: &Storage, text: &str) -> CliResult<BlockHash> {
+    let want = text.trim().to_ascii_lowercase();
+    if want.len() == 64 {
+        return want
+            .parse()
+            .map_err(|e| CliError::from(e).context(format!("hash {text:?}")));
+    }
+    if want.len() < 4 || want.len() > 64 || !want.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(CliError::usage(format!(
+            "{text:?} is not a block hash: give the 64 hex digits, or at least the first 4"
+        )));
+    }
+    // No index by hash prefix: walk the metadata, a page at a time.
+    let mut found = Vec::new();
+    let mut listing = store.stream_list(ListOptions::new());
+    while let Some(m) = listing
+        .try_next()
         .await
-        .map_err(ctx_err(format!("reading block {hash}")))?
+        .map_err(ctx_err("listing blocks"))?
     {
+        if m.hash.to_string().starts_with(&want) {
+            found.push(m);
+            if found.len() > 10 {
+                break;
+            }
+        }
+    }
+    match found.as_slice() {
+        [] => Err(CliError::new(
+            crate::Exit::NotFound,
+            format!("no stored block's hash starts with {want}"),
+        )),
+        [one] => Ok(one.hash),
+        many => {
+            let mut list: Vec<String> = many
+                .iter()
+                .take(10)
+                .map(|m| format!("#{} {}", m.index, m.hash))
+                .collect();
+            if many.len() > 10 {
+                list.push("…".into());
+            }
+            Err(CliError::usage(format!(
+                "{want} starts the hashes of several blocks; give more digits: {}",
+                list.join(", ")
+            )))
+        }
+    }
+}
+
+/// `get`.
+pub(crate) async fn get(ctx: &Ctx, store: &Storage, which: Lookup<'_>) -> CliResult {
+    let (found, what) = match which {
+        Lookup::Index(i) => (
+            store
+                .get_block_by_index(i)
+                .await
+                .map_err(ctx_err(format!("reading block #{i}")))?,
+            format!("no block at index {i}"),
+        ),
+        Lookup::Hash(text) => {
+            let hash = resolve_hash(store, text).await?;
+            (
+                store
+                    .retrieve_block(&hash)
+                    .await
+                    .map_err(ctx_err(format!("reading block {hash}")))?,
+                format!("block {hash} not found"),
+            )
+        }
+    };
+    match found {
         Some(b) => {
             let v = render::block_json(&b);
             if ctx.json {
@@ -446,10 +521,7 @@ pub(crate) async fn get(ctx: &Ctx, store: &Storage, hash: &BlockHash) -> CliResu
             }
             Ok(())
         }
-        None => Err(CliError::new(
-            crate::Exit::NotFound,
-            format!("block {hash} not found"),
-        )),
+        None => Err(CliError::new(crate::Exit::NotFound, what)),
     }
 }
 

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use olocus_storage::{
-    BackendConfig, BlockFilter, BlockHash, ListOptions, OpenMode, PublicKey, SortOrder, Storage,
+    BackendConfig, BlockFilter, ListOptions, OpenMode, PublicKey, SortOrder, Storage,
     StorageConfig, StorageError,
 };
 
@@ -62,9 +62,10 @@ struct Cli {
     /// store; reading commands open stores read-only where the backend can.
     #[arg(long, global = true, env = "OLOCUS_STORE")]
     store: Option<String>,
-    /// A TOML configuration file (backend, wal_config, cache_config) instead of
-    /// --store.
-    #[arg(long, global = true, conflicts_with = "store")]
+    /// A TOML configuration file (backend, wal_config, cache_config,
+    /// replication) instead of --store. Where the store comes from: --config or
+    /// --store on the command line (not both), else OLOCUS_STORE.
+    #[arg(long, global = true)]
     config: Option<PathBuf>,
     /// Print machine-readable JSON.
     #[arg(long, global = true)]
@@ -181,8 +182,13 @@ enum Cmd {
     },
     /// Print one block.
     Get {
-        /// The block's hash (hex).
-        hash: BlockHash,
+        /// The block's hash, or enough of its first hex digits (at least 4) to
+        /// name one block, as `list` prints them.
+        #[arg(required_unless_present = "index", conflicts_with = "index")]
+        hash: Option<String>,
+        /// The block at this chain index instead.
+        #[arg(long)]
+        index: Option<u64>,
     },
     /// Print the chain head.
     Head,
@@ -490,7 +496,11 @@ async fn run(cli: Cli) -> CliResult {
             (options.start_time, options.end_time) = (*start_time, *end_time);
             commands::list(&ctx, &store, &options).await
         }
-        Cmd::Get { hash } => commands::get(&ctx, &store, hash).await,
+        Cmd::Get { hash, index } => match (hash, index) {
+            (_, Some(i)) => commands::get(&ctx, &store, commands::Lookup::Index(*i)).await,
+            (Some(h), None) => commands::get(&ctx, &store, commands::Lookup::Hash(h)).await,
+            (None, None) => Err(CliError::usage("get needs a hash or --index")),
+        },
         Cmd::Head => commands::head(&ctx, &store).await,
         Cmd::Stats => commands::stats(&ctx, &store).await,
         Cmd::Compact => commands::maintain(&ctx, &store, false).await,
@@ -503,7 +513,23 @@ async fn run(cli: Cli) -> CliResult {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let mut cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    // One rule for where the store comes from: the command line, else
+    // OLOCUS_STORE; on the command line, one of --config and --store.
+    if cli.config.is_some() {
+        match matches.value_source("store") {
+            Some(clap::parser::ValueSource::EnvVariable) => cli.store = None,
+            Some(clap::parser::ValueSource::CommandLine) => {
+                eprintln!("error: --config and --store both name a store; give one of them");
+                return ExitCode::from(Exit::Usage as u8);
+            }
+            _ => {}
+        }
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("OLOCUS_LOG")

@@ -332,6 +332,20 @@ fn list_filters_and_get() {
     assert_eq!(v["hash"], blocks[5].hash().to_string());
     let (_, err) = fails(&["--store", &url, "get", &"ab".repeat(32)]);
     assert!(err.contains("not found"), "{err}");
+    // By index, and by the 12 digits `list` prints (or any unique prefix).
+    let by_index = ok(&["--store", &url, "get", "--index", "5", "--json"]);
+    assert_eq!(by_index, out);
+    let full = blocks[5].hash().to_string();
+    assert_eq!(ok(&["--store", &url, "get", &full[..12], "--json"]), out);
+    assert_eq!(
+        ok(&["--store", &url, "get", &full[..12].to_uppercase(), "--json"]),
+        out
+    );
+    let (code, err) = exit_code(&["--store", &url, "get", "--index", "100"]);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("no block at index 100"), "{err}");
+    let (code, err) = exit_code(&["--store", &url, "get", "abc"]);
+    assert_eq!(code, Some(2), "too short: {err}");
     assert!(ok(&["--store", &url, "stats"]).contains("total_blocks: 100"));
     ok(&["--store", &url, "compact"]);
     ok(&["--store", &url, "vacuum"]);
@@ -676,4 +690,96 @@ fn logs_follow_olocus_log_without_colour_in_pipes() {
     assert!(!err.contains('\u{1b}'), "colour codes in a pipe: {err:?}");
     let quiet = common::bin(&["--store", &url, "head"]);
     assert!(quiet.stderr.is_empty(), "logs without OLOCUS_LOG");
+}
+
+/// A hash prefix that several blocks share is refused, listing them; one no
+/// block has is not found.
+#[test]
+fn an_ambiguous_hash_prefix_lists_its_candidates() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    // The chain is deterministic: among 2,000 hashes, some share 4 digits.
+    let blocks = chain(2_000);
+    write_jsonl(&input, &blocks);
+    let url = format!("fs:{}", s(&dir.path().join("chain")));
+    ok(&["--store", &url, "import", &s(&input)]);
+    let hashes: Vec<String> = blocks.iter().map(|b| b.hash().to_string()).collect();
+    let with = |p: &str| -> Vec<&String> { hashes.iter().filter(|h| h.starts_with(p)).collect() };
+    let shared = hashes
+        .iter()
+        .map(|h| h[..4].to_string())
+        .find(|p| with(p).len() > 1)
+        .expect("two of 2,000 hashes share 4 digits");
+    let (code, err) = exit_code(&["--store", &url, "get", &shared]);
+    assert_eq!(code, Some(2), "{err}");
+    for h in with(&shared) {
+        assert!(err.contains(h.as_str()), "{h} not among: {err}");
+    }
+    // One more digit of one of them names it alone (or another prefix does).
+    let one = with(&shared)[0];
+    let unique = (5..=64)
+        .map(|n| one[..n].to_string())
+        .find(|p| with(p).len() == 1)
+        .unwrap();
+    let out = ok(&["--store", &url, "get", &unique, "--json"]);
+    assert!(out.contains(one.as_str()), "{out}");
+    let none = (0..=0xffffu32)
+        .map(|n| format!("{n:04x}"))
+        .find(|p| with(p).is_empty())
+        .unwrap();
+    let (code, err) = exit_code(&["--store", &url, "get", &none]);
+    assert_eq!(code, Some(3), "{err}");
+}
+
+/// Where the store comes from: --config or --store on the command line (not
+/// both), else OLOCUS_STORE.
+#[test]
+fn config_and_store_follow_one_precedence_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    write_jsonl(&input, &chain(7));
+    let a = format!("fs:{}", s(&dir.path().join("a")));
+    let b = dir.path().join("b");
+    ok(&["--store", &a, "import", &s(&input)]);
+    ok(&["--store", &format!("fs:{}", s(&b)), "import", &s(&input)]);
+    let toml = dir.path().join("b.toml");
+    std::fs::write(
+        &toml,
+        format!("[backend]\ntype = \"filesystem\"\npath = {:?}\n", s(&b)),
+    )
+    .unwrap();
+    let run = |args: &[&str], env: Option<&str>| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_olocus-storage"));
+        c.args(args).env_remove("OLOCUS_STORE");
+        if let Some(v) = env {
+            c.env("OLOCUS_STORE", v);
+        }
+        c.output().unwrap()
+    };
+    let missing = format!("fs:{}", s(&dir.path().join("missing")));
+    // OLOCUS_STORE alone names the store.
+    let out = run(&["head"], Some(&a));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // --config wins over OLOCUS_STORE (which names a store that is not there).
+    let out = run(&["--config", &s(&toml), "head"], Some(&missing));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // So does --store.
+    let out = run(&["--store", &a, "head"], Some(&missing));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Both on the command line: refused as usage.
+    let out = run(&["--config", &s(&toml), "--store", &a, "head"], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("give one"));
 }
