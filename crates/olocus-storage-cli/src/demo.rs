@@ -5,8 +5,8 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 use olocus_storage::{
-    BackendConfig, Block, CompressionType, ListOptions, SigningKey, Storage, StorageBackendExt,
-    StorageConfig, VerifyOptions,
+    BackendConfig, Block, CompressionType, ListOptions, Storage, StorageBackendExt, StorageConfig,
+    VerifyOptions,
 };
 use serde_json::json;
 
@@ -89,10 +89,7 @@ pub(crate) async fn run(
     }
 
     // A fresh key for this run.
-    let mut seed = [0u8; 32];
-    getrandom::fill(&mut seed)
-        .map_err(|e| CliError::failure(format!("no randomness for a key: {e}")))?;
-    let key = SigningKey::from_bytes(&seed);
+    let key = olocus_storage::generate_signing_key()?;
     let signer = olocus_storage::PublicKey::from(&key.verifying_key());
 
     // Sign the chain: one block a millisecond, ending now.

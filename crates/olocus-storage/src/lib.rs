@@ -60,8 +60,8 @@ pub use storage_core::{
     MAX_TIMESTAMP_NANOS, OpenMode, PublicKey, RANGE_STREAM_PAGE, Result, Signature, SigningKey,
     SortOrder, StorageBackend, StorageBackendExt, StorageError, StorageStats, Stream, StreamExt,
     TryStreamExt, VerifyOptions, VerifyReport, VerifyingKey, WALConfig, WireFormat, async_trait,
-    human_duration, is_valid_payload_type, parse_duration, salvage, system_time_from_unix_nanos,
-    unix_nanos, verify_block, verify_chain,
+    generate_signing_key, human_duration, is_valid_payload_type, parse_duration, salvage,
+    system_time_from_unix_nanos, unix_nanos, verify_block, verify_chain,
 };
 
 /// The trait and its extension, as the seed imports them
@@ -462,7 +462,19 @@ fn parse_store_url(url: &str) -> Result<(BackendConfig, Option<OpenMode>)> {
         other => return Err(bad(&format!("unknown scheme {other:?}"))),
     };
     if let Some((k, _)) = params.first() {
-        return Err(bad(&format!("{scheme}: takes no parameter {k:?}")));
+        let known: &[&str] = match scheme.as_str() {
+            "fs" | "filesystem" | "file" | "rocksdb" => &["compression", "mode"],
+            "s3" => &["endpoint", "region", "allow_http", "mode"],
+            _ => &["mode"],
+        };
+        let hint = known
+            .iter()
+            .map(|name| (strsim::levenshtein(k, name), *name))
+            .filter(|(distance, _)| *distance <= 2)
+            .min()
+            .map(|(_, name)| format!("; did you mean {name:?}?"))
+            .unwrap_or_default();
+        return Err(bad(&format!("{scheme}: takes no parameter {k:?}{hint}")));
     }
     Ok((config, mode))
 }

@@ -108,6 +108,19 @@ fn urls_carry_object_stores_modes_and_escapes() {
             "{bad}: {err}"
         );
     }
+    // A misspelt parameter gets a suggestion.
+    let err = StorageConfig::from_url("fs:/x?compresion=zstd").unwrap_err();
+    assert!(
+        err.to_string().contains("did you mean \"compression\"?"),
+        "{err}"
+    );
+    let err = StorageConfig::from_url("s3://b/p?endpiont=http://h").unwrap_err();
+    assert!(
+        err.to_string().contains("did you mean \"endpoint\"?"),
+        "{err}"
+    );
+    let err = StorageConfig::from_url("sqlite:/x?zzzzzz=1").unwrap_err();
+    assert!(!err.to_string().contains("did you mean"), "{err}");
     // The mode belongs to the whole store, not to the backend's description.
     let err = "sqlite:/x?mode=read_only"
         .parse::<BackendConfig>()

@@ -136,27 +136,19 @@ impl WALConfig {
     }
 }
 
-/// Parses `"250ms"`, `"5s"`, `"1.5s"`, `"2m"`, `"1h"` or a bare number of seconds.
+/// Parses a bare number of seconds (`"1.5"`) or a duration in humantime's
+/// syntax: `"250ms"`, `"5s"`, `"2m"`, `"1h30m"`, `"1h 30m"`, `"2days"`.
 pub fn parse_duration(s: &str) -> Result<Duration> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let bad = || {
+    if let Ok(secs) = s.parse::<f64>() {
+        return Duration::try_from_secs_f64(secs)
+            .map_err(|e| StorageError::Configuration(format!("bad duration {s:?}: {e}")));
+    }
+    humantime::parse_duration(s).map_err(|e| {
         StorageError::Configuration(format!(
-            "bad duration {s:?} (expected e.g. \"250ms\", \"5s\", \"2m\")"
+            "bad duration {s:?}: {e} (expected e.g. \"250ms\", \"5s\", \"1h30m\")"
         ))
-    };
-    let value: f64 = num.parse().map_err(|_| bad())?;
-    let secs = match unit.trim() {
-        "ms" => value / 1000.0,
-        "" | "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => return Err(bad()),
-    };
-    Duration::try_from_secs_f64(secs).map_err(|_| bad())
+    })
 }
 
 /// serde for durations in configuration files: written as `"250ms"`, read as a
@@ -225,6 +217,9 @@ mod tests {
         assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
         assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("1h 30m").unwrap(), Duration::from_secs(5400));
+        assert!(parse_duration("-1").is_err());
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("").is_err());
     }

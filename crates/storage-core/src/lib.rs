@@ -121,5 +121,27 @@ macro_rules! setters {
 
 pub use async_trait::async_trait;
 pub use ed25519_dalek::{SigningKey, VerifyingKey};
+
+/// A new signing key from the operating system's randomness. Keep it secret
+/// and keep it: blocks signed with it verify only against its public key.
+///
+/// ```
+/// let key = storage_core::generate_signing_key()?;
+/// let public = storage_core::PublicKey::from(&key.verifying_key());
+/// # let _ = public;
+/// // Every key is new.
+/// assert_ne!(key.to_bytes(), storage_core::generate_signing_key()?.to_bytes());
+/// # Ok::<(), storage_core::StorageError>(())
+/// ```
+pub fn generate_signing_key() -> Result<SigningKey> {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| {
+        StorageError::io(
+            "reading the operating system's randomness for a key",
+            std::io::Error::other(e.to_string()),
+        )
+    })?;
+    Ok(SigningKey::from_bytes(&seed))
+}
 /// Re-exported for consuming [`BlockStream`]s (`try_next`, `try_collect`, ...).
 pub use futures::stream::{Stream, StreamExt, TryStreamExt};
