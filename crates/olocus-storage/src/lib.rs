@@ -16,6 +16,66 @@
 //! The core (block model, [`StorageBackend`] trait, errors) is re-exported at the
 //! root and in [`traits`].
 //!
+//! # Quickstart
+//!
+//! Append signed blocks, query them, stream a chain and tell errors apart:
+//!
+//! ```
+//! # #[cfg(feature = "memory")]
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! use std::time::SystemTime;
+//!
+//! use olocus_storage::{
+//!     BlockPayload, ErrorKind, ListOptions, Storage, StorageBackendExt, TryStreamExt,
+//! };
+//!
+//! #[derive(serde::Serialize, serde::Deserialize)]
+//! struct Reading {
+//!     celsius: f32,
+//! }
+//! impl BlockPayload for Reading {
+//!     const PAYLOAD_TYPE: &'static str = "example.reading/v1";
+//! }
+//!
+//! // In memory here; `fs:./chain` or `sqlite:./chain.db` keep it.
+//! let store = Storage::open_url("memory:").await?;
+//! let key = olocus_storage::generate_signing_key()?;
+//!
+//! // Append: each block is signed, and linked to the one before it.
+//! for celsius in [20.5, 21.0, 21.5] {
+//!     store.append(&Reading { celsius }, &key, SystemTime::now()).await?;
+//! }
+//!
+//! // Query metadata: the newest two.
+//! let newest = store
+//!     .list_blocks(&ListOptions::new().descending().limit(2))
+//!     .await?;
+//! assert_eq!(newest.iter().map(|m| m.index).collect::<Vec<_>>(), [2, 1]);
+//!
+//! // Stream the whole chain, a page at a time, and decode a payload.
+//! let blocks: Vec<_> = store.stream_range(..).try_collect().await?;
+//! assert_eq!(blocks.len(), 3);
+//! let reading: Reading = blocks[1].decode_payload()?;
+//! assert_eq!(reading.celsius, 21.0);
+//!
+//! // Errors by kind: a block stored at a taken index is a conflict, a head
+//! // naming no stored block is not found.
+//! let rival = olocus_storage::Block::next(
+//!     &blocks[0],
+//!     &Reading { celsius: 0.0 },
+//!     &key,
+//!     SystemTime::now(),
+//! )?;
+//! let err = store.store_block(&rival).await.unwrap_err();
+//! assert_eq!(err.kind(), ErrorKind::IndexConflict);
+//! let err = store.set_chain_head(&rival.hash()).await.unwrap_err();
+//! assert_eq!(err.kind(), ErrorKind::NotFound);
+//!
+//! store.close().await?;
+//! # Ok::<(), olocus_storage::StorageError>(())
+//! # }).unwrap();
+//! ```
+//!
 //! [`Storage::new`] builds a store from a [`StorageConfig`], which is also
 //! readable from TOML (see its docs) and, for the backend and open mode, from a
 //! URL ([`Storage::open_url`]):

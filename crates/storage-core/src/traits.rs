@@ -263,7 +263,25 @@ fn check_page(query: &ListOptions, entries: &[BlockMetadata]) -> Result<()> {
     Ok(())
 }
 
-/// Typed conveniences over any [`StorageBackend`] (blanket-implemented).
+/// Typed conveniences over any [`StorageBackend`] (blanket-implemented): appending
+/// typed payloads, reading by index, streams that page with cursors, moving the
+/// head forward, verifying the stored chain.
+///
+/// ```
+/// use futures::TryStreamExt;
+/// use storage_core::{ListOptions, Result, StorageBackend, StorageBackendExt};
+///
+/// /// The payload types of the last 5,000 blocks, and the tenth block's hash.
+/// async fn survey(store: &dyn StorageBackend) -> Result<(Vec<String>, Option<String>)> {
+///     let types: Vec<String> = store
+///         .stream_list(ListOptions::new().descending().limit(5_000))
+///         .map_ok(|m| m.payload_type)
+///         .try_collect()
+///         .await?;
+///     let tenth = store.get_block_by_index(9).await?;
+///     Ok((types, tenth.map(|b| b.hash().to_string())))
+/// }
+/// ```
 #[async_trait]
 pub trait StorageBackendExt: StorageBackend {
     /// Retrieves a block and decodes its payload as `P`.
