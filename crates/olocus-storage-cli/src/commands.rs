@@ -412,20 +412,24 @@ pub(crate) async fn verify(ctx: &Ctx, store: &Storage, page: u64, allow_gaps: bo
 }
 
 /// `list`.
+/// `list`: streamed a page at a time, so any length prints in bounded memory;
+/// with `--json`, one JSON object per line (JSON Lines).
 pub(crate) async fn list(ctx: &Ctx, store: &Storage, options: &ListOptions) -> CliResult {
-    let found = store
-        .list_blocks(options)
-        .await
-        .map_err(ctx_err("listing"))?;
-    if ctx.json {
-        let rows: Vec<_> = found.iter().map(render::meta_json).collect();
-        out!("{}", serde_json::Value::Array(rows))?;
-    } else {
+    let mut entries = store.stream_list(options.clone());
+    if !ctx.json {
         out!("{}", render::meta_header())?;
-        for m in &found {
-            out!("{}", render::meta_line(m))?;
+    }
+    let mut n = 0u64;
+    while let Some(m) = entries.try_next().await.map_err(ctx_err("listing"))? {
+        if ctx.json {
+            out!("{}", render::meta_json(&m))?;
+        } else {
+            out!("{}", render::meta_line(&m))?;
         }
-        out!("({} blocks)", found.len())?;
+        n += 1;
+    }
+    if !ctx.json {
+        out!("({n} blocks)")?;
     }
     Ok(())
 }

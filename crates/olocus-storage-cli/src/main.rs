@@ -254,6 +254,20 @@ pub enum Exit {
 }
 
 impl Exit {
+    /// The name under `--json`.
+    fn name(self) -> &'static str {
+        match self {
+            Self::Failure => "failure",
+            Self::Usage => "usage",
+            Self::NotFound => "not_found",
+            Self::VerifyFailed => "verification_failed",
+            Self::Busy => "busy",
+            Self::Damaged => "damaged",
+            Self::Io => "io",
+            Self::ClosedPipe => "closed_pipe",
+        }
+    }
+
     /// The code for a storage error.
     fn of(e: &StorageError) -> Self {
         use olocus_storage::ErrorKind as K;
@@ -524,8 +538,10 @@ fn main() -> ExitCode {
         match matches.value_source("store") {
             Some(clap::parser::ValueSource::EnvVariable) => cli.store = None,
             Some(clap::parser::ValueSource::CommandLine) => {
-                eprintln!("error: --config and --store both name a store; give one of them");
-                return ExitCode::from(Exit::Usage as u8);
+                return report(
+                    CliError::usage("--config and --store both name a store; give one of them"),
+                    cli.json,
+                );
             }
             _ => {}
         }
@@ -549,15 +565,31 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let json = cli.json;
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
-        // Whoever read the output stopped reading: nothing to say.
-        Err(e) if e.code == Exit::ClosedPipe => ExitCode::from(Exit::ClosedPipe as u8),
-        Err(e) => {
-            eprintln!("error: {}", e.msg);
-            ExitCode::from(e.code as u8)
-        }
+        Err(e) => report(e, json),
     }
+}
+
+/// Prints a failure (as JSON under `--json`) and gives its exit code.
+fn report(e: CliError, json: bool) -> ExitCode {
+    if e.code == Exit::ClosedPipe {
+        // Whoever read the output stopped reading: nothing to say.
+    } else if json {
+        // Machine-readable output stays machine-readable when it fails.
+        println!(
+            "{}",
+            serde_json::json!({
+                "error": e.msg,
+                "kind": e.code.name(),
+                "exit_code": e.code as u8,
+            })
+        );
+    } else {
+        eprintln!("error: {}", e.msg);
+    }
+    ExitCode::from(e.code as u8)
 }
 
 /// Maps a storage error into the CLI's, naming what was being done.

@@ -149,13 +149,19 @@ fn verify_names_the_first_damaged_block() {
         Some(6),
         "damaged"
     );
+    // JSON Lines: the report, then the failure.
     let (out, _) = fails(&["--store", &url, "verify", "--json"]);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let v = &lines[0];
     assert_eq!(
         (v["ok"].as_bool(), v["verified_before"].as_u64()),
         (Some(false), Some(17))
     );
     assert!(v["reason"].as_str().unwrap().contains("#17"), "{v}");
+    assert_eq!(lines[1]["kind"], "damaged", "{out}");
 }
 
 #[test]
@@ -282,12 +288,14 @@ fn list_filters_and_get() {
         "3",
         "--json",
     ]);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let idx: Vec<u64> = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["index"].as_u64().unwrap())
+    // JSON Lines: one object per line.
+    let idx: Vec<u64> = out
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["index"]
+                .as_u64()
+                .unwrap()
+        })
         .collect();
     assert_eq!(idx, vec![96, 92, 88]);
     let start = (blocks[10].timestamp_nanos()).to_string();
@@ -304,8 +312,7 @@ fn list_filters_and_get() {
         "time",
         "--json",
     ]);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v.as_array().unwrap().len(), 3);
+    assert_eq!(out.lines().count(), 3, "{out}");
     let signer = blocks[0].public_key().to_string();
     let out = ok(&[
         "--store",
@@ -479,8 +486,7 @@ fn reading_commands_open_existing_stores_and_read_beside_a_writer() {
             .block_on(olocus_storage::Storage::open_url(&url))
             .unwrap();
         let listed = ok(&["--store", &url, "list", "--json"]);
-        let rows: serde_json::Value = serde_json::from_str(&listed).unwrap();
-        assert_eq!(rows.as_array().map(Vec::len), Some(30), "{url}: {listed}");
+        assert_eq!(listed.lines().count(), 30, "{url}: {listed}");
         assert!(ok(&["--store", &url, "verify"]).contains("verified 30 blocks"));
         assert!(ok(&["--store", &url, "head"]).contains("#29"), "{url}");
         let (_, err) = fails(&["--store", &url, "import", &s(&input)]);
@@ -649,6 +655,7 @@ fn a_closed_pipe_ends_quietly() {
     ok(&["--store", &url, "import", &s(&input)]);
     for args in [
         vec!["--store", &url, "list", "--limit", "3000"],
+        vec!["--store", &url, "list", "--json"],
         vec!["--store", &url, "export"],
     ] {
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_olocus-storage"))
@@ -782,4 +789,22 @@ fn config_and_store_follow_one_precedence_rule() {
     let out = run(&["--config", &s(&toml), "--store", &a, "head"], None);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("give one"));
+}
+
+/// Under `--json`, a failure is a JSON object on standard output too.
+#[test]
+fn json_errors_are_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = format!("fs:{}", s(&dir.path().join("missing")));
+    let out = common::bin(&["--store", &missing, "head", "--json"]);
+    assert_eq!(out.status.code(), Some(3));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["kind"], "not_found");
+    assert_eq!(v["exit_code"], 3);
+    assert!(v["error"].as_str().unwrap().contains("missing"), "{v}");
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
