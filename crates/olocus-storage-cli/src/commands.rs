@@ -183,26 +183,66 @@ pub(crate) async fn import(
         return Err(e);
     }
     read?;
-    // The head only moves forward: importing blocks below it leaves it alone.
-    let moved = match (&top, move_head) {
-        (Some(t), true) => store
-            .advance_head(&t.hash())
-            .await
-            .map_err(ctx_err("setting the head"))?,
-        _ => false,
+    // The head moves by the library's rule: forward only, and only to a block
+    // linked back to the stored chain; otherwise the blocks stay imported and
+    // the output says why the head did not move.
+    let (moved, refused) = match (&top, move_head) {
+        (Some(t), true) => match store.advance_head(&t.hash()).await {
+            Ok(moved) => (moved, None),
+            // As far as the chain links, then: up to the block before the
+            // first that does not.
+            Err(StorageError::Verification { index, reason }) => {
+                let below = match index.checked_sub(1) {
+                    Some(i) => store
+                        .get_block_by_index(i)
+                        .await
+                        .map_err(ctx_err("reading the head candidate"))?,
+                    None => None,
+                };
+                let moved = match &below {
+                    Some(b) => match store.advance_head(&b.hash()).await {
+                        Ok(moved) => moved,
+                        Err(StorageError::Verification { .. }) => false,
+                        Err(e) => return Err(ctx_err("setting the head")(e)),
+                    },
+                    None => false,
+                };
+                if moved {
+                    top = below;
+                }
+                (moved, Some(reason))
+            }
+            Err(e) => return Err(ctx_err("setting the head")(e)),
+        },
+        _ => (false, None),
     };
     let elapsed = started.elapsed();
     if ctx.json {
         out!(
             "{}",
-            json!({ "imported": stored, "head": top.as_ref().filter(|_| moved).map(|t| t.hash().to_string()), "seconds": elapsed.as_secs_f64() })
+            json!({
+                "imported": stored,
+                "head": top.as_ref().filter(|_| moved).map(|t| t.hash().to_string()),
+                "head_not_moved": refused,
+                "seconds": elapsed.as_secs_f64(),
+            })
         )?;
     } else {
         out!(
             "imported {stored} blocks in {elapsed:.2?}{}",
-            match (&top, moved, move_head) {
-                (Some(t), true, _) => format!("; head is #{} {}", t.index(), t.hash()),
-                (Some(_), false, true) =>
+            match (&top, moved, move_head, &refused) {
+                (Some(t), true, _, Some(why)) => format!(
+                    "; head is #{} {} and goes no further: {why} (import the missing blocks, \
+                     then import again)",
+                    t.index(),
+                    t.hash()
+                ),
+                (Some(t), true, _, None) => format!("; head is #{} {}", t.index(), t.hash()),
+                (Some(_), false, true, Some(why)) => format!(
+                    "; the head stays: {why} (import the missing blocks, then import again or \
+                     use --no-head)"
+                ),
+                (Some(_), false, true, None) =>
                     "; the head stays (it is at or above these blocks)".into(),
                 _ => String::new(),
             }

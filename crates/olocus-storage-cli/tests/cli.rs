@@ -172,13 +172,28 @@ fn verify_names_a_missing_block() {
     blocks.remove(23);
     write_jsonl(&input, &blocks);
     let url = format!("fs:{}", s(&dir.path().join("store")));
-    ok(&["--store", &url, "import", &s(&input)]);
+    // The head goes as far as the chain links, and the import says so.
+    let out = ok(&["--store", &url, "import", &s(&input)]);
+    assert!(
+        out.contains("head is #22") && out.contains("block #23 is not stored"),
+        "{out}"
+    );
     let (out, _) = fails(&["--store", &url, "verify"]);
     assert!(
         out.contains("chain broken at index 23: gap: block #23 is missing after block #22 (the next stored block is #24)"),
         "{out}"
     );
-    // Accepted on request, and still listed.
+    // A store whose owner put the head on the top block anyway (as salvage
+    // does): the gap is accepted on request, and still listed.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let store = olocus_storage::Storage::open_url(&url).await.unwrap();
+        store.set_chain_head(&blocks[38].hash()).await.unwrap();
+        store.close().await.unwrap();
+    });
     let out = ok(&["--store", &url, "verify", "--allow-gaps"]);
     assert!(out.contains("verified 39 blocks"), "{out}");
     assert!(
@@ -807,4 +822,32 @@ fn json_errors_are_json() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// `import` moves the head only to a block linked back to the stored chain,
+/// and says why when it does not; the blocks are imported either way.
+#[test]
+fn import_moves_the_head_only_along_a_linked_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocks = chain(20);
+    let url = format!("fs:{}", s(&dir.path().join("chain")));
+    let tail = dir.path().join("tail.jsonl");
+    write_jsonl(&tail, &blocks[5..20]);
+    let out = ok(&["--store", &url, "import", &s(&tail)]);
+    assert!(out.contains("imported 15 blocks"), "{out}");
+    assert!(out.contains("the head stays: "), "{out}");
+    assert!(out.contains("block #0 is not stored"), "{out}");
+    assert!(ok(&["--store", &url, "head"]).contains("no head set"));
+    // With the start of the chain, the head moves to the top.
+    let start = dir.path().join("start.jsonl");
+    write_jsonl(&start, &blocks[..5]);
+    ok(&["--store", &url, "import", &s(&start)]);
+    // The top of that file is #4, below the stored blocks: importing the whole
+    // file again moves the head to #19, which now links.
+    let all = dir.path().join("all.jsonl");
+    write_jsonl(&all, &blocks);
+    let out = ok(&["--store", &url, "import", &s(&all), "--json"]);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["head"], blocks[19].hash().to_string(), "{out}");
+    assert!(ok(&["--store", &url, "verify"]).contains("verified 20 blocks"));
 }

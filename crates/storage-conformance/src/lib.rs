@@ -598,6 +598,7 @@ registry! {
     range_head::range_bounds_and_gaps [] CurrentThread;
     range_head::chain_head_set_get_invalid [] CurrentThread;
     range_head::advance_head_only_moves_up [] CurrentThread;
+    range_head::advance_head_needs_a_linked_chain [] CurrentThread;
     range_head::verify_store_checks_the_store_against_itself [] CurrentThread;
     range_head::verify_store_passes_other_failures_through [] CurrentThread;
     range_head::verify_store_refuses_blocks_outside_the_window [] CurrentThread;

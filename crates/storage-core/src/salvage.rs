@@ -7,10 +7,7 @@
 //! salvage that reads its files directly; any store that opens can be salvaged
 //! with [`copy_intact`].
 
-use crate::{
-    Block, BlockHash, ListOptions, Result, StorageBackend, StorageBackendExt, StorageError,
-    verify_block,
-};
+use crate::{Block, BlockHash, ListOptions, Result, StorageBackend, StorageError, verify_block};
 
 /// What a salvage copied and what it lost.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -238,8 +235,10 @@ pub async fn settle_head(
         .list_blocks(&ListOptions::new().limit(1).descending())
         .await?;
     match top.first() {
+        // Salvage keeps what is intact, gaps and all: the highest block is
+        // the head even where blocks below it were lost.
         Some(m) => {
-            dst.advance_head(&m.hash).await?;
+            dst.set_chain_head(&m.hash).await?;
             Ok(Some(m.hash))
         }
         None => Ok(None),

@@ -323,9 +323,15 @@ pub trait StorageBackendExt: StorageBackend {
     }
 
     /// Makes `hash` the chain head only if it is higher than the current head (or
-    /// no head is set); returns whether the head moved. Importing or copying blocks
-    /// below the head therefore never moves it backwards; [`set_chain_head`]
-    /// remains the way to move it anywhere, backwards too.
+    /// no head is set) and linked back to it: every block between them stored,
+    /// each naming the one before (from the chain's first block when no head is
+    /// set). Returns whether the head moved. Importing or copying blocks below
+    /// the head therefore never moves it backwards, and blocks above a gap never
+    /// become the head: that is a [`StorageError::Verification`] naming the
+    /// first index that does not link. [`set_chain_head`] remains the way to
+    /// move it anywhere.
+    ///
+    /// Reads the blocks between the two heads, a window at a time.
     ///
     /// Not atomic: two callers racing may both read the old head.
     ///

@@ -172,20 +172,100 @@ pub(crate) async fn advance_head<S: StorageBackend + ?Sized>(
         .retrieve_block(hash)
         .await?
         .ok_or(StorageError::BlockNotFound { hash: *hash })?;
+    // Where the walk up to the new head starts: after the current head, or at
+    // the first block when there is none.
+    let mut prev = None;
     if let Some(head) = store.get_chain_head().await? {
         if head == *hash {
             return Ok(false);
         }
         // A head naming no stored block is left to `verify_store` to report;
         // any stored block is higher than nothing.
-        if let Some(current) = store.retrieve_block(&head).await?
-            && current.index() >= block.index()
-        {
-            return Ok(false);
+        if let Some(current) = store.retrieve_block(&head).await? {
+            if current.index() >= block.index() {
+                return Ok(false);
+            }
+            prev = Some(current);
         }
     }
+    check_linked(store, prev, &block).await?;
     store.set_chain_head(hash).await?;
     Ok(true)
+}
+
+/// Checks that `top` links back through stored blocks to `from` (the current
+/// head), or to the chain's first block when `from` is `None`: every index in
+/// between is stored, and each block names the one before it. Reads the
+/// blocks in between a window at a time.
+async fn check_linked<S: StorageBackend + ?Sized>(
+    store: &S,
+    from: Option<Block>,
+    top: &Block,
+) -> Result<()> {
+    const WINDOW: u64 = 256;
+    let refuse = |index: u64, why: String| StorageError::Verification {
+        index,
+        reason: format!(
+            "the head cannot move to block #{} ({}): {why}",
+            top.index(),
+            top.hash()
+        ),
+    };
+    let mut expected = from.as_ref().map_or(0, |b| b.index() + 1);
+    let mut prev = from;
+    while expected <= top.index() {
+        let end = expected.saturating_add(WINDOW - 1).min(top.index());
+        let window = store.get_blocks_by_range(expected, end).await?;
+        for b in window {
+            if b.index() != expected {
+                return Err(refuse(
+                    expected,
+                    format!(
+                        "block #{expected} is not stored, so it does not link back to the stored chain"
+                    ),
+                ));
+            }
+            match &prev {
+                None if b.previous_hash().is_some() => {
+                    return Err(refuse(
+                        expected,
+                        format!(
+                            "block #{expected} is not the first block of a chain, and none is stored before it"
+                        ),
+                    ));
+                }
+                Some(p) if b.previous_hash() != Some(&p.hash()) => {
+                    return Err(refuse(
+                        expected,
+                        format!(
+                            "block #{expected} does not name block #{} ({}) as its previous",
+                            p.index(),
+                            p.hash()
+                        ),
+                    ));
+                }
+                _ => {}
+            }
+            expected += 1;
+            prev = Some(b);
+        }
+        if expected <= end {
+            return Err(refuse(
+                expected,
+                format!(
+                    "block #{expected} is not stored, so it does not link back to the stored chain"
+                ),
+            ));
+        }
+    }
+    // The walk ends on the block at the new head's index: it must be that block.
+    match prev {
+        Some(p) if p.hash() == top.hash() => Ok(()),
+        _ => Err(refuse(
+            top.index(),
+            "another block is stored at its index".into(),
+        )),
+    }
 }
 
 /// Records the missing indices `from..to` (exclusive), or fails unless allowed.

@@ -163,6 +163,58 @@ pub async fn advance_head_only_moves_up(env: &Env) -> CaseResult {
     Ok(())
 }
 
+/// `advance_head` moves the head only to a block linked back to it (or to the
+/// chain's first block when none is set): over a gap, or from a chain without
+/// its first block, it refuses with `Verification` naming the first index
+/// that does not link, and the head stays.
+pub async fn advance_head_needs_a_linked_chain(env: &Env) -> CaseResult {
+    let s = env.open().await?;
+    let chain = data::chain(12);
+    // Blocks 3..=5 without the start of the chain.
+    s.store_blocks(&chain[3..6]).await?;
+    let refused = s.advance_head(&chain[5].hash()).await;
+    expect_kind(
+        refused,
+        ErrorKind::Verification,
+        "advance with no first block",
+    )?;
+    ensure_eq!(s.get_chain_head().await?, None, "head after refusal");
+    // The start arrives: now it links.
+    s.store_blocks(&chain[..3]).await?;
+    ensure!(
+        s.advance_head(&chain[4].hash()).await?,
+        "advance over a whole chain must move the head"
+    );
+    // A gap at 7: 8 and 9 do not link back to the head at 4.
+    s.store_blocks(&chain[8..10]).await?;
+    s.store_block(&chain[5]).await?;
+    s.store_block(&chain[6]).await?;
+    match s.advance_head(&chain[9].hash()).await {
+        Err(StorageError::Verification { index, .. }) => {
+            ensure_eq!(index, 7, "the first index that does not link")
+        }
+        other => return Err(fail(format!("advance over a gap: {other:?}"))),
+    }
+    ensure_eq!(
+        s.get_chain_head().await?,
+        Some(chain[4].hash()),
+        "head kept over a gap"
+    );
+    // Below the gap it still moves; filling the gap lets it move on.
+    ensure!(s.advance_head(&chain[6].hash()).await?, "advance to #6");
+    s.store_block(&chain[7]).await?;
+    ensure!(
+        s.advance_head(&chain[9].hash()).await?,
+        "advance once the gap is filled"
+    );
+    ensure_eq!(
+        s.get_chain_head().await?,
+        Some(chain[9].hash()),
+        "head at #9"
+    );
+    Ok(())
+}
+
 /// `verify_store` passes a whole chain and fails, with the index, on a gap, a
 /// head below the top, a missing head, and a head naming no stored block.
 pub async fn verify_store_checks_the_store_against_itself(env: &Env) -> CaseResult {
