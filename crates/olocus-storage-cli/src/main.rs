@@ -283,6 +283,8 @@ impl Exit {
             K::Locked | K::Timeout | K::InsufficientReplicas => Self::Busy,
             K::Corrupted => Self::Damaged,
             K::Io => Self::of_io(e),
+            // An engine that is busy (SQLite's lock, a retry budget spent).
+            K::Backend if e.status() != olocus_storage::ErrorStatus::Permanent => Self::Busy,
             _ => Self::Failure,
         }
     }
