@@ -554,6 +554,8 @@ mod tests {
         gate: Gate,
         listing: Mutex<Vec<BlockMetadata>>,
         range: Mutex<Vec<Block>>,
+        /// What reads by hash find.
+        stored: Mutex<Vec<Block>>,
         /// The windows range reads asked for.
         asked: Mutex<Vec<(u64, u64)>>,
     }
@@ -571,8 +573,14 @@ mod tests {
         async fn write_blocks(&self, _: &[Block]) -> Result<()> {
             Ok(())
         }
-        async fn read_block(&self, _: &BlockHash) -> Result<Option<Block>> {
-            Ok(None)
+        async fn read_block(&self, h: &BlockHash) -> Result<Option<Block>> {
+            Ok(self
+                .stored
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|b| b.hash() == *h)
+                .cloned())
         }
         async fn read_blocks(&self, h: &[BlockHash]) -> Result<Vec<Option<Block>>> {
             Ok(vec![None; h.len()])
@@ -628,6 +636,61 @@ mod tests {
         tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap()
+    }
+
+    /// An engine answering range reads with `range` and reads by hash from
+    /// `stored`.
+    fn canned(range: Vec<Block>, stored: Vec<Block>) -> Canned {
+        let engine = Canned::default();
+        *engine.range.lock().unwrap() = range;
+        *engine.stored.lock().unwrap() = stored;
+        engine
+    }
+
+    fn refused<T: std::fmt::Debug>(r: Result<T>, at: u64, what: &str) {
+        match r {
+            Err(StorageError::Verification { index, .. }) if index == at => {}
+            other => panic!("{what}: expected Verification at #{at}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn advance_head_checks_every_link_the_store_returns() {
+        let ours = chain(3);
+        let key = SigningKey::from_bytes(&[4; 32]);
+        let stray = |index: u64| {
+            // Another chain's block, linked to a block we do not have.
+            Block::sign_raw(
+                index,
+                std::time::UNIX_EPOCH,
+                Some(BlockHash([9; 32])),
+                "t",
+                vec![],
+                &key,
+            )
+            .unwrap()
+        };
+        let theirs = stray(2);
+        rt().block_on(async {
+            // The store returns a block #2 that does not name our #1.
+            let s = canned(
+                vec![ours[0].clone(), ours[1].clone(), theirs.clone()],
+                vec![theirs.clone()],
+            );
+            refused(s.advance_head(&theirs.hash()).await, 2, "a broken link");
+            // The walk reaches our #2, not the block asked for at that index.
+            let s = canned(ours.clone(), vec![theirs.clone()]);
+            refused(
+                s.advance_head(&theirs.hash()).await,
+                2,
+                "another block at its index",
+            );
+            // Windows of 256 blocks, from index 0.
+            let far = stray(600);
+            let s = canned(Vec::new(), vec![far.clone()]);
+            refused(s.advance_head(&far.hash()).await, 0, "nothing stored below");
+            assert_eq!(s.asked.lock().unwrap()[0], (0, 255));
+        });
     }
 
     fn corrupted<T: std::fmt::Debug>(r: Result<T>, what: &str) {
