@@ -145,10 +145,9 @@ pub(crate) async fn import(
         let size = f.metadata().ok().map(|m| m.len());
         (Box::new(f), size)
     };
-    let bar = match size {
-        Some(s) => ctx.bar(s, "import"),
-        None => ctx.bar(0, "import"),
-    };
+    // Progress is the input consumed, so the bar ends where the file does.
+    let bar = ctx.byte_bar(size, "import");
+    let input: Box<dyn Read + Send> = Box::new(bar.wrap_read(input));
     let started = Instant::now();
     // Decoding and signature checks on a reader thread; stores on this task.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Block>>(4);
@@ -167,7 +166,6 @@ pub(crate) async fn import(
             break;
         }
         stored += blocks.len() as u64;
-        bar.inc(blocks.iter().map(|b| b.size_bytes()).sum::<u64>());
         for b in blocks {
             if top.as_ref().is_none_or(|t| b.index() > t.index()) {
                 top = Some(b);

@@ -145,11 +145,13 @@ pub(crate) async fn run(
 
     // Verify everything from storage.
     let started = Instant::now();
+    let bar = ctx.bar(blocks, "verify");
     let checked = storage
-        .verify_store(&VerifyOptions::default(), &mut |_| {})
+        .verify_store(&VerifyOptions::default(), &mut |n| bar.inc(n))
         .await
         .map_err(|e| CliError::from(e).context("verification failed"))?
         .checked;
+    bar.finish_and_clear();
     let took = started.elapsed();
     say(
         "verified",

@@ -400,11 +400,38 @@ impl Ctx {
         let bar = indicatif::ProgressBar::new(len).with_message(what.to_string());
         bar.set_style(
             indicatif::ProgressStyle::with_template(
-                "{msg:>10} [{bar:40}] {human_pos}/{human_len} ({per_sec}, eta {eta})",
+                "{msg:>10} [{bar:40}] {human_pos}/{human_len} blocks ({per_sec:0}, eta {eta})",
             )
             .expect("template")
             .progress_chars("=> "),
         );
+        bar.enable_steady_tick(Duration::from_millis(200));
+        bar
+    }
+
+    /// Progress through `len` bytes of input, or a spinner with the bytes
+    /// read so far when the size is unknown (standard input); hidden as
+    /// [`Ctx::bar`] is.
+    pub fn byte_bar(&self, len: Option<u64>, what: &str) -> indicatif::ProgressBar {
+        if self.quiet || self.json {
+            return indicatif::ProgressBar::hidden();
+        }
+        let (bar, template) = match len {
+            Some(len) => (
+                indicatif::ProgressBar::new(len),
+                "{msg:>10} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})",
+            ),
+            None => (
+                indicatif::ProgressBar::new_spinner(),
+                "{msg:>10} {spinner} {bytes} read ({bytes_per_sec})",
+            ),
+        };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(template)
+                .expect("template")
+                .progress_chars("=> "),
+        );
+        bar.set_message(what.to_string());
         bar.enable_steady_tick(Duration::from_millis(200));
         bar
     }

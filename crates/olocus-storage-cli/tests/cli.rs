@@ -851,3 +851,47 @@ fn import_moves_the_head_only_along_a_linked_chain() {
     assert_eq!(v["head"], blocks[19].hash().to_string(), "{out}");
     assert!(ok(&["--store", &url, "verify"]).contains("verified 20 blocks"));
 }
+
+/// Under a terminal (a pseudo-terminal from `script`), `import` shows its
+/// progress as bytes of input consumed, in human units; into a pipe it
+/// shows none.
+#[test]
+fn progress_is_input_consumed_in_human_units_and_only_on_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    write_jsonl(&input, &chain(30_000));
+    let url = format!("fs:{}", s(&dir.path().join("a")));
+    let command = format!(
+        "{} --store {url} import {}",
+        env!("CARGO_BIN_EXE_olocus-storage"),
+        s(&input)
+    );
+    // util-linux's `script` (in every Debian) runs the command on a
+    // pseudo-terminal and copies what it shows.
+    let out = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env_remove("OLOCUS_STORE")
+        .output()
+        .expect("script(1) from util-linux");
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{shown}");
+    assert!(shown.contains("imported 30000 blocks"), "{shown}");
+    let size = std::fs::metadata(&input).unwrap().len();
+    assert!(size > 4 << 20, "a file big enough to draw a bar: {size}");
+    // The total is the file's size in MiB, and rates have units.
+    let total = format!("{:.2} MiB", size as f64 / f64::from(1 << 20));
+    assert!(shown.contains(&total), "no {total} in: {shown:?}");
+    assert!(
+        shown.contains("MiB/s") || shown.contains("KiB/s"),
+        "{shown:?}"
+    );
+    // Into a pipe: no bar at all.
+    let url = format!("fs:{}", s(&dir.path().join("b")));
+    let piped = common::bin(&["--store", &url, "import", &s(&input)]);
+    assert!(piped.status.success());
+    assert!(
+        piped.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&piped.stderr)
+    );
+}

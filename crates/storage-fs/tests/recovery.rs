@@ -165,7 +165,7 @@ async fn second_opener_gets_a_clear_error() {
     let text = err.to_string();
     assert!(text.contains("locked by another writer"), "{text}");
     assert!(text.contains(&dir.path().display().to_string()), "{text}");
-    assert!(text.contains("another handle"), "{text}");
+    assert!(text.contains("held by "), "{text}");
     assert!(!err.is_transient());
     s.close().await.unwrap();
     // Closing releases the lock at once.
