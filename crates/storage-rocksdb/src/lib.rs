@@ -900,8 +900,10 @@ impl RocksDBBackend {
             DB::open_cf_descriptors(&db_opts, &path, descriptors)
         }
         .map_err(|e| {
-            // RocksDB reports a held LOCK file as an I/O error naming it.
-            if e.kind() == rocksdb::ErrorKind::IOError && e.as_ref().contains("lock file") {
+            // RocksDB reports a held LOCK file as an I/O error naming it:
+            // "While lock file: …/LOCK: …" from another process, "lock hold by
+            // current process, … …/LOCK: …" from this one.
+            if e.kind() == rocksdb::ErrorKind::IOError && e.as_ref().contains("/LOCK: ") {
                 StorageError::StoreLocked {
                     backend: NAME.to_owned(),
                     location: path.display().to_string(),
