@@ -93,37 +93,7 @@ pub(crate) fn open(cfg: FsConfig, vfs: Arc<dyn Vfs>) -> Result<(Arc<Inner>, Reco
     for &id in ids.iter().filter(|id| **id > last_listed) {
         discard_uncommitted(&dir, id, &state.index)?;
     }
-    let Active {
-        id: seg,
-        file,
-        len,
-        ops,
-        mark,
-        dirty,
-    } = active;
-    let inner = Arc::new(Inner {
-        dir: dir.clone(),
-        cfg: cfg.clone(),
-        state: RwLock::new(state),
-        writer: Mutex::new(Writer {
-            seg,
-            file,
-            len,
-            ops,
-            buf: Vec::new(),
-            broken: None,
-            segments: listed.into_iter().collect(),
-            dirty,
-        }),
-        durable: Mutex::new(DurableState {
-            synced: (seg, len),
-            leader: false,
-            mark,
-        }),
-        durable_cv: Condvar::new(),
-        stop: Arc::new(Stop::default()),
-        _lock: lock_file,
-    });
+    let inner = assemble(dir, cfg.clone(), state, active, listed, None, lock_file);
     {
         let mut w = lock(&inner.writer);
         if w.len >= cfg.segment_size {
@@ -197,41 +167,64 @@ fn open_read_only(cfg: FsConfig, dir: Dir) -> Result<(Arc<Inner>, Recovery)> {
                 return Err(e);
             }
         };
-        let Active {
-            id: seg,
+        // Writes are refused before they get here; `broken` keeps them out
+        // even so, and makes close write nothing.
+        let inner = assemble(
+            dir.clone(),
+            cfg.clone(),
+            loaded.state,
+            loaded.active,
+            listed,
+            Some("the store is open read-only".into()),
+            Box::new(()),
+        );
+        return Ok((inner, rec));
+    }
+}
+
+/// An open store from what loading produced. `broken` set refuses writes
+/// (a read-only open); `lock` is held for the store's lifetime.
+fn assemble(
+    dir: Dir,
+    cfg: FsConfig,
+    state: State,
+    active: Active,
+    listed: Vec<(u64, u64)>,
+    broken: Option<String>,
+    lock: Box<dyn Any + Send + Sync>,
+) -> Arc<Inner> {
+    let Active {
+        id: seg,
+        file,
+        len,
+        ops,
+        mark,
+        dirty,
+    } = active;
+    Arc::new(Inner {
+        dir,
+        cfg,
+        state: RwLock::new(state),
+        writer: Mutex::new(Writer {
+            seg,
             file,
             len,
             ops,
+            buf: Vec::new(),
+            // A read-only store has nothing for close to write.
+            dirty: dirty && broken.is_none(),
+            broken,
+            segments: listed.into_iter().collect(),
+        }),
+        durable: Mutex::new(DurableState {
+            synced: (seg, len),
+            leader: false,
             mark,
-            ..
-        } = loaded.active;
-        let inner = Arc::new(Inner {
-            dir: dir.clone(),
-            cfg: cfg.clone(),
-            state: RwLock::new(loaded.state),
-            writer: Mutex::new(Writer {
-                seg,
-                file,
-                len,
-                ops,
-                buf: Vec::new(),
-                // Writes are refused before they get here; this keeps them
-                // out even so, and makes close write nothing.
-                broken: Some("the store is open read-only".into()),
-                segments: listed.into_iter().collect(),
-                dirty: false,
-            }),
-            durable: Mutex::new(DurableState {
-                synced: (seg, len),
-                leader: false,
-                mark,
-            }),
-            durable_cv: Condvar::new(),
-            stop: Arc::new(Stop::default()),
-            _lock: Box::new(()),
-        });
-        return Ok((inner, rec));
-    }
+        }),
+        durable_cv: Condvar::new(),
+        stop: Arc::new(Stop::default()),
+        _lock: lock,
+    })
 }
 
 /// Every segment the manifest lists exists.
