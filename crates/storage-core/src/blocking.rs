@@ -171,6 +171,32 @@ impl<T: Send + Sync + 'static> OpenHandle<T> {
     }
 }
 
+/// Runs `tick` on `target` every `every`, on a thread named `name`, for as
+/// long as `target` lives and `tick` returns `true`. The thread holds
+/// `target` only while `tick` runs, so dropping or closing the owner is never
+/// held back by more than one tick. For background work such as a periodic
+/// log sync.
+pub fn spawn_periodic<T: Send + Sync + 'static>(
+    name: &str,
+    every: std::time::Duration,
+    target: std::sync::Weak<T>,
+    mut tick: impl FnMut(&T) -> bool + Send + 'static,
+) -> Result<()> {
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(every);
+                let Some(t) = target.upgrade() else { return };
+                if !tick(&t) {
+                    return;
+                }
+            }
+        })
+        .map(drop)
+        .map_err(|e| StorageError::io(format!("starting the {name} thread"), e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -74,7 +74,7 @@ pub use wire::{
 /// blocking calls. A third-party backend built from these behaves like the
 /// workspace's own.
 pub mod raw {
-    pub use crate::blocking::{OpenHandle, run_blocking, wait_for_sole_owner};
+    pub use crate::blocking::{OpenHandle, run_blocking, spawn_periodic, wait_for_sole_owner};
     pub use crate::layer::{Engine, Gate};
     pub use crate::links::{ChainView, ChainViewFn, admit, check_links, check_payload_limit};
     pub use crate::trace::{

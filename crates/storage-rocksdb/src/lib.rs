@@ -850,26 +850,19 @@ fn open_read_only(
 /// sync is logged and retried at the next tick: RocksDB reports the failure to
 /// the next write too.
 fn spawn_wal_syncer(db: std::sync::Weak<Inner>, every: Duration) -> Result<()> {
-    std::thread::Builder::new()
-        .name("rocksdb-wal-sync".into())
-        .spawn(move || {
-            loop {
-                std::thread::sleep(every);
-                let Some(inner) = db.upgrade() else { return };
-                match inner.db.flush_wal(true) {
-                    Ok(()) => {
-                        inner
-                            .wal_syncs
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    Err(e) => {
-                        tracing::warn!(backend = NAME, path = %inner.path.display(), error = %e, "periodic WAL sync failed");
-                    }
-                }
+    storage_core::raw::spawn_periodic("rocksdb-wal-sync", every, db, |inner: &Inner| {
+        match inner.db.flush_wal(true) {
+            Ok(()) => {
+                inner
+                    .wal_syncs
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
-        })
-        .map(drop)
-        .map_err(|e| StorageError::io("starting the WAL sync thread", e))
+            Err(e) => {
+                tracing::warn!(backend = NAME, path = %inner.path.display(), error = %e, "periodic WAL sync failed");
+            }
+        }
+        true
+    })
 }
 
 fn system_time_nanos(t: SystemTime) -> u64 {

@@ -151,29 +151,22 @@ fn spawn_wal_syncer(
     open: std::sync::Weak<OpenState>,
     every: std::time::Duration,
 ) -> Result<()> {
-    std::thread::Builder::new()
-        .name("sqlite-wal-sync".into())
-        .spawn(move || {
-            loop {
-                std::thread::sleep(every);
-                let Some(state) = open.upgrade() else { return };
-                if !state.open.load(std::sync::atomic::Ordering::Acquire) {
-                    return;
-                }
-                state
-                    .wal_syncs
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                match std::fs::File::open(&log).and_then(|f| f.sync_data()) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => {
-                        tracing::warn!(backend = NAME, path = %log.display(), error = %e, "periodic WAL sync failed");
-                    }
-                }
+    storage_core::raw::spawn_periodic("sqlite-wal-sync", every, open, move |state: &OpenState| {
+        if !state.open.load(std::sync::atomic::Ordering::Acquire) {
+            return false;
+        }
+        state
+            .wal_syncs
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match std::fs::File::open(&log).and_then(|f| f.sync_data()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(backend = NAME, path = %log.display(), error = %e, "periodic WAL sync failed");
             }
-        })
-        .map(drop)
-        .map_err(|e| StorageError::io("starting the WAL sync thread", e))
+        }
+        true
+    })
 }
 
 impl SQLiteBackend {
