@@ -51,24 +51,31 @@ fn read_blocks(
     };
     match format {
         Format::Jsonl => {
-            let mut line = String::new();
+            let mut line = Vec::new();
             let mut lineno = 0u64;
             loop {
                 line.clear();
                 // Bounded: a line longer than any block can encode to is refused
                 // after reading just past the limit, not buffered whole.
                 let limit = olocus_storage::MAX_ENCODED_BLOCK_BYTES as u64 + 2;
-                if (&mut reader).take(limit + 1).read_line(&mut line)? == 0 {
+                if (&mut reader).take(limit + 1).read_until(b'\n', &mut line)? == 0 {
                     break;
                 }
                 lineno += 1;
-                if line.len() as u64 > limit && !line.ends_with('\n') {
+                if line.len() as u64 > limit && !line.ends_with(b"\n") {
                     return Err(CliError::usage(format!(
                         "line {lineno}: longer than {limit} bytes, more than any block encodes \
                          to; refused without reading the rest"
                     )));
                 }
-                let text = line.trim();
+                let text = std::str::from_utf8(&line).map_err(|e| {
+                    CliError::usage(format!(
+                        "line {lineno}: not UTF-8 text (byte {} of the line); a JSON Lines \
+                         export is text; for a binary export use --format binary",
+                        e.valid_up_to() + 1
+                    ))
+                })?;
+                let text = text.trim();
                 if text.is_empty() {
                     continue;
                 }
@@ -83,13 +90,21 @@ fn read_blocks(
             }
         }
         Format::Binary => {
-            let mut magic = [0u8; 8];
-            reader
-                .read_exact(&mut magic)
+            let mut magic = Vec::with_capacity(8);
+            (&mut reader)
+                .take(8)
+                .read_to_end(&mut magic)
                 .map_err(|e| CliError::from(e).context("reading the binary header"))?;
-            if &magic != BINARY_MAGIC {
+            if magic.is_empty() {
                 return Err(CliError::usage(
-                    "not a binary block export (bad header; use --format jsonl?)",
+                    "the input is empty: a binary export begins with the 8-byte header \
+                     OLBLOCK1",
+                ));
+            }
+            if magic != BINARY_MAGIC {
+                return Err(CliError::usage(
+                    "not a binary block export: it does not begin with the header OLBLOCK1 \
+                     (for JSON Lines use --format jsonl)",
                 ));
             }
             let mut offset = 8u64;
@@ -106,10 +121,15 @@ fn read_blocks(
                         "byte {offset}: record of {len} bytes exceeds the block size limit"
                     )));
                 }
-                let mut bytes = vec![0u8; len];
-                reader.read_exact(&mut bytes).map_err(|e| {
-                    CliError::usage(format!("byte {offset}: record cut short ({e})"))
-                })?;
+                let mut bytes = Vec::with_capacity(len);
+                let got = (&mut reader).take(len as u64).read_to_end(&mut bytes)?;
+                if got < len {
+                    return Err(CliError::usage(format!(
+                        "byte {offset}: the input ends inside a record of {len} bytes, {} \
+                         bytes early (a cut-short file?)",
+                        len - got
+                    )));
+                }
                 let block = WireFormat::BINARY
                     .decode(&bytes)
                     .map_err(|e| bad_input(e, format!("byte {offset}")))?;
@@ -142,7 +162,17 @@ pub(crate) async fn import(
         let path = file.expect("not stdio");
         let f = std::fs::File::open(path)
             .map_err(|e| CliError::from(e).context(format!("opening {}", path.display())))?;
-        let size = f.metadata().ok().map(|m| m.len());
+        let meta = f
+            .metadata()
+            .map_err(|e| CliError::from(e).context(format!("reading {}", path.display())))?;
+        if meta.is_dir() {
+            return Err(CliError::usage(format!(
+                "{} is a directory: give a block file (.jsonl, or .bin from export), or - \
+                 for standard input",
+                path.display()
+            )));
+        }
+        let size = meta.is_file().then(|| meta.len());
         (Box::new(f), size)
     };
     // Progress is the input consumed, so the bar ends where the file does.
@@ -177,10 +207,22 @@ pub(crate) async fn import(
         .join()
         .map_err(|_| CliError::failure("the reader thread panicked"))?;
     bar.finish_and_clear();
+    // What is already stored stays stored; importing again skips it.
+    let so_far = |e: CliError| {
+        let done = match &top {
+            Some(t) => format!(
+                "{stored} blocks were stored before this (up to index {}), the head did not \
+                 move; fix the input and import again: stored blocks are skipped",
+                t.index()
+            ),
+            None => "no block was stored".to_string(),
+        };
+        CliError::new(e.code, format!("{}; {done}", e.msg))
+    };
     if let Some(e) = failure {
-        return Err(e);
+        return Err(so_far(e));
     }
-    read?;
+    read.map_err(so_far)?;
     // The head moves by the library's rule: forward only, and only to a block
     // linked back to the stored chain; otherwise the blocks stay imported and
     // the output says why the head did not move.
@@ -700,10 +742,17 @@ pub(crate) async fn repair(ctx: &Ctx, from: &str, to: &str) -> CliResult {
     Ok(())
 }
 
-/// An input record that does not decode: bad input, whatever the decoder
-/// calls it.
+/// An input record that does not decode: bad input, not a damaged store, so
+/// it is said without the decoder's "corrupted data".
 fn bad_input(e: StorageError, at: String) -> CliError {
-    CliError::usage(CliError::from(e).context(at).msg)
+    let what = match &e {
+        StorageError::Corrupted { context, source } => match source {
+            Some(cause) => format!("{context}: {}", olocus_storage::error_report(&**cause)),
+            None => context.clone(),
+        },
+        other => olocus_storage::error_report(other),
+    };
+    CliError::usage(format!("{at}: {what}"))
 }
 
 /// How a store that is only read is opened: read-only, beside any process

@@ -342,28 +342,17 @@ impl CliError {
             code: self.code,
         }
     }
-
-    /// The message of `e` with every cause below it, on one line.
-    fn chain(e: &(dyn Error + 'static)) -> String {
-        let mut msg = e.to_string();
-        let mut source = e.source();
-        while let Some(s) = source {
-            msg.push_str(&format!(": {s}"));
-            source = s.source();
-        }
-        msg
-    }
 }
 
 impl From<StorageError> for CliError {
     fn from(e: StorageError) -> Self {
-        Self::new(Exit::of(&e), Self::chain(&e))
+        Self::new(Exit::of(&e), olocus_storage::error_report(&e))
     }
 }
 
 impl From<std::io::Error> for CliError {
     fn from(e: std::io::Error) -> Self {
-        Self::new(Exit::of_io(&e), Self::chain(&e))
+        Self::new(Exit::of_io(&e), olocus_storage::error_report(&e))
     }
 }
 
@@ -374,7 +363,7 @@ impl From<serde_json::Error> for CliError {
         } else {
             Exit::Usage
         };
-        Self::new(code, Self::chain(&e))
+        Self::new(code, olocus_storage::error_report(&e))
     }
 }
 

@@ -401,6 +401,12 @@ fn demo_stores_verifies_and_queries() {
 fn errors_say_what_and_where() {
     let (_, err) = fails(&["--store", "ftp://x", "head"]);
     assert!(err.contains("expected memory:, fs:PATH"), "{err}");
+    let (_, err) = fails(&["--store", "sqlit:/tmp/x", "head"]);
+    assert!(err.contains("did you mean sqlite:?"), "{err}");
+    // One line that says what is wrong, not the whole URL grammar.
+    let (_, err) = fails(&["--store", "fs:/tmp/x?compresion=zstd", "head"]);
+    assert!(err.contains("did you mean \"compression\"?"), "{err}");
+    assert!(err.len() < 160, "{} bytes: {err}", err.len());
     let (_, err) = fails(&["head"]);
     assert!(err.contains("--store"), "{err}");
     let dir = tempfile::tempdir().unwrap();
@@ -416,6 +422,95 @@ fn errors_say_what_and_where() {
         let (_, err) = fails(&["--store", "rocksdb:/tmp/x", "head"]);
         assert!(err.contains("`rocksdb` feature"), "{err}");
     }
+}
+
+/// Bad input files: each message names the path, line or byte, says what is
+/// wrong in words, and the exit code is 2 (bad input).
+#[test]
+fn bad_input_files_are_named_and_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("fs:{}", s(&dir.path().join("store")));
+    let import = |file: &Path| {
+        let (code, err) = exit_code(&["--store", &url, "import", &s(file)]);
+        assert_eq!(code, Some(2), "{err}");
+        err
+    };
+    // A directory.
+    let err = import(dir.path());
+    assert!(
+        err.contains(&s(dir.path())) && err.contains("is a directory"),
+        "{err}"
+    );
+    // Invalid UTF-8 on line 3.
+    let mut text = Vec::new();
+    let blocks = chain(3);
+    for b in &blocks[..2] {
+        text.extend(olocus_storage::WireFormat::JSON.encode(b).unwrap());
+        text.push(b'\n');
+    }
+    text.extend(b"{\"x\": \"\xff\xfe\"}\n");
+    let utf = dir.path().join("bad.jsonl");
+    std::fs::write(&utf, &text).unwrap();
+    let err = import(&utf);
+    assert!(err.contains("line 3: not UTF-8"), "{err}");
+    // The blocks before it: nothing stored (one batch), and it says so.
+    assert!(err.contains("no block was stored"), "{err}");
+    // An empty binary file.
+    let empty = dir.path().join("empty.bin");
+    std::fs::write(&empty, b"").unwrap();
+    let err = import(&empty);
+    assert!(err.contains("the input is empty"), "{err}");
+    // A record whose inner length prefix claims 2^60 bytes.
+    let mut record = vec![1u8, 0, 0];
+    record.extend([0u8; 32]);
+    record.push(0);
+    record.push(0xfd);
+    record.extend((1u64 << 60).to_le_bytes());
+    let mut bin = b"OLBLOCK1".to_vec();
+    bin.extend((record.len() as u32).to_le_bytes());
+    bin.extend(&record);
+    let huge = dir.path().join("huge.bin");
+    std::fs::write(&huge, &bin).unwrap();
+    let err = import(&huge);
+    assert!(
+        err.contains("byte 8:") && err.contains("more than the"),
+        "{err}"
+    );
+    assert!(!err.contains("corrupted") && !err.contains("{"), "{err}");
+    // A record cut short.
+    let whole = olocus_storage::WireFormat::BINARY
+        .encode(&blocks[0])
+        .unwrap();
+    let mut bin = b"OLBLOCK1".to_vec();
+    bin.extend((whole.len() as u32).to_le_bytes());
+    bin.extend(&whole[..whole.len() - 5]);
+    let cut = dir.path().join("cut.bin");
+    std::fs::write(&cut, &bin).unwrap();
+    let err = import(&cut);
+    assert!(err.contains("5 bytes early"), "{err}");
+    // A failure after some batches were stored says how many and what to do.
+    let mut text = Vec::new();
+    for b in chain(30).iter().take(25) {
+        text.extend(olocus_storage::WireFormat::JSON.encode(b).unwrap());
+        text.push(b'\n');
+    }
+    text.extend(b"not json\n");
+    let late = dir.path().join("late.jsonl");
+    std::fs::write(&late, &text).unwrap();
+    let (code, err) = exit_code(&["--store", &url, "import", "--batch", "10", &s(&late)]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("line 26"), "{err}");
+    assert!(
+        err.contains("20 blocks were stored before this (up to index 19)"),
+        "{err}"
+    );
+    assert!(err.contains("import again"), "{err}");
+    // SQLite's causes are printed once.
+    let notdb = dir.path().join("notdb.db");
+    std::fs::write(&notdb, b"hello, not a database").unwrap();
+    let (code, err) = exit_code(&["--store", &format!("sqlite:{}", s(&notdb)), "stats"]);
+    assert_eq!(code, Some(6), "{err}");
+    assert_eq!(err.matches("not a database").count(), 1, "{err}");
 }
 
 /// SQLite keeps no page checksums: damage that drops rows is caught by `verify`

@@ -120,8 +120,8 @@ pub use storage_core::{
     MAX_TIMESTAMP_NANOS, OpenMode, PublicKey, RANGE_STREAM_PAGE, Result, Signature, SigningKey,
     SortOrder, StorageBackend, StorageBackendExt, StorageError, StorageStats, Stream, StreamExt,
     TryStreamExt, VerifyOptions, VerifyReport, VerifyingKey, WALConfig, WireFormat, async_trait,
-    generate_signing_key, human_duration, is_valid_payload_type, parse_duration, salvage,
-    system_time_from_unix_nanos, unix_nanos, verify_block, verify_chain,
+    error_report, generate_signing_key, human_duration, is_valid_payload_type, parse_duration,
+    salvage, system_time_from_unix_nanos, unix_nanos, verify_block, verify_chain,
 };
 
 /// The trait and its extension, as the seed imports them
@@ -415,13 +415,7 @@ const URL_FORMS: &str = "memory:, fs:PATH, rocksdb:PATH, sqlite:PATH or s3://BUC
 
 /// A store URL taken apart: the backend, and the open mode if it names one.
 fn parse_store_url(url: &str) -> Result<(BackendConfig, Option<OpenMode>)> {
-    let bad = |why: &str| {
-        StorageError::InvalidInput(format!(
-            "bad store URL {url:?}: {why} (expected {URL_FORMS}; parameters: \
-             compression=zstd|lz4|gzip|none for fs: and rocksdb:, endpoint=, region= and \
-             allow_http= for s3:, and mode=create|open_existing|read_only for any)"
-        ))
-    };
+    let bad = |why: &str| StorageError::InvalidInput(format!("bad store URL {url:?}: {why}"));
     let decode = |s: &str, what: &str| {
         percent_decode_str(s)
             .decode_utf8()
@@ -432,7 +426,9 @@ fn parse_store_url(url: &str) -> Result<(BackendConfig, Option<OpenMode>)> {
                 ))
             })
     };
-    let (scheme, rest) = url.split_once(':').ok_or_else(|| bad("no scheme"))?;
+    let (scheme, rest) = url
+        .split_once(':')
+        .ok_or_else(|| bad(&format!("no scheme (expected {URL_FORMS})")))?;
     let (raw_path, query) = match rest.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (rest, None),
@@ -519,7 +515,14 @@ fn parse_store_url(url: &str) -> Result<(BackendConfig, Option<OpenMode>)> {
                 allow_http,
             }
         }
-        other => return Err(bad(&format!("unknown scheme {other:?}"))),
+        other => {
+            let hint = closest(other, &["memory", "fs", "rocksdb", "sqlite", "s3"])
+                .map(|name| format!("did you mean {name}:? "))
+                .unwrap_or_default();
+            return Err(bad(&format!(
+                "unknown scheme {other:?} ({hint}expected {URL_FORMS})"
+            )));
+        }
     };
     if let Some((k, _)) = params.first() {
         let known: &[&str] = match scheme.as_str() {
@@ -527,16 +530,23 @@ fn parse_store_url(url: &str) -> Result<(BackendConfig, Option<OpenMode>)> {
             "s3" => &["endpoint", "region", "allow_http", "mode"],
             _ => &["mode"],
         };
-        let hint = known
-            .iter()
-            .map(|name| (strsim::levenshtein(k, name), *name))
-            .filter(|(distance, _)| *distance <= 2)
-            .min()
-            .map(|(_, name)| format!("; did you mean {name:?}?"))
-            .unwrap_or_default();
-        return Err(bad(&format!("{scheme}: takes no parameter {k:?}{hint}")));
+        let hint = match closest(k, known) {
+            Some(name) => format!("did you mean {name:?}?"),
+            None => format!("it takes {}", known.join("=, ") + "="),
+        };
+        return Err(bad(&format!("{scheme}: takes no parameter {k:?}; {hint}")));
     }
     Ok((config, mode))
+}
+
+/// The name in `known` within two edits of `given`, if any: for "did you mean".
+fn closest<'a>(given: &str, known: &[&'a str]) -> Option<&'a str> {
+    known
+        .iter()
+        .map(|name| (strsim::levenshtein(given, name), *name))
+        .filter(|(distance, _)| *distance <= 2)
+        .min()
+        .map(|(_, name)| name)
 }
 
 /// Parses a backend URL: `memory:`, `fs:PATH` (or `filesystem:`), `rocksdb:PATH`,

@@ -214,6 +214,38 @@ pub enum ErrorKind {
     Backend,
 }
 
+/// An error's message and every cause below it, on one line, joined by `": "`:
+/// what to print for a person. A cause that only repeats what is already said
+/// (SQLite's error code restating its message, for one) is left out; the
+/// causes stay walkable through [`std::error::Error::source`].
+///
+/// ```
+/// let io = std::io::Error::other("disk full");
+/// let e = storage_core::StorageError::io("writing segment 7", io);
+/// assert_eq!(storage_core::error_report(&e), "i/o error while writing segment 7: disk full");
+/// ```
+pub fn error_report(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut said = e.to_string();
+    let mut last = said.clone();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        // A cause that is a short label ("Error code 14: ") before words the
+        // message above it already holds is a restatement.
+        let gist = text.rsplit(": ").next().unwrap_or(&text);
+        let label = text.len() - gist.len();
+        let restated =
+            said.contains(&text) || (label <= 20 && gist.len() >= 12 && last.contains(gist));
+        if !text.is_empty() && !restated {
+            said.push_str(": ");
+            said.push_str(&text);
+        }
+        last = text;
+        cause = c.source();
+    }
+    said
+}
+
 impl StorageError {
     /// The semantic kind of this error.
     pub fn kind(&self) -> ErrorKind {
@@ -349,6 +381,61 @@ impl StorageError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An error with a message and an optional cause, as engines nest them.
+    #[derive(Debug)]
+    struct Nested(&'static str, Option<Box<Nested>>);
+
+    impl std::fmt::Display for Nested {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Nested {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|n| n as _)
+        }
+    }
+
+    #[test]
+    fn a_report_names_every_cause_once() {
+        // SQLite's shape: the message, then its code restating it.
+        let sqlite = Nested(
+            "unable to open database file: /data/chain.db",
+            Some(Box::new(Nested(
+                "Error code 14: unable to open database file",
+                None,
+            ))),
+        );
+        let e = StorageError::backend("sqlite", "opening", ErrorStatus::Permanent, sqlite);
+        assert_eq!(
+            error_report(&e),
+            "sqlite backend error while opening: unable to open database file: /data/chain.db"
+        );
+        // A cause ending in the same path as its message is not a restatement.
+        let open = Nested(
+            "sqlite backend error while opening /data/chain.db",
+            Some(Box::new(Nested(
+                "unable to open database file: /data/chain.db",
+                None,
+            ))),
+        );
+        assert_eq!(
+            error_report(&open),
+            "sqlite backend error while opening /data/chain.db: unable to open database file: \
+             /data/chain.db"
+        );
+        // Distinct causes all appear, short ones included.
+        let e = Nested(
+            "a: b",
+            Some(Box::new(Nested(
+                "bad digit: x",
+                Some(Box::new(Nested("eof", None))),
+            ))),
+        );
+        assert_eq!(error_report(&e), "a: b: bad digit: x: eof");
+    }
 
     #[test]
     fn kinds_and_transience() {

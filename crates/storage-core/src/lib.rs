@@ -53,7 +53,7 @@ pub use block::{
 pub use blocking::Execution;
 pub use compression::CompressionType;
 pub use config::{OpenMode, WALConfig, human_duration, parse_duration};
-pub use error::{BoxError, ErrorKind, ErrorStatus, Result, StorageError};
+pub use error::{BoxError, ErrorKind, ErrorStatus, Result, StorageError, error_report};
 pub use ids::{
     BlockHash, BlockHashBuildHasher, BlockHashHasher, BlockHashMap, PublicKey, Signature,
 };

@@ -252,9 +252,47 @@ impl WireFormat {
     }
 }
 
+/// bincode's decode error, said in words: its own `Display` is its `Debug`
+/// (`UnexpectedEnd { additional: 2 }`).
+#[derive(Debug)]
+struct BinaryDecode(bincode::error::DecodeError);
+
+impl std::fmt::Display for BinaryDecode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use bincode::error::DecodeError as D;
+        match &self.0 {
+            D::UnexpectedEnd { additional: 1 } => write!(f, "the record ends 1 byte early"),
+            D::UnexpectedEnd { additional } => {
+                write!(f, "the record ends {additional} bytes early")
+            }
+            D::LimitExceeded => write!(
+                f,
+                "a length inside the record claims more than the \
+                 {MAX_ENCODED_BLOCK_BYTES}-byte block limit"
+            ),
+            D::Utf8 { inner } => write!(f, "a text field is not UTF-8 ({inner})"),
+            D::OutsideUsizeRange(n) => write!(f, "a length of {n} is out of range"),
+            D::InvalidIntegerType { .. } | D::NonZeroTypeIsZero { .. } => {
+                write!(f, "a number field is malformed")
+            }
+            D::UnexpectedVariant { found, .. } => {
+                write!(f, "an option marker is {found}, neither 0 nor 1")
+            }
+            D::ArrayLengthMismatch { required, found } => {
+                write!(f, "a fixed field holds {found} bytes, not {required}")
+            }
+            other => write!(f, "{other:?}"),
+        }
+    }
+}
+
+// No source: bincode's error says nothing the words above do not (it stays in
+// `Debug`).
+impl std::error::Error for BinaryDecode {}
+
 fn decode_binary(raw: &[u8]) -> Result<BlockParts> {
     let (b, used): (BinOwned, usize) = bincode::decode_from_slice(raw, bincode_config())
-        .map_err(|e| StorageError::corrupted_by("binary block does not decode", e))?;
+        .map_err(|e| StorageError::corrupted_by("binary block does not decode", BinaryDecode(e)))?;
     if used != raw.len() {
         return Err(StorageError::corrupted(format!(
             "binary block has {} trailing bytes",
@@ -403,6 +441,16 @@ mod tests {
         bytes.extend_from_slice(&u64::MAX.to_le_bytes());
         let err = WireFormat::BINARY.decode(&bytes).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Corrupted);
+        let said = crate::error_report(&err);
+        assert!(said.contains("more than the"), "{said}");
+        // A record cut short says by how much, in words, not bincode's Debug.
+        let whole = WireFormat::BINARY.encode(&sample(10)).unwrap();
+        let err = WireFormat::BINARY
+            .decode(&whole[..whole.len() - 2])
+            .unwrap_err();
+        let said = crate::error_report(&err);
+        assert!(said.contains("ends 2 bytes early"), "{said}");
+        assert!(!said.contains("UnexpectedEnd"), "{said}");
         // An lz4 prefix claiming 4 GiB.
         let err = WireFormat {
             encoding: Encoding::Binary,
