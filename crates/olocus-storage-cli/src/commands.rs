@@ -172,7 +172,7 @@ pub(crate) async fn import(
                 path.display()
             )));
         }
-        let size = meta.is_file().then(|| meta.len());
+        let size = meta.is_file().then_some(meta.len());
         (Box::new(f), size)
     };
     // Progress is the input consumed, so the bar ends where the file does.
