@@ -654,12 +654,14 @@ pub(crate) async fn stats(ctx: &Ctx, store: &Storage) -> CliResult {
 pub(crate) async fn maintain(ctx: &Ctx, store: &Storage, vacuum: bool) -> CliResult {
     let what = if vacuum { "vacuum" } else { "compact" };
     let started = Instant::now();
+    let bar = ctx.spinner(what);
     if vacuum {
         store.vacuum().await
     } else {
         store.compact().await
     }
     .map_err(ctx_err(what))?;
+    bar.finish_and_clear();
     let elapsed = started.elapsed();
     if ctx.json {
         out!(
@@ -685,6 +687,7 @@ pub(crate) async fn repair(ctx: &Ctx, from: &str, to: &str) -> CliResult {
     let dst = Storage::new(dst_config)
         .await
         .map_err(ctx_err(format!("opening {to}")))?;
+    let bar = ctx.spinner("repair");
     let report = match &src_config.backend {
         // A damaged filesystem store does not open: its files are read directly.
         #[cfg(feature = "fs")]
@@ -717,6 +720,7 @@ pub(crate) async fn repair(ctx: &Ctx, from: &str, to: &str) -> CliResult {
         },
     };
     let closed = dst.close().await;
+    bar.finish_and_clear();
     let report = report.map_err(ctx_err(format!("salvaging {from} into {to}")))?;
     closed.map_err(ctx_err("closing the new store"))?;
     if ctx.json {

@@ -76,12 +76,17 @@ pub(crate) async fn run(
             "{url} already holds blocks; the demo needs an empty store"
         )));
     }
-    let mut lines: Vec<(String, String)> = Vec::new();
-    let mut say = |step: &str, text: String| -> CliResult {
-        if !ctx.json {
+    // Each step prints a line for people, or adds its figures (no prose) to
+    // the JSON document.
+    let mut steps: Vec<serde_json::Value> = Vec::new();
+    let mut say = |step: &str, text: String, data: serde_json::Value| -> CliResult {
+        if ctx.json {
+            let mut data = data;
+            data["step"] = json!(step);
+            steps.push(data);
+        } else {
             out!("{step:<10} {text}")?;
         }
-        lines.push((step.to_string(), text));
         Ok(())
     };
     if !ctx.json {
@@ -114,6 +119,11 @@ pub(crate) async fn run(
             render::short(&signer.to_string()),
             rate(blocks, took)
         ),
+        json!({
+            "blocks": blocks,
+            "public_key": signer.to_string(),
+            "seconds": took.as_secs_f64(),
+        }),
     )?;
 
     // Store in batches of 500, then move the head.
@@ -141,6 +151,12 @@ pub(crate) async fn run(
             last.index(),
             render::short(&last.hash().to_string())
         ),
+        json!({
+            "blocks": blocks,
+            "batch": 500,
+            "seconds": took.as_secs_f64(),
+            "head": { "index": last.index(), "hash": last.hash().to_string() },
+        }),
     )?;
 
     // Verify everything from storage.
@@ -160,6 +176,7 @@ pub(crate) async fn run(
              hashes hold ({took:.2?}, {})",
             rate(checked, took)
         ),
+        json!({ "blocks": checked, "seconds": took.as_secs_f64() }),
     )?;
 
     // By hash.
@@ -184,6 +201,7 @@ pub(crate) async fn run(
             render::short(&got.hash().to_string()),
             String::from_utf8_lossy(got.payload())
         ),
+        json!({ "block": render::block_json(&got), "seconds": took.as_secs_f64() }),
     )?;
 
     // By index range.
@@ -193,13 +211,16 @@ pub(crate) async fn run(
         .get_blocks_by_range(lo, hi)
         .await
         .map_err(ctx_err("reading a range"))?;
+    let took = started.elapsed();
     say(
         "by range",
-        format!(
-            "#{lo}..=#{hi}: {} blocks in {:.1?}",
-            range.len(),
-            started.elapsed()
-        ),
+        format!("#{lo}..=#{hi}: {} blocks in {took:.1?}", range.len()),
+        json!({
+            "from_index": lo,
+            "to_index": hi,
+            "blocks": range.len(),
+            "seconds": took.as_secs_f64(),
+        }),
     )?;
 
     // By time: a 250 ms window.
@@ -215,16 +236,27 @@ pub(crate) async fn run(
         )
         .await
         .map_err(ctx_err("listing by time"))?;
+    let took = started.elapsed();
+    let indices = |list: &[olocus_storage::BlockMetadata]| -> Vec<u64> {
+        list.iter().map(|m| m.index).collect()
+    };
     say(
         "by time",
         format!(
-            "{} .. +250ms: {} blocks (#{}..=#{}) in {:.1?}",
+            "{} .. +250ms: {} blocks (#{}..=#{}) in {took:.1?}",
             render::time(from),
             window.len(),
             window.first().map_or(0, |m| m.index),
             window.last().map_or(0, |m| m.index),
-            started.elapsed()
         ),
+        json!({
+            "start_time": render::time(from),
+            "end_time": render::time(to),
+            "blocks": window.len(),
+            "first_index": window.first().map(|m| m.index),
+            "last_index": window.last().map(|m| m.index),
+            "seconds": took.as_secs_f64(),
+        }),
     )?;
 
     // Filters: the newest audit events; a signer, paged.
@@ -233,17 +265,26 @@ pub(crate) async fn run(
         .list_blocks(&ListOptions::new().limit(5).descending().payload_type(AUDIT))
         .await
         .map_err(ctx_err("listing audit events"))?;
+    let took = started.elapsed();
+    let hashes = |list: &[olocus_storage::BlockMetadata]| -> String {
+        list.iter()
+            .map(|m| format!("#{}", m.index))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
     say(
         "list",
         format!(
-            "type={AUDIT}, newest first, limit 5: {} in {:.1?}",
-            audits
-                .iter()
-                .map(|m| format!("#{}", m.index))
-                .collect::<Vec<_>>()
-                .join(" "),
-            started.elapsed()
+            "type={AUDIT}, newest first, limit 5: {} in {took:.1?}",
+            hashes(&audits)
         ),
+        json!({
+            "type": AUDIT,
+            "order": "desc",
+            "limit": 5,
+            "indices": indices(&audits),
+            "seconds": took.as_secs_f64(),
+        }),
     )?;
     let started = Instant::now();
     let page = storage
@@ -257,44 +298,51 @@ pub(crate) async fn run(
         )
         .await
         .map_err(ctx_err("listing by signer"))?;
+    let took = started.elapsed();
     say(
         "list",
         format!(
-            "signer={}, type={READING}, index >= {}, offset 10, limit 3: {} in {:.1?}",
+            "signer={}, type={READING}, index >= {}, offset 10, limit 3: {} in {took:.1?}",
             render::short(&signer.to_string()),
             blocks / 2,
-            page.iter()
-                .map(|m| format!("#{}", m.index))
-                .collect::<Vec<_>>()
-                .join(" "),
-            started.elapsed()
+            hashes(&page),
         ),
+        json!({
+            "signer": signer.to_string(),
+            "type": READING,
+            "from_index": blocks / 2,
+            "offset": 10,
+            "limit": 3,
+            "indices": indices(&page),
+            "seconds": took.as_secs_f64(),
+        }),
     )?;
 
     let stats = storage.get_stats().await.map_err(ctx_err("statistics"))?;
     say(
         "stats",
         format!(
-            "{} blocks, {} bytes canonical, oldest {}, newest {}",
+            "{} blocks, {} canonical, oldest {}, newest {}",
             stats.total_blocks,
-            stats.total_size_bytes,
+            indicatif::HumanBytes(stats.total_size_bytes),
             stats.oldest_block.map(render::time).unwrap_or_default(),
             stats.newest_block.map(render::time).unwrap_or_default()
         ),
+        render::stats_json(&stats),
     )?;
     storage.close().await.map_err(ctx_err("closing"))?;
     let kept = keep || store_url.is_some() || config_file.is_some();
     if kept {
-        say("kept", format!("the store at {url}"))?;
+        say(
+            "kept",
+            format!("the store at {url}"),
+            json!({ "store": url }),
+        )?;
     }
     if ctx.json {
-        let steps: Vec<_> = lines
-            .iter()
-            .map(|(k, v)| json!({ "step": k, "result": v }))
-            .collect();
         out!(
             "{}",
-            json!({ "store": url, "blocks": blocks, "steps": steps })
+            json!({ "store": url, "blocks": blocks, "kept": kept, "steps": steps })
         )?;
     }
     if let Some(temp) = temp.filter(|_| keep) {

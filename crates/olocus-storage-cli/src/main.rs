@@ -130,12 +130,12 @@ enum Cmd {
         /// Output format (default: from the extension; .jsonl for stdout).
         #[arg(long, value_enum)]
         format: Option<Format>,
-        /// First index.
+        /// First index (as in `list`).
         #[arg(long, default_value_t = 0)]
-        from: u64,
-        /// Last index.
+        from_index: u64,
+        /// Last index, included (as in `list`).
         #[arg(long)]
-        to: Option<u64>,
+        to_index: Option<u64>,
     },
     /// Verify the store against itself: the engine's own check, then the whole
     /// chain (signatures, index sequence, hash links, hashes recomputed from the
@@ -173,12 +173,12 @@ enum Cmd {
         /// Only blocks signed by this public key (hex).
         #[arg(long)]
         signer: Option<PublicKey>,
-        /// Lowest index.
-        #[arg(long)]
-        min_index: Option<u64>,
-        /// Highest index.
-        #[arg(long)]
-        max_index: Option<u64>,
+        /// Lowest index (as in `export`).
+        #[arg(long, alias = "min-index")]
+        from_index: Option<u64>,
+        /// Highest index, included (as in `export`).
+        #[arg(long, alias = "max-index")]
+        to_index: Option<u64>,
     },
     /// Print one block.
     Get {
@@ -398,6 +398,21 @@ impl Ctx {
         bar
     }
 
+    /// A spinner with the time taken, for a step whose length is not known
+    /// (salvage, compaction); hidden as [`Ctx::bar`] is.
+    pub fn spinner(&self, what: &str) -> indicatif::ProgressBar {
+        if self.quiet || self.json {
+            return indicatif::ProgressBar::hidden();
+        }
+        let bar = indicatif::ProgressBar::new_spinner().with_message(what.to_string());
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{msg:>10} {spinner} {elapsed}")
+                .expect("template"),
+        );
+        bar.enable_steady_tick(Duration::from_millis(200));
+        bar
+    }
+
     /// Progress through `len` bytes of input, or a spinner with the bytes
     /// read so far when the size is unknown (standard input); hidden as
     /// [`Ctx::bar`] is.
@@ -498,9 +513,19 @@ async fn run(cli: Cli) -> CliResult {
         Cmd::Export {
             file,
             format,
-            from,
-            to,
-        } => commands::export(&ctx, &store, file.as_deref(), *format, *from, *to).await,
+            from_index,
+            to_index,
+        } => {
+            commands::export(
+                &ctx,
+                &store,
+                file.as_deref(),
+                *format,
+                *from_index,
+                *to_index,
+            )
+            .await
+        }
         Cmd::Verify { page, allow_gaps } => {
             commands::verify(&ctx, &store, *page, *allow_gaps).await
         }
@@ -512,13 +537,13 @@ async fn run(cli: Cli) -> CliResult {
             order,
             payload_type,
             signer,
-            min_index,
-            max_index,
+            from_index,
+            to_index,
         } => {
             let mut filter = BlockFilter::new();
             filter.payload_type = payload_type.clone();
             filter.public_key = *signer;
-            (filter.min_index, filter.max_index) = (*min_index, *max_index);
+            (filter.min_index, filter.max_index) = (*from_index, *to_index);
             let mut options = ListOptions::new().filter(filter).order(match order {
                 Order::Asc => SortOrder::Ascending,
                 Order::Desc => SortOrder::Descending,

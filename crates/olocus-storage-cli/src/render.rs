@@ -123,27 +123,98 @@ pub(crate) fn stats_json(s: &StorageStats) -> Value {
     })
 }
 
-/// Statistics for people: one `key: value` per line.
+/// Statistics for people: the chain first, then the backend's figures, sizes
+/// in binary units (exact bytes are in `--json`).
 pub(crate) fn stats_text(s: &StorageStats) -> String {
-    let mut out = String::new();
-    flatten("", &stats_json(s), &mut out);
-    out
-}
-
-fn flatten(prefix: &str, v: &Value, out: &mut String) {
-    match v {
-        Value::Object(map) => {
-            for (k, v) in map {
-                let key = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
-                flatten(&key, v, out);
-            }
+    use indicatif::HumanBytes as B;
+    let when = |t: Option<SystemTime>| t.map_or_else(|| "-".to_string(), time);
+    let mut rows: Vec<(&str, String)> = vec![
+        ("blocks", s.total_blocks.to_string()),
+        (
+            "size",
+            format!("{} (canonical encoding)", B(s.total_size_bytes)),
+        ),
+        ("oldest", when(s.oldest_block)),
+        ("newest", when(s.newest_block)),
+    ];
+    let backend: (&str, Vec<(&str, String)>) = match &s.backend_specific {
+        BackendStats::Memory { heap_usage } => {
+            ("memory", vec![("heap", B(*heap_usage).to_string())])
         }
-        Value::Null => out.push_str(&format!("{prefix}: -\n")),
-        Value::String(s) => out.push_str(&format!("{prefix}: {s}\n")),
-        other => out.push_str(&format!("{prefix}: {other}\n")),
+        BackendStats::Filesystem {
+            directory_size,
+            file_count,
+            segments,
+            stored_bytes,
+            uncompressed_bytes,
+            dead_bytes,
+        } => (
+            "filesystem",
+            vec![
+                (
+                    "on disk",
+                    format!("{} in {file_count} files", B(*directory_size)),
+                ),
+                ("segments", segments.to_string()),
+                (
+                    "stored",
+                    format!(
+                        "{} ({} uncompressed)",
+                        B(*stored_bytes),
+                        B(*uncompressed_bytes)
+                    ),
+                ),
+                ("reclaimable", format!("{} (compact)", B(*dead_bytes))),
+            ],
+        ),
+        BackendStats::RocksDB {
+            live_data_size,
+            total_data_size,
+            num_entries,
+            num_deletions,
+            compaction_stats,
+        } => (
+            "rocksdb",
+            vec![
+                ("live data", B(*live_data_size).to_string()),
+                ("total data", B(*total_data_size).to_string()),
+                ("entries", num_entries.to_string()),
+                ("deletions", num_deletions.to_string()),
+                ("last compaction", when(compaction_stats.last_compaction)),
+            ],
+        ),
+        BackendStats::SQLite {
+            database_size,
+            page_count,
+            page_size,
+            fragmentation_ratio,
+        } => (
+            "sqlite",
+            vec![
+                ("database", B(*database_size).to_string()),
+                ("pages", format!("{page_count} of {}", B(*page_size))),
+                (
+                    "free pages",
+                    format!("{:.1}% (vacuum)", fragmentation_ratio * 100.0),
+                ),
+            ],
+        ),
+        BackendStats::Other { backend, values } => (
+            backend.as_str(),
+            values
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.to_string()))
+                .collect(),
+        ),
+        other => ("other", vec![("details", format!("{other:?}"))]),
+    };
+    rows.push(("backend", backend.0.to_string()));
+    let mut out = String::new();
+    for (k, v) in rows {
+        out.push_str(&format!("{k:<18}{v}\n"));
     }
+    for (k, v) in backend.1 {
+        out.push_str(&format!("  {k:<16}{v}\n"));
+    }
+    out
 }

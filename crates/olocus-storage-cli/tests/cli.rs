@@ -335,7 +335,7 @@ fn list_filters_and_get() {
         "list",
         "--signer",
         &signer,
-        "--min-index",
+        "--from-index",
         "95",
         "--offset",
         "2",
@@ -368,7 +368,39 @@ fn list_filters_and_get() {
     assert!(err.contains("no block at index 100"), "{err}");
     let (code, err) = exit_code(&["--store", &url, "get", "abc"]);
     assert_eq!(code, Some(2), "too short: {err}");
-    assert!(ok(&["--store", &url, "stats"]).contains("total_blocks: 100"));
+    // Index ranges are named alike in export and list.
+    let part = ok(&[
+        "--store",
+        &url,
+        "export",
+        "--from-index",
+        "10",
+        "--to-index",
+        "19",
+    ]);
+    assert_eq!(part.lines().count(), 10, "{part}");
+    let listed = ok(&[
+        "--store",
+        &url,
+        "list",
+        "--from-index",
+        "10",
+        "--to-index",
+        "19",
+        "--json",
+    ]);
+    assert_eq!(listed.lines().count(), 10, "{listed}");
+    // Stats for people: the chain first, sizes in binary units; exact in JSON.
+    let text = ok(&["--store", &url, "stats"]);
+    assert!(text.starts_with("blocks            100\n"), "{text}");
+    assert!(text.contains(" KiB"), "{text}");
+    let stats: serde_json::Value =
+        serde_json::from_str(&ok(&["--store", &url, "stats", "--json"])).unwrap();
+    assert_eq!(stats["total_blocks"], 100);
+    assert!(
+        stats["total_size_bytes"].as_u64().unwrap() > 1000,
+        "{stats}"
+    );
     ok(&["--store", &url, "compact"]);
     ok(&["--store", &url, "vacuum"]);
     assert!(ok(&["--store", &url, "verify"]).contains("verified 100 blocks"));
@@ -389,6 +421,24 @@ fn demo_stores_verifies_and_queries() {
     ] {
         assert!(out.contains(needle), "{needle:?} missing from:\n{out}");
     }
+    // Under --json, data only: each step's figures, no sentences.
+    let doc: serde_json::Value = serde_json::from_str(&ok(&["demo", "--blocks", "400", "--json"]))
+        .expect("one JSON document");
+    let steps = doc["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 9, "{doc}");
+    for step in steps {
+        assert!(step.get("result").is_none(), "prose in {step}");
+        let has_number = step
+            .as_object()
+            .unwrap()
+            .values()
+            .any(|v| v.is_number() || v.is_object());
+        assert!(has_number, "no figures in {step}");
+    }
+    assert_eq!(steps[1]["head"]["index"], 399, "{doc}");
+    assert_eq!(steps[2]["blocks"], 400, "{doc}");
+    assert_eq!(steps[4]["blocks"], 100, "{doc}");
+    assert_eq!(steps[8]["total_blocks"], 400, "{doc}");
     let dir = tempfile::tempdir().unwrap();
     let url = format!("fs:{}", s(&dir.path().join("kept")));
     ok(&["demo", "--blocks", "50", "--store", &url]);
@@ -980,6 +1030,27 @@ fn progress_is_input_consumed_in_human_units_and_only_on_a_terminal() {
         shown.contains("MiB/s") || shown.contains("KiB/s"),
         "{shown:?}"
     );
+    // Every other long step has its bar or spinner too.
+    let exe = env!("CARGO_BIN_EXE_olocus-storage");
+    let fixed = format!("fs:{}", s(&dir.path().join("fixed")));
+    let copy = format!("fs:{}", s(&dir.path().join("copy")));
+    let out_file = s(&dir.path().join("out.jsonl"));
+    for (args, shows) in [
+        (format!("--store {url} export {out_file}"), "export ["),
+        (format!("--store {url} verify"), "verify ["),
+        (format!("migrate --from {url} --to {copy}"), "migrate ["),
+        (format!("repair --from {url} --to {fixed}"), "repair "),
+        (format!("--store {url} compact"), "compact "),
+    ] {
+        let out = std::process::Command::new("script")
+            .args(["-qec", &format!("{exe} {args}"), "/dev/null"])
+            .env_remove("OLOCUS_STORE")
+            .output()
+            .unwrap();
+        let shown = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{args}: {shown}");
+        assert!(shown.contains(shows), "{args}: no {shows:?} in {shown:?}");
+    }
     // Into a pipe: no bar at all.
     let url = format!("fs:{}", s(&dir.path().join("b")));
     let piped = common::bin(&["--store", &url, "import", &s(&input)]);
