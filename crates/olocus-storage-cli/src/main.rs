@@ -201,6 +201,8 @@ enum Cmd {
     /// Salvage a damaged store: copy every block that is intact into a new store
     /// and report exactly which indices were lost. The damaged store is only read.
     Repair {
+        #[command(flatten)]
+        stray: NoStore,
         /// The damaged store's URL.
         #[arg(long)]
         from: String,
@@ -211,6 +213,8 @@ enum Cmd {
     /// Copy every block and the head from one store to another, verifying as it
     /// goes; rerun to resume.
     Migrate {
+        #[command(flatten)]
+        stray: NoStore,
         /// Source store URL.
         #[arg(long)]
         from: String,
@@ -221,6 +225,19 @@ enum Cmd {
         #[arg(long, default_value_t = 1_000)]
         batch: u64,
     },
+}
+
+/// `--store` and `--config` after `migrate` or `repair`, which name both
+/// their stores with `--from` and `--to`: taken (hidden from help) only to be
+/// refused with a message that says so.
+#[derive(clap::Args, Debug)]
+struct NoStore {
+    /// Refused here.
+    #[arg(long = "store", id = "store", hide = true)]
+    _store: Option<String>,
+    /// Refused here.
+    #[arg(long = "config", id = "config", hide = true)]
+    _config: Option<PathBuf>,
 }
 
 fn parse_time(s: &str) -> Result<SystemTime, String> {
@@ -493,10 +510,13 @@ async fn run(cli: Cli) -> CliResult {
         )
         .await;
     }
-    if let Cmd::Migrate { from, to, batch } = &cli.command {
+    if let Cmd::Migrate {
+        from, to, batch, ..
+    } = &cli.command
+    {
         return commands::migrate(&ctx, from, to, *batch).await;
     }
-    if let Cmd::Repair { from, to } = &cli.command {
+    if let Cmd::Repair { from, to, .. } = &cli.command {
         return commands::repair(&ctx, from, to).await;
     }
     let store = open(&cli).await?;
@@ -575,6 +595,26 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
+    if let Some((name @ ("migrate" | "repair"), sub)) = matches.subcommand() {
+        let given = |m: &clap::ArgMatches, id: &str| {
+            matches!(
+                m.value_source(id),
+                Some(clap::parser::ValueSource::CommandLine)
+            )
+        };
+        if ["store", "config"]
+            .iter()
+            .any(|id| given(&matches, id) || given(sub, id))
+        {
+            return report(
+                CliError::usage(format!(
+                    "{name} names its stores with --from URL and --to URL; --store and \
+                     --config do not apply"
+                )),
+                cli.json,
+            );
+        }
+    }
     // One rule for where the store comes from: the command line, else
     // OLOCUS_STORE; on the command line, one of --config and --store.
     if cli.config.is_some() {

@@ -459,6 +459,27 @@ fn errors_say_what_and_where() {
     assert!(err.len() < 160, "{} bytes: {err}", err.len());
     let (_, err) = fails(&["head"]);
     assert!(err.contains("--store"), "{err}");
+    // migrate and repair name both stores with --from and --to: --store and
+    // --config are not in their help, and are refused rather than ignored.
+    for sub in ["migrate", "repair"] {
+        let help = ok(&[sub, "--help"]);
+        assert!(
+            !help.contains("--store") && !help.contains("--config"),
+            "{help}"
+        );
+        for args in [
+            vec![
+                "--store", "memory:", sub, "--from", "memory:", "--to", "memory:",
+            ],
+            vec![
+                sub, "--from", "memory:", "--to", "memory:", "--config", "x.toml",
+            ],
+        ] {
+            let (code, err) = exit_code(&args);
+            assert_eq!(code, Some(2), "{args:?}: {err}");
+            assert!(err.contains("--from URL and --to URL"), "{err}");
+        }
+    }
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.jsonl");
     std::fs::write(&bad, "{\"not\": \"a block\"}\n").unwrap();
