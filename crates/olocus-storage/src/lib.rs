@@ -201,8 +201,9 @@ impl std::fmt::Debug for Secret {
 /// Which backend [`Storage::new`] opens (the seed's `StorageBackend` enum, renamed:
 /// that name is the trait's).
 ///
-/// In TOML: `[backend]` with `type = "memory" | "filesystem" | "rocksdb" |
-/// "sqlite" | "object"` and the variant's fields. As a URL: see
+/// In TOML: `[backend]` with `type = "memory" | "fs" | "rocksdb" | "sqlite" |
+/// "s3"` (the URL schemes; `"filesystem"` and `"object"` also work) and the
+/// variant's fields. As a URL: see
 /// [`BackendConfig::from_str`](#impl-FromStr-for-BackendConfig).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
@@ -211,6 +212,7 @@ pub enum BackendConfig {
     /// In memory; gone when the store is dropped.
     Memory,
     /// Segment files in a directory.
+    #[serde(alias = "fs")]
     Filesystem {
         /// Store directory.
         path: PathBuf,
@@ -240,6 +242,7 @@ pub enum BackendConfig {
     /// a local directory through object_store (`file:///abs/dir`, one writing
     /// process), or a fresh in-memory store (`memory://`). Many chains can share
     /// a bucket under different prefixes.
+    #[serde(alias = "s3")]
     Object {
         /// Where the chain lives.
         url: String,

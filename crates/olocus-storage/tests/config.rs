@@ -47,6 +47,12 @@ fn the_seeds_shape_parses_from_toml() {
 
     let minimal = StorageConfig::from_toml("[backend]\ntype = \"memory\"\n").unwrap();
     assert_eq!(minimal, StorageConfig::new(BackendConfig::Memory));
+    // TOML's types are the URL schemes too: one name for each backend.
+    for (alias, url) in [("fs", "fs:x"), ("filesystem", "fs:x")] {
+        let toml = format!("[backend]\ntype = \"{alias}\"\npath = \"x\"\n");
+        let c = StorageConfig::from_toml(&toml).unwrap();
+        assert_eq!(c.backend, url.parse::<BackendConfig>().unwrap(), "{alias}");
+    }
 }
 
 #[test]
