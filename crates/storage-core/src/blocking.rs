@@ -75,41 +75,167 @@ pub async fn run_blocking<T: Send + 'static>(
     })?
 }
 
-/// Waits (blocking, polling every millisecond) until `shared` has no other owner,
-/// then returns the value: how `close` waits for calls still running on a store
-/// before releasing its files and locks. Fails with [`StorageError::Timeout`]
-/// after `timeout`.
-pub fn wait_for_sole_owner<T>(
-    shared: std::sync::Arc<T>,
-    backend: &str,
-    timeout: std::time::Duration,
-) -> Result<T> {
-    let deadline = std::time::Instant::now() + timeout;
-    let mut shared = shared;
-    loop {
-        match std::sync::Arc::try_unwrap(shared) {
-            Ok(owned) => return Ok(owned),
-            Err(still) if std::time::Instant::now() < deadline => {
-                shared = still;
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
-            Err(_) => {
-                return Err(StorageError::Timeout {
-                    operation: format!("{backend} close (calls still running)"),
-                    after: timeout,
-                });
-            }
+/// How many calls hold an engine, so `close` can sleep until the last one
+/// lets go instead of polling for it.
+#[derive(Debug, Default)]
+struct Holders {
+    count: std::sync::Mutex<usize>,
+    released: std::sync::Condvar,
+}
+
+impl Holders {
+    fn lock(&self) -> std::sync::MutexGuard<'_, usize> {
+        self.count
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// A call's hold on an open engine (from [`OpenHandle::get`]): it derefs to
+/// the engine, and closing the store waits until every lease is dropped.
+pub struct Lease<T> {
+    engine: std::sync::Arc<T>,
+    holders: std::sync::Arc<Holders>,
+}
+
+impl<T> Lease<T> {
+    /// Counts a new holder of `engine`; the caller holds the lock that keeps
+    /// `close` from taking the engine meanwhile.
+    fn new(engine: std::sync::Arc<T>, holders: &std::sync::Arc<Holders>) -> Self {
+        *holders.lock() += 1;
+        Self {
+            engine,
+            holders: holders.clone(),
         }
     }
 }
 
+impl<T> std::ops::Deref for Lease<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.engine
+    }
+}
+
+impl<T> Clone for Lease<T> {
+    fn clone(&self) -> Self {
+        Self::new(self.engine.clone(), &self.holders)
+    }
+}
+
+impl<T> Drop for Lease<T> {
+    fn drop(&mut self) {
+        let mut count = self.holders.lock();
+        *count -= 1;
+        if *count == 0 {
+            self.holders.released.notify_all();
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for Lease<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease").finish_non_exhaustive()
+    }
+}
+
+/// A hold on an engine that does not keep it open (for background threads):
+/// [`WeakLease::upgrade`] gives a [`Lease`] while the store is open.
+pub struct WeakLease<T> {
+    engine: std::sync::Weak<T>,
+    holders: std::sync::Arc<Holders>,
+}
+
+impl<T> WeakLease<T> {
+    /// A lease on the engine, or `None` once the store is closing or closed.
+    pub fn upgrade(&self) -> Option<Lease<T>> {
+        // Under the count's lock, so `close` (which unwraps the engine under
+        // the same lock once no lease is out) never races an upgrade.
+        let mut count = self.holders.lock();
+        let engine = self.engine.upgrade()?;
+        *count += 1;
+        drop(count);
+        Some(Lease {
+            engine,
+            holders: self.holders.clone(),
+        })
+    }
+}
+
+impl<T> std::fmt::Debug for WeakLease<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WeakLease").finish_non_exhaustive()
+    }
+}
+
+/// An engine taken from its [`OpenHandle`] by `close`: it derefs to the engine
+/// (to flush it while calls may still be finishing), and
+/// [`Closing::wait`] returns it owned once the last call has let go.
+pub struct Closing<T> {
+    backend: &'static str,
+    engine: std::sync::Arc<T>,
+    holders: std::sync::Arc<Holders>,
+}
+
+impl<T> std::ops::Deref for Closing<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.engine
+    }
+}
+
+impl<T> std::fmt::Debug for Closing<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Closing")
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> Closing<T> {
+    /// Blocks until no call holds the engine any more (woken by the last one
+    /// to let go, not by polling), then returns it: how `close` makes sure
+    /// files and locks are released when it returns. Fails with
+    /// [`StorageError::Timeout`] after `timeout`, leaving the engine to be
+    /// dropped by its last holder.
+    pub fn wait(self, timeout: std::time::Duration) -> Result<T> {
+        let count = self.holders.lock();
+        let (count, waited) = self
+            .holders
+            .released
+            .wait_timeout_while(count, timeout, |n| *n > 0)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if waited.timed_out() {
+            return Err(StorageError::Timeout {
+                operation: format!("{} close (calls still running)", self.backend),
+                after: timeout,
+            });
+        }
+        // Every other strong reference is a lease, and none is out: this is
+        // the only one. The count's lock keeps a weak lease from upgrading.
+        let owned = std::sync::Arc::try_unwrap(self.engine).map_err(|_| {
+            StorageError::backend(
+                self.backend,
+                "closing",
+                crate::ErrorStatus::Permanent,
+                "the engine is still referenced outside its leases",
+            )
+        });
+        drop(count);
+        owned
+    }
+}
+
 /// A backend's engine, shared by its calls until `close` takes it away: each call
-/// gets the engine or [`StorageError::Closed`], and runs blocking work on it
-/// with [`run_blocking`].
+/// gets a [`Lease`] on the engine or [`StorageError::Closed`], and runs blocking
+/// work on it with [`run_blocking`].
 pub struct OpenHandle<T> {
     backend: &'static str,
     execution: Execution,
     slot: std::sync::RwLock<Option<std::sync::Arc<T>>>,
+    holders: std::sync::Arc<Holders>,
 }
 
 impl<T> std::fmt::Debug for OpenHandle<T> {
@@ -130,11 +256,12 @@ impl<T> std::fmt::Debug for OpenHandle<T> {
 impl<T: Send + Sync + 'static> OpenHandle<T> {
     /// A handle to an open `engine` of the named backend, running blocking work
     /// as `execution` says.
-    pub fn new(backend: &'static str, engine: std::sync::Arc<T>, execution: Execution) -> Self {
+    pub fn new(backend: &'static str, engine: T, execution: Execution) -> Self {
         Self {
             backend,
             execution,
-            slot: std::sync::RwLock::new(Some(engine)),
+            slot: std::sync::RwLock::new(Some(std::sync::Arc::new(engine))),
+            holders: std::sync::Arc::default(),
         }
     }
 
@@ -143,13 +270,31 @@ impl<T: Send + Sync + 'static> OpenHandle<T> {
         self.execution
     }
 
-    /// The engine, or [`StorageError::Closed`].
-    pub fn get(&self) -> Result<std::sync::Arc<T>> {
-        self.slot
+    /// A lease on the engine, or [`StorageError::Closed`].
+    pub fn get(&self) -> Result<Lease<T>> {
+        // Counted while the slot is read-locked, so `take` cannot slip in
+        // between and miss this holder.
+        let slot = self
+            .slot
             .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-            .ok_or_else(|| StorageError::closed(self.backend))
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let engine = slot
+            .as_ref()
+            .ok_or_else(|| StorageError::closed(self.backend))?;
+        Ok(Lease::new(engine.clone(), &self.holders))
+    }
+
+    /// A hold that does not keep the engine open, for background work; `None`
+    /// if the store is closed.
+    pub fn weak(&self) -> Option<WeakLease<T>> {
+        let slot = self
+            .slot
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        slot.as_ref().map(|engine| WeakLease {
+            engine: std::sync::Arc::downgrade(engine),
+            holders: self.holders.clone(),
+        })
     }
 
     /// Runs blocking `f` on the engine without stalling the runtime.
@@ -163,11 +308,64 @@ impl<T: Send + Sync + 'static> OpenHandle<T> {
 
     /// Takes the engine away (for `close`); later calls fail with
     /// [`StorageError::Closed`]. `None` if it was already taken.
-    pub fn take(&self) -> Option<std::sync::Arc<T>> {
-        self.slot
+    pub fn take(&self) -> Option<Closing<T>> {
+        let engine = self
+            .slot
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take()
+            .take()?;
+        Some(Closing {
+            backend: self.backend,
+            engine,
+            holders: self.holders.clone(),
+        })
+    }
+}
+
+/// The pauses between attempts at something another party keeps changing (a
+/// lost compare-and-swap, a file replaced while opening): exponential from
+/// `first`, capped at `most`, jittered so two retriers fall out of step, and
+/// at most `attempts` of them (backon's exponential backoff).
+pub fn retry_delays(
+    first: std::time::Duration,
+    most: std::time::Duration,
+    attempts: usize,
+) -> impl Iterator<Item = std::time::Duration> + Send {
+    use backon::BackoffBuilder as _;
+    backon::ExponentialBuilder::new()
+        .with_min_delay(first)
+        .with_max_delay(most)
+        .with_max_times(attempts)
+        .with_jitter()
+        .build()
+}
+
+/// Something a background thread holds without keeping it alive: a
+/// [`std::sync::Weak`] or a [`WeakLease`].
+pub trait WeakTarget: Send + 'static {
+    /// What the thread works on.
+    type Target;
+    /// A strong hold while it works.
+    type Strong: std::ops::Deref<Target = Self::Target>;
+    /// The target, if it is still there.
+    fn upgrade(&self) -> Option<Self::Strong>;
+}
+
+impl<T: Send + Sync + 'static> WeakTarget for std::sync::Weak<T> {
+    type Target = T;
+    type Strong = std::sync::Arc<T>;
+
+    fn upgrade(&self) -> Option<std::sync::Arc<T>> {
+        std::sync::Weak::upgrade(self)
+    }
+}
+
+impl<T: Send + Sync + 'static> WeakTarget for WeakLease<T> {
+    type Target = T;
+    type Strong = Lease<T>;
+
+    fn upgrade(&self) -> Option<Lease<T>> {
+        WeakLease::upgrade(self)
     }
 }
 
@@ -176,11 +374,11 @@ impl<T: Send + Sync + 'static> OpenHandle<T> {
 /// `target` only while `tick` runs, so dropping or closing the owner is never
 /// held back by more than one tick. For background work such as a periodic
 /// log sync.
-pub fn spawn_periodic<T: Send + Sync + 'static>(
+pub fn spawn_periodic<W: WeakTarget>(
     name: &str,
     every: std::time::Duration,
-    target: std::sync::Weak<T>,
-    mut tick: impl FnMut(&T) -> bool + Send + 'static,
+    target: W,
+    mut tick: impl FnMut(&W::Target) -> bool + Send + 'static,
 ) -> Result<()> {
     std::thread::Builder::new()
         .name(name.to_owned())
@@ -220,6 +418,60 @@ mod tests {
             std::thread::sleep(d);
             Ok(std::thread::current().id())
         }
+    }
+
+    #[test]
+    fn retry_delays_grow_to_their_cap_and_run_out() {
+        let delays: Vec<_> =
+            retry_delays(Duration::from_millis(5), Duration::from_millis(40), 6).collect();
+        assert_eq!(delays.len(), 6, "{delays:?}");
+        // Jitter adds up to the delay itself: each is within [base, 2 * base).
+        for (d, base) in delays.iter().zip([5u64, 10, 20, 40, 40, 40]) {
+            let base = Duration::from_millis(base);
+            assert!(
+                *d >= base && *d < base * 2,
+                "{d:?} for {base:?}: {delays:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn close_sleeps_until_the_last_lease_is_returned() {
+        let handle = OpenHandle::new("t", String::from("engine"), Execution::Inline);
+        let lease = handle.get().unwrap();
+        let weak = handle.weak().unwrap();
+        let background = weak.upgrade().expect("open");
+        let closing = handle.take().expect("open");
+        assert_eq!(handle.get().unwrap_err().kind(), crate::ErrorKind::Closed);
+        assert!(handle.weak().is_none());
+        // Leases out: the wait times out and says why.
+        let err = handle_wait_err(closing, Duration::from_millis(30));
+        assert_eq!(err.kind(), crate::ErrorKind::Timeout, "{err}");
+        // Taken again from a fresh handle: returned leases wake the waiter.
+        let handle = OpenHandle::new("t", String::from("engine"), Execution::Inline);
+        let (lease2, clone) = (handle.get().unwrap(), handle.get().unwrap().clone());
+        let closing = handle.take().unwrap();
+        let started = Instant::now();
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            drop((lease2, clone));
+        });
+        let owned = closing.wait(Duration::from_secs(10)).unwrap();
+        assert_eq!(owned, "engine");
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(50), "{waited:?}");
+        assert!(
+            waited < Duration::from_secs(5),
+            "woken, not timed out: {waited:?}"
+        );
+        releaser.join().unwrap();
+        // After a timed-out close, the last lease to go drops the engine.
+        drop((lease, background));
+        assert!(weak.upgrade().is_none(), "the engine outlived its leases");
+    }
+
+    fn handle_wait_err(closing: Closing<String>, timeout: Duration) -> StorageError {
+        closing.wait(timeout).unwrap_err()
     }
 
     #[test]

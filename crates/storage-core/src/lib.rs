@@ -74,7 +74,10 @@ pub use wire::{
 /// blocking calls. A third-party backend built from these behaves like the
 /// workspace's own.
 pub mod raw {
-    pub use crate::blocking::{OpenHandle, run_blocking, spawn_periodic, wait_for_sole_owner};
+    pub use crate::blocking::{
+        Closing, Lease, OpenHandle, WeakLease, WeakTarget, retry_delays, run_blocking,
+        spawn_periodic,
+    };
     pub use crate::layer::{Engine, Gate};
     pub use crate::links::{ChainView, ChainViewFn, admit, check_links, check_payload_limit};
     pub use crate::trace::{
@@ -145,3 +148,8 @@ pub fn generate_signing_key() -> Result<SigningKey> {
 }
 /// Re-exported for consuming [`BlockStream`]s (`try_next`, `try_collect`, ...).
 pub use futures::stream::{Stream, StreamExt, TryStreamExt};
+
+// The README's examples are compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -11,9 +11,9 @@
 //!                           the segment is sealed and on close)
 //!   0000000000000002.seg    the active segment (rolled at `segment_size`)
 //! ```
-//! The seed kept one file per block plus a JSON index flushed every 100 blocks.
-//! That costs a file create and two fsyncs per durable write, and a crash loses
-//! up to 99 acknowledged blocks. Block stores that reach high rates, such as
+//! One file per block plus a JSON index flushed every 100 blocks would cost a
+//! file create and two fsyncs per durable write, and a crash would lose up to
+//! 99 acknowledged blocks. Block stores that reach high rates, such as
 //! Bitcoin Core's `blk*.dat`, Fabric's block files and reth's static files, append
 //! to segment files instead and keep a compact index. This backend does the same:
 //! - **One record per write.** A single block, a batch, a deletion or a head change
@@ -46,7 +46,7 @@
 //!   entries, the ordered map is built from sorted runs, and a second thread builds
 //!   the hash and time indexes meanwhile (see `index::Bulk`).
 //!
-//! # Durability ([`Durability`], or [`FsConfig::from_wal`] from the seed's `WALConfig`)
+//! # Durability ([`Durability`], or [`FsConfig::from_wal`] from the shared `WALConfig`)
 //! | mode | process crash | power loss / OS crash |
 //! |---|---|---|
 //! | `Buffered` (`enabled = false`) | loses nothing acknowledged | can lose writes since the last segment roll or close |
@@ -101,7 +101,7 @@ use std::sync::Arc;
 
 use std::time::{Duration, Instant};
 
-use storage_core::raw::{Engine, Gate, OpenHandle, run_blocking, wait_for_sole_owner};
+use storage_core::raw::{Engine, Gate, OpenHandle, run_blocking};
 use storage_core::raw::{in_span, in_span_async, op_span};
 use storage_core::{
     BackendStats, Block, BlockHash, BlockMetadata, Capabilities, CompressionType, ErrorStatus,
@@ -161,12 +161,12 @@ pub struct FsConfig {
 
 impl FsConfig {
     /// Defaults at `path`: no compression, a sync every 5 s, 100 MiB segments
-    /// (the seed's `WALConfig` example).
+    /// (the default `WALConfig`).
     pub fn new(path: impl Into<PathBuf>) -> Self {
         Self::from_wal(path, CompressionType::None, &WALConfig::default())
     }
 
-    /// Settings from the seed's `WALConfig`: `enabled = false` is
+    /// Settings from the shared `WALConfig`: `enabled = false` is
     /// [`Durability::Buffered`], a zero `sync_interval` is [`Durability::Sync`],
     /// any other is [`Durability::Periodic`]; `max_log_size` is the segment size.
     pub fn from_wal(
@@ -305,7 +305,7 @@ pub async fn salvage(
 }
 
 impl FilesystemBackend {
-    /// The seed's constructor: opens (or creates) the store at `base_path` with
+    /// Opens (or creates) the store at `base_path` with
     /// `compression` and the default durability (a sync every 5 s).
     pub async fn new(base_path: impl Into<PathBuf>, compression: CompressionType) -> Result<Self> {
         let mut config = FsConfig::new(base_path);
@@ -351,12 +351,24 @@ impl FilesystemBackend {
                 elapsed = ?started.elapsed(),
                 "opened filesystem store"
             );
+            let (max_payload_bytes, read_only) = (
+                inner.cfg.max_payload_bytes,
+                inner.cfg.mode == OpenMode::ReadOnly,
+            );
+            let periodic = match inner.cfg.durability {
+                Durability::Periodic(every) if !read_only => Some(every),
+                _ => None,
+            };
+            let inner = OpenHandle::new(NAME, inner, execution);
+            if let Some(every) = periodic {
+                store::spawn_periodic(inner.weak().expect("just opened"), every)?;
+            }
             Ok(Self {
                 path,
                 recovery,
-                max_payload_bytes: inner.cfg.max_payload_bytes,
-                read_only: inner.cfg.mode == OpenMode::ReadOnly,
-                inner: OpenHandle::new(NAME, inner, execution),
+                max_payload_bytes,
+                read_only,
+                inner,
                 gate: Gate::new(),
             })
         })
@@ -498,7 +510,7 @@ impl Engine for FilesystemBackend {
             inner.close()?;
             // Wait (briefly) for blocking work a dropped call left running, so the
             // lock is released when close returns and the directory can be reopened.
-            drop(wait_for_sole_owner(inner, NAME, Duration::from_secs(30))?);
+            drop(inner.wait(Duration::from_secs(30))?);
             Ok(())
         })
         .await
@@ -514,3 +526,8 @@ storage_core::setters!(FsConfig {
     execution: Execution,
     mode: OpenMode,
 });
+
+// The README's examples are compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

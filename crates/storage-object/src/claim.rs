@@ -214,7 +214,8 @@ impl Inner {
     ) -> Result<()> {
         let _queued = self.head_lock.lock().await;
         let path = Path::from(HEAD_OBJECT);
-        for attempt in 0..CAS_ATTEMPTS {
+        let mut delays = cas_delays();
+        for _ in 0..CAS_ATTEMPTS {
             let current = self.read_head().await?;
             let Some(next) = change(current.as_ref().and_then(|(h, _)| *h)) else {
                 return Ok(());
@@ -222,7 +223,11 @@ impl Inner {
             let mode = self.cas_mode(&path, current.as_ref().map(|(_, v)| v))?;
             match self.put(&path, encode_head(next.as_ref()), mode).await? {
                 Put::Done(_) => return Ok(()),
-                Put::Lost => backoff(attempt).await,
+                Put::Lost => {
+                    if let Some(pause) = delays.next() {
+                        tokio::time::sleep(pause).await;
+                    }
+                }
             }
         }
         Err(self.gave_up(&path))

@@ -162,12 +162,12 @@ pub(crate) fn bounded<F: Future>(
     futures::stream::iter(futs.collect::<Vec<_>>()).buffer_unordered(limit)
 }
 
-/// A short, jittered pause before retrying a lost compare-and-swap, so two
-/// writers do not keep colliding in lockstep.
-pub(crate) async fn backoff(attempt: u32) {
-    let mut r = [0u8; 2];
-    let _ = getrandom::fill(&mut r);
-    let jitter = u64::from(u16::from_le_bytes(r)) % 20;
-    let ms = (5u64 << attempt.min(5)) + jitter;
-    tokio::time::sleep(Duration::from_millis(ms)).await;
+/// The pauses before retrying a lost compare-and-swap: short, growing and
+/// jittered, so two writers do not keep colliding in lockstep.
+pub(crate) fn cas_delays() -> impl Iterator<Item = Duration> + Send {
+    storage_core::raw::retry_delays(
+        Duration::from_millis(5),
+        Duration::from_millis(160),
+        crate::CAS_ATTEMPTS as usize,
+    )
 }

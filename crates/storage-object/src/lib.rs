@@ -124,7 +124,7 @@ use layout::{
     decode_head, encode_head, encode_segment, page_from_path, page_of, page_path,
 };
 
-use client::{Put, backoff, bounded, same_etag};
+use client::{Put, bounded, cas_delays, same_etag};
 
 const NAME: &str = "object";
 
@@ -180,3 +180,8 @@ impl Inner {
         self.view.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
+
+// The README's examples are compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

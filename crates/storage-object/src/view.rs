@@ -134,6 +134,7 @@ impl Inner {
         let lock = self.page_lock(number);
         let _queued = lock.lock().await;
         let path = page_path(number);
+        let mut delays = cas_delays();
         for attempt in 0..CAS_ATTEMPTS {
             let held = self.view().pages.get(&number).cloned();
             let empty = Page::default();
@@ -152,7 +153,9 @@ impl Inner {
                     let fresh = self.fetch_page(number).await?;
                     self.view().install(number, fresh);
                     tracing::debug!(page = number, attempt, "page changed under us; retrying");
-                    backoff(attempt).await;
+                    if let Some(pause) = delays.next() {
+                        tokio::time::sleep(pause).await;
+                    }
                 }
             }
         }

@@ -55,7 +55,7 @@
 #![warn(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use rocksdb::{
@@ -64,7 +64,7 @@ use rocksdb::{
     ReadOptions, WriteBatch, WriteOptions,
 };
 use serde::{Deserialize, Serialize};
-use storage_core::raw::{Engine, Gate, OpenHandle, run_blocking, wait_for_sole_owner};
+use storage_core::raw::{Engine, Gate, OpenHandle, WeakLease, run_blocking};
 use storage_core::{
     BackendStats, Block, BlockHash, BlockMetadata, Capabilities, CompactionStats, CompressionType,
     ErrorStatus, Execution, ListOptions, OpenMode, PublicKey, Result, SortOrder, StorageError,
@@ -89,7 +89,7 @@ const ALL_CFS: [&str; 7] = [
     CF_CHAIN,
 ];
 
-/// RocksDB settings (the seed's, plus `sync_writes`).
+/// RocksDB settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 #[non_exhaustive]
@@ -829,16 +829,17 @@ fn open_read_only(
     cf_opts: &rocksdb::Options,
     path: &Path,
 ) -> std::result::Result<DB, rocksdb::Error> {
-    let mut attempt = 0;
+    let mut delays =
+        storage_core::raw::retry_delays(Duration::from_millis(5), Duration::from_millis(100), 20);
     loop {
         let cfs = ALL_CFS.map(|name| ColumnFamilyDescriptor::new(name, cf_opts.clone()));
         match DB::open_cf_descriptors_read_only(db_opts, path, cfs, false) {
             // Reported as an I/O error, or as a MANIFEST naming a missing
             // file ("Corruption"), depending on which file went.
-            Err(e) if attempt < 20 && e.as_ref().contains("No such file or directory") => {
-                attempt += 1;
-                std::thread::sleep(Duration::from_millis(5 * attempt));
-            }
+            Err(e) if e.as_ref().contains("No such file or directory") => match delays.next() {
+                Some(pause) => std::thread::sleep(pause),
+                None => return Err(e),
+            },
             other => return other,
         }
     }
@@ -849,7 +850,7 @@ fn open_read_only(
 /// to be its sole owner) is never held back by more than one sync. A failed
 /// sync is logged and retried at the next tick: RocksDB reports the failure to
 /// the next write too.
-fn spawn_wal_syncer(db: std::sync::Weak<Inner>, every: Duration) -> Result<()> {
+fn spawn_wal_syncer(db: WeakLease<Inner>, every: Duration) -> Result<()> {
     storage_core::raw::spawn_periodic("rocksdb-wal-sync", every, db, |inner: &Inner| {
         match inner.db.flush_wal(true) {
             Ok(()) => {
@@ -940,18 +941,19 @@ impl RocksDBBackend {
             .writer
             .get_mut()
             .unwrap_or_else(PoisonError::into_inner) = counters;
-        let inner = Arc::new(inner);
+        let max_payload_bytes = inner.max_payload_bytes;
+        let inner = OpenHandle::new(NAME, inner, config.execution);
         if let Some(every) = config
             .wal_sync_interval
             .filter(|_| !read_only && !config.sync_writes)
         {
-            spawn_wal_syncer(Arc::downgrade(&inner), every)?;
+            spawn_wal_syncer(inner.weak().expect("just opened"), every)?;
         }
         Ok(Self {
             path,
             read_only,
-            max_payload_bytes: inner.max_payload_bytes,
-            inner: OpenHandle::new(NAME, inner, config.execution),
+            max_payload_bytes,
+            inner,
             gate: Gate::new(),
         })
     }
@@ -1116,7 +1118,7 @@ impl Engine for RocksDBBackend {
         run_blocking(NAME, self.inner.execution(), move || {
             // Wait (briefly) for blocking work a dropped call left running, so the
             // lock file is released when close returns and the path can reopen.
-            let owned = wait_for_sole_owner(inner, NAME, Duration::from_secs(30))?;
+            let owned = inner.wait(Duration::from_secs(30))?;
             let seq = owned.db.latest_sequence_number();
             if seq > owned.durable_seq {
                 owned.flush_all()?;
@@ -1209,7 +1211,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         drop(inner);
-        let counter = std::sync::Arc::downgrade(&store.inner.get().unwrap());
+        let counter = store.inner.weak().unwrap();
         store.close().await.unwrap();
         assert!(counter.upgrade().is_none(), "the syncer holds the database");
         // A closed store opens again at once: the syncer released its lock.
@@ -1342,3 +1344,8 @@ mod tests {
         assert_eq!(open_kind(dir.path()), Some(ErrorKind::Corrupted));
     }
 }
+
+// The README's examples are compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -4,7 +4,7 @@
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
 use storage_core::{Block, BlockHash, OpenMode, Result, StorageError};
@@ -22,7 +22,7 @@ mod recover;
 mod write;
 
 pub use recover::Recovery;
-pub(crate) use recover::{open, salvage_scan};
+pub(crate) use recover::{open, salvage_scan, spawn_periodic};
 
 /// An open file of the store.
 pub(crate) type FileRef = Arc<dyn VfsFile>;

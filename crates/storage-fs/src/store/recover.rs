@@ -30,7 +30,7 @@ pub(super) fn acquire_lock(dir: &Dir) -> Result<Box<dyn Any + Send + Sync>> {
 }
 
 /// Opens (creating if needed) the store in `cfg.path` on `vfs`.
-pub(crate) fn open(cfg: FsConfig, vfs: Arc<dyn Vfs>) -> Result<(Arc<Inner>, Recovery)> {
+pub(crate) fn open(cfg: FsConfig, vfs: Arc<dyn Vfs>) -> Result<(Inner, Recovery)> {
     let dir = Dir {
         path: cfg.path.clone(),
         vfs,
@@ -100,9 +100,6 @@ pub(crate) fn open(cfg: FsConfig, vfs: Arc<dyn Vfs>) -> Result<(Arc<Inner>, Reco
             w.roll(&inner)?;
         }
     }
-    if let Durability::Periodic(every) = cfg.durability {
-        spawn_periodic(Arc::downgrade(&inner), inner.stop.clone(), every)?;
-    }
     Ok((inner, rec))
 }
 
@@ -126,8 +123,9 @@ fn load(dir: &Dir, listed: &[(u64, u64)], read_only: bool, rec: &mut Recovery) -
 /// Segment files stay open, so a compaction in the writer that removes them
 /// later does not matter. A compaction that replaces segments while this one
 /// opens changes the manifest: opening then starts again.
-fn open_read_only(cfg: FsConfig, dir: Dir) -> Result<(Arc<Inner>, Recovery)> {
-    let mut attempt = 0u64;
+fn open_read_only(cfg: FsConfig, dir: Dir) -> Result<(Inner, Recovery)> {
+    let mut delays =
+        storage_core::raw::retry_delays(Duration::from_millis(5), Duration::from_millis(100), 20);
     loop {
         let listed = match read_manifest(&dir)? {
             Some(listed) => listed,
@@ -159,9 +157,10 @@ fn open_read_only(cfg: FsConfig, dir: Dir) -> Result<(Arc<Inner>, Recovery)> {
         let loaded = match outcome {
             Ok(loaded) => loaded,
             Err(e) => {
-                attempt += 1;
-                if attempt < 20 && read_manifest(&dir)?.as_ref() != Some(&listed) {
-                    std::thread::sleep(Duration::from_millis(5 * attempt));
+                if read_manifest(&dir)?.as_ref() != Some(&listed)
+                    && let Some(pause) = delays.next()
+                {
+                    std::thread::sleep(pause);
                     continue;
                 }
                 return Err(e);
@@ -192,7 +191,7 @@ fn assemble(
     listed: Vec<(u64, u64)>,
     broken: Option<String>,
     lock: Box<dyn Any + Send + Sync>,
-) -> Arc<Inner> {
+) -> Inner {
     let Active {
         id: seg,
         file,
@@ -201,7 +200,7 @@ fn assemble(
         mark,
         dirty,
     } = active;
-    Arc::new(Inner {
+    Inner {
         dir,
         cfg,
         state: RwLock::new(state),
@@ -224,7 +223,7 @@ fn assemble(
         durable_cv: Condvar::new(),
         stop: Arc::new(Stop::default()),
         _lock: lock,
-    })
+    }
 }
 
 /// Every segment the manifest lists exists.
@@ -380,7 +379,16 @@ pub(crate) fn index_ranges(indices: &[u64]) -> String {
     storage_core::salvage::format_ranges(&ranges).join(", ")
 }
 
-pub(super) fn spawn_periodic(weak: Weak<Inner>, stop: Arc<Stop>, every: Duration) -> Result<()> {
+/// Syncs the store every `every` (periodic durability) until it is closed:
+/// started by the caller once the store has its handle, holding it only
+/// while syncing.
+pub(crate) fn spawn_periodic(
+    weak: impl storage_core::raw::WeakTarget<Target = Inner>,
+    every: Duration,
+) -> Result<()> {
+    let Some(stop) = weak.upgrade().map(|inner| inner.stop.clone()) else {
+        return Ok(());
+    };
     std::thread::Builder::new()
         .name("olocus-fs-sync".into())
         .spawn(move || {
