@@ -100,6 +100,9 @@
 
 // Library code returns errors; tests may unwrap (see clippy.toml).
 #![warn(clippy::unwrap_used)]
+// On docs.rs (nightly, every feature on), each feature-gated item is marked
+// with the feature it needs.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 use std::any::Any;
 use std::path::PathBuf;
@@ -124,7 +127,7 @@ pub use storage_core::{
     salvage, system_time_from_unix_nanos, unix_nanos, verify_block, verify_chain,
 };
 
-/// The trait and its extension, as the seed imports them
+/// The trait and its extension in one import
 /// (`use olocus_storage::traits::*`).
 pub mod traits {
     pub use storage_core::{
@@ -198,8 +201,7 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-/// Which backend [`Storage::new`] opens (the seed's `StorageBackend` enum, renamed:
-/// that name is the trait's).
+/// Which backend [`Storage::new`] opens.
 ///
 /// In TOML: `[backend]` with `type = "memory" | "fs" | "rocksdb" | "sqlite" |
 /// "s3"` (the URL schemes; `"filesystem"` and `"object"` also work) and the
@@ -573,7 +575,7 @@ impl FromStr for BackendConfig {
     }
 }
 
-/// Eviction policy of the read cache (the seed's names).
+/// Eviction policy of the read cache.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EvictionPolicy {
     /// Least recently used.
@@ -587,7 +589,7 @@ pub enum EvictionPolicy {
     Random,
 }
 
-/// Read-cache settings (the seed's `CacheConfig`); sizes in bytes. Needs the
+/// Read-cache settings; sizes in bytes. Needs the
 /// `cache` feature when set.
 ///
 /// ```
@@ -604,9 +606,7 @@ pub enum EvictionPolicy {
 pub struct CacheConfig {
     /// Byte budget for blocks.
     pub block_cache_size: u64,
-    /// Byte budget for metadata (the seed's opening example calls it
-    /// `index_cache_size`, its cache section `metadata_cache_size`; both
-    /// names are accepted).
+    /// Byte budget for metadata (`metadata_cache_size` is accepted too).
     #[serde(alias = "metadata_cache_size")]
     pub index_cache_size: u64,
     /// Eviction policy.
@@ -692,9 +692,8 @@ pub enum ConsistencyLevel {
     All,
 }
 
-/// Copies kept beside the primary store by the replication manager (the
-/// seed's `StorageManagerConfig`, with the replicas themselves). Needs the
-/// `replica` feature when set.
+/// Copies kept beside the primary store by the replication manager: the
+/// replicas and the manager's settings. Needs the `replica` feature when set.
 ///
 /// Every replica opens with the store's `wal_config`, `mode` and
 /// `max_payload_bytes`; the read cache, if any, sits in front of the manager.
@@ -799,7 +798,7 @@ impl ReplicationConfig {
     }
 }
 
-/// Everything [`Storage::new`] needs (the seed's `StorageConfig`): a backend,
+/// Everything [`Storage::new`] needs: a backend,
 /// optionally replicated and cached, and how it opens and syncs.
 ///
 /// How each backend applies `wal_config` (every field is honoured, or the
@@ -1405,3 +1404,8 @@ fn wrap_cache(
         backend, config,
     )?)))
 }
+
+// The README's examples are compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -588,3 +588,8 @@ storage_core::setters!(CacheConfig {
     prefetch_enabled: bool,
     prefetch_size: usize,
 });
+
+// The README's examples are compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -56,8 +56,7 @@ pub const MAX_TIMESTAMP_NANOS: u64 = i64::MAX as u64;
 /// A payload type that can be carried by a block.
 ///
 /// `PAYLOAD_TYPE` is the stable identifier stored with every block and used by
-/// [`crate::BlockFilter::payload_type`]. Unlike `std::any::type_name` (which the seed
-/// used) it does not change across compiler versions or crate renames. Use a
+/// [`crate::BlockFilter::payload_type`]. Unlike `std::any::type_name` it does not change across compiler versions or crate renames. Use a
 /// namespaced, versioned name such as `"olocus.sensor.reading/v1"`: 1 to
 /// [`MAX_PAYLOAD_TYPE_LEN`] bytes of `A-Z a-z 0-9 . _ - / : +`.
 ///

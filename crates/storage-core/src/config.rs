@@ -76,7 +76,8 @@ impl std::str::FromStr for OpenMode {
     }
 }
 
-/// Write-ahead-log and durability settings (the seed's `WALConfig`).
+/// Write-ahead-log and durability settings, shared by every backend (each maps
+/// them onto its engine, or refuses to open).
 ///
 /// How a backend maps them (the filesystem backend, for instance):
 /// - `enabled = false`: writes reach the operating system before they are
@@ -105,7 +106,7 @@ pub struct WALConfig {
 }
 
 impl Default for WALConfig {
-    /// The seed's example: enabled, a sync every 5 s, 100 MiB log files.
+    /// Enabled, a sync every 5 s, 100 MiB log files.
     fn default() -> Self {
         Self {
             enabled: true,

@@ -115,7 +115,7 @@ pub enum SortOrder {
     Descending,
     /// By timestamp, oldest first; equal timestamps by index, lowest first.
     ByTimestamp,
-    /// By index, lowest first (same as `Ascending`; kept from the seed).
+    /// By index, lowest first (same as `Ascending`).
     ByIndex,
 }
 
@@ -590,7 +590,7 @@ pub struct CompactionStats {
     pub bytes_written: u64,
     /// Time spent compacting.
     pub compaction_time: Duration,
-    /// When the last compaction finished; `None` if never (the seed filled in "now").
+    /// When the last compaction finished; `None` if never.
     pub last_compaction: Option<SystemTime>,
 }
 

@@ -4,7 +4,7 @@
 //! Two representations:
 //! - [`MemoryBackend::new`] keeps decoded [`Block`]s: a retrieve is a clone.
 //! - [`MemoryBackend::with_wire_format`] keeps each block as encoded bytes
-//!   ([`SerializedBlock`], as in the seed) and decodes on every read, checking the
+//!   ([`SerializedBlock`]) and decodes on every read, checking the
 //!   hash, so damaged bytes surface as [`StorageError::Corrupted`]. The conformance
 //!   suite runs it for all eight wire formats.
 //!
@@ -41,7 +41,7 @@ use storage_core::{
 
 const NAME: &str = "memory";
 
-/// A block kept as encoded bytes (the seed's representation).
+/// A block kept as encoded bytes, in one of the wire formats.
 #[derive(Debug, Clone)]
 pub struct SerializedBlock {
     /// The encoded block.
@@ -432,3 +432,8 @@ impl Engine for MemoryBackend {
         Ok(())
     }
 }
+
+// The README's examples are compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

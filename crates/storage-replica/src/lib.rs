@@ -214,8 +214,7 @@ impl Drop for HealthCheckHandle {
 type OpFuture<T> = Pin<Box<dyn Future<Output = Result<T>> + Send>>;
 
 impl StorageManager {
-    /// A manager over a primary and replicas (the seed's signature, with the
-    /// configuration checked).
+    /// A manager over a primary and replicas, with the configuration checked.
     pub fn new(
         primary: Box<dyn StorageBackend>,
         replicas: Vec<Box<dyn StorageBackend>>,
@@ -281,7 +280,7 @@ impl StorageManager {
         }
     }
 
-    /// The seed's entry point: stores one block under the consistency level.
+    /// Stores one block under the consistency level.
     pub async fn store_with_replication(&self, block: &Block) -> Result<BlockHash> {
         self.store_block(block).await
     }
@@ -305,3 +304,8 @@ storage_core::setters!(StorageManagerConfig {
     sync_writes: bool,
     replica_timeout: Duration,
 });
+
+// The README's examples are compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

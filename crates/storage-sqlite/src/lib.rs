@@ -7,7 +7,7 @@
 //!   with a unique index, timestamps in nanoseconds, the signed payload verbatim,
 //!   and `meta_check`, a CRC-32 of the metadata columns (added in version 2).
 //!   Indices on `(timestamp_ns, block_index)`, `(public_key, block_index)`,
-//!   `(payload_type, block_index)` and the seed's composite
+//!   `(payload_type, block_index)` and a composite
 //!   `(timestamp_ns, payload_type, public_key)`: every `ListOptions` filter and order
 //!   runs in SQL.
 //! - `chain_metadata`: the chain head.
@@ -458,3 +458,8 @@ mod tests {
         assert!(config.validate().is_err());
     }
 }
+
+// The README's examples are compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
