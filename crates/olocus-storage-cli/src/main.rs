@@ -47,8 +47,10 @@ Exit codes: 0 done; 1 other failure; 2 bad usage or input; 3 not found (store,
 block, file); 4 the chain does not verify; 5 the store is locked, busy or timed
 out; 6 the store is damaged; 7 I/O failed; 141 output closed early (| head).
 
-Logging: OLOCUS_LOG sets the filter (tracing's syntax, e.g. OLOCUS_LOG=debug or
-OLOCUS_LOG=storage_fs=trace); the default is warn.";
+Logging: OLOCUS_LOG sets the filter (tracing's syntax); the default is warn.
+OLOCUS_LOG=storage_op=debug prints every storage operation as it ends (backend,
+operation, hash or index, outcome, time taken); OLOCUS_LOG=debug adds what the
+backends log, OLOCUS_LOG=storage_fs=trace one backend in detail.";
 
 /// Store, verify, query and move Olocus block chains.
 #[derive(Parser)]
@@ -635,6 +637,9 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        // A storage operation is a span: print each as it ends, with its
+        // outcome and how long it took.
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
         // Colour codes only for a terminal, never into a pipe or a file.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();

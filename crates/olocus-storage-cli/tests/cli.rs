@@ -878,6 +878,26 @@ fn logs_follow_olocus_log_without_colour_in_pipes() {
     assert!(!err.contains('\u{1b}'), "colour codes in a pipe: {err:?}");
     let quiet = common::bin(&["--store", &url, "head"]);
     assert!(quiet.stderr.is_empty(), "logs without OLOCUS_LOG");
+    // The documented filter for storage operations shows each as it ends,
+    // with its outcome, and nothing else.
+    let out = common::bin_env(
+        &["--store", &url, "get", "--index", "3"],
+        &[("OLOCUS_LOG", "storage_op=debug")],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let ops: Vec<&str> = err.lines().filter(|l| l.contains("storage_op{")).collect();
+    assert!(
+        ops.iter().any(|l| l.contains("backend=\"filesystem\"")
+            && l.contains("index=3")
+            && l.contains("outcome=\"ok\"")
+            && l.contains("close")),
+        "{err}"
+    );
+    assert!(
+        !err.contains("opened filesystem store"),
+        "another target: {err}"
+    );
 }
 
 /// A hash prefix that several blocks share is refused, listing them; one no

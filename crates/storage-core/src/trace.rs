@@ -2,7 +2,9 @@
 //! fields `backend`, `op`, `hash`, `index`, `count`, `outcome` and `error`.
 //!
 //! Spans are at `DEBUG` level, so they cost a few nanoseconds unless a subscriber
-//! enables them (e.g. `RUST_LOG=storage_op=debug`).
+//! enables them. Their target is `storage_op` too, so a filter names them
+//! directly: `storage_op=debug` in an `EnvFilter` (`RUST_LOG`, or the CLI's
+//! `OLOCUS_LOG`).
 
 use std::future::Future;
 
@@ -15,6 +17,7 @@ use crate::{ErrorKind, Result};
 /// [`record_index`] or [`record_count`].
 pub fn op_span(backend: &str, op: &'static str) -> Span {
     tracing::debug_span!(
+        target: "storage_op",
         "storage_op",
         backend,
         op,
