@@ -98,6 +98,28 @@
 //! # }).unwrap();
 //! ```
 
+//!
+//! # Build speed in your crate
+//!
+//! Signing and hashing run 3–6× slower in a debug build unless the crypto and
+//! compression crates are optimised, and cargo does not pass a dependency's
+//! profile settings on. Add to your workspace's `Cargo.toml`:
+//!
+//! ```toml
+//! [profile.dev.package.curve25519-dalek]
+//! opt-level = 3
+//! [profile.dev.package.ed25519-dalek]
+//! opt-level = 3
+//! [profile.dev.package.sha2]
+//! opt-level = 3
+//! [profile.dev.package.zstd-sys]
+//! opt-level = 3
+//! [profile.dev.package.lz4_flex]
+//! opt-level = 3
+//! [profile.dev.package.libsqlite3-sys]   # with the sqlite feature
+//! opt-level = 3
+//! ```
+
 // Library code returns errors; tests may unwrap (see clippy.toml).
 #![warn(clippy::unwrap_used)]
 // On docs.rs (nightly, every feature on), each feature-gated item is marked
@@ -1101,6 +1123,39 @@ struct Parts {
 /// to other components, and [`Storage::backend_as`], [`Storage::replica_as`],
 /// `Storage::cache` and `Storage::manager` reach what only one backend or
 /// wrapper offers. Clones share the store.
+///
+/// ```
+/// # #[cfg(feature = "fs")]
+/// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
+/// use std::time::SystemTime;
+/// use olocus_storage::{BlockPayload, ErrorKind, Storage, StorageBackendExt};
+///
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct Note(String);
+/// impl BlockPayload for Note {
+///     const PAYLOAD_TYPE: &'static str = "example.note/v1";
+/// }
+///
+/// let dir = tempfile::tempdir().unwrap();
+/// let url = format!("fs:{}", dir.path().join("chain").display());
+/// let store = Storage::open_url(&url).await?;
+/// let key = olocus_storage::generate_signing_key()?;
+/// let first = store
+///     .append(&Note("hello".into()), &key, SystemTime::now())
+///     .await?;
+/// assert_eq!(store.get_chain_head().await?, Some(first.hash()));
+///
+/// // The filesystem backend underneath, for what only it offers.
+/// let fs = store.backend_as::<olocus_storage::filesystem::FilesystemBackend>().unwrap();
+/// assert!(fs.locate(&first.hash())?.is_some());
+///
+/// // One writer at a time: a second writable open of the same path is refused.
+/// let err = Storage::open_url(&url).await.unwrap_err();
+/// assert_eq!(err.kind(), ErrorKind::Locked);
+/// store.close().await?;
+/// # Ok::<(), olocus_storage::StorageError>(())
+/// # }).unwrap();
+/// ```
 #[derive(Clone)]
 pub struct Storage {
     backend: Arc<dyn StorageBackend>,
