@@ -532,8 +532,13 @@ async fn resolve_hash(store: &Storage, text: &str) -> CliResult<BlockHash> {
             .map_err(|e| CliError::from(e).context(format!("hash {text:?}")));
     }
     if want.len() < 4 || want.len() > 64 || !want.bytes().all(|b| b.is_ascii_hexdigit()) {
+        // A short number is most likely an index.
+        let hint = match text.parse::<u64>() {
+            Ok(i) if want.len() < 4 => format!("; for the block at index {i}, use --index {i}"),
+            _ => String::new(),
+        };
         return Err(CliError::usage(format!(
-            "{text:?} is not a block hash: give the 64 hex digits, or at least the first 4"
+            "{text:?} is not a block hash: give the 64 hex digits, or at least the first 4{hint}"
         )));
     }
     // No index by hash prefix: walk the metadata, a page at a time.

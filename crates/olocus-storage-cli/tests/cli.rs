@@ -368,6 +368,9 @@ fn list_filters_and_get() {
     assert!(err.contains("no block at index 100"), "{err}");
     let (code, err) = exit_code(&["--store", &url, "get", "abc"]);
     assert_eq!(code, Some(2), "too short: {err}");
+    let (code, err) = exit_code(&["--store", &url, "get", "28"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("use --index 28"), "{err}");
     // Index ranges are named alike in export and list.
     let part = ok(&[
         "--store",
