@@ -3,8 +3,11 @@
 //! - `ci`: everything CI checks, in order, failing fast: formatting, clippy with
 //!   warnings denied (the workspace, each facade feature alone, the CLI with
 //!   RocksDB), every test (unit, conformance, crash cycles, CLI end to end, doc;
-//!   the CLI's again with RocksDB), rustdoc with warnings denied, and the
-//!   out-of-workspace third-party backend (fmt, clippy, suite). Last, the
+//!   the CLI's again with RocksDB), rustdoc with every feature and warnings
+//!   denied, `package` below, and the out-of-workspace third-party backend
+//!   (fmt, clippy, suite).
+//! - `package`: `cargo package` of every published crate, with a verification
+//!   build of each that does not need RocksDB's C++ built again. Last, the
 //!   model-based case with one rotating seed on the memory and simulated
 //!   filesystem stores, whose outcome is the final line (a warning, not a
 //!   failure).
@@ -49,6 +52,8 @@ enum Cmd {
         #[arg(long)]
         skip_third_party: bool,
     },
+    /// Package every published crate as `cargo publish` would (CI runs this).
+    Package,
     /// Run the benchmark matrix (backends × operations, raw engines beside) and
     /// write a report with a chart.
     Bench {
@@ -165,6 +170,7 @@ fn main() -> ExitCode {
     let root = workspace_root();
     let result = match cli.command {
         Cmd::Ci { skip_third_party } => ci(&root, skip_third_party),
+        Cmd::Package => package(&root),
         Cmd::Bench {
             quick,
             backends,
@@ -433,6 +439,7 @@ const UNPUBLISHED: [&str; 4] = ["xtask", "olocus-benches", "seaweed-cluster", "s
 /// storage-rocksdb (and the facade and CLI, which resolve against it) it
 /// would rebuild librocksdb-sys: about 15 minutes on two cores.
 fn package(root: &Path) -> Result<(), String> {
+    forget_packaged_builds(root)?;
     // `--allow-dirty`: what is checked is the packages, not whether a test
     // left a file behind in the checkout.
     let mut all = vec!["package", "--workspace", "--locked", "--allow-dirty"];
@@ -446,6 +453,62 @@ fn package(root: &Path) -> Result<(), String> {
         verified.extend(["--exclude", name]);
     }
     step(root, "package (verified builds)", &verified, &[])
+}
+
+/// The crates `cargo package` publishes.
+const PUBLISHED: [&str; 11] = [
+    "storage-core",
+    "storage-memory",
+    "storage-fs",
+    "storage-rocksdb",
+    "storage-sqlite",
+    "storage-object",
+    "storage-cache",
+    "storage-replica",
+    "storage-conformance",
+    "olocus-storage",
+    "olocus-storage-cli",
+];
+
+/// Verification resolves our crates from a local registry of the packages
+/// just made, and cargo takes a registry package's name and version to mean
+/// fixed contents: it reuses the sources it unpacked and the builds it made
+/// last time. Between two runs the contents change under the same version, so
+/// both are removed first (a build of the published crates from scratch).
+fn forget_packaged_builds(root: &Path) -> Result<(), String> {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .ok_or("neither CARGO_HOME nor HOME is set")?;
+    if let Ok(registries) = std::fs::read_dir(home.join("registry/src")) {
+        for registry in registries.flatten() {
+            // crates.io's sources are left alone: only the local registries.
+            if registry.file_name().to_string_lossy().starts_with("index.") {
+                continue;
+            }
+            for unpacked in std::fs::read_dir(registry.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let name = unpacked.file_name().to_string_lossy().into_owned();
+                let ours = PUBLISHED.iter().any(|p| {
+                    name.strip_prefix(p)
+                        .and_then(|rest| rest.strip_prefix('-'))
+                        .is_some_and(|v| v.starts_with(|c: char| c.is_ascii_digit()))
+                });
+                if ours {
+                    std::fs::remove_dir_all(unpacked.path())
+                        .map_err(|e| format!("removing {}: {e}", unpacked.path().display()))?;
+                }
+            }
+        }
+    }
+    let mut clean = vec!["clean"];
+    for name in PUBLISHED {
+        clean.extend(["-p", name]);
+    }
+    step(root, "package: forget earlier package builds", &clean, &[])
 }
 
 /// The model-based suites the rotating seed runs: the memory backend and the

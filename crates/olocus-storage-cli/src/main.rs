@@ -592,10 +592,12 @@ async fn run(cli: Cli) -> CliResult {
 }
 
 fn main() -> ExitCode {
-    let matches = <Cli as clap::CommandFactory>::command().get_matches();
-    let mut cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
-        Ok(cli) => cli,
-        Err(e) => e.exit(),
+    let parsed = <Cli as clap::CommandFactory>::command()
+        .try_get_matches()
+        .and_then(|m| <Cli as clap::FromArgMatches>::from_arg_matches(&m).map(|cli| (m, cli)));
+    let (matches, mut cli) = match parsed {
+        Ok(parsed) => parsed,
+        Err(e) => return usage_error(e),
     };
     if let Some((name @ ("migrate" | "repair"), sub)) = matches.subcommand() {
         let given = |m: &clap::ArgMatches, id: &str| {
@@ -658,6 +660,24 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => report(e, json),
     }
+}
+
+/// A command line clap refused: clap's own message and exit, or under
+/// `--json` the same message as a JSON error (help and version print as usual).
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind as K;
+    let json = std::env::args_os().skip(1).any(|a| a == "--json");
+    if !json || matches!(e.kind(), K::DisplayHelp | K::DisplayVersion) {
+        e.exit()
+    }
+    // clap's text without its "error: " prefix and usage footer.
+    let text = e.to_string();
+    let first = text
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("error: ");
+    report(CliError::usage(first.to_string()), true)
 }
 
 /// Prints a failure (as JSON under `--json`) and gives its exit code.

@@ -462,6 +462,12 @@ fn errors_say_what_and_where() {
     assert!(err.len() < 160, "{} bytes: {err}", err.len());
     let (_, err) = fails(&["head"]);
     assert!(err.contains("--store"), "{err}");
+    // Under --json even a command line clap refuses is a JSON error on stdout.
+    let out = common::bin(&["--json", "list", "--limit", "many"]);
+    assert_eq!(out.status.code(), Some(2));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(doc["kind"], "usage", "{doc}");
+    assert!(doc["error"].as_str().unwrap().contains("many"), "{doc}");
     // migrate and repair name both stores with --from and --to: --store and
     // --config are not in their help, and are refused rather than ignored.
     for sub in ["migrate", "repair"] {
