@@ -76,18 +76,37 @@ pub async fn run_blocking<T: Send + 'static>(
 }
 
 /// How many calls hold an engine, so `close` can sleep until the last one
-/// lets go instead of polling for it.
+/// lets go instead of polling for it. The count is atomic (a call pays no
+/// lock); the mutex and condvar are only for waking `close`.
 #[derive(Debug, Default)]
 struct Holders {
-    count: std::sync::Mutex<usize>,
+    count: std::sync::atomic::AtomicUsize,
+    lock: std::sync::Mutex<()>,
     released: std::sync::Condvar,
 }
 
 impl Holders {
-    fn lock(&self) -> std::sync::MutexGuard<'_, usize> {
-        self.count
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.lock
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn add(&self) {
+        self.count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    fn release(&self) {
+        if self.count.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+            // Under the lock, so a `close` between its check and its wait
+            // cannot miss this.
+            let _held = self.lock();
+            self.released.notify_all();
+        }
+    }
+
+    fn held(&self) -> bool {
+        self.count.load(std::sync::atomic::Ordering::Acquire) > 0
     }
 }
 
@@ -102,7 +121,7 @@ impl<T> Lease<T> {
     /// Counts a new holder of `engine`; the caller holds the lock that keeps
     /// `close` from taking the engine meanwhile.
     fn new(engine: std::sync::Arc<T>, holders: &std::sync::Arc<Holders>) -> Self {
-        *holders.lock() += 1;
+        holders.add();
         Self {
             engine,
             holders: holders.clone(),
@@ -126,11 +145,7 @@ impl<T> Clone for Lease<T> {
 
 impl<T> Drop for Lease<T> {
     fn drop(&mut self) {
-        let mut count = self.holders.lock();
-        *count -= 1;
-        if *count == 0 {
-            self.holders.released.notify_all();
-        }
+        self.holders.release();
     }
 }
 
@@ -150,12 +165,12 @@ pub struct WeakLease<T> {
 impl<T> WeakLease<T> {
     /// A lease on the engine, or `None` once the store is closing or closed.
     pub fn upgrade(&self) -> Option<Lease<T>> {
-        // Under the count's lock, so `close` (which unwraps the engine under
+        // Under the holders' lock, so `close` (which unwraps the engine under
         // the same lock once no lease is out) never races an upgrade.
-        let mut count = self.holders.lock();
+        let held = self.holders.lock();
         let engine = self.engine.upgrade()?;
-        *count += 1;
-        drop(count);
+        self.holders.add();
+        drop(held);
         Some(Lease {
             engine,
             holders: self.holders.clone(),
@@ -201,11 +216,11 @@ impl<T> Closing<T> {
     /// [`StorageError::Timeout`] after `timeout`, leaving the engine to be
     /// dropped by its last holder.
     pub fn wait(self, timeout: std::time::Duration) -> Result<T> {
-        let count = self.holders.lock();
-        let (count, waited) = self
+        let held = self.holders.lock();
+        let (held, waited) = self
             .holders
             .released
-            .wait_timeout_while(count, timeout, |n| *n > 0)
+            .wait_timeout_while(held, timeout, |()| self.holders.held())
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if waited.timed_out() {
             return Err(StorageError::Timeout {
@@ -214,7 +229,7 @@ impl<T> Closing<T> {
             });
         }
         // Every other strong reference is a lease, and none is out: this is
-        // the only one. The count's lock keeps a weak lease from upgrading.
+        // the only one. The holders' lock keeps a weak lease from upgrading.
         let owned = std::sync::Arc::try_unwrap(self.engine).map_err(|_| {
             StorageError::backend(
                 self.backend,
@@ -223,7 +238,7 @@ impl<T> Closing<T> {
                 "the engine is still referenced outside its leases",
             )
         });
-        drop(count);
+        drop(held);
         owned
     }
 }
