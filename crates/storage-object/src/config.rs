@@ -112,7 +112,7 @@ impl ObjectOptions {
 /// request_timeout = "30s"
 /// retry_timeout = "20s"
 /// ```
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct ObjectStoreConfig {
@@ -134,6 +134,24 @@ pub struct ObjectStoreConfig {
     pub allow_http: bool,
     /// How the backend uses the store.
     pub options: ObjectOptions,
+}
+
+// By hand, so the secret key never reaches a log line or a panic message.
+impl std::fmt::Debug for ObjectStoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectStoreConfig")
+            .field("url", &self.url)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("allow_http", &self.allow_http)
+            .field("options", &self.options)
+            .finish()
+    }
 }
 
 impl Default for ObjectStoreConfig {
@@ -323,3 +341,22 @@ storage_core::setters!(ObjectStoreConfig {
     allow_http: bool,
     options: ObjectOptions,
 });
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_hides_the_secret_key() {
+        let config = ObjectStoreConfig::s3(
+            "s3://bucket/chain",
+            "http://127.0.0.1:8333",
+            "the-access-key",
+            "the-secret-key",
+        );
+        let shown = format!("{config:?}");
+        assert!(shown.contains("the-access-key"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+        assert!(!shown.contains("the-secret-key"), "{shown}");
+    }
+}
