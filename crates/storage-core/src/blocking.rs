@@ -163,7 +163,9 @@ pub struct WeakLease<T> {
 }
 
 impl<T> WeakLease<T> {
-    /// A lease on the engine, or `None` once the store is closing or closed.
+    /// A lease on the engine, or `None` once the store is closed. (While
+    /// `close` waits for running calls, a lease taken here is one more it
+    /// waits for.)
     pub fn upgrade(&self) -> Option<Lease<T>> {
         // Under the holders' lock, so `close` (which unwraps the engine under
         // the same lock once no lease is out) never races an upgrade.
