@@ -266,7 +266,7 @@ pub(crate) async fn run(
         .await
         .map_err(ctx_err("listing audit events"))?;
     let took = started.elapsed();
-    let hashes = |list: &[olocus_storage::BlockMetadata]| -> String {
+    let marks = |list: &[olocus_storage::BlockMetadata]| -> String {
         list.iter()
             .map(|m| format!("#{}", m.index))
             .collect::<Vec<_>>()
@@ -276,7 +276,7 @@ pub(crate) async fn run(
         "list",
         format!(
             "type={AUDIT}, newest first, limit 5: {} in {took:.1?}",
-            hashes(&audits)
+            marks(&audits)
         ),
         json!({
             "type": AUDIT,
@@ -305,7 +305,7 @@ pub(crate) async fn run(
             "signer={}, type={READING}, index >= {}, offset 10, limit 3: {} in {took:.1?}",
             render::short(&signer.to_string()),
             blocks / 2,
-            hashes(&page),
+            marks(&page),
         ),
         json!({
             "signer": signer.to_string(),

@@ -399,64 +399,62 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// A progress bar of `len` steps, hidden when quiet, in JSON mode or when
-    /// stderr is not a terminal (indicatif's default).
-    pub fn bar(&self, len: u64, what: &str) -> indicatif::ProgressBar {
+    /// `bar` drawn with `template` and labelled `what`, ticking on its own;
+    /// hidden when quiet, in JSON mode or when stderr is not a terminal
+    /// (indicatif's default).
+    fn progress(
+        &self,
+        bar: impl FnOnce() -> indicatif::ProgressBar,
+        template: &str,
+        what: &str,
+    ) -> indicatif::ProgressBar {
         if self.quiet || self.json {
             return indicatif::ProgressBar::hidden();
         }
-        let bar = indicatif::ProgressBar::new(len).with_message(what.to_string());
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{msg:>10} [{bar:40}] {human_pos}/{human_len} blocks ({per_sec:0}, eta {eta})",
-            )
-            .expect("template")
-            .progress_chars("=> "),
-        );
-        bar.enable_steady_tick(Duration::from_millis(200));
-        bar
-    }
-
-    /// A spinner with the time taken, for a step whose length is not known
-    /// (salvage, compaction); hidden as [`Ctx::bar`] is.
-    pub fn spinner(&self, what: &str) -> indicatif::ProgressBar {
-        if self.quiet || self.json {
-            return indicatif::ProgressBar::hidden();
-        }
-        let bar = indicatif::ProgressBar::new_spinner().with_message(what.to_string());
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{msg:>10} {spinner} {elapsed}")
-                .expect("template"),
-        );
-        bar.enable_steady_tick(Duration::from_millis(200));
-        bar
-    }
-
-    /// Progress through `len` bytes of input, or a spinner with the bytes
-    /// read so far when the size is unknown (standard input); hidden as
-    /// [`Ctx::bar`] is.
-    pub fn byte_bar(&self, len: Option<u64>, what: &str) -> indicatif::ProgressBar {
-        if self.quiet || self.json {
-            return indicatif::ProgressBar::hidden();
-        }
-        let (bar, template) = match len {
-            Some(len) => (
-                indicatif::ProgressBar::new(len),
-                "{msg:>10} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})",
-            ),
-            None => (
-                indicatif::ProgressBar::new_spinner(),
-                "{msg:>10} {spinner} {bytes} read ({bytes_per_sec})",
-            ),
-        };
+        let bar = bar().with_message(what.to_string());
         bar.set_style(
             indicatif::ProgressStyle::with_template(template)
                 .expect("template")
                 .progress_chars("=> "),
         );
-        bar.set_message(what.to_string());
         bar.enable_steady_tick(Duration::from_millis(200));
         bar
+    }
+
+    /// A progress bar of `len` blocks.
+    pub fn bar(&self, len: u64, what: &str) -> indicatif::ProgressBar {
+        self.progress(
+            || indicatif::ProgressBar::new(len),
+            "{msg:>10} [{bar:40}] {human_pos}/{human_len} blocks ({per_sec:0}, eta {eta})",
+            what,
+        )
+    }
+
+    /// A spinner with the time taken, for a step whose length is not known
+    /// (salvage, compaction).
+    pub fn spinner(&self, what: &str) -> indicatif::ProgressBar {
+        self.progress(
+            indicatif::ProgressBar::new_spinner,
+            "{msg:>10} {spinner} {elapsed}",
+            what,
+        )
+    }
+
+    /// Progress through `len` bytes of input, or a spinner with the bytes
+    /// read so far when the size is unknown (standard input).
+    pub fn byte_bar(&self, len: Option<u64>, what: &str) -> indicatif::ProgressBar {
+        match len {
+            Some(len) => self.progress(
+                || indicatif::ProgressBar::new(len),
+                "{msg:>10} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})",
+                what,
+            ),
+            None => self.progress(
+                indicatif::ProgressBar::new_spinner,
+                "{msg:>10} {spinner} {bytes} read ({bytes_per_sec})",
+                what,
+            ),
+        }
     }
 }
 

@@ -1047,6 +1047,22 @@ fn import_moves_the_head_only_along_a_linked_chain() {
     assert!(ok(&["--store", &url, "verify"]).contains("verified 20 blocks"));
 }
 
+/// Runs the binary with `args` (one shell string) on a pseudo-terminal:
+/// whether it succeeded, and what the terminal showed. util-linux's `script`
+/// (in every Debian) runs the command and copies what it shows.
+fn on_a_terminal(args: &str) -> (bool, String) {
+    let command = format!("{} {args}", env!("CARGO_BIN_EXE_olocus-storage"));
+    let out = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env_remove("OLOCUS_STORE")
+        .output()
+        .expect("script(1) from util-linux");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
 /// Under a terminal (a pseudo-terminal from `script`), `import` shows its
 /// progress as bytes of input consumed, in human units; into a pipe it
 /// shows none.
@@ -1056,20 +1072,8 @@ fn progress_is_input_consumed_in_human_units_and_only_on_a_terminal() {
     let input = dir.path().join("in.jsonl");
     write_jsonl(&input, &chain(30_000));
     let url = format!("fs:{}", s(&dir.path().join("a")));
-    let command = format!(
-        "{} --store {url} import {}",
-        env!("CARGO_BIN_EXE_olocus-storage"),
-        s(&input)
-    );
-    // util-linux's `script` (in every Debian) runs the command on a
-    // pseudo-terminal and copies what it shows.
-    let out = std::process::Command::new("script")
-        .args(["-qec", &command, "/dev/null"])
-        .env_remove("OLOCUS_STORE")
-        .output()
-        .expect("script(1) from util-linux");
-    let shown = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{shown}");
+    let (success, shown) = on_a_terminal(&format!("--store {url} import {}", s(&input)));
+    assert!(success, "{shown}");
     assert!(shown.contains("imported 30000 blocks"), "{shown}");
     let size = std::fs::metadata(&input).unwrap().len();
     assert!(size > 4 << 20, "a file big enough to draw a bar: {size}");
@@ -1081,7 +1085,6 @@ fn progress_is_input_consumed_in_human_units_and_only_on_a_terminal() {
         "{shown:?}"
     );
     // Every other long step has its bar or spinner too.
-    let exe = env!("CARGO_BIN_EXE_olocus-storage");
     let fixed = format!("fs:{}", s(&dir.path().join("fixed")));
     let copy = format!("fs:{}", s(&dir.path().join("copy")));
     let out_file = s(&dir.path().join("out.jsonl"));
@@ -1092,13 +1095,8 @@ fn progress_is_input_consumed_in_human_units_and_only_on_a_terminal() {
         (format!("repair --from {url} --to {fixed}"), "repair "),
         (format!("--store {url} compact"), "compact "),
     ] {
-        let out = std::process::Command::new("script")
-            .args(["-qec", &format!("{exe} {args}"), "/dev/null"])
-            .env_remove("OLOCUS_STORE")
-            .output()
-            .unwrap();
-        let shown = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{args}: {shown}");
+        let (success, shown) = on_a_terminal(&args);
+        assert!(success, "{args}: {shown}");
         assert!(shown.contains(shows), "{args}: no {shows:?} in {shown:?}");
     }
     // Into a pipe: no bar at all.
