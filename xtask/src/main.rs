@@ -427,9 +427,6 @@ fn ci(root: &Path, skip_third_party: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// Crates of the workspace that are not published.
-const UNPUBLISHED: [&str; 4] = ["xtask", "olocus-benches", "seaweed-cluster", "storage-fuzz"];
-
 /// `cargo package` of every published crate, as `cargo publish` would check
 /// it. First all of them without building (manifests, included files, and
 /// that they resolve against each other as published); then a build of each
@@ -439,43 +436,57 @@ const UNPUBLISHED: [&str; 4] = ["xtask", "olocus-benches", "seaweed-cluster", "s
 /// storage-rocksdb (and the facade and CLI, which resolve against it) it
 /// would rebuild librocksdb-sys: about 15 minutes on two cores.
 fn package(root: &Path) -> Result<(), String> {
-    forget_packaged_builds(root)?;
+    let published = published(root)?;
+    forget_packaged_builds(root, &published)?;
     // `--allow-dirty`: what is checked is the packages, not whether a test
     // left a file behind in the checkout.
-    let mut all = vec!["package", "--workspace", "--locked", "--allow-dirty"];
-    for name in UNPUBLISHED {
-        all.extend(["--exclude", name]);
-    }
-    let mut verified = all.clone();
+    let packages = |skip: &[&str]| {
+        let mut args = vec!["package", "--locked", "--allow-dirty"];
+        for name in published.iter().filter(|n| !skip.contains(&n.as_str())) {
+            args.extend(["-p", name]);
+        }
+        args
+    };
+    let mut all = packages(&[]);
     all.push("--no-verify");
     step(root, "package (every published crate)", &all, &[])?;
-    for name in ["storage-rocksdb", "olocus-storage", "olocus-storage-cli"] {
-        verified.extend(["--exclude", name]);
-    }
+    let verified = packages(&["storage-rocksdb", "olocus-storage", "olocus-storage-cli"]);
     step(root, "package (verified builds)", &verified, &[])
 }
 
-/// The crates `cargo package` publishes.
-const PUBLISHED: [&str; 11] = [
-    "storage-core",
-    "storage-memory",
-    "storage-fs",
-    "storage-rocksdb",
-    "storage-sqlite",
-    "storage-object",
-    "storage-cache",
-    "storage-replica",
-    "storage-conformance",
-    "olocus-storage",
-    "olocus-storage-cli",
-];
+/// The workspace's crates that are published: all but those whose manifest
+/// says `publish = false`.
+fn published(root: &Path) -> Result<Vec<String>, String> {
+    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["metadata", "--no-deps", "--format-version", "1", "--locked"])
+        .current_dir(root)
+        .output()
+        .map_err(|e| format!("cargo metadata: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "cargo metadata failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let meta: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("cargo metadata: {e}"))?;
+    let packages = meta["packages"]
+        .as_array()
+        .ok_or("cargo metadata: no packages")?;
+    Ok(packages
+        .iter()
+        // `publish` is null when unrestricted, `[]` for `publish = false`.
+        .filter(|p| p["publish"].as_array().is_none_or(|r| !r.is_empty()))
+        .filter_map(|p| p["name"].as_str().map(String::from))
+        .collect())
+}
 
 /// Verification resolves our crates from a local registry of the packages
 /// just made, and cargo takes a registry package's name and version to mean
 /// fixed contents: it reuses the sources it unpacked and the builds it made
 /// last time. Between two runs the contents change under the same version, so
 /// both are removed first (a build of the published crates from scratch).
-fn forget_packaged_builds(root: &Path) -> Result<(), String> {
+fn forget_packaged_builds(root: &Path, published: &[String]) -> Result<(), String> {
     let home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
@@ -492,7 +503,7 @@ fn forget_packaged_builds(root: &Path) -> Result<(), String> {
                 .flatten()
             {
                 let name = unpacked.file_name().to_string_lossy().into_owned();
-                let ours = PUBLISHED.iter().any(|p| {
+                let ours = published.iter().any(|p| {
                     name.strip_prefix(p)
                         .and_then(|rest| rest.strip_prefix('-'))
                         .is_some_and(|v| v.starts_with(|c: char| c.is_ascii_digit()))
@@ -505,8 +516,8 @@ fn forget_packaged_builds(root: &Path) -> Result<(), String> {
         }
     }
     let mut clean = vec!["clean"];
-    for name in PUBLISHED {
-        clean.extend(["-p", name]);
+    for name in published {
+        clean.extend(["-p", name.as_str()]);
     }
     step(root, "package: forget earlier package builds", &clean, &[])
 }
