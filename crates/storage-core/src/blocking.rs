@@ -357,6 +357,17 @@ pub fn retry_delays(
         .build()
 }
 
+/// The pauses of a read-only open that found the store's files changing
+/// under it (a writer beside it compacting): 20 tries, from 5 ms up to
+/// 100 ms apart.
+pub fn read_only_open_delays() -> impl Iterator<Item = std::time::Duration> + Send {
+    retry_delays(
+        std::time::Duration::from_millis(5),
+        std::time::Duration::from_millis(100),
+        20,
+    )
+}
+
 /// Something a background thread holds without keeping it alive: a
 /// [`std::sync::Weak`] or a [`WeakLease`].
 pub trait WeakTarget: Send + 'static {

@@ -75,8 +75,8 @@ pub use wire::{
 /// workspace's own.
 pub mod raw {
     pub use crate::blocking::{
-        Closing, Lease, OpenHandle, WeakLease, WeakTarget, retry_delays, run_blocking,
-        spawn_periodic,
+        Closing, Lease, OpenHandle, WeakLease, WeakTarget, read_only_open_delays, retry_delays,
+        run_blocking, spawn_periodic,
     };
     pub use crate::layer::{Engine, Gate};
     pub use crate::links::{ChainView, ChainViewFn, admit, check_links, check_payload_limit};

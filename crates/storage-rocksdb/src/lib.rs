@@ -829,8 +829,7 @@ fn open_read_only(
     cf_opts: &rocksdb::Options,
     path: &Path,
 ) -> std::result::Result<DB, rocksdb::Error> {
-    let mut delays =
-        storage_core::raw::retry_delays(Duration::from_millis(5), Duration::from_millis(100), 20);
+    let mut delays = storage_core::raw::read_only_open_delays();
     loop {
         let cfs = ALL_CFS.map(|name| ColumnFamilyDescriptor::new(name, cf_opts.clone()));
         match DB::open_cf_descriptors_read_only(db_opts, path, cfs, false) {

@@ -124,8 +124,7 @@ fn load(dir: &Dir, listed: &[(u64, u64)], read_only: bool, rec: &mut Recovery) -
 /// later does not matter. A compaction that replaces segments while this one
 /// opens changes the manifest: opening then starts again.
 fn open_read_only(cfg: FsConfig, dir: Dir) -> Result<(Inner, Recovery)> {
-    let mut delays =
-        storage_core::raw::retry_delays(Duration::from_millis(5), Duration::from_millis(100), 20);
+    let mut delays = storage_core::raw::read_only_open_delays();
     loop {
         let listed = match read_manifest(&dir)? {
             Some(listed) => listed,
