@@ -6,6 +6,16 @@
 //! against the SeaweedFS cluster named by `OLOCUS_S3_*` (`cargo xtask bench`
 //! starts one); without those variables they are left out, with a message.
 //!
+//! With the `peers` feature and `OLOCUS_BENCH_PEERS=1` (`cargo xtask bench
+//! --peers`), the stores a user could pick instead (redb, fjall, LMDB, SQLite
+//! with a hand-written schema; `olocus_benches::peers`) run the same batched
+//! writes, reads, ingest and cold open beside ours.
+//!
+//! Besides criterion's timings, the run writes what criterion cannot measure to
+//! `OLOCUS_BENCH_OUT` (when set): each ingested store's bytes on disk
+//! (`disk/<subject>.json`) and whether cold opens ran with the page cache
+//! dropped (`cold_open.json`).
+//!
 //! Criterion ids are `<op>/<subject>`. Run it with `cargo xtask bench`, which
 //! also writes the report; or directly, selecting with `OLOCUS_BENCH_BACKENDS`,
 //! `OLOCUS_BENCH_OPS` (comma-separated names) and `OLOCUS_BENCH_QUICK=1`.
@@ -34,6 +44,46 @@ struct Setup {
     dir: tempfile::TempDir,
     small: Arc<Vec<Block>>,
     big: u64,
+    /// Where the figures criterion does not keep go (`OLOCUS_BENCH_OUT`).
+    out: Option<PathBuf>,
+}
+
+/// Writes `value` as `<OLOCUS_BENCH_OUT>/<name>.json`, if the run has one.
+fn record(env: &Setup, name: &str, value: serde_json::Value) {
+    let Some(out) = &env.out else { return };
+    let path = out.join(format!("{name}.json"));
+    std::fs::create_dir_all(path.parent().expect("a parent")).expect("output directory");
+    std::fs::write(&path, value.to_string()).expect("writing a figure");
+}
+
+/// Bytes allocated on disk under `path` (a file or a directory), and in the
+/// SQLite files beside it (`path.db`, its log and shared memory).
+fn disk_bytes(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    fn walk(p: &Path) -> u64 {
+        match std::fs::symlink_metadata(p) {
+            Ok(m) if m.is_dir() => std::fs::read_dir(p)
+                .map(|d| d.flatten().map(|e| walk(&e.path())).sum())
+                .unwrap_or(0),
+            Ok(m) => m.blocks() * 512,
+            Err(_) => 0,
+        }
+    }
+    walk(path)
+        + ["db", "db-wal", "db-shm"]
+            .iter()
+            .map(|ext| walk(&path.with_extension(ext)))
+            .sum::<u64>()
+}
+
+/// Writes dirty pages out and drops the page cache, so the next open reads from
+/// the disk; false where the machine does not permit it (not root, or a
+/// read-only `/proc`).
+fn drop_page_cache() -> bool {
+    std::process::Command::new("sync")
+        .status()
+        .is_ok_and(|s| s.success())
+        && std::fs::write("/proc/sys/vm/drop_caches", "1").is_ok()
 }
 
 fn list_options(i: u64) -> ListOptions {
@@ -147,8 +197,14 @@ async fn open_ours(s: Subject, path: &Path, durable: bool) -> Arc<dyn StorageBac
         | Subject::ObjectRaw
         | Subject::FsPool
         | Subject::RocksdbPool
-        | Subject::SqlitePool => {
-            unreachable!("raw engines are not backends; pool rows map to their backend")
+        | Subject::SqlitePool
+        | Subject::Redb
+        | Subject::Fjall
+        | Subject::Lmdb
+        | Subject::SqliteHand => {
+            unreachable!(
+                "raw engines and peers are not our backends; pool rows map to their backend"
+            )
         }
     }
 }
@@ -305,9 +361,61 @@ async fn ingest_into(s: Subject, path: &Path, big: &[Block]) -> Duration {
     took
 }
 
+/// Makes sure the ingest's store exists at `path` (the one the ingest row left,
+/// or one made now, untimed).
+fn prepare_cold_open(env: &Setup, s: Subject, path: &Path, big: &[Block]) {
+    #[cfg(feature = "peers")]
+    if s.is_peer() {
+        if !path.exists() {
+            peer_rows::ingest(env, s, big);
+        }
+        return;
+    }
+    let have = env.rt.block_on(async {
+        let store = open_ours(s, path, false).await;
+        let n = store.count_blocks().await.expect("count");
+        store.close().await.expect("close");
+        n
+    });
+    if have != big.len() as u64 {
+        env.rt.block_on(ingest_into(s, path, big));
+    }
+}
+
+/// Opens the store at `path` and reads the block `probe`; times both, then
+/// closes it, untimed.
+fn cold_open(env: &Setup, s: Subject, path: &Path, probe: &storage_core::BlockHash) -> Duration {
+    #[cfg(feature = "peers")]
+    if s.is_peer() {
+        let start = Instant::now();
+        let p = olocus_benches::peers::open(s, path, false);
+        std::hint::black_box(p.retrieve(probe));
+        let took = start.elapsed();
+        p.close();
+        return took;
+    }
+    env.rt.block_on(async {
+        let start = Instant::now();
+        let store = open_ours(s, path, false).await;
+        let got = store.retrieve_block(probe).await.expect("retrieve");
+        std::hint::black_box(got.expect("stored"));
+        let took = start.elapsed();
+        store.close().await.expect("close");
+        took
+    })
+}
+
 // ---------------------------------------------------------------------------
 // Raw engines
 // ---------------------------------------------------------------------------
+
+/// A store holding the full data set, for the read rows.
+enum Full {
+    Ours(Arc<dyn StorageBackend>),
+    Raw(RawFull),
+    #[cfg(feature = "peers")]
+    Peer(Box<dyn olocus_benches::peers::Peer>),
+}
 
 /// A raw engine with the full store's data.
 enum RawFull {
@@ -508,6 +616,110 @@ fn raw_ingest(env: &Setup, s: Subject, big: &[Block]) -> Duration {
 }
 
 // ---------------------------------------------------------------------------
+// Peers
+// ---------------------------------------------------------------------------
+
+/// The peers' rows: the same loops as the raw engines', through
+/// `olocus_benches::peers::Peer`.
+#[cfg(feature = "peers")]
+mod peer_rows {
+    use super::*;
+    use olocus_benches::peers::{self, Peer};
+
+    /// A peer store holding the full data set.
+    pub(super) fn full(env: &Setup, s: Subject) -> Box<dyn Peer> {
+        let path = env.dir.path().join(format!("full-{}", s.name()));
+        let mut p = peers::open(s, &path, false);
+        for chunk in env.small.chunks(1_000) {
+            p.store(chunk);
+        }
+        p
+    }
+
+    /// Writes `step` blocks per transaction into fresh stores; only the writes
+    /// are timed.
+    pub(super) fn bench_store(
+        g: &mut BenchmarkGroup<'_, WallTime>,
+        env: &Setup,
+        s: Subject,
+        step: usize,
+        durable: bool,
+    ) {
+        let counter = std::sync::atomic::AtomicU64::new(0);
+        g.bench_function(s.name(), |b| {
+            b.iter_custom(|iters| {
+                let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let mut total = Duration::ZERO;
+                let mut done = 0u64;
+                while done < iters {
+                    let path = env
+                        .dir
+                        .path()
+                        .join(format!("p-{}-{step}-{durable}-{n}-{done}", s.name()));
+                    let want = ((iters - done) as usize).min(FULL / step);
+                    let mut p = peers::open(s, &path, durable);
+                    let start = Instant::now();
+                    for chunk in env.small.chunks(step).take(want) {
+                        p.store(chunk);
+                    }
+                    total += start.elapsed();
+                    p.close();
+                    remove(&path);
+                    done += want as u64;
+                }
+                total
+            });
+        });
+    }
+
+    pub(super) fn bench_reads(
+        g: &mut BenchmarkGroup<'_, WallTime>,
+        env: &Setup,
+        s: Subject,
+        op: Op,
+        full: &dyn Peer,
+    ) {
+        g.bench_function(s.name(), |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                for i in 0..iters {
+                    match op {
+                        Op::RetrieveOne => {
+                            let h = env.small[(i as usize * STRIDE) % FULL].hash();
+                            std::hint::black_box(full.retrieve(&h));
+                        }
+                        Op::List100 => {
+                            let lo = (i * 131) % (FULL as u64 - 300);
+                            assert_eq!(full.list_100(lo, READING), 100);
+                        }
+                        Op::Range10k => {
+                            assert_eq!(full.range(range_start(i), 10_000).len(), 10_000);
+                        }
+                        _ => unreachable!("not a peer's read"),
+                    }
+                }
+                start.elapsed()
+            });
+        });
+    }
+
+    /// Ingests `big` into a fresh store in transactions of 1,000; only the
+    /// writes are timed.
+    pub(super) fn ingest(env: &Setup, s: Subject, big: &[Block]) -> Duration {
+        let path = big_path(env, s);
+        remove(&path);
+        let mut p = peers::open(s, &path, false);
+        let start = Instant::now();
+        for chunk in big.chunks(1_000) {
+            p.store(chunk);
+        }
+        let took = start.elapsed();
+        p.close();
+        took
+    }
+}
+
+// ---------------------------------------------------------------------------
 // The matrix
 // ---------------------------------------------------------------------------
 
@@ -541,10 +753,22 @@ fn matrix(c: &mut Criterion) {
         );
         backends.retain(|s| !s.needs_cluster());
     }
-    // A backend brings its raw engine along.
+    let peers = std::env::var("OLOCUS_BENCH_PEERS").is_ok_and(|v| v == "1");
+    assert!(
+        !peers || cfg!(feature = "peers"),
+        "OLOCUS_BENCH_PEERS=1 needs the benches built with `--features peers` \
+         (`cargo xtask bench --peers` does)"
+    );
+    // A backend brings its raw engine along; the peers come all together.
     let subjects: Vec<Subject> = Subject::ALL
         .into_iter()
-        .filter(|s| backends.contains(&s.backend()))
+        .filter(|s| {
+            if s.is_peer() {
+                peers
+            } else {
+                backends.contains(&s.backend())
+            }
+        })
         .collect();
     let ops = names("OLOCUS_BENCH_OPS", &Op::ALL, Op::name);
     let env = Setup {
@@ -557,6 +781,7 @@ fn matrix(c: &mut Criterion) {
         dir: tempfile::tempdir().expect("temp dir"),
         small: data::chain_with_note(FULL, 610),
         big: if quick { BIG_QUICK } else { BIG },
+        out: std::env::var_os("OLOCUS_BENCH_OUT").map(PathBuf::from),
     };
     let (warm, measure) = if quick {
         (Duration::from_millis(300), Duration::from_secs(1))
@@ -571,14 +796,14 @@ fn matrix(c: &mut Criterion) {
             Op::RetrieveOne | Op::RetrieveConcurrent100 | Op::List100 | Op::Range10k
         )
     });
-    let mut full_ours = Vec::new();
-    let mut full_raw = Vec::new();
+    let mut full = Vec::new();
     if reads {
         for &s in &subjects {
-            if s.is_raw() {
-                full_raw.push((s, raw_full(&env, s)));
-            } else {
-                let store = env.rt.block_on(async {
+            let store = match s {
+                #[cfg(feature = "peers")]
+                s if s.is_peer() => Full::Peer(peer_rows::full(&env, s)),
+                s if s.is_raw() => Full::Raw(raw_full(&env, s)),
+                s => Full::Ours(env.rt.block_on(async {
                     let store =
                         open_ours(s, &env.dir.path().join(format!("full-{}", s.name())), false)
                             .await;
@@ -586,9 +811,9 @@ fn matrix(c: &mut Criterion) {
                         store.store_blocks(chunk).await.expect("fill");
                     }
                     store
-                });
-                full_ours.push((s, store));
-            }
+                })),
+            };
+            full.push((s, store));
         }
     }
 
@@ -597,6 +822,8 @@ fn matrix(c: &mut Criterion) {
         .any(|o| matches!(o, Op::Ingest | Op::ColdOpen))
         .then(|| bulk_blocks(env.big, 650));
 
+    // Whether every cold open ran with the page cache dropped.
+    let mut cold_dropped = true;
     for &op in &ops {
         let mut g = c.benchmark_group(op.name());
         g.throughput(Throughput::Elements(op.elements(env.big)));
@@ -617,17 +844,20 @@ fn matrix(c: &mut Criterion) {
                         100
                     };
                     let durable = matches!(op, Op::StoreOneDurable | Op::StoreBatch100Durable);
-                    if s.is_raw() {
-                        bench_raw_store(&mut g, &env, s, step, durable);
-                    } else {
-                        bench_store(&mut g, &env, s, step, durable);
+                    match s {
+                        #[cfg(feature = "peers")]
+                        s if s.is_peer() => peer_rows::bench_store(&mut g, &env, s, step, durable),
+                        s if s.is_raw() => bench_raw_store(&mut g, &env, s, step, durable),
+                        s => bench_store(&mut g, &env, s, step, durable),
                     }
                 }
                 Op::RetrieveOne | Op::RetrieveConcurrent100 | Op::List100 | Op::Range10k => {
-                    if let Some((_, full)) = full_raw.iter().find(|(x, _)| *x == s) {
-                        bench_raw_reads(&mut g, &env, s, op, full);
-                    } else if let Some((_, full)) = full_ours.iter().find(|(x, _)| *x == s) {
-                        bench_reads(&mut g, &env, s, op, full);
+                    match full.iter().find(|(x, _)| *x == s).map(|(_, f)| f) {
+                        Some(Full::Raw(f)) => bench_raw_reads(&mut g, &env, s, op, f),
+                        Some(Full::Ours(f)) => bench_reads(&mut g, &env, s, op, f),
+                        #[cfg(feature = "peers")]
+                        Some(Full::Peer(f)) => peer_rows::bench_reads(&mut g, &env, s, op, &**f),
+                        None => unreachable!("every reading subject has a full store"),
                     }
                 }
                 Op::Ingest => {
@@ -635,39 +865,37 @@ fn matrix(c: &mut Criterion) {
                     g.bench_function(s.name(), |b| {
                         b.iter_custom(|iters| {
                             (0..iters)
-                                .map(|_| {
-                                    if s.is_raw() {
-                                        raw_ingest(&env, s, big)
-                                    } else {
-                                        env.rt.block_on(ingest_into(s, &big_path(&env, s), big))
-                                    }
+                                .map(|_| match s {
+                                    #[cfg(feature = "peers")]
+                                    s if s.is_peer() => peer_rows::ingest(&env, s, big),
+                                    s if s.is_raw() => raw_ingest(&env, s, big),
+                                    s => env.rt.block_on(ingest_into(s, &big_path(&env, s), big)),
                                 })
                                 .sum()
                         });
                     });
+                    if !matches!(s, Subject::Memory | Subject::Object | Subject::ObjectRaw) {
+                        record(
+                            &env,
+                            &format!("disk/{}", s.name()),
+                            serde_json::json!({
+                                "bytes": disk_bytes(&big_path(&env, s)),
+                                "blocks": big.len(),
+                            }),
+                        );
+                    }
                 }
                 Op::ColdOpen => {
                     let path = big_path(&env, s);
                     let big = big_blocks.as_deref().expect("generated");
-                    // The store from the ingest above, or one made now (untimed).
-                    let have = env.rt.block_on(async {
-                        let store = open_ours(s, &path, false).await;
-                        let n = store.count_blocks().await.expect("count");
-                        store.close().await.expect("close");
-                        n
-                    });
-                    if have != big.len() as u64 {
-                        env.rt.block_on(ingest_into(s, &path, big));
-                    }
+                    prepare_cold_open(&env, s, &path, big);
                     g.bench_function(s.name(), |b| {
                         b.iter_custom(|iters| {
                             let mut total = Duration::ZERO;
-                            for _ in 0..iters {
-                                let start = Instant::now();
-                                let store = env.rt.block_on(open_ours(s, &path, false));
-                                total += start.elapsed();
-                                // Close outside the timing, so the next open is as cold.
-                                env.rt.block_on(store.close()).expect("close");
+                            for i in 0..iters {
+                                let probe = big[(i as usize * STRIDE) % big.len()].hash();
+                                cold_dropped &= drop_page_cache();
+                                total += cold_open(&env, s, &path, &probe);
                             }
                             total
                         });
@@ -685,6 +913,15 @@ fn matrix(c: &mut Criterion) {
             .iter()
             .filter(|s| !s.is_raw() && Op::Ingest.applies_to(**s) && **s != Subject::Memory)
         {
+            #[cfg(feature = "peers")]
+            if s.is_peer() {
+                let p = olocus_benches::peers::open(s, &big_path(&env, s), false);
+                let (first, last) = (&big[0], &big[big.len() - 1]);
+                assert_eq!(&p.retrieve(&last.hash()), last, "{}", s.name());
+                assert_eq!(&p.range(0, 1)[0], first, "{}", s.name());
+                p.close();
+                continue;
+            }
             env.rt.block_on(async {
                 let store = open_ours(s, &big_path(&env, s), false).await;
                 assert_eq!(
@@ -707,8 +944,20 @@ fn matrix(c: &mut Criterion) {
             });
         }
     }
-    for (_, store) in full_ours {
-        env.rt.block_on(store.close()).expect("close");
+    if ops.contains(&Op::ColdOpen) {
+        record(
+            &env,
+            "cold_open",
+            serde_json::json!({ "page_cache_dropped": cold_dropped }),
+        );
+    }
+    for (_, store) in full {
+        match store {
+            Full::Ours(store) => env.rt.block_on(store.close()).expect("close"),
+            Full::Raw(_) => {}
+            #[cfg(feature = "peers")]
+            Full::Peer(p) => p.close(),
+        }
     }
 }
 

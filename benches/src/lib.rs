@@ -9,6 +9,8 @@ use std::time::SystemTime;
 
 use storage_core::{Block, BlockHash, SigningKey, system_time_from_unix_nanos};
 
+#[cfg(feature = "peers")]
+pub mod peers;
 pub mod raw;
 pub mod spec;
 pub use spec::*;

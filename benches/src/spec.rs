@@ -31,11 +31,19 @@ pub enum Subject {
     /// Raw `object_store` on the same cluster: one PUT per write (the blocks
     /// back to back), one GET per block, one LIST per listing.
     ObjectRaw,
+    /// Peer: redb, default options.
+    Redb,
+    /// Peer: fjall, default options.
+    Fjall,
+    /// Peer: LMDB through heed.
+    Lmdb,
+    /// Peer: SQLite with a hand-written one-table schema.
+    SqliteHand,
 }
 
 impl Subject {
     /// Every subject, in report order.
-    pub const ALL: [Subject; 12] = [
+    pub const ALL: [Subject; 16] = [
         Subject::Memory,
         Subject::Fs,
         Subject::Rocksdb,
@@ -48,6 +56,19 @@ impl Subject {
         Subject::RocksdbRaw,
         Subject::SqliteRaw,
         Subject::ObjectRaw,
+        Subject::Redb,
+        Subject::Fjall,
+        Subject::Lmdb,
+        Subject::SqliteHand,
+    ];
+
+    /// The peers: stores a user could pick instead of ours, run with
+    /// `cargo xtask bench --peers`.
+    pub const PEERS: [Subject; 4] = [
+        Subject::Redb,
+        Subject::Fjall,
+        Subject::Lmdb,
+        Subject::SqliteHand,
     ];
 
     /// Its name in benchmark ids, `--backend` and the report.
@@ -65,6 +86,10 @@ impl Subject {
             Subject::RocksdbRaw => "rocksdb_raw",
             Subject::SqliteRaw => "sqlite_raw",
             Subject::ObjectRaw => "object_raw",
+            Subject::Redb => "redb",
+            Subject::Fjall => "fjall",
+            Subject::Lmdb => "lmdb",
+            Subject::SqliteHand => "sqlite_hand",
         }
     }
 
@@ -84,6 +109,11 @@ impl Subject {
             self,
             Subject::RocksdbRaw | Subject::SqliteRaw | Subject::ObjectRaw
         )
+    }
+
+    /// Whether this is a peer (another store doing the same job).
+    pub fn is_peer(self) -> bool {
+        Subject::PEERS.contains(&self)
     }
 
     /// Whether this subject needs the SeaweedFS cluster.
@@ -142,7 +172,8 @@ pub enum Op {
     Range10k,
     /// Ingest into an empty store in batches of 1,000 (1M blocks; 100k quick).
     Ingest,
-    /// Open a closed store of the ingest's size.
+    /// Open a closed store of the ingest's size, with the page cache dropped
+    /// where the machine permits it, and read one block.
     ColdOpen,
 }
 
@@ -200,6 +231,20 @@ impl Op {
 
     /// Whether `subject` can run this operation.
     pub fn applies_to(self, subject: Subject) -> bool {
+        if subject.is_peer() {
+            // What a user compares when picking a store: batched writes plain
+            // and synced, reads, a whole ingest, and opening it again.
+            return matches!(
+                self,
+                Op::StoreBatch100
+                    | Op::StoreBatch100Durable
+                    | Op::RetrieveOne
+                    | Op::List100
+                    | Op::Range10k
+                    | Op::Ingest
+                    | Op::ColdOpen
+            );
+        }
         if subject.on_pool() {
             // What the thread hop to the blocking pool costs, beside the inline
             // rows: single calls, where it weighs most.
@@ -285,12 +330,51 @@ pub fn goals(subject: Subject, op: Op) -> (Option<Goal>, Option<Goal>) {
         (Op::Ingest, Fs) => (None, Some(MinPerSec(200e3))),
         (Op::Ingest, Rocksdb) => (None, Some(MinPerSec(150e3))),
         (Op::Ingest, Sqlite) => (None, Some(MinPerSec(100e3))),
-        (Op::ColdOpen, Fs) => (None, Some(ms(100.0))),
+        // Open and read one block of a 1M-block store, page cache dropped.
+        (Op::ColdOpen, Fs) => (None, Some(ms(20.0))),
         // Issue 12's targets against the local cluster.
         (Op::Ingest, Object) => (None, Some(MinPerSec(20e3))),
         (Op::RetrieveConcurrent100, Object) => (None, Some(ms(50.0))),
         (Op::List100, Object) => (None, Some(ms(50.0))),
         _ => (None, None),
+    }
+}
+
+/// Whom a [`PeerGoal`] compares with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerRef {
+    /// The fastest peer on that row.
+    Best,
+    /// One peer (the SQLite backend against SQLite by hand).
+    Only(Subject),
+}
+
+/// A target relative to the peers, on the same row of the same run: at least
+/// `min` times the speed of `of` (1.0: level; 2.0: twice as fast).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PeerGoal {
+    /// The peer compared with.
+    pub of: PeerRef,
+    /// The least speed-up allowed.
+    pub min: f64,
+}
+
+/// Our target against the peers for `op` on `subject`, where one is set.
+pub fn peer_goal(subject: Subject, op: Op) -> Option<PeerGoal> {
+    let best = |min| {
+        Some(PeerGoal {
+            of: PeerRef::Best,
+            min,
+        })
+    };
+    match (subject, op) {
+        (Subject::Fs, Op::RetrieveOne | Op::List100) => best(1.0),
+        (Subject::Fs, Op::Ingest) => best(2.0),
+        (Subject::Sqlite, Op::Ingest | Op::List100 | Op::Range10k) => Some(PeerGoal {
+            of: PeerRef::Only(Subject::SqliteHand),
+            min: 1.0,
+        }),
+        _ => None,
     }
 }
 

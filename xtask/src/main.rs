@@ -2,7 +2,7 @@
 //!
 //! - `ci`: everything CI checks, in order, failing fast: formatting, clippy with
 //!   warnings denied (the workspace, each facade feature alone, the CLI with
-//!   RocksDB), every test (unit, conformance, crash cycles, CLI end to end, doc;
+//!   RocksDB, the benches with their peers), every test (unit, conformance, crash cycles, CLI end to end, doc;
 //!   the CLI's again with RocksDB), rustdoc with every feature and warnings
 //!   denied, `package` below, and the out-of-workspace third-party backend
 //!   (fmt, clippy, suite).
@@ -11,7 +11,8 @@
 //!   model-based case with one rotating seed on the memory and simulated
 //!   filesystem stores, whose outcome is the final line (a warning, not a
 //!   failure).
-//! - `bench [--quick] [--backend …] [--op …]`: the benchmark matrix, and a report
+//! - `bench [--quick] [--peers] [--backend …] [--op …]`: the benchmark matrix
+//!   (with `--peers`, redb, fjall, LMDB and hand-written SQLite beside), and a report
 //!   with a chart in `target/bench-report/` (or `--out DIR`).
 //! - `crash [--backend …] [--cycles N] [--seed S]`: SIGKILL crash cycles against
 //!   each durable backend (CI runs the same tests with 30 cycles).
@@ -75,6 +76,10 @@ enum Cmd {
         /// Where to write the report (default: target/bench-report).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Add the peers (redb, fjall, LMDB, SQLite with a hand-written schema)
+        /// beside our backends, each doing the same job.
+        #[arg(long)]
+        peers: bool,
     },
     /// Kill a child process ingesting into each durable backend with SIGKILL,
     /// again and again, and check every acknowledged write after each reopen.
@@ -177,6 +182,7 @@ fn main() -> ExitCode {
             ops,
             report_only,
             out,
+            peers,
         } => bench::run(
             &root,
             bench::Options {
@@ -185,6 +191,7 @@ fn main() -> ExitCode {
                 ops,
                 report_only,
                 out,
+                peers,
             },
         ),
         Cmd::Crash {
@@ -334,6 +341,29 @@ fn ci(root: &Path, skip_third_party: bool) -> Result<(), String> {
         ],
         &[],
     )?;
+    // The peers of the benchmark matrix (redb, fjall, LMDB) sit behind a feature
+    // of the benches crate, so the workspace build leaves them out; this checks
+    // that they still build and are clippy-clean (and, after the tests, that each
+    // does the job it is timed on). `-p` is safe here: RocksDB's build script
+    // resolves to the same unit as in the workspace's build (checked with
+    // `cargo +nightly … -Z unstable-options --unit-graph`).
+    step(
+        root,
+        "benches with peers: clippy",
+        &[
+            "clippy",
+            "-p",
+            "olocus-benches",
+            "--features",
+            "peers",
+            "--all-targets",
+            "--locked",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &[],
+    )?;
     // `--profile dev`: the `test` profile inherits `dev`, so the code is the same,
     // but cargo hashes the profile *name* into build-script units; under `test`,
     // librocksdb-sys (~14 min of C++ on 2 cores) would build a second time after
@@ -352,6 +382,22 @@ fn ci(root: &Path, skip_third_party: bool) -> Result<(), String> {
         &env,
     )?;
     drop(_cluster);
+    step(
+        root,
+        "benches with peers: tests",
+        &[
+            "test",
+            "-p",
+            "olocus-benches",
+            "--features",
+            "peers",
+            "--lib",
+            "--locked",
+            "--profile",
+            "dev",
+        ],
+        &[],
+    )?;
     // One rotating seed of the model-based case on top of the fixed ones: it may
     // find what they miss, so it is reported at the end but does not fail the run.
     let rotating = rotating_model_seed(root);
