@@ -135,6 +135,14 @@ async fn wipe_object(path: &Path) {
         .try_collect::<Vec<_>>()
         .await
         .expect("delete");
+    // SeaweedFS frees deleted objects' space only when their volumes are
+    // compacted: without this, repeated 1M-block ingests fill the cluster.
+    if let Ok(master) = std::env::var(seaweed_cluster::MASTER_ENV) {
+        tokio::task::spawn_blocking(move || seaweed_cluster::vacuum(&master))
+            .await
+            .expect("vacuum task")
+            .expect("vacuum");
+    }
 }
 
 async fn open_ours(s: Subject, path: &Path, durable: bool) -> Arc<dyn StorageBackend> {
