@@ -375,7 +375,7 @@ fn prepare_cold_open(env: &Setup, s: Subject, path: &Path, big: &[Block]) {
     #[cfg(feature = "peers")]
     if s.is_peer() {
         if !path.exists() {
-            peer_rows::ingest(env, s, big);
+            raw_ingest(env, s, big);
         }
         return;
     }
@@ -458,6 +458,8 @@ fn raw_full(env: &Setup, s: Subject) -> RawFull {
     }
 }
 
+/// Writes `step` blocks per call into fresh stores of a raw engine or a peer;
+/// only the writes are timed.
 fn bench_raw_store(
     g: &mut BenchmarkGroup<'_, WallTime>,
     env: &Setup,
@@ -502,7 +504,17 @@ fn bench_raw_store(
                         }
                         total += start.elapsed();
                     }),
-                    _ => unreachable!("not raw"),
+                    #[cfg(feature = "peers")]
+                    s if s.is_peer() => {
+                        let mut p = olocus_benches::peers::open(s, &path, durable);
+                        let start = Instant::now();
+                        for chunk in env.small.chunks(step).take(want) {
+                            p.store(chunk);
+                        }
+                        total += start.elapsed();
+                        p.close();
+                    }
+                    _ => unreachable!("neither a raw engine nor a peer"),
                 }
                 remove(&path);
                 done += want as u64;
@@ -590,6 +602,8 @@ fn bench_raw_reads(
     });
 }
 
+/// Ingests `big` into a fresh store of a raw engine or a peer in writes of
+/// 1,000; only the writes are timed.
 fn raw_ingest(env: &Setup, s: Subject, big: &[Block]) -> Duration {
     let path = big_path(env, s);
     remove(&path);
@@ -619,7 +633,18 @@ fn raw_ingest(env: &Setup, s: Subject, big: &[Block]) -> Duration {
             }
             start.elapsed()
         }),
-        _ => unreachable!("not raw"),
+        #[cfg(feature = "peers")]
+        s if s.is_peer() => {
+            let mut p = olocus_benches::peers::open(s, &path, false);
+            let start = Instant::now();
+            for chunk in big.chunks(1_000) {
+                p.store(chunk);
+            }
+            let took = start.elapsed();
+            p.close();
+            took
+        }
+        _ => unreachable!("neither a raw engine nor a peer"),
     }
 }
 
@@ -627,8 +652,8 @@ fn raw_ingest(env: &Setup, s: Subject, big: &[Block]) -> Duration {
 // Peers
 // ---------------------------------------------------------------------------
 
-/// The peers' rows: the same loops as the raw engines', through
-/// `olocus_benches::peers::Peer`.
+/// The peers' full stores and reads (their writes and ingest run in
+/// `bench_raw_store` and `raw_ingest`, beside the raw engines').
 #[cfg(feature = "peers")]
 mod peer_rows {
     use super::*;
@@ -642,42 +667,6 @@ mod peer_rows {
             p.store(chunk);
         }
         p
-    }
-
-    /// Writes `step` blocks per transaction into fresh stores; only the writes
-    /// are timed.
-    pub(super) fn bench_store(
-        g: &mut BenchmarkGroup<'_, WallTime>,
-        env: &Setup,
-        s: Subject,
-        step: usize,
-        durable: bool,
-    ) {
-        let counter = std::sync::atomic::AtomicU64::new(0);
-        g.bench_function(s.name(), |b| {
-            b.iter_custom(|iters| {
-                let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let mut total = Duration::ZERO;
-                let mut done = 0u64;
-                while done < iters {
-                    let path = env
-                        .dir
-                        .path()
-                        .join(format!("p-{}-{step}-{durable}-{n}-{done}", s.name()));
-                    let want = ((iters - done) as usize).min(FULL / step);
-                    let mut p = peers::open(s, &path, durable);
-                    let start = Instant::now();
-                    for chunk in env.small.chunks(step).take(want) {
-                        p.store(chunk);
-                    }
-                    total += start.elapsed();
-                    p.close();
-                    remove(&path);
-                    done += want as u64;
-                }
-                total
-            });
-        });
     }
 
     pub(super) fn bench_reads(
@@ -709,21 +698,6 @@ mod peer_rows {
                 start.elapsed()
             });
         });
-    }
-
-    /// Ingests `big` into a fresh store in transactions of 1,000; only the
-    /// writes are timed.
-    pub(super) fn ingest(env: &Setup, s: Subject, big: &[Block]) -> Duration {
-        let path = big_path(env, s);
-        remove(&path);
-        let mut p = peers::open(s, &path, false);
-        let start = Instant::now();
-        for chunk in big.chunks(1_000) {
-            p.store(chunk);
-        }
-        let took = start.elapsed();
-        p.close();
-        took
     }
 }
 
@@ -853,9 +827,9 @@ fn matrix(c: &mut Criterion) {
                     };
                     let durable = matches!(op, Op::StoreOneDurable | Op::StoreBatch100Durable);
                     match s {
-                        #[cfg(feature = "peers")]
-                        s if s.is_peer() => peer_rows::bench_store(&mut g, &env, s, step, durable),
-                        s if s.is_raw() => bench_raw_store(&mut g, &env, s, step, durable),
+                        s if s.is_raw() || s.is_peer() => {
+                            bench_raw_store(&mut g, &env, s, step, durable)
+                        }
                         s => bench_store(&mut g, &env, s, step, durable),
                     }
                 }
@@ -874,9 +848,7 @@ fn matrix(c: &mut Criterion) {
                         b.iter_custom(|iters| {
                             (0..iters)
                                 .map(|_| match s {
-                                    #[cfg(feature = "peers")]
-                                    s if s.is_peer() => peer_rows::ingest(&env, s, big),
-                                    s if s.is_raw() => raw_ingest(&env, s, big),
+                                    s if s.is_raw() || s.is_peer() => raw_ingest(&env, s, big),
                                     s => env.rt.block_on(ingest_into(s, &big_path(&env, s), big)),
                                 })
                                 .sum()
