@@ -5,7 +5,7 @@ use std::path::Path;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
 use storage_core::{Block, BlockHash};
 
-use super::{Peer, decode, encode, hash_of, metadata_if, slot_taken, time_key};
+use super::{Listing, Peer, decode, encode, hash_of, slot_taken, time_key};
 
 pub(super) struct Fjall {
     db: Database,
@@ -66,19 +66,15 @@ impl Peer for Fjall {
 
     fn list_100(&self, lo: u64, ty: &str) -> usize {
         let snap = self.db.snapshot();
-        let mut n = 0;
+        let mut listing = Listing::of(ty);
         for item in snap.range(&self.by_index, lo.to_be_bytes()..) {
             let (_, h) = item.into_inner().expect("entry");
             let bytes = snap.get(&self.blocks, &h).expect("get").expect("stored");
-            if let Some(m) = metadata_if(hash_of(&h), &bytes, ty) {
-                std::hint::black_box(m);
-                n += 1;
-                if n == 100 {
-                    break;
-                }
+            if listing.offer(&h, &bytes) {
+                break;
             }
         }
-        n
+        listing.found
     }
 
     fn range(&self, lo: u64, count: usize) -> Vec<Block> {

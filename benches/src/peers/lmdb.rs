@@ -13,7 +13,7 @@ use heed::types::Bytes;
 use heed::{CommitOrAbort, Database, Env, EnvFlags, EnvOpenOptions};
 use storage_core::{Block, BlockHash};
 
-use super::{Peer, decode, encode, hash_of, metadata_if, slot_taken, time_key};
+use super::{Listing, Peer, decode, encode, hash_of, slot_taken, time_key};
 
 type Map = Database<'static, Bytes, Bytes>;
 
@@ -89,7 +89,7 @@ impl Peer for Lmdb {
     fn list_100(&self, lo: u64, ty: &str) -> usize {
         let tx = self.env.read_txn().expect("begin");
         let from = lo.to_be_bytes();
-        let mut n = 0;
+        let mut listing = Listing::of(ty);
         for item in self
             .by_index
             .range(&tx, &(Bound::Included(&from[..]), Bound::Unbounded))
@@ -97,15 +97,11 @@ impl Peer for Lmdb {
         {
             let (_, h) = item.expect("entry");
             let bytes = self.blocks.get(&tx, h).expect("get").expect("stored");
-            if let Some(m) = metadata_if(hash_of(h), bytes, ty) {
-                std::hint::black_box(m);
-                n += 1;
-                if n == 100 {
-                    break;
-                }
+            if listing.offer(h, bytes) {
+                break;
             }
         }
-        n
+        listing.found
     }
 
     fn range(&self, lo: u64, count: usize) -> Vec<Block> {

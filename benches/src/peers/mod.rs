@@ -89,20 +89,38 @@ fn slot_taken(existing: Option<&[u8]>, b: &Block) -> bool {
     }
 }
 
-/// The metadata of the block stored as `bytes` under `hash`, if its payload
-/// type is `ty`: its fields decoded without hashing (the hash is the key).
-fn metadata_if(hash: BlockHash, bytes: &[u8], ty: &str) -> Option<BlockMetadata> {
-    let p = WireFormat::BINARY
-        .decode_parts(bytes)
-        .expect("stored block");
-    (p.payload_type == ty).then(|| BlockMetadata {
-        hash,
-        index: p.index,
-        timestamp: system_time_from_unix_nanos(p.timestamp_nanos),
-        payload_type: p.payload_type,
-        public_key: p.public_key,
-        size_bytes: bytes.len() as u64,
-    })
+/// A listing of up to 100 blocks of one payload type, fed the stored blocks in
+/// index order.
+struct Listing<'a> {
+    ty: &'a str,
+    found: usize,
+}
+
+impl<'a> Listing<'a> {
+    fn of(ty: &'a str) -> Self {
+        Self { ty, found: 0 }
+    }
+
+    /// Takes the metadata of the block stored as `bytes` under `hash` if its
+    /// payload type is the listing's: its fields decoded without hashing (the
+    /// hash is the key). True once 100 are found.
+    fn offer(&mut self, hash: &[u8], bytes: &[u8]) -> bool {
+        let p = WireFormat::BINARY
+            .decode_parts(bytes)
+            .expect("stored block");
+        if p.payload_type == self.ty {
+            std::hint::black_box(BlockMetadata {
+                hash: hash_of(hash),
+                index: p.index,
+                timestamp: system_time_from_unix_nanos(p.timestamp_nanos),
+                payload_type: p.payload_type,
+                public_key: p.public_key,
+                size_bytes: bytes.len() as u64,
+            });
+            self.found += 1;
+        }
+        self.found == 100
+    }
 }
 
 #[cfg(test)]

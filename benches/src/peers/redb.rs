@@ -5,7 +5,7 @@ use std::path::Path;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use storage_core::{Block, BlockHash};
 
-use super::{Peer, decode, encode, hash_of, metadata_if, slot_taken, time_key};
+use super::{Listing, Peer, decode, encode, hash_of, slot_taken, time_key};
 
 const BLOCKS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("blocks");
 const BY_INDEX: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("by_index");
@@ -69,20 +69,15 @@ impl Peer for Redb {
             tx.open_table(BY_INDEX).expect("table"),
             tx.open_table(BLOCKS).expect("table"),
         );
-        let mut n = 0;
+        let mut listing = Listing::of(ty);
         for item in index.range(lo..).expect("range") {
             let (_, h) = item.expect("entry");
-            let hash = hash_of(h.value());
             let bytes = data.get(h.value()).expect("get").expect("stored");
-            if let Some(m) = metadata_if(hash, bytes.value(), ty) {
-                std::hint::black_box(m);
-                n += 1;
-                if n == 100 {
-                    break;
-                }
+            if listing.offer(h.value(), bytes.value()) {
+                break;
             }
         }
-        n
+        listing.found
     }
 
     fn range(&self, lo: u64, count: usize) -> Vec<Block> {

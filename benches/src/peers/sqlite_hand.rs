@@ -7,7 +7,7 @@ use std::path::Path;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use storage_core::{Block, BlockHash};
 
-use super::{Peer, decode, hash_of, metadata_if, slot_taken};
+use super::{Listing, Peer, decode, hash_of, slot_taken};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS blocks (
@@ -94,18 +94,14 @@ impl Peer for SqliteHand {
             .prepare_cached("SELECT hash, data FROM blocks WHERE idx >= ?1 ORDER BY idx")
             .expect("prepare");
         let mut rows = stmt.query([lo as i64]).expect("query");
-        let mut n = 0;
+        let mut listing = Listing::of(ty);
         while let Some(r) = rows.next().expect("row") {
             let (h, bytes) = blobs(r);
-            if let Some(m) = metadata_if(hash_of(h), bytes, ty) {
-                std::hint::black_box(m);
-                n += 1;
-                if n == 100 {
-                    break;
-                }
+            if listing.offer(h, bytes) {
+                break;
             }
         }
-        n
+        listing.found
     }
 
     fn range(&self, lo: u64, count: usize) -> Vec<Block> {
