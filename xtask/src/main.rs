@@ -285,35 +285,14 @@ fn ci(root: &Path, skip_third_party: bool) -> Result<(), String> {
         deny,
         &["deny", "--locked", "check", "licenses", "bans", "sources"],
     )?;
-    step(
-        root,
-        "clippy",
-        &[
-            "clippy",
-            "--workspace",
-            "--all-targets",
-            "--locked",
-            "--",
-            "-D",
-            "warnings",
-        ],
-        &[],
-    )?;
+    clippy(root, "clippy", &["--workspace"])?;
     // Each facade feature alone must build and be clippy-clean (users compile only
     // what they pick), and the CLI with RocksDB (off by default) too.
     for features in FACADE_FEATURES {
-        let mut args = vec![
-            "clippy",
-            "-p",
-            "olocus-storage",
-            "--all-targets",
-            "--locked",
-            "--no-default-features",
-        ];
+        let mut args = vec!["-p", "olocus-storage", "--no-default-features"];
         if !features.is_empty() {
             args.extend(["--features", features]);
         }
-        args.extend(["--", "-D", "warnings"]);
         let label = format!(
             "facade features [{}]",
             if features.is_empty() {
@@ -322,24 +301,12 @@ fn ci(root: &Path, skip_third_party: bool) -> Result<(), String> {
                 features
             }
         );
-        step(root, &label, &args, &[])?;
+        clippy(root, &label, &args)?;
     }
-    step(
+    clippy(
         root,
         "cli with rocksdb: clippy",
-        &[
-            "clippy",
-            "-p",
-            "olocus-storage-cli",
-            "--features",
-            "rocksdb",
-            "--all-targets",
-            "--locked",
-            "--",
-            "-D",
-            "warnings",
-        ],
-        &[],
+        &["-p", "olocus-storage-cli", "--features", "rocksdb"],
     )?;
     // The peers of the benchmark matrix (redb, fjall, LMDB) sit behind a feature
     // of the benches crate, so the workspace build leaves them out; this checks
@@ -347,22 +314,10 @@ fn ci(root: &Path, skip_third_party: bool) -> Result<(), String> {
     // does the job it is timed on). `-p` is safe here: RocksDB's build script
     // resolves to the same unit as in the workspace's build (checked with
     // `cargo +nightly … -Z unstable-options --unit-graph`).
-    step(
+    clippy(
         root,
         "benches with peers: clippy",
-        &[
-            "clippy",
-            "-p",
-            "olocus-benches",
-            "--features",
-            "peers",
-            "--all-targets",
-            "--locked",
-            "--",
-            "-D",
-            "warnings",
-        ],
-        &[],
+        &["-p", "olocus-benches", "--features", "peers"],
     )?;
     // `--profile dev`: the `test` profile inherits `dev`, so the code is the same,
     // but cargo hashes the profile *name* into build-script units; under `test`,
@@ -762,6 +717,15 @@ fn reliability(
         )?;
     }
     Ok(())
+}
+
+/// Clippy over every target of `selection` (packages, features), warnings
+/// denied, as the CI step `name`.
+fn clippy(root: &Path, name: &str, selection: &[&str]) -> Result<(), String> {
+    let mut args = vec!["clippy"];
+    args.extend(selection);
+    args.extend(["--all-targets", "--locked", "--", "-D", "warnings"]);
+    step(root, name, &args, &[])
 }
 
 fn step(root: &Path, name: &str, args: &[&str], env: &[(&str, &str)]) -> Result<(), String> {
