@@ -2,26 +2,39 @@
 //! index seeks instead of scans.
 //!
 //! # Layout
-//! All integers big-endian, so byte order is numeric order.
+//! All integers big-endian, so byte order is numeric order. The layout's
+//! version is kept under `version` in the default column family.
 //!
 //! | column family | key | value |
 //! |---|---|---|
-//! | `blocks` | hash (32) | the block, bincode wire format (RocksDB compresses) |
+//! | `by_index` | index (8) | the block, bincode wire format (RocksDB compresses) |
 //! | `metadata` | hash (32) | index (8) |
 //! | `index` | index (8) | hash (32), timestamp ns (8), size (8), public key (32), type length (1), type |
-//! | `by_time` | timestamp ns (8), index (8) | — |
-//! | `by_key` | public key (32), index (8) | — |
-//! | `by_type` | type, `0x00`, index (8) | — |
-//! | `chain` | `head`, `count`, `size`, `deletions` | hash / u64 counters |
+//! | `secondary` | `t`, timestamp ns (8), index (8) | — |
+//! | | `k`, public key (32), index (8) | — |
+//! | | `y`, type, `0x00`, index (8) | — |
+//! | default | `version`, `head`, `count`, `size`, `deletions` | u64 / hash |
+//!
+//! Blocks are keyed by their index, not their hash: a chain grows at its end, so
+//! new blocks land after every stored one and RocksDB moves the files that hold
+//! them down the levels without rewriting them. Only the small `metadata`
+//! entries (hash → index) arrive in random order. Retrieval by hash is two point
+//! reads (the index, then the block), and a range is one sequential scan.
 //!
 //! Every store, batch, delete and head change is one `WriteBatch` covering the
 //! block, all its index entries, the head and the counters: a crash never leaves a
 //! block without its index or an index entry without its block. Writes are
 //! serialised by one mutex (conflict checks read before they write). `list_blocks`
-//! seeks the index that fits the query (`by_time` for time order, `by_key` or
-//! `by_type` for those filters, `index` otherwise) under one snapshot and stops
-//! after `offset + limit` matches; `count_blocks` and the totals in `get_stats`
-//! come from the counters.
+//! seeks the index that fits the query (time order, signer or type in
+//! `secondary`, `index` otherwise) under one snapshot and stops after
+//! `offset + limit` matches; `count_blocks` and the totals in `get_stats` come
+//! from the counters.
+//!
+//! A store written by the first layout (seven column families, blocks keyed by
+//! hash) is upgraded in place when first opened for writing: the new entries are
+//! written beside the old ones, the version key last, and only then are the old
+//! column families dropped, so an interrupted upgrade starts again at the next
+//! open. Opened read-only, such a store is refused until it has been upgraded.
 //!
 //! # Durability
 //! The write-ahead log is always on, with point-in-time recovery.
@@ -72,22 +85,22 @@ use storage_core::{
 };
 
 const NAME: &str = "rocksdb";
-const CF_BLOCKS: &str = "blocks";
+/// The layout this build writes, under [`VERSION_KEY`] in the default family.
+const LAYOUT_VERSION: u64 = 2;
+const VERSION_KEY: &str = "version";
+const CF_CHAIN: &str = rocksdb::DEFAULT_COLUMN_FAMILY_NAME;
+const CF_BLOCKS: &str = "by_index";
 const CF_METADATA: &str = "metadata";
 const CF_INDEX: &str = "index";
-const CF_BY_TIME: &str = "by_time";
-const CF_BY_KEY: &str = "by_key";
-const CF_BY_TYPE: &str = "by_type";
-const CF_CHAIN: &str = "chain";
-const ALL_CFS: [&str; 7] = [
-    CF_BLOCKS,
-    CF_METADATA,
-    CF_INDEX,
-    CF_BY_TIME,
-    CF_BY_KEY,
-    CF_BY_TYPE,
-    CF_CHAIN,
-];
+const CF_SECONDARY: &str = "secondary";
+const ALL_CFS: [&str; 5] = [CF_CHAIN, CF_BLOCKS, CF_METADATA, CF_INDEX, CF_SECONDARY];
+/// Secondary index tags: time order, signer, payload type.
+const TAG_TIME: u8 = b't';
+const TAG_KEY: u8 = b'k';
+const TAG_TYPE: u8 = b'y';
+/// The first layout's column families that the current one no longer has
+/// (`metadata` and `index` are kept as they were).
+const LAYOUT1_CFS: [&str; 5] = ["blocks", "by_time", "by_key", "by_type", "chain"];
 
 /// RocksDB settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -451,19 +464,51 @@ fn parse_record(index: u64, v: &[u8]) -> Result<BlockMetadata> {
     })
 }
 
-fn key2(a: &[u8], index: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(a.len() + 8);
-    k.extend_from_slice(a);
+/// A `secondary` key: `tag`, `part`, the index.
+fn secondary_key(tag: u8, part: &[u8], index: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + part.len() + 8);
+    k.push(tag);
+    k.extend_from_slice(part);
     k.extend_from_slice(&index.to_be_bytes());
     k
 }
 
+fn time_key(ts: u64, index: u64) -> Vec<u8> {
+    secondary_key(TAG_TIME, &ts.to_be_bytes(), index)
+}
+
+fn signer_key(key: &PublicKey, index: u64) -> Vec<u8> {
+    secondary_key(TAG_KEY, key.as_bytes(), index)
+}
+
+/// The type is followed by `0x00` so one type is never a prefix of another's
+/// keys.
+fn type_prefix(ty: &str) -> Vec<u8> {
+    let mut p = Vec::with_capacity(ty.len() + 2);
+    p.push(TAG_TYPE);
+    p.extend_from_slice(ty.as_bytes());
+    p.push(0);
+    p
+}
+
 fn type_key(ty: &str, index: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(ty.len() + 9);
-    k.extend_from_slice(ty.as_bytes());
-    k.push(0);
+    let mut k = type_prefix(ty);
     k.extend_from_slice(&index.to_be_bytes());
     k
+}
+
+/// Puts the three `secondary` entries of a block into `batch`.
+fn put_secondary(
+    batch: &mut WriteBatch,
+    cf: &ColumnFamily,
+    index: u64,
+    ts: u64,
+    key: &PublicKey,
+    ty: &str,
+) {
+    batch.put_cf(cf, time_key(ts, index), []);
+    batch.put_cf(cf, signer_key(key, index), []);
+    batch.put_cf(cf, type_key(ty, index), []);
 }
 
 impl Inner {
@@ -501,8 +546,7 @@ impl Inner {
         let db = &self.db;
         let (cf_blocks, cf_meta, cf_index) =
             (cf(db, CF_BLOCKS)?, cf(db, CF_METADATA)?, cf(db, CF_INDEX)?);
-        let (cf_time, cf_key, cf_type) =
-            (cf(db, CF_BY_TIME)?, cf(db, CF_BY_KEY)?, cf(db, CF_BY_TYPE)?);
+        let cf_secondary = cf(db, CF_SECONDARY)?;
         let hash_at = |i: u64| -> Result<Option<BlockHash>> {
             db.get_pinned_cf(cf_index, i.to_be_bytes())
                 .map_err(|e| db_err("checking an index", e))?
@@ -531,16 +575,17 @@ impl Inner {
         let mut next = *counters;
         for b in fresh.into_iter().map(|p| &blocks[p]) {
             let (hash, idx) = (b.hash(), b.index().to_be_bytes());
-            batch.put_cf(cf_blocks, hash.as_bytes(), WireFormat::BINARY.encode(b)?);
+            batch.put_cf(cf_blocks, idx, WireFormat::BINARY.encode(b)?);
             batch.put_cf(cf_meta, hash.as_bytes(), idx);
             batch.put_cf(cf_index, idx, index_record(b));
-            batch.put_cf(
-                cf_time,
-                key2(&b.timestamp_nanos().to_be_bytes(), b.index()),
-                [],
+            put_secondary(
+                &mut batch,
+                cf_secondary,
+                b.index(),
+                b.timestamp_nanos(),
+                b.public_key(),
+                b.payload_type(),
             );
-            batch.put_cf(cf_key, key2(b.public_key().as_bytes(), b.index()), []);
-            batch.put_cf(cf_type, type_key(b.payload_type(), b.index()), []);
             next.count += 1;
             next.size += b.size_bytes();
         }
@@ -553,17 +598,12 @@ impl Inner {
     fn delete(&self, hash: &BlockHash) -> Result<bool> {
         let mut counters = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let db = &self.db;
-        let Some(idx) = db
-            .get_cf(cf(db, CF_METADATA)?, hash.as_bytes())
-            .map_err(|e| db_err("looking up a block", e))?
-        else {
+        let Some(idx) = self.index_of(hash)? else {
             return Ok(false);
         };
-        let index = u64_at(&idx, 0).filter(|_| idx.len() == 8).ok_or_else(|| {
-            StorageError::corrupted(format!("rocksdb: metadata of {hash} is malformed"))
-        })?;
+        let index = u64::from_be_bytes(idx);
         let record = db
-            .get_cf(cf(db, CF_INDEX)?, idx.as_slice())
+            .get_cf(cf(db, CF_INDEX)?, idx)
             .map_err(|e| db_err("reading an index record", e))?
             .ok_or_else(|| {
                 StorageError::corrupted(format!("rocksdb: block {hash} has no index record"))
@@ -571,12 +611,13 @@ impl Inner {
         let meta = parse_record(index, &record)?;
         let ts = system_time_nanos(meta.timestamp);
         let mut batch = WriteBatch::default();
-        batch.delete_cf(cf(db, CF_BLOCKS)?, hash.as_bytes());
+        batch.delete_cf(cf(db, CF_BLOCKS)?, idx);
         batch.delete_cf(cf(db, CF_METADATA)?, hash.as_bytes());
-        batch.delete_cf(cf(db, CF_INDEX)?, idx.as_slice());
-        batch.delete_cf(cf(db, CF_BY_TIME)?, key2(&ts.to_be_bytes(), index));
-        batch.delete_cf(cf(db, CF_BY_KEY)?, key2(meta.public_key.as_bytes(), index));
-        batch.delete_cf(cf(db, CF_BY_TYPE)?, type_key(&meta.payload_type, index));
+        batch.delete_cf(cf(db, CF_INDEX)?, idx);
+        let secondary = cf(db, CF_SECONDARY)?;
+        batch.delete_cf(secondary, time_key(ts, index));
+        batch.delete_cf(secondary, signer_key(&meta.public_key, index));
+        batch.delete_cf(secondary, type_key(&meta.payload_type, index));
         let chain = cf(db, CF_CHAIN)?;
         if db
             .get_pinned_cf(chain, "head")
@@ -597,14 +638,36 @@ impl Inner {
         Ok(true)
     }
 
-    fn retrieve(&self, hash: &BlockHash) -> Result<Option<Block>> {
-        match self
+    /// The index a stored block's hash maps to.
+    fn index_of(&self, hash: &BlockHash) -> Result<Option<[u8; 8]>> {
+        let Some(v) = self
             .db
-            .get_pinned_cf(cf(&self.db, CF_BLOCKS)?, hash.as_bytes())
-            .map_err(|e| db_err(&format!("reading block {hash}"), e))?
-        {
+            .get_pinned_cf(cf(&self.db, CF_METADATA)?, hash.as_bytes())
+            .map_err(|e| db_err(&format!("looking up block {hash}"), e))?
+        else {
+            return Ok(None);
+        };
+        <[u8; 8]>::try_from(v.as_ref()).map(Some).map_err(|_| {
+            StorageError::corrupted(format!("rocksdb: the index entry of {hash} is malformed"))
+        })
+    }
+
+    fn retrieve(&self, hash: &BlockHash) -> Result<Option<Block>> {
+        let Some(idx) = self.index_of(hash)? else {
+            return Ok(None);
+        };
+        let read = self
+            .db
+            .get_pinned_cf(cf(&self.db, CF_BLOCKS)?, idx)
+            .map_err(|e| db_err(&format!("reading block {hash}"), e))?;
+        match read {
             Some(bytes) => WireFormat::BINARY.decode_stored(&bytes, hash).map(Some),
-            None => Ok(None),
+            // Deleted between the two reads, or lost.
+            None if self.index_of(hash)?.is_none() => Ok(None),
+            None => Err(StorageError::corrupted(format!(
+                "rocksdb: block {hash} is indexed at {} but missing",
+                u64::from_be_bytes(idx)
+            ))),
         }
     }
 
@@ -653,22 +716,25 @@ impl Inner {
         let (cf_name, prefix, lo, hi): (&str, Vec<u8>, Vec<u8>, Vec<u8>) =
             if o.order == SortOrder::ByTimestamp {
                 (
-                    CF_BY_TIME,
-                    Vec::new(),
-                    key2(&tstart.0.to_be_bytes(), tstart.1),
-                    key2(&tend.0.to_be_bytes(), tend.1),
+                    CF_SECONDARY,
+                    vec![TAG_TIME],
+                    time_key(tstart.0, tstart.1),
+                    time_key(tend.0, tend.1),
                 )
             } else if let Some(k) = &filter.public_key {
                 (
-                    CF_BY_KEY,
-                    k.as_bytes().to_vec(),
-                    key2(k.as_bytes(), ilo),
-                    key2(k.as_bytes(), ihi),
+                    CF_SECONDARY,
+                    [&[TAG_KEY][..], k.as_bytes()].concat(),
+                    signer_key(k, ilo),
+                    signer_key(k, ihi),
                 )
             } else if let Some(t) = &filter.payload_type {
-                let mut p = t.as_bytes().to_vec();
-                p.push(0);
-                (CF_BY_TYPE, p, type_key(t, ilo), type_key(t, ihi))
+                (
+                    CF_SECONDARY,
+                    type_prefix(t),
+                    type_key(t, ilo),
+                    type_key(t, ihi),
+                )
             } else {
                 (
                     CF_INDEX,
@@ -721,45 +787,85 @@ impl Inner {
             o.fill_cache(false);
             o
         };
-        let get_opts = scan_opts();
         let mut out = Vec::new();
         let from = start.to_be_bytes();
-        let entries = self.db.iterator_cf_opt(
-            cf_index,
-            scan_opts(),
-            IteratorMode::From(&from, Direction::Forward),
-        );
-        for item in entries {
+        let scan = |cf| {
+            self.db.iterator_cf_opt(
+                cf,
+                scan_opts(),
+                IteratorMode::From(&from, Direction::Forward),
+            )
+        };
+        // Both families are keyed by index: the records (for the hashes the
+        // blocks must have) and the blocks are read side by side, in step.
+        let mut blocks = scan(cf_blocks);
+        let key_index = |k: &[u8]| {
+            u64_at(k, 0)
+                .filter(|_| k.len() == 8)
+                .ok_or_else(|| StorageError::corrupted("rocksdb: malformed index key"))
+        };
+        let orphan = |index: u64| {
+            StorageError::corrupted(format!("rocksdb: block {index} has no index record"))
+        };
+        for item in scan(cf_index) {
             let (k, v) = item.map_err(|e| db_err("scanning the index", e))?;
-            let index =
-                u64_at(&k, 0).ok_or_else(|| StorageError::corrupted("rocksdb: short index key"))?;
+            let index = key_index(&k)?;
             if index > end {
                 break;
             }
             let meta = parse_record(index, &v)?;
-            let bytes = self
-                .db
-                .get_pinned_cf_opt(cf_blocks, meta.hash.as_bytes(), &get_opts)
+            let (bk, bytes) = blocks
+                .next()
+                .transpose()
                 .map_err(|e| db_err(&format!("reading block {}", meta.hash), e))?
                 .ok_or_else(|| {
                     StorageError::corrupted(format!("rocksdb: index entry {index} has no block"))
                 })?;
+            match key_index(&bk)? {
+                at if at < index => return Err(orphan(at)),
+                at if at > index => {
+                    return Err(StorageError::corrupted(format!(
+                        "rocksdb: index entry {index} has no block"
+                    )));
+                }
+                _ => {}
+            }
             out.push(WireFormat::BINARY.decode_stored(&bytes, &meta.hash)?);
+        }
+        // A block in the range past the last index record has lost its record.
+        if let Some(item) = blocks.next() {
+            let (bk, _) = item.map_err(|e| db_err("scanning the blocks", e))?;
+            let at = key_index(&bk)?;
+            if at <= end {
+                return Err(orphan(at));
+            }
         }
         Ok(out)
     }
 
     fn time_edge(&self, direction: Direction) -> Result<Option<SystemTime>> {
+        // The time keys sort between these two: the tag, then 16 bytes.
+        let first = [TAG_TIME];
+        let mut last = [0xff; 17];
+        last[0] = TAG_TIME;
         let mode = match direction {
-            Direction::Forward => IteratorMode::Start,
-            Direction::Reverse => IteratorMode::End,
+            Direction::Forward => IteratorMode::From(&first, Direction::Forward),
+            Direction::Reverse => IteratorMode::From(&last, Direction::Reverse),
         };
-        match self.db.iterator_cf(cf(&self.db, CF_BY_TIME)?, mode).next() {
+        match self
+            .db
+            .iterator_cf(cf(&self.db, CF_SECONDARY)?, mode)
+            .next()
+        {
             Some(item) => {
                 let (k, _) = item.map_err(|e| db_err("reading the time index", e))?;
+                if k.first() != Some(&TAG_TIME) {
+                    return Ok(None);
+                }
                 Ok(Some(system_time_from_unix_nanos(
-                    u64_at(&k, 0)
-                        .ok_or_else(|| StorageError::corrupted("rocksdb: short time key"))?,
+                    u64_at(&k, 1)
+                        .filter(|_| k.len() == 17)
+                        .ok_or_else(|| StorageError::corrupted("rocksdb: malformed time key"))?,
                 )))
             }
             None => Ok(None),
@@ -819,6 +925,149 @@ impl Inner {
     }
 }
 
+fn layout1_read_only(path: &Path) -> StorageError {
+    StorageError::Configuration(format!(
+        "rocksdb: {} was written by this backend's first layout (version 1); opened \
+         read-only it must already be version {LAYOUT_VERSION} (open it for writing once to \
+         upgrade it)",
+        path.display()
+    ))
+}
+
+/// Reads the layout version of an opened store and brings it to the current
+/// one: a new store gets its version key, a first-layout store (`layout1`: its
+/// old column families exist) is upgraded, and old families an interrupted
+/// upgrade left behind are dropped. Read-only, it only checks.
+fn settle_layout(db: &mut DB, path: &Path, read_only: bool, layout1: bool) -> Result<()> {
+    let version = match db
+        .get_cf(cf(db, CF_CHAIN)?, VERSION_KEY)
+        .map_err(|e| db_err("reading the layout version", e))?
+    {
+        None => None,
+        Some(v) => Some(u64_at(&v, 0).filter(|_| v.len() == 8).ok_or_else(|| {
+            StorageError::corrupted(format!(
+                "rocksdb: {}: the layout version is malformed",
+                path.display()
+            ))
+        })?),
+    };
+    match version {
+        Some(LAYOUT_VERSION) => {}
+        Some(v) => {
+            return Err(StorageError::Configuration(format!(
+                "rocksdb: {} has layout version {v}; this build reads version {LAYOUT_VERSION}",
+                path.display()
+            )));
+        }
+        None if read_only && layout1 => return Err(layout1_read_only(path)),
+        None if layout1 => upgrade_layout1(db, path)?,
+        None => {
+            // A store without a version holds nothing, unless the key was lost.
+            let holds_blocks = db
+                .iterator_cf(cf(db, CF_INDEX)?, IteratorMode::Start)
+                .next()
+                .transpose()
+                .map_err(|e| db_err("reading the index", e))?
+                .is_some();
+            if holds_blocks {
+                return Err(StorageError::corrupted(format!(
+                    "rocksdb: {} holds blocks but no layout version",
+                    path.display()
+                )));
+            }
+            if read_only {
+                return Ok(()); // Created but never written: nothing to read yet.
+            }
+            write_version(db)?;
+        }
+    }
+    if !read_only {
+        for name in LAYOUT1_CFS {
+            if db.cf_handle(name).is_some() {
+                db.drop_cf(name)
+                    .map_err(|e| db_err(&format!("dropping the old column family {name}"), e))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Records the current layout version. Not synced: the log is replayed in
+/// order, so no later write survives a crash that loses it.
+fn write_version(db: &DB) -> Result<()> {
+    let mut batch = WriteBatch::default();
+    batch.put_cf(cf(db, CF_CHAIN)?, VERSION_KEY, LAYOUT_VERSION.to_be_bytes());
+    db.write(batch)
+        .map_err(|e| db_err("writing the layout version", e))
+}
+
+/// Writes the current layout's entries for every block of a first-layout store
+/// beside the old ones (`metadata` and `index` are unchanged), then the version
+/// (after them in the log), and syncs the log before the caller drops the old
+/// families: an interrupted upgrade leaves no version, and the next open
+/// starts it again over the same keys. A block
+/// the old store had lost stays lost (its record without a block reads as
+/// corrupted, as it did).
+fn upgrade_layout1(db: &DB, path: &Path) -> Result<()> {
+    let started = Instant::now();
+    let (old_blocks, old_chain) = (cf(db, "blocks")?, cf(db, "chain")?);
+    let (cf_blocks, cf_index) = (cf(db, CF_BLOCKS)?, cf(db, CF_INDEX)?);
+    let (cf_secondary, cf_chain) = (cf(db, CF_SECONDARY)?, cf(db, CF_CHAIN)?);
+    let write = |batch: WriteBatch| {
+        db.write(batch)
+            .map_err(|e| db_err("upgrading the layout", e))
+    };
+    let mut batch = WriteBatch::default();
+    let mut blocks = 0u64;
+    for item in db.iterator_cf(cf_index, IteratorMode::Start) {
+        let (k, v) = item.map_err(|e| db_err("upgrading: reading the index", e))?;
+        let index = u64_at(&k, 0)
+            .filter(|_| k.len() == 8)
+            .ok_or_else(|| StorageError::corrupted("rocksdb: malformed index key"))?;
+        let meta = parse_record(index, &v)?;
+        if let Some(bytes) = db
+            .get_pinned_cf(old_blocks, meta.hash.as_bytes())
+            .map_err(|e| db_err(&format!("upgrading: reading block {}", meta.hash), e))?
+        {
+            batch.put_cf(cf_blocks, &k, &*bytes);
+        }
+        let ts = system_time_nanos(meta.timestamp);
+        put_secondary(
+            &mut batch,
+            cf_secondary,
+            index,
+            ts,
+            &meta.public_key,
+            &meta.payload_type,
+        );
+        blocks += 1;
+        if blocks.is_multiple_of(1024) {
+            write(std::mem::take(&mut batch))?;
+        }
+    }
+    for key in ["head", "count", "size", "deletions"] {
+        if let Some(v) = db
+            .get_cf(old_chain, key)
+            .map_err(|e| db_err("upgrading: reading the counters", e))?
+        {
+            batch.put_cf(cf_chain, key, v);
+        }
+    }
+    write(batch)?;
+    write_version(db)?;
+    // Durable before the old families are dropped.
+    db.flush_wal(true)
+        .map_err(|e| db_err("upgrading: syncing the log", e))?;
+    tracing::info!(
+        backend = NAME,
+        path = %path.display(),
+        blocks,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "upgraded the store to layout version {LAYOUT_VERSION}"
+    );
+    Ok(())
+}
+
 /// Opens a read-only instance. A writer in another process may delete a log or
 /// table file between RocksDB listing and opening it (a flush or compaction
 /// finished): that open fails, and a fresh one sees the files that replaced it.
@@ -875,7 +1124,6 @@ impl RocksDBBackend {
     pub fn new(config: RocksDBConfig) -> Result<Self> {
         let (db_opts, cf_opts) = config.options()?;
         let path = PathBuf::from(config.path.trim());
-        let descriptors = ALL_CFS.map(|name| ColumnFamilyDescriptor::new(name, cf_opts.clone()));
         // RocksDB names its current MANIFEST in CURRENT: no CURRENT, no store.
         config
             .mode
@@ -885,11 +1133,33 @@ impl RocksDBBackend {
         check_manifest(&path)?;
         let durable = read_durable(&path)?;
         let read_only = config.mode == OpenMode::ReadOnly;
+        let existing = if path.join("CURRENT").is_file() {
+            DB::list_cf(&db_opts, &path).map_err(|e| {
+                db_err(
+                    &format!("listing the column families of {}", path.display()),
+                    e,
+                )
+            })?
+        } else {
+            Vec::new()
+        };
+        let layout1 = LAYOUT1_CFS.iter().any(|n| existing.iter().any(|e| e == n));
+        let upgraded = ALL_CFS.iter().all(|n| existing.iter().any(|e| e == n));
+        if read_only && layout1 && !upgraded {
+            return Err(layout1_read_only(&path));
+        }
         // Read-only: no lock, nothing written; the state is what the MANIFEST
-        // and the write-ahead log held at opening.
+        // and the write-ahead log held at opening. For writing, the first
+        // layout's families are opened too, to be upgraded and dropped.
         let db = if read_only {
             open_read_only(&db_opts, &cf_opts, &path)
         } else {
+            let names = ALL_CFS.iter().copied().chain(
+                LAYOUT1_CFS
+                    .into_iter()
+                    .filter(|n| existing.iter().any(|e| e == n)),
+            );
+            let descriptors = names.map(|name| ColumnFamilyDescriptor::new(name, cf_opts.clone()));
             DB::open_cf_descriptors(&db_opts, &path, descriptors)
         }
         .map_err(|e| {
@@ -921,6 +1191,8 @@ impl RocksDBBackend {
                 path.display()
             )));
         }
+        let mut db = db;
+        settle_layout(&mut db, &path, read_only, layout1)?;
         let mut inner = Inner {
             path: path.clone(),
             durable_seq: seq,
@@ -1333,6 +1605,115 @@ mod tests {
             at += 7 + len;
         }
         assert!(records > 5, "only {records} records");
+    }
+
+    /// The families of the store in `dir` (the first layout's too), opened
+    /// with RocksDB directly.
+    fn raw_open(dir: &Path) -> DB {
+        let (db_opts, cf_opts) = RocksDBConfig::new(dir.to_string_lossy()).options().unwrap();
+        let mut names = DB::list_cf(&db_opts, dir).unwrap();
+        for name in ALL_CFS {
+            if !names.iter().any(|n| n == name) {
+                names.push(name.to_owned());
+            }
+        }
+        let cfs = names
+            .iter()
+            .map(|n| ColumnFamilyDescriptor::new(n, cf_opts.clone()));
+        DB::open_cf_descriptors(&db_opts, dir, cfs).unwrap()
+    }
+
+    fn layout1_copy() -> tempfile::TempDir {
+        let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/layout1");
+        let dir = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(&from).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+        }
+        dir
+    }
+
+    /// The fixture's 39 blocks, each read back by hash, in a range, and listed.
+    async fn reads_the_fixture(dir: &Path) {
+        let store = RocksDBBackend::new(RocksDBConfig::new(dir.to_string_lossy())).unwrap();
+        assert_eq!(store.count_blocks().await.unwrap(), 39);
+        let range = store.get_blocks_by_range(0, u64::MAX).await.unwrap();
+        assert_eq!(range.len(), 39);
+        for b in &range {
+            assert_eq!(
+                store.retrieve_block(&b.hash()).await.unwrap().as_ref(),
+                Some(b)
+            );
+        }
+        for ty in ["t/a", "t/b", "t/c"] {
+            let listed = store
+                .list_blocks(&ListOptions::new().payload_type(ty).by_timestamp())
+                .await
+                .unwrap();
+            let want: Vec<u64> = range
+                .iter()
+                .filter(|b| b.payload_type() == ty)
+                .map(Block::index)
+                .collect();
+            assert_eq!(listed.iter().map(|m| m.index).collect::<Vec<_>>(), want);
+        }
+        store.close().await.unwrap();
+        let cfs = DB::list_cf(&Options::default(), dir).unwrap();
+        assert!(!cfs.iter().any(|n| n == "chain"), "{cfs:?}");
+    }
+
+    #[tokio::test]
+    async fn an_upgrade_interrupted_before_dropping_the_old_families_finishes() {
+        let dir = layout1_copy();
+        {
+            let db = raw_open(dir.path());
+            upgrade_layout1(&db, dir.path()).unwrap();
+        }
+        let cfs = DB::list_cf(&Options::default(), dir.path()).unwrap();
+        assert!(cfs.iter().any(|n| n == "chain"), "{cfs:?}");
+        reads_the_fixture(dir.path()).await;
+    }
+
+    #[tokio::test]
+    async fn an_upgrade_interrupted_before_its_version_starts_again() {
+        let dir = layout1_copy();
+        {
+            // Only part of the new entries made it, and no version.
+            let db = raw_open(dir.path());
+            upgrade_layout1(&db, dir.path()).unwrap();
+            let mut batch = WriteBatch::default();
+            batch.delete_cf(cf(&db, CF_CHAIN).unwrap(), VERSION_KEY);
+            batch.delete_cf(cf(&db, CF_CHAIN).unwrap(), "count");
+            batch.delete_range_cf(
+                cf(&db, CF_BLOCKS).unwrap(),
+                10u64.to_be_bytes(),
+                u64::MAX.to_be_bytes(),
+            );
+            batch.delete_range_cf(cf(&db, CF_SECONDARY).unwrap(), [0u8], [0xffu8]);
+            db.write(batch).unwrap();
+        }
+        reads_the_fixture(dir.path()).await;
+    }
+
+    #[test]
+    fn a_newer_layout_or_a_lost_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        closed_store(dir.path());
+        let set_version = |v: Option<u64>| {
+            let db = raw_open(dir.path());
+            let chain = cf(&db, CF_CHAIN).unwrap();
+            match v {
+                Some(v) => db.put_cf(chain, VERSION_KEY, v.to_be_bytes()),
+                None => db.delete_cf(chain, VERSION_KEY),
+            }
+            .unwrap();
+        };
+        set_version(Some(LAYOUT_VERSION + 1));
+        assert_eq!(open_kind(dir.path()), Some(ErrorKind::Configuration));
+        set_version(None);
+        assert_eq!(open_kind(dir.path()), Some(ErrorKind::Corrupted));
+        set_version(Some(LAYOUT_VERSION));
+        assert_eq!(open_kind(dir.path()), None);
     }
 
     #[test]
