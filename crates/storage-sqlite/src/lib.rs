@@ -1,20 +1,22 @@
 //! SQLite [`StorageBackend`](storage_core::StorageBackend) (rusqlite with bundled SQLite, r2d2 read pool).
 //!
 //! # Layout
-//! Schema version 2 (`PRAGMA user_version`; version 1 is upgraded on open):
+//! Schema version 3 (`PRAGMA user_version`; versions 1 and 2 are upgraded in
+//! place on the first open for writing, in one transaction):
 //! - `blocks`: one row per block, `block_index INTEGER PRIMARY KEY` (the rowid, so
 //!   rows sit in chain order and range scans are sequential), `hash` a 32-byte BLOB
-//!   with a unique index, timestamps in nanoseconds, the signed payload verbatim,
-//!   and `meta_check`, a CRC-32 of the metadata columns (added in version 2).
-//!   Indices on `(timestamp_ns, block_index)`, `(public_key, block_index)`,
-//!   `(payload_type, block_index)` and a composite
-//!   `(timestamp_ns, payload_type, public_key)`: every `ListOptions` filter and order
-//!   runs in SQL.
+//!   with a unique index, the metadata a listing returns (timestamp in
+//!   nanoseconds, signer, payload type, size) with `meta_check`, a CRC-32 of
+//!   those columns, and `data`, the block's binary encoding, which every read
+//!   decodes. Indices on `timestamp_ns`, `public_key` and `payload_type` (each
+//!   entry ends with the rowid, so each also orders by index): every
+//!   `ListOptions` filter and order runs in SQL.
 //! - `chain_metadata`: the chain head.
 //! - `block_stats` (per UTC day of the block timestamp: count, bytes, distinct
 //!   signers) and `block_stats_keys` (blocks per day and signer), maintained in the
-//!   same transaction as each insert and delete. `count_blocks` and the totals in
-//!   `get_stats` sum the per-day rows instead of scanning `blocks`.
+//!   same transaction as each insert and delete; a batch adds its blocks to each
+//!   of its days and signers once. `count_blocks` and the totals in `get_stats`
+//!   sum the per-day rows instead of scanning `blocks`.
 //!
 //! # Concurrency
 //! One dedicated writer connection behind a mutex serialises writes, each in a
@@ -38,8 +40,8 @@
 //!
 //! [`SQLiteConfig::apply_wal`] maps the shared `WALConfig` onto these settings.
 //!
-//! Damaged rows are detected: every block read is rebuilt from its columns and its
-//! hash recomputed; listed metadata is checked against `meta_check` (SQLite has no
+//! Damaged rows are detected: every block read is decoded from `data` and its
+//! hash recomputed against the `hash` column; listed metadata is checked against `meta_check` (SQLite has no
 //! page checksums, and listing must not read every payload) and against the
 //! filter that selected it (a damaged index entry can select the wrong row). A
 //! mismatch, a malformed column or SQLite's own `SQLITE_CORRUPT` is reported as
@@ -75,7 +77,7 @@ use storage_core::raw::{Engine, Gate, in_span_async, op_span};
 use storage_core::{
     BackendStats, Block, BlockHash, BlockMetadata, BlockParts, Capabilities, ErrorStatus,
     ListOptions, MAX_INDEX, MAX_TIMESTAMP_NANOS, OpenMode, PublicKey, Result, Signature, SortOrder,
-    StorageError, StorageStats, system_time_from_unix_nanos,
+    StorageError, StorageStats, WireFormat, system_time_from_unix_nanos,
 };
 
 pub use config::{JournalMode, SQLiteConfig, SynchronousMode, TempStore};

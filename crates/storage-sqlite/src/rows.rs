@@ -20,8 +20,8 @@ pub(crate) fn sql_index(i: u64) -> i64 {
     i.min(MAX_INDEX) as i64
 }
 
-pub(crate) const BLOCK_COLUMNS: &str =
-    "hash, block_index, timestamp_ns, public_key, previous_hash, payload_type, payload, signature";
+/// The columns a block is read from: its hash and its encoding.
+pub(crate) const BLOCK_COLUMNS: &str = "hash, data";
 pub(crate) const META_COLUMNS: &str =
     "hash, block_index, timestamp_ns, payload_type, public_key, size_bytes, meta_check";
 
@@ -32,60 +32,66 @@ pub(crate) fn fixed<const N: usize>(bytes: Vec<u8>, what: &str) -> Result<[u8; N
     })
 }
 
-/// Rebuilds a block from a `BLOCK_COLUMNS` row and checks it against its stored hash.
+/// Column `i` of `r` as a fixed-size BLOB, borrowed.
+fn blob_at<'r, const N: usize>(
+    r: &'r rusqlite::Row<'_>,
+    i: usize,
+    what: &str,
+) -> Result<&'r [u8; N]> {
+    let bytes = r
+        .get_ref(i)
+        .map_err(|e| sql_err("reading a block row", e))?
+        .as_blob()
+        .map_err(|e| StorageError::corrupted_by(format!("sqlite: {what} column"), e))?;
+    bytes.try_into().map_err(|_| {
+        StorageError::corrupted(format!(
+            "sqlite: {what} column has {} bytes, not {N}",
+            bytes.len()
+        ))
+    })
+}
+
+/// Decodes a block from a `BLOCK_COLUMNS` row and checks it against its stored
+/// hash.
 pub(crate) fn block_from_row(r: &rusqlite::Row<'_>) -> Result<Block> {
-    let get_err = |e| sql_err("reading a block row", e);
-    let hash = BlockHash(fixed(r.get(0).map_err(get_err)?, "hash")?);
-    let parts = BlockParts {
-        index: r.get::<_, i64>(1).map_err(get_err)? as u64,
-        timestamp_nanos: r.get::<_, i64>(2).map_err(get_err)? as u64,
-        public_key: PublicKey(fixed(r.get(3).map_err(get_err)?, "public_key")?),
-        previous_hash: r
-            .get::<_, Option<Vec<u8>>>(4)
-            .map_err(get_err)?
-            .map(|h| fixed(h, "previous_hash").map(BlockHash))
-            .transpose()?,
-        payload_type: r.get(5).map_err(|e| {
-            StorageError::corrupted_by(format!("sqlite: payload_type of block {hash}"), e)
-        })?,
-        payload: r.get(6).map_err(get_err)?,
-        signature: Signature(fixed(r.get(7).map_err(get_err)?, "signature")?),
-    };
-    let block = Block::from_trusted_parts(parts).map_err(|e| {
-        StorageError::corrupted_by(format!("sqlite: block {hash} has invalid fields"), e)
-    })?;
-    if block.hash() != hash {
-        return Err(StorageError::corrupted(format!(
-            "sqlite: row of block {hash} now hashes to {}",
-            block.hash()
-        )));
-    }
-    Ok(block)
+    let hash = BlockHash(*blob_at(r, 0, "hash")?);
+    let data = r
+        .get_ref(1)
+        .map_err(|e| sql_err("reading a block row", e))?
+        .as_blob()
+        .map_err(|e| {
+            StorageError::corrupted_by(format!("sqlite: data column of block {hash}"), e)
+        })?;
+    WireFormat::BINARY
+        .decode_stored(data, &hash)
+        .map_err(|e| StorageError::corrupted_by(format!("sqlite: row of block {hash}"), e))
 }
 
 /// Reads a `META_COLUMNS` row and checks it against its `meta_check`.
 pub(crate) fn meta_from_row(r: &rusqlite::Row<'_>) -> Result<BlockMetadata> {
     let get_err = |e| sql_err("reading block metadata", e);
-    let hash: Vec<u8> = r.get(0).map_err(get_err)?;
+    let hash = blob_at::<32>(r, 0, "hash")?;
     let index: i64 = r.get(1).map_err(get_err)?;
     let ts: i64 = r.get(2).map_err(get_err)?;
-    let payload_type: String = r
-        .get(3)
+    let payload_type = r
+        .get_ref(3)
+        .map_err(get_err)?
+        .as_str()
         .map_err(|e| StorageError::corrupted_by("sqlite: payload_type", e))?;
-    let key: Vec<u8> = r.get(4).map_err(get_err)?;
+    let key = blob_at::<32>(r, 4, "public_key")?;
     let size: i64 = r.get(5).map_err(get_err)?;
     let check: u32 = r.get(6).map_err(get_err)?;
-    if meta_check(&hash, index, ts, &payload_type, &key, size) != check {
+    if meta_check(hash, index, ts, payload_type, key, size) != check {
         return Err(StorageError::corrupted(format!(
             "sqlite: metadata row of block {index} fails its check (damaged row)"
         )));
     }
     Ok(BlockMetadata {
-        hash: BlockHash(fixed(hash, "hash")?),
+        hash: BlockHash(*hash),
         index: index as u64,
         timestamp: system_time_from_unix_nanos(ts as u64),
-        payload_type,
-        public_key: PublicKey(fixed(key, "public_key")?),
+        payload_type: payload_type.to_owned(),
+        public_key: PublicKey(*key),
         size_bytes: size as u64,
     })
 }

@@ -3,26 +3,39 @@
 
 use super::*;
 
-pub(crate) const SCHEMA_VERSION: i64 = 2;
+pub(crate) const SCHEMA_VERSION: i64 = 3;
 
-pub(crate) const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS blocks (
-    block_index   INTEGER PRIMARY KEY,
-    hash          BLOB    NOT NULL UNIQUE,
-    timestamp_ns  INTEGER NOT NULL,
-    public_key    BLOB    NOT NULL,
-    previous_hash BLOB,
-    payload_type  TEXT    NOT NULL,
-    payload       BLOB    NOT NULL,
-    signature     BLOB    NOT NULL,
-    size_bytes    INTEGER NOT NULL,
-    created_at    INTEGER NOT NULL DEFAULT (unixepoch()),
-    meta_check    INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS idx_blocks_timestamp    ON blocks (timestamp_ns, block_index);
-CREATE INDEX IF NOT EXISTS idx_blocks_public_key   ON blocks (public_key, block_index);
-CREATE INDEX IF NOT EXISTS idx_blocks_payload_type ON blocks (payload_type, block_index);
-CREATE INDEX IF NOT EXISTS idx_blocks_composite    ON blocks (timestamp_ns, payload_type, public_key);
+/// The blocks table of schema 3, created under `name` (a new store's `blocks`,
+/// or the table an upgrade fills before renaming it). The metadata columns come
+/// first so a listing stops reading each record before `data`, the block's
+/// encoding, which is what a read returns.
+fn blocks_table(name: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {name} (
+    block_index  INTEGER PRIMARY KEY,
+    hash         BLOB    NOT NULL UNIQUE,
+    timestamp_ns INTEGER NOT NULL,
+    public_key   BLOB    NOT NULL,
+    payload_type TEXT    NOT NULL,
+    size_bytes   INTEGER NOT NULL,
+    meta_check   INTEGER NOT NULL,
+    data         BLOB    NOT NULL
+);"
+    )
+}
+
+/// The secondary indexes on `blocks`. Each entry of a SQLite index ends with
+/// the rowid (`block_index`), so each one also orders by index within equal
+/// keys, as listings need.
+const BLOCK_INDEXES: &str = "
+CREATE INDEX IF NOT EXISTS idx_blocks_timestamp    ON blocks (timestamp_ns);
+CREATE INDEX IF NOT EXISTS idx_blocks_public_key   ON blocks (public_key);
+CREATE INDEX IF NOT EXISTS idx_blocks_payload_type ON blocks (payload_type);
+";
+
+/// Everything but the blocks table and its indexes: the head and the per-day
+/// statistics, unchanged since schema 1.
+const OTHER_TABLES: &str = "
 CREATE TABLE IF NOT EXISTS chain_metadata (
     key   TEXT PRIMARY KEY,
     value BLOB NOT NULL
@@ -40,6 +53,11 @@ CREATE TABLE IF NOT EXISTS block_stats_keys (
     PRIMARY KEY (date, public_key)
 ) WITHOUT ROWID;
 ";
+
+/// The whole schema, as a new store gets it.
+pub(crate) fn schema() -> String {
+    format!("{}{BLOCK_INDEXES}{OTHER_TABLES}", blocks_table("blocks"))
+}
 
 pub(crate) fn pragmas(c: &SQLiteConfig, reader: bool) -> String {
     let mut s = format!(
@@ -156,19 +174,23 @@ pub(crate) fn open_writer(path: &Path, cfg: &SQLiteConfig, check: bool) -> Resul
     let version: i64 = tx
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(|e| sql_err(&ctx("reading the schema version of"), e))?;
+    let upgrade = |e| sql_err(&ctx("upgrading the schema of"), e);
     match version {
         0 => {
-            tx.execute_batch(SCHEMA)
+            tx.execute_batch(&schema())
                 .and_then(|_| tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}")))
                 .map_err(|e| sql_err(&ctx("creating the schema in"), e))?;
         }
         1 => {
-            add_meta_check(&tx).map_err(|e| sql_err(&ctx("upgrading the schema of"), e))?;
+            add_meta_check(&tx).map_err(upgrade)?;
+            blocks_as_encodings(&tx).map_err(upgrade)?;
         }
+        2 => blocks_as_encodings(&tx).map_err(upgrade)?,
         SCHEMA_VERSION => {}
         v => {
             return Err(StorageError::Configuration(format!(
-                "sqlite: {} has schema version {v}; this build reads version {SCHEMA_VERSION}",
+                "sqlite: {} has schema version {v}; this build reads versions up to \
+                 {SCHEMA_VERSION}",
                 path.display()
             )));
         }
@@ -228,7 +250,68 @@ pub(crate) fn add_meta_check(tx: &Transaction<'_>) -> rusqlite::Result<()> {
     for (index, check) in rows {
         update.execute(params![check, index])?;
     }
-    tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
+    Ok(())
+}
+
+/// Schema 2 → 3, inside the opening transaction (all or nothing): each row's
+/// fields become the block's encoding in `data`, and the indexes become one
+/// per filter. The metadata columns and their checks are copied as they are,
+/// so a row damaged before the upgrade still fails its check afterwards; a row
+/// whose fields no longer make its block gets empty `data`, which reads as
+/// corrupted rather than as a different block.
+pub(crate) fn blocks_as_encodings(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch(&blocks_table("blocks_v3"))?;
+    {
+        let mut old = tx.prepare(
+            "SELECT hash, block_index, timestamp_ns, public_key, previous_hash, payload_type, \
+             payload, signature, size_bytes, meta_check FROM blocks ORDER BY block_index",
+        )?;
+        let mut insert = tx.prepare(
+            "INSERT INTO blocks_v3 (block_index, hash, timestamp_ns, public_key, payload_type, \
+             size_bytes, meta_check, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?;
+        let mut rows = old.query([])?;
+        while let Some(r) = rows.next()? {
+            let data = v2_block(r)
+                .and_then(|b| WireFormat::BINARY.encode(&b).ok())
+                .unwrap_or_default();
+            let column = |i| r.get::<_, Value>(i);
+            insert.execute(params![
+                column(1)?,
+                column(0)?,
+                column(2)?,
+                column(3)?,
+                column(5)?,
+                column(8)?,
+                column(9)?,
+                data
+            ])?;
+        }
+    }
+    tx.execute_batch(&format!(
+        "DROP TABLE blocks; ALTER TABLE blocks_v3 RENAME TO blocks; {BLOCK_INDEXES} \
+         PRAGMA user_version = {SCHEMA_VERSION};"
+    ))
+}
+
+/// The block a schema-2 row's fields make, if they make the block its `hash`
+/// column names.
+fn v2_block(r: &rusqlite::Row<'_>) -> Option<Block> {
+    let blob = |i| r.get_ref(i).ok()?.as_blob().ok();
+    let parts = BlockParts {
+        index: u64::try_from(r.get::<_, i64>(1).ok()?).ok()?,
+        timestamp_nanos: u64::try_from(r.get::<_, i64>(2).ok()?).ok()?,
+        public_key: PublicKey(blob(3)?.try_into().ok()?),
+        previous_hash: match r.get_ref(4).ok()? {
+            rusqlite::types::ValueRef::Null => None,
+            v => Some(BlockHash(v.as_blob().ok()?.try_into().ok()?)),
+        },
+        payload_type: r.get(5).ok()?,
+        payload: blob(6)?.to_vec(),
+        signature: Signature(blob(7)?.try_into().ok()?),
+    };
+    let block = Block::from_trusted_parts(parts).ok()?;
+    (block.hash().as_bytes().as_slice() == blob(0)?).then_some(block)
 }
 
 /// Opens an existing database for reading only: no connection that can write,
@@ -253,7 +336,8 @@ pub(crate) fn open_read_only(path: &Path, cfg: &SQLiteConfig, check: bool) -> Re
         .map_err(|e| sql_err(&ctx("reading the schema version of"), e))?;
     if version != SCHEMA_VERSION {
         return Err(StorageError::Configuration(format!(
-            "sqlite: {} has schema version {version}; opened read-only it must already be              version {SCHEMA_VERSION} (open it for writing once to upgrade it)",
+            "sqlite: {} has schema version {version}; opened read-only it must already \
+             be version {SCHEMA_VERSION} (open it for writing once to upgrade it)",
             path.display()
         )));
     }

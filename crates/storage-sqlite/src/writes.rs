@@ -1,44 +1,22 @@
 //! Writes inside one transaction: inserting admitted blocks with their daily
 //! statistics, deleting one.
 
+use std::collections::BTreeMap;
+
 use super::*;
 
 /// Inserts the blocks not yet stored, in order, with their daily statistics,
-/// after the admission rule has passed the whole batch.
+/// after the admission rule has passed the whole batch. The statistics are
+/// summed per day and signer first, so a batch updates each of its days once.
 pub(crate) fn insert_blocks(tx: &Transaction<'_>, blocks: &[Block]) -> Result<()> {
     let err = |e| sql_err("storing a block", e);
     let mut at_index = tx
         .prepare_cached("SELECT hash FROM blocks WHERE block_index = ?1")
         .map_err(err)?;
-    let mut previous_at = tx
-        .prepare_cached("SELECT previous_hash FROM blocks WHERE block_index = ?1")
-        .map_err(err)?;
-    let mut insert = tx
-        .prepare_cached(
-            "INSERT INTO blocks (block_index, hash, timestamp_ns, public_key, previous_hash, \
-             payload_type, payload, signature, size_bytes, meta_check) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        )
-        .map_err(err)?;
-    let mut day = tx
-        .prepare_cached(
-            "INSERT INTO block_stats (date, block_count, total_size) \
-             VALUES (date(?1, 'unixepoch'), 1, ?2) \
-             ON CONFLICT (date) DO UPDATE SET block_count = block_count + 1, \
-             total_size = total_size + excluded.total_size",
-        )
-        .map_err(err)?;
-    let mut key = tx
-        .prepare_cached(
-            "INSERT INTO block_stats_keys (date, public_key, blocks) \
-             VALUES (date(?1, 'unixepoch'), ?2, 1) \
-             ON CONFLICT (date, public_key) DO UPDATE SET blocks = blocks + 1 RETURNING blocks",
-        )
-        .map_err(err)?;
-    let mut new_key = tx
-        .prepare_cached(
-            "UPDATE block_stats SET unique_keys = unique_keys + 1 WHERE date = date(?1, 'unixepoch')",
-        )
+    let mut block_at = tx
+        .prepare_cached(&format!(
+            "SELECT {BLOCK_COLUMNS} FROM blocks WHERE block_index = ?1"
+        ))
         .map_err(err)?;
     let fresh = storage_core::raw::admit(
         blocks,
@@ -52,54 +30,91 @@ pub(crate) fn insert_blocks(tx: &Transaction<'_>, blocks: &[Block]) -> Result<()
                     .transpose()
             },
             |i| {
-                previous_at
-                    .query_row([sql_index(i)], |r| r.get::<_, Option<Vec<u8>>>(0))
-                    .optional()
-                    .map_err(err)?
-                    .map(|p| {
-                        p.map(|h| fixed(h, "previous_hash").map(BlockHash))
-                            .transpose()
-                    })
-                    .transpose()
+                let mut rows = block_at.query([sql_index(i)]).map_err(err)?;
+                match rows.next().map_err(err)? {
+                    Some(r) => Ok(Some(block_from_row(r)?.previous_hash().copied())),
+                    None => Ok(None),
+                }
             },
         ),
     )?;
+    let mut insert = tx
+        .prepare_cached(
+            "INSERT INTO blocks (block_index, hash, timestamp_ns, public_key, payload_type, \
+             size_bytes, meta_check, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )
+        .map_err(err)?;
+    // Per day (as days since the epoch): blocks and bytes; per day and signer: blocks.
+    let mut days: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
+    let mut signers: BTreeMap<(i64, &[u8; 32]), i64> = BTreeMap::new();
     for b in fresh.into_iter().map(|p| &blocks[p]) {
         let index = b.index() as i64;
-        let secs = (b.timestamp_nanos() / 1_000_000_000) as i64;
+        let ts = b.timestamp_nanos() as i64;
+        let size = b.size_bytes() as i64;
+        let key = b.public_key().as_bytes();
         insert
             .execute(params![
                 index,
                 b.hash().as_bytes().as_slice(),
-                b.timestamp_nanos() as i64,
-                b.public_key().as_bytes().as_slice(),
-                b.previous_hash().map(|h| h.as_bytes().to_vec()),
+                ts,
+                key.as_slice(),
                 b.payload_type(),
-                b.payload(),
-                b.signature().as_bytes().as_slice(),
-                b.size_bytes() as i64,
-                meta_check(
-                    b.hash().as_bytes(),
-                    index,
-                    b.timestamp_nanos() as i64,
-                    b.payload_type(),
-                    b.public_key().as_bytes(),
-                    b.size_bytes() as i64
-                ),
+                size,
+                meta_check(b.hash().as_bytes(), index, ts, b.payload_type(), key, size),
+                WireFormat::BINARY.encode(b)?,
             ])
             .map_err(err)?;
-        day.execute(params![secs, b.size_bytes() as i64])
-            .map_err(err)?;
-        let blocks_for_key: i64 = key
-            .query_row(params![secs, b.public_key().as_bytes().as_slice()], |r| {
+        let day = day_of(ts);
+        let total = days.entry(day).or_default();
+        total.0 += 1;
+        total.1 += size;
+        *signers.entry((day, key)).or_default() += 1;
+    }
+    let mut signer_day = tx
+        .prepare_cached(
+            "INSERT INTO block_stats_keys (date, public_key, blocks) \
+             VALUES (date(?1, 'unixepoch'), ?2, ?3) \
+             ON CONFLICT (date, public_key) DO UPDATE SET blocks = blocks + excluded.blocks \
+             RETURNING blocks",
+        )
+        .map_err(err)?;
+    // Signers seen for the first time on each day.
+    let mut new_signers: BTreeMap<i64, i64> = BTreeMap::new();
+    for ((day, key), added) in signers {
+        let now: i64 = signer_day
+            .query_row(params![day * SECONDS_PER_DAY, key.as_slice(), added], |r| {
                 r.get(0)
             })
             .map_err(err)?;
-        if blocks_for_key == 1 {
-            new_key.execute([secs]).map_err(err)?;
+        if now == added {
+            *new_signers.entry(day).or_default() += 1;
         }
     }
+    let mut day_totals = tx
+        .prepare_cached(
+            "INSERT INTO block_stats (date, block_count, total_size, unique_keys) \
+             VALUES (date(?1, 'unixepoch'), ?2, ?3, ?4) \
+             ON CONFLICT (date) DO UPDATE SET block_count = block_count + excluded.block_count, \
+             total_size = total_size + excluded.total_size, \
+             unique_keys = unique_keys + excluded.unique_keys",
+        )
+        .map_err(err)?;
+    for (day, (count, size)) in days {
+        let fresh_keys = new_signers.get(&day).copied().unwrap_or(0);
+        day_totals
+            .execute(params![day * SECONDS_PER_DAY, count, size, fresh_keys])
+            .map_err(err)?;
+    }
     Ok(())
+}
+
+const SECONDS_PER_DAY: i64 = 86_400;
+
+/// The UTC day (days since the epoch) of a timestamp in nanoseconds.
+fn day_of(ts_nanos: i64) -> i64 {
+    ts_nanos
+        .div_euclid(1_000_000_000)
+        .div_euclid(SECONDS_PER_DAY)
 }
 
 /// Deletes one block and its statistics; clears the head if it was the head.
@@ -115,7 +130,7 @@ pub(crate) fn delete_one(tx: &Transaction<'_>, hash: &BlockHash) -> Result<bool>
     let Some((ts, _index, key, size)) = row else {
         return Ok(false);
     };
-    let secs = ts.div_euclid(1_000_000_000);
+    let secs = day_of(ts) * SECONDS_PER_DAY;
     tx.prepare_cached(
         "UPDATE block_stats SET block_count = block_count - 1, total_size = total_size - ?2 \
          WHERE date = date(?1, 'unixepoch')",
