@@ -26,7 +26,20 @@ impl Engine for SQLiteBackend {
 
     async fn write_blocks(&self, blocks: &[Block]) -> Result<()> {
         let owned = blocks.to_vec();
-        self.transaction(move |tx| insert_blocks(tx, &owned)).await
+        let inserted = self.inserted.clone();
+        self.write(move |conn| {
+            let n = in_transaction(conn, |tx| insert_blocks(tx, &owned))?;
+            let before = inserted.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            if before / BLOCKS_PER_OPTIMIZE != (before + n) / BLOCKS_PER_OPTIMIZE {
+                // The blocks are committed: a failure here costs only a
+                // possibly slower plan until the next refresh.
+                if let Err(e) = conn.execute_batch(OPTIMIZE) {
+                    tracing::warn!(backend = NAME, error = %e, "refreshing query statistics failed");
+                }
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn read_block(&self, hash: &BlockHash) -> Result<Option<Block>> {
@@ -65,7 +78,7 @@ impl Engine for SQLiteBackend {
             let err = |e| sql_err("listing blocks", e);
             let mut stmt = c.prepare_cached(&sql).map_err(err)?;
             let mut rows = stmt.query(rusqlite::params_from_iter(args)).map_err(err)?;
-            let mut out = Vec::new();
+            let mut out = Vec::with_capacity(filter.limit.map_or(0, |l| l.min(1024) as usize));
             while let Some(row) = rows.next().map_err(err)? {
                 let meta = meta_from_row(row)?;
                 // A damaged index entry can point at a row that does not match,
@@ -160,7 +173,7 @@ impl Engine for SQLiteBackend {
                 c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
                     .map_err(|e| sql_err("checkpointing the WAL", e))?;
             }
-            c.execute_batch("PRAGMA optimize;")
+            c.execute_batch(OPTIMIZE)
                 .map_err(|e| sql_err("optimizing", e))
         })
         .await
@@ -258,7 +271,7 @@ impl Engine for SQLiteBackend {
                 conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
                     .map_err(|e| sql_err("checkpointing on close", e))?;
             }
-            conn.execute_batch("PRAGMA optimize;")
+            conn.execute_batch(OPTIMIZE)
                 .map_err(|e| sql_err("optimizing on close", e))?;
             conn.close().map_err(|(_, e)| sql_err("closing", e))
         })

@@ -8,7 +8,8 @@ use super::*;
 /// Inserts the blocks not yet stored, in order, with their daily statistics,
 /// after the admission rule has passed the whole batch. The statistics are
 /// summed per day and signer first, so a batch updates each of its days once.
-pub(crate) fn insert_blocks(tx: &Transaction<'_>, blocks: &[Block]) -> Result<()> {
+/// Returns how many blocks it inserted.
+pub(crate) fn insert_blocks(tx: &Transaction<'_>, blocks: &[Block]) -> Result<u64> {
     let err = |e| sql_err("storing a block", e);
     let mut at_index = tx
         .prepare_cached("SELECT hash FROM blocks WHERE block_index = ?1")
@@ -45,6 +46,7 @@ pub(crate) fn insert_blocks(tx: &Transaction<'_>, blocks: &[Block]) -> Result<()
         )
         .map_err(err)?;
     // Per day (as days since the epoch): blocks and bytes; per day and signer: blocks.
+    let inserted = fresh.len() as u64;
     let mut days: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
     let mut signers: BTreeMap<(i64, &[u8; 32]), i64> = BTreeMap::new();
     for b in fresh.into_iter().map(|p| &blocks[p]) {
@@ -105,7 +107,7 @@ pub(crate) fn insert_blocks(tx: &Transaction<'_>, blocks: &[Block]) -> Result<()
             .execute(params![day * SECONDS_PER_DAY, count, size, fresh_keys])
             .map_err(err)?;
     }
-    Ok(())
+    Ok(inserted)
 }
 
 const SECONDS_PER_DAY: i64 = 86_400;

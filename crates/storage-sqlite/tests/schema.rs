@@ -385,3 +385,70 @@ async fn check_days(s: &SQLiteBackend, all: &[Block], stored: &[&Block]) {
     }
     assert_eq!(s.count_blocks().await.unwrap(), stored.len() as u64);
 }
+
+/// The writer gives SQLite's query planner statistics as the table grows, so a
+/// type filter that matches most blocks scans the rows in order instead of
+/// walking the type index and looking each row up.
+#[tokio::test]
+async fn the_planner_gets_statistics_as_the_table_grows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("planned.db");
+    let s = SQLiteBackend::new(SQLiteConfig::at(&path)).await.unwrap();
+    let blocks = storage_conformance::data::chain(12_000);
+    let analysed = |path: &Path| -> i64 {
+        rusqlite::Connection::open(path)
+            .unwrap()
+            .query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE name = 'sqlite_stat1'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    let plan = |path: &Path| -> String {
+        rusqlite::Connection::open(path)
+            .unwrap()
+            .query_row(
+                "EXPLAIN QUERY PLAN SELECT hash FROM blocks WHERE block_index BETWEEN 5 AND 100000 \
+                 AND payload_type = ?1 ORDER BY block_index LIMIT 100",
+                [storage_conformance::data::READING],
+                |r| r.get(3),
+            )
+            .unwrap()
+    };
+    for chunk in blocks[..9_000].chunks(1_000) {
+        s.store_blocks(chunk).await.unwrap();
+    }
+    assert_eq!(analysed(&path), 0);
+    assert!(
+        plan(&path).contains("idx_blocks_payload_type"),
+        "{}",
+        plan(&path)
+    );
+    for chunk in blocks[9_000..].chunks(1_000) {
+        s.store_blocks(chunk).await.unwrap();
+    }
+    assert_eq!(analysed(&path), 1);
+    assert!(
+        plan(&path).contains("INTEGER PRIMARY KEY"),
+        "{}",
+        plan(&path)
+    );
+    let listed = s
+        .list_blocks(
+            &ListOptions::new()
+                .payload_type(storage_conformance::data::READING)
+                .min_index(5)
+                .limit(100),
+        )
+        .await
+        .unwrap();
+    let want: Vec<BlockMetadata> = blocks[5..]
+        .iter()
+        .filter(|b| b.payload_type() == storage_conformance::data::READING)
+        .take(100)
+        .map(BlockMetadata::of)
+        .collect();
+    assert_eq!(listed, want);
+    s.close().await.unwrap();
+}
