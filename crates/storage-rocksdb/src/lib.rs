@@ -1073,24 +1073,54 @@ fn upgrade_layout1(db: &DB, path: &Path) -> Result<()> {
 /// finished): that open fails, and a fresh one sees the files that replaced it.
 /// A file that stays missing fails every attempt and is reported as before.
 /// Once open, every table file is held open, so later deletions do not matter.
+///
+/// A flush that commits while the instance opens can also tear its view
+/// without failing it: the instance reads the MANIFEST from before the flush,
+/// then finds the write-ahead log the flush let the writer delete already gone,
+/// so the flushed column families miss what the others hold. The MANIFEST only
+/// grows or is replaced when such a change commits, so an open during which it
+/// stayed the same is whole; otherwise it is opened again.
 fn open_read_only(
     db_opts: &rocksdb::Options,
     cf_opts: &rocksdb::Options,
     path: &Path,
-) -> std::result::Result<DB, rocksdb::Error> {
+) -> Result<DB> {
+    let open_err = |e| db_err(&format!("opening {} read-only", path.display()), e);
     let mut delays = storage_core::raw::read_only_open_delays();
     loop {
+        let before = manifest_state(path);
         let cfs = ALL_CFS.map(|name| ColumnFamilyDescriptor::new(name, cf_opts.clone()));
-        match DB::open_cf_descriptors_read_only(db_opts, path, cfs, false) {
+        let retry = match DB::open_cf_descriptors_read_only(db_opts, path, cfs, false) {
             // Reported as an I/O error, or as a MANIFEST naming a missing
             // file ("Corruption"), depending on which file went.
-            Err(e) if e.as_ref().contains("No such file or directory") => match delays.next() {
-                Some(pause) => std::thread::sleep(pause),
-                None => return Err(e),
-            },
-            other => return other,
+            Err(e) if e.as_ref().contains("No such file or directory") => open_err(e),
+            Err(e) => return Err(open_err(e)),
+            Ok(db) if before.is_some() && manifest_state(path) == before => return Ok(db),
+            Ok(_) => StorageError::backend(
+                NAME,
+                format!(
+                    "opening {} read-only: the writer kept changing the store's files \
+                     meanwhile",
+                    path.display()
+                ),
+                ErrorStatus::Temporary,
+                "the MANIFEST changed during every attempt",
+            ),
+        };
+        match delays.next() {
+            Some(pause) => std::thread::sleep(pause),
+            None => return Err(retry),
         }
     }
+}
+
+/// Which MANIFEST the store's `CURRENT` names, and its length: a change to
+/// the files of a store (a flush, a compaction) commits by appending to the
+/// MANIFEST or replacing it. `None` if either cannot be read.
+fn manifest_state(path: &Path) -> Option<(String, u64)> {
+    let current = std::fs::read_to_string(path.join("CURRENT")).ok()?;
+    let len = std::fs::metadata(path.join(current.trim())).ok()?.len();
+    Some((current, len))
 }
 
 /// Syncs the write-ahead log every `every` until the store is closed or
@@ -1152,7 +1182,7 @@ impl RocksDBBackend {
         // and the write-ahead log held at opening. For writing, the first
         // layout's families are opened too, to be upgraded and dropped.
         let db = if read_only {
-            open_read_only(&db_opts, &cf_opts, &path)
+            open_read_only(&db_opts, &cf_opts, &path)?
         } else {
             let names = ALL_CFS.iter().copied().chain(
                 LAYOUT1_CFS
@@ -1160,23 +1190,22 @@ impl RocksDBBackend {
                     .filter(|n| existing.iter().any(|e| e == n)),
             );
             let descriptors = names.map(|name| ColumnFamilyDescriptor::new(name, cf_opts.clone()));
-            DB::open_cf_descriptors(&db_opts, &path, descriptors)
-        }
-        .map_err(|e| {
-            // RocksDB reports a held LOCK file as an I/O error naming it:
-            // "While lock file: …/LOCK: …" from another process, "lock hold by
-            // current process, … …/LOCK: …" from this one.
-            if e.kind() == rocksdb::ErrorKind::IOError && e.as_ref().contains("/LOCK: ") {
-                StorageError::StoreLocked {
-                    backend: NAME.to_owned(),
-                    location: path.display().to_string(),
-                    holder: None,
-                    source: Some(Box::new(e)),
+            DB::open_cf_descriptors(&db_opts, &path, descriptors).map_err(|e| {
+                // RocksDB reports a held LOCK file as an I/O error naming it:
+                // "While lock file: …/LOCK: …" from another process, "lock hold by
+                // current process, … …/LOCK: …" from this one.
+                if e.kind() == rocksdb::ErrorKind::IOError && e.as_ref().contains("/LOCK: ") {
+                    StorageError::StoreLocked {
+                        backend: NAME.to_owned(),
+                        location: path.display().to_string(),
+                        holder: None,
+                        source: Some(Box::new(e)),
+                    }
+                } else {
+                    db_err(&format!("opening {}", path.display()), e)
                 }
-            } else {
-                db_err(&format!("opening {}", path.display()), e)
-            }
-        })?;
+            })?
+        };
         // RocksDB recovers whatever state its MANIFEST and logs describe: a MANIFEST
         // cut at a record boundary reads as an older, consistent state. Writes only
         // move the sequence number forward, so one behind the last close is loss.
