@@ -22,6 +22,9 @@ pub(crate) fn sql_index(i: u64) -> i64 {
 
 /// The columns a block is read from: its hash and its encoding.
 pub(crate) const BLOCK_COLUMNS: &str = "hash, data";
+/// Inserts one row of `blocks`, its columns in the order of the table.
+pub(crate) const INSERT_BLOCK: &str = "INSERT INTO blocks (block_index, hash, timestamp_ns, \
+    public_key, payload_type, size_bytes, meta_check, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
 pub(crate) const META_COLUMNS: &str =
     "hash, block_index, timestamp_ns, payload_type, public_key, size_bytes, meta_check";
 

@@ -5,13 +5,11 @@ use super::*;
 
 pub(crate) const SCHEMA_VERSION: i64 = 3;
 
-/// The blocks table of schema 3, created under `name` (a new store's `blocks`,
-/// or the table an upgrade fills before renaming it). The metadata columns come
-/// first so a listing stops reading each record before `data`, the block's
-/// encoding, which is what a read returns.
-fn blocks_table(name: &str) -> String {
-    format!(
-        "CREATE TABLE IF NOT EXISTS {name} (
+/// The blocks table of schema 3. The metadata columns come first so a listing
+/// stops reading each record before `data`, the block's encoding, which is
+/// what a read returns.
+const BLOCKS_TABLE: &str = "
+CREATE TABLE IF NOT EXISTS blocks (
     block_index  INTEGER PRIMARY KEY,
     hash         BLOB    NOT NULL UNIQUE,
     timestamp_ns INTEGER NOT NULL,
@@ -20,9 +18,7 @@ fn blocks_table(name: &str) -> String {
     size_bytes   INTEGER NOT NULL,
     meta_check   INTEGER NOT NULL,
     data         BLOB    NOT NULL
-);"
-    )
-}
+);";
 
 /// The secondary indexes on `blocks`. Each entry of a SQLite index ends with
 /// the rowid (`block_index`), so each one also orders by index within equal
@@ -56,7 +52,7 @@ CREATE TABLE IF NOT EXISTS block_stats_keys (
 
 /// The whole schema, as a new store gets it.
 pub(crate) fn schema() -> String {
-    format!("{}{BLOCK_INDEXES}{OTHER_TABLES}", blocks_table("blocks"))
+    format!("{BLOCKS_TABLE}{BLOCK_INDEXES}{OTHER_TABLES}")
 }
 
 pub(crate) fn pragmas(c: &SQLiteConfig, reader: bool) -> String {
@@ -260,16 +256,17 @@ pub(crate) fn add_meta_check(tx: &Transaction<'_>) -> rusqlite::Result<()> {
 /// whose fields no longer make its block gets empty `data`, which reads as
 /// corrupted rather than as a different block.
 pub(crate) fn blocks_as_encodings(tx: &Transaction<'_>) -> rusqlite::Result<()> {
-    tx.execute_batch(&blocks_table("blocks_v3"))?;
+    // The old table keeps its indexes until it is dropped, so the new ones are
+    // created (under the same names) after that.
+    tx.execute_batch(&format!(
+        "ALTER TABLE blocks RENAME TO blocks_v2; {BLOCKS_TABLE}"
+    ))?;
     {
         let mut old = tx.prepare(
             "SELECT hash, block_index, timestamp_ns, public_key, previous_hash, payload_type, \
-             payload, signature, size_bytes, meta_check FROM blocks ORDER BY block_index",
+             payload, signature, size_bytes, meta_check FROM blocks_v2 ORDER BY block_index",
         )?;
-        let mut insert = tx.prepare(
-            "INSERT INTO blocks_v3 (block_index, hash, timestamp_ns, public_key, payload_type, \
-             size_bytes, meta_check, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )?;
+        let mut insert = tx.prepare(INSERT_BLOCK)?;
         let mut rows = old.query([])?;
         while let Some(r) = rows.next()? {
             let data = v2_block(r)
@@ -289,8 +286,7 @@ pub(crate) fn blocks_as_encodings(tx: &Transaction<'_>) -> rusqlite::Result<()> 
         }
     }
     tx.execute_batch(&format!(
-        "DROP TABLE blocks; ALTER TABLE blocks_v3 RENAME TO blocks; {BLOCK_INDEXES} \
-         PRAGMA user_version = {SCHEMA_VERSION};"
+        "DROP TABLE blocks_v2; {BLOCK_INDEXES} PRAGMA user_version = {SCHEMA_VERSION};"
     ))
 }
 

@@ -39,12 +39,7 @@ pub(crate) fn insert_blocks(tx: &Transaction<'_>, blocks: &[Block]) -> Result<u6
             },
         ),
     )?;
-    let mut insert = tx
-        .prepare_cached(
-            "INSERT INTO blocks (block_index, hash, timestamp_ns, public_key, payload_type, \
-             size_bytes, meta_check, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )
-        .map_err(err)?;
+    let mut insert = tx.prepare_cached(INSERT_BLOCK).map_err(err)?;
     // Per day (as days since the epoch): blocks and bytes; per day and signer: blocks.
     let inserted = fresh.len() as u64;
     let mut days: BTreeMap<i64, (i64, i64)> = BTreeMap::new();

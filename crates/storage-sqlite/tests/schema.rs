@@ -153,6 +153,28 @@ async fn a_schema_2_database_opens_upgraded() {
     assert_eq!(day.block_count, 4);
     s.close().await.unwrap();
     assert_eq!(user_version(&path), 3);
+    // The old table is gone and the new one has exactly the current indexes.
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let objects: Vec<(String, String)> = c
+        .prepare(
+            "SELECT name, tbl_name FROM sqlite_schema WHERE tbl_name LIKE 'blocks%' ORDER BY name",
+        )
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let want: Vec<(String, String)> = [
+        "blocks",
+        "idx_blocks_payload_type",
+        "idx_blocks_public_key",
+        "idx_blocks_timestamp",
+        "sqlite_autoindex_blocks_1",
+    ]
+    .map(|n| (n.to_owned(), "blocks".to_owned()))
+    .into();
+    assert_eq!(objects, want);
+    drop(c);
 
     let s = SQLiteBackend::new(ro).await.unwrap();
     assert_eq!(s.count_blocks().await.unwrap(), 31);
