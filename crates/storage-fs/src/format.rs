@@ -18,8 +18,10 @@
 //! HEAD     body = 0 | 1, hash [32]
 //! ```
 //!
-//! Index `NNNNNNNNNNNNNNNN.idx`: the operations of one segment's first `covered`
-//! bytes, so opening a store never decodes blocks that are covered:
+//! Index `NNNNNNNNNNNNNNNN.idx`: the table of one segment's first `covered`
+//! bytes (see `table`). Stores of the first layout have index files that list
+//! those bytes' operations instead; opening reads such a segment from its log
+//! and writes its table, and salvage still reads them for which blocks existed:
 //! ```text
 //! "OLIDX\0\0\x01" | segment id u64 | covered u64 | keys u32 | types u32 | ops u32
 //! keys × [32] | types × (len u8, bytes) | op* | crc32 of everything before
@@ -36,8 +38,6 @@
 //! ```
 //! `sealed_len` is the length a sealed segment was synced at; 0 marks the active
 //! (last) segment, whose durable length is in its header slots.
-
-use std::collections::HashMap;
 
 use storage_core::{
     Block, BlockHash, CompressionType, PublicKey, Result, StorageError, WireFormat,
@@ -400,8 +400,8 @@ fn u32_at_checked(b: &[u8], at: usize) -> Option<u32> {
 pub(crate) enum Op {
     /// A block written at `off` (entry header) with `len` bytes.
     Put(PutOp),
-    /// A block deleted.
-    Delete(BlockHash),
+    /// A block deleted by the record at this offset.
+    Delete(BlockHash, u64),
     /// The head set (or cleared).
     Head(Option<BlockHash>),
 }
@@ -447,8 +447,10 @@ impl PutOp {
     }
 }
 
-/// Serialises a segment index covering the first `covered` bytes of segment `id`.
+/// Serialises an index file of the first layout (tests).
+#[cfg(test)]
 pub(crate) fn encode_index(id: u64, covered: u64, ops: &[Op]) -> Vec<u8> {
+    use std::collections::HashMap;
     let mut keys: Vec<&PublicKey> = Vec::new();
     let mut key_ids: HashMap<&PublicKey, u32> = HashMap::new();
     let mut types: Vec<&str> = Vec::new();
@@ -493,7 +495,7 @@ pub(crate) fn encode_index(id: u64, covered: u64, ops: &[Op]) -> Vec<u8> {
                 out.extend_from_slice(&key_ids[&p.key].to_le_bytes());
                 out.extend_from_slice(&type_ids[&*p.ty].to_le_bytes());
             }
-            Op::Delete(h) => {
+            Op::Delete(h, _) => {
                 out.push(2);
                 out.extend_from_slice(h.as_bytes());
             }
@@ -535,24 +537,6 @@ pub(crate) struct RawPut {
     pub key: u32,
     /// Payload type, as an id into [`SegmentIndex::types`].
     pub ty: u32,
-}
-
-impl RawPut {
-    /// `p` with its signer and type given as ids (the converse of
-    /// [`IndexHeader::op`]).
-    pub(crate) fn with_ids(p: &PutOp, key: u32, ty: u32) -> Self {
-        Self {
-            off: p.off,
-            len: p.len,
-            raw_len: p.raw_len,
-            index: p.index,
-            ts: p.ts,
-            size: p.size,
-            hash: p.hash,
-            key,
-            ty,
-        }
-    }
 }
 
 /// An operation as an index file holds it.
@@ -599,7 +583,7 @@ impl IndexHeader {
                 key: self.keys[p.key as usize],
                 ty: self.types[p.ty as usize].clone(),
             }),
-            RawOp::Delete(h) => Op::Delete(*h),
+            RawOp::Delete(h) => Op::Delete(*h, 0),
             RawOp::Head(h) => Op::Head(*h),
         }
     }
@@ -609,8 +593,6 @@ impl IndexHeader {
 /// [`index_ops`] straight from the file's bytes.
 #[derive(Debug)]
 pub(crate) struct IndexHeader {
-    /// Bytes of the segment the operations cover.
-    pub covered: u64,
     /// Signers, by id.
     pub keys: Vec<PublicKey>,
     /// Payload types, by id.
@@ -631,7 +613,7 @@ pub(crate) fn parse_index_header(bytes: &[u8], id: u64) -> Option<IndexHeader> {
     if r.take(8)? != IDX_MAGIC || r.u64()? != id {
         return None;
     }
-    let covered = r.u64()?;
+    r.u64()?; // the bytes covered
     let nkeys = r.u32()? as usize;
     let ntypes = r.u32()? as usize;
     let nops = r.u32()? as usize;
@@ -645,7 +627,6 @@ pub(crate) fn parse_index_header(bytes: &[u8], id: u64) -> Option<IndexHeader> {
         types.push(std::str::from_utf8(r.take(len)?).ok()?.into());
     }
     Some(IndexHeader {
-        covered,
         keys,
         types,
         nops,
@@ -737,21 +718,30 @@ pub(crate) fn decode_index(bytes: &[u8], id: u64) -> Option<SegmentIndex> {
     Some(SegmentIndex { header: h, ops })
 }
 
-struct Reader<'a> {
+/// Reads fields off a byte slice; every read checks the length.
+pub(crate) struct Reader<'a> {
     b: &'a [u8],
     at: usize,
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+    /// A reader at the start of `b`.
+    pub(crate) fn new(b: &'a [u8]) -> Self {
+        Self { b, at: 0 }
+    }
+    /// Bytes read so far.
+    pub(crate) fn at(&self) -> usize {
+        self.at
+    }
+    pub(crate) fn take(&mut self, n: usize) -> Option<&'a [u8]> {
         let s = self.b.get(self.at..self.at.checked_add(n)?)?;
         self.at += n;
         Some(s)
     }
-    fn u32(&mut self) -> Option<u32> {
+    pub(crate) fn u32(&mut self) -> Option<u32> {
         Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
     }
-    fn u64(&mut self) -> Option<u64> {
+    pub(crate) fn u64(&mut self) -> Option<u64> {
         Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
     }
 }
@@ -816,12 +806,12 @@ mod tests {
                 ty: "test.fs/v1".into(),
             }),
             Op::Head(Some(b.hash())),
-            Op::Delete(b.hash()),
+            Op::Delete(b.hash(), 0),
             Op::Head(None),
         ];
         let bytes = encode_index(7, 416, &ops);
         let idx = decode_index(&bytes, 7).unwrap();
-        assert_eq!((idx.header.covered, idx.to_ops()), (416, ops));
+        assert_eq!(idx.to_ops(), ops);
         assert!(decode_index(&bytes, 8).is_none());
         for i in 0..bytes.len() {
             let mut bad = bytes.clone();

@@ -1,5 +1,12 @@
-//! The in-memory index of a store: rebuilt on open from segment index files (and
-//! the unsealed tail of the log), updated by every write after it is on disk.
+//! The index of a store: the tables of the segments (on disk, read on demand)
+//! and, in memory, what no table covers yet (the active segment's newest
+//! writes), the deletions that removed a table's entries, and the sums.
+//!
+//! A block's position is `(segment, offset)`: the log's order. A deletion at
+//! position `d` removes the copies of its block at positions below `d`; a copy
+//! written after it (the block stored again) is live. Opening reads each
+//! table's header and resolves its deletions against the older tables; nothing
+//! is read per block.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -9,7 +16,11 @@ use storage_core::{
     system_time_from_unix_nanos,
 };
 
-use crate::format::{IndexHeader, Op, PutOp, RawOp, RawPut};
+use crate::format::{Op, PutOp};
+use crate::table::{Table, TableEntry, prefix};
+
+/// Deletions of a segment: (hash, offset of the record).
+pub(crate) type Deletes = Vec<(BlockHash, u64)>;
 
 /// Where an entry lives (16 bytes: segments are at most 2 GiB and one record
 /// at most 1 GiB, so offsets fit in 32 bits).
@@ -23,8 +34,24 @@ pub(crate) struct Loc {
     pub len: u32,
 }
 
-/// One stored block, as the index keeps it (72 bytes plus the map's overhead).
-#[derive(Debug, Clone)]
+impl Loc {
+    /// The entry of `len` bytes at offset `off` of segment `seg`.
+    pub(crate) fn at(seg: u64, off: u64, len: u32) -> Self {
+        Self {
+            seg,
+            off: off as u32,
+            len,
+        }
+    }
+
+    /// Its place in the log.
+    fn pos(&self) -> (u64, u64) {
+        (self.seg, u64::from(self.off))
+    }
+}
+
+/// One stored block, as the index gives it (signer and type as store-wide ids).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Entry {
     pub hash: BlockHash,
     pub ts: u64,
@@ -35,70 +62,36 @@ pub(crate) struct Entry {
     pub loc: Loc,
 }
 
-impl Loc {
-    /// The entry of `len` bytes at offset `off` of segment `seg`.
-    pub(crate) fn at(seg: u64, off: u64, len: u32) -> Self {
-        Self {
-            seg,
-            off: off as u32,
-            len,
-        }
-    }
-}
-
-impl Entry {
-    /// The entry of put `p` (signer and type as global ids) in segment `seg`.
-    fn of(seg: u64, p: &RawPut) -> Self {
-        Self {
-            hash: p.hash,
-            ts: p.ts,
-            size: p.size,
-            raw_len: p.raw_len,
-            key: p.key,
-            ty: p.ty,
-            loc: Loc::at(seg, p.off, p.len),
-        }
-    }
-}
-
-/// The first eight bytes of a block hash: already uniformly distributed
-/// (SHA-256), and grinding blocks to collide 64 bits is infeasible.
-fn prefix(h: &BlockHash) -> u64 {
-    u64::from_le_bytes(h.0[..8].try_into().expect("8 bytes"))
-}
-
-/// Hash → chain index. Slots hold only `(hash prefix, index)` (16 bytes, against
-/// 40 for a map keyed by the whole hash): the full hash lives in the entry, which
-/// every lookup compares against. A smaller table is faster to build on open and
-/// misses the cache less.
+/// Hash → chain index of the in-memory part. Slots hold only `(hash prefix,
+/// index)`: the full hash lives in the entry, which every lookup compares.
 #[derive(Debug, Default)]
 struct HashIndex(hashbrown::HashTable<(u64, u64)>);
 
 impl HashIndex {
-    fn with_capacity(n: usize) -> Self {
-        Self(hashbrown::HashTable::with_capacity(n))
-    }
-
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    fn get(&self, h: &BlockHash, by_index: &BTreeMap<u64, Entry>) -> Option<u64> {
+    /// The entry of `h`, looked up once in `by_index`.
+    fn get(&self, h: &BlockHash, by_index: &BTreeMap<u64, Entry>) -> Option<(u64, Entry)> {
         let p = prefix(h);
-        self.0
-            .find(p, |&(q, i)| {
-                q == p && by_index.get(&i).is_some_and(|e| e.hash == *h)
-            })
-            .map(|&(_, i)| i)
+        let mut found = None;
+        self.0.find(p, |&(q, i)| {
+            if q != p {
+                return false;
+            }
+            match by_index.get(&i) {
+                Some(e) if e.hash == *h => {
+                    found = Some((i, *e));
+                    true
+                }
+                _ => false,
+            }
+        });
+        found
     }
 
-    /// Adds a hash the caller knows is absent.
     fn insert(&mut self, h: &BlockHash, index: u64) {
         let p = prefix(h);
         self.0.insert_unique(p, (p, index), |&(q, _)| q);
     }
 
-    /// Removes a hash; call before its entry leaves `by_index`.
     fn remove(&mut self, h: &BlockHash, by_index: &BTreeMap<u64, Entry>) -> Option<u64> {
         let p = prefix(h);
         match self.0.find_entry(p, |&(q, i)| {
@@ -110,9 +103,41 @@ impl HashIndex {
     }
 }
 
-/// Byte accounting of one segment.
+/// Blocks no table covers yet: every one of them is live.
+#[derive(Debug, Default)]
+struct Mem {
+    by_index: BTreeMap<u64, Entry>,
+    by_hash: HashIndex,
+    /// `(timestamp, index)`.
+    by_time: BTreeSet<(u64, u64)>,
+}
+
+impl Mem {
+    fn get(&self, h: &BlockHash) -> Option<(u64, Entry)> {
+        self.by_hash.get(h, &self.by_index)
+    }
+
+    fn insert(&mut self, index: u64, e: Entry) {
+        self.by_hash.insert(&e.hash, index);
+        self.by_time.insert((e.ts, index));
+        self.by_index.insert(index, e);
+    }
+
+    fn remove(&mut self, h: &BlockHash) -> Option<(u64, Entry)> {
+        let i = self.by_hash.remove(h, &self.by_index)?;
+        let e = self.by_index.remove(&i).expect("indexed");
+        self.by_time.remove(&(e.ts, i));
+        Some((i, e))
+    }
+}
+
+/// Byte and block accounting of one segment.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct SegUse {
+    /// Live blocks.
+    pub count: u64,
+    /// Their canonical sizes.
+    pub size: u64,
     /// Bytes of live entries.
     pub live: u64,
     /// Bytes of live entries before compression.
@@ -149,41 +174,181 @@ impl<T: std::hash::Hash + Eq + Clone> Interner<T> {
     }
 }
 
+/// A table and the store-wide ids of its signers and types.
+#[derive(Debug)]
+struct Layer {
+    table: Arc<Table>,
+    keys: Vec<u32>,
+    types: Vec<u32>,
+}
+
+impl Layer {
+    fn entry(&self, e: &TableEntry) -> Entry {
+        Entry {
+            hash: e.hash,
+            ts: e.ts,
+            size: e.size,
+            raw_len: e.raw_len,
+            key: self.keys[e.key as usize],
+            ty: self.types[e.ty as usize],
+            loc: Loc::at(self.table.seg, u64::from(e.off), e.len),
+        }
+    }
+}
+
 /// The whole index.
 #[derive(Debug, Default)]
 pub(crate) struct Index {
-    pub by_index: BTreeMap<u64, Entry>,
-    by_hash: HashIndex,
-    /// `(timestamp, index)`: time order with the index as tie-breaker.
-    by_time: BTreeSet<(u64, u64)>,
+    mem: Mem,
+    layers: BTreeMap<u64, Layer>,
+    /// Hash → position of the latest deletion that removed a copy in a table.
+    dead: HashMap<BlockHash, (u64, u64)>,
     keys: Interner<PublicKey>,
     types: Interner<Arc<str>>,
     pub head: Option<BlockHash>,
+    count: u64,
     pub total_size: u64,
     pub segs: BTreeMap<u64, SegUse>,
 }
 
+/// A source of entries in some order, for merged listings.
+enum Cursor<'a> {
+    Mem(Box<dyn Iterator<Item = (u64, Entry)> + 'a>),
+    Table {
+        layer: &'a Layer,
+        ranks: std::ops::Range<u32>,
+        /// Walk entry positions (index order) or time ranks.
+        by_time: bool,
+        rev: bool,
+    },
+}
+
+impl Cursor<'_> {
+    fn next(&mut self) -> Result<Option<(u64, Entry)>> {
+        match self {
+            Cursor::Mem(it) => Ok(it.next()),
+            Cursor::Table {
+                layer,
+                ranks,
+                by_time,
+                rev,
+            } => {
+                let k = if *rev {
+                    ranks.next_back()
+                } else {
+                    ranks.next()
+                };
+                let Some(k) = k else { return Ok(None) };
+                let pos = if *by_time {
+                    layer.table.time_pos(k)?
+                } else {
+                    k
+                };
+                let e = layer.table.entry(pos)?;
+                Ok(Some((e.index, layer.entry(&e))))
+            }
+        }
+    }
+}
+
+/// Entries of several sources merged into one order.
+struct Merge<'a> {
+    cursors: Vec<Cursor<'a>>,
+    heads: Vec<Option<(u64, Entry)>>,
+    by_time: bool,
+    rev: bool,
+}
+
+impl<'a> Merge<'a> {
+    fn new(mut cursors: Vec<Cursor<'a>>, by_time: bool, rev: bool) -> Result<Self> {
+        let heads = cursors
+            .iter_mut()
+            .map(Cursor::next)
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            cursors,
+            heads,
+            by_time,
+            rev,
+        })
+    }
+
+    fn next(&mut self) -> Result<Option<(u64, Entry)>> {
+        let key = |h: &(u64, Entry)| {
+            if self.by_time {
+                (h.1.ts, h.0, h.1.loc.pos())
+            } else {
+                (h.0, 0, h.1.loc.pos())
+            }
+        };
+        let mut best: Option<usize> = None;
+        for (i, h) in self.heads.iter().enumerate() {
+            let Some(h) = h else { continue };
+            let better = match best {
+                None => true,
+                Some(b) => {
+                    let (kb, kh) = (key(self.heads[b].as_ref().expect("set")), key(h));
+                    if self.rev { kh > kb } else { kh < kb }
+                }
+            };
+            if better {
+                best = Some(i);
+            }
+        }
+        let Some(b) = best else { return Ok(None) };
+        let out = self.heads[b].take();
+        self.heads[b] = self.cursors[b].next()?;
+        Ok(out)
+    }
+}
+
 impl Index {
-    /// The entry of a stored block.
-    pub(crate) fn get(&self, hash: &BlockHash) -> Option<&Entry> {
-        self.by_hash
-            .get(hash, &self.by_index)
-            .map(|i| &self.by_index[&i])
+    /// Whether a copy is live: no deletion after it.
+    fn live(&self, e: &Entry) -> bool {
+        // A deletion's record never shares an entry's offset; a superseding
+        // copy marks its own position, at which it is live.
+        self.dead.get(&e.hash).is_none_or(|d| *d <= e.loc.pos())
+    }
+
+    /// The live copy of a block (newest copy first: a dead newest copy means
+    /// the block was deleted).
+    pub(crate) fn get(&self, hash: &BlockHash) -> Result<Option<(u64, Entry)>> {
+        if let Some(found) = self.mem.get(hash) {
+            return Ok(Some(found));
+        }
+        for layer in self.layers.values().rev() {
+            if let Some((_, e)) = layer.table.find(hash, u64::MAX)? {
+                let e = (e.index, layer.entry(&e));
+                return Ok(self.live(&e.1).then_some(e));
+            }
+        }
+        Ok(None)
     }
 
     /// Whether a block is stored.
-    pub(crate) fn contains(&self, hash: &BlockHash) -> bool {
-        self.by_hash.get(hash, &self.by_index).is_some()
+    pub(crate) fn contains(&self, hash: &BlockHash) -> Result<bool> {
+        Ok(self.get(hash)?.is_some())
     }
 
     /// Number of stored blocks.
-    pub(crate) fn len(&self) -> usize {
-        self.by_hash.len()
+    pub(crate) fn len(&self) -> u64 {
+        self.count
     }
 
     /// The block at `index`, if any.
-    pub(crate) fn at(&self, index: u64) -> Option<&Entry> {
-        self.by_index.get(&index)
+    pub(crate) fn at(&self, index: u64) -> Result<Option<Entry>> {
+        if let Some(e) = self.mem.by_index.get(&index) {
+            return Ok(Some(*e));
+        }
+        for layer in self.layers.values().rev() {
+            for pos in layer.table.index_range(index, index)? {
+                let e = layer.entry(&layer.table.entry(pos)?);
+                if self.live(&e) {
+                    return Ok(Some(e));
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// Interns a signer and a payload type.
@@ -201,18 +366,60 @@ impl Index {
         &self.types.values[id as usize]
     }
 
-    /// Applies one logged operation of segment `seg`. Replaying a log applies every
-    /// operation in order; live writes apply theirs after they are on disk.
+    /// The put of a live entry, as a table stores it.
+    pub(crate) fn put_op(&self, index: u64, e: &Entry) -> PutOp {
+        PutOp {
+            off: u64::from(e.loc.off),
+            len: e.loc.len,
+            raw_len: e.raw_len,
+            index,
+            ts: e.ts,
+            size: e.size,
+            hash: e.hash,
+            key: self.key(e.key),
+            ty: self.ty(e.ty).clone(),
+        }
+    }
+
+    fn add_use(&mut self, seg: u64, e: &Entry) {
+        let u = self.segs.entry(seg).or_default();
+        u.count += 1;
+        u.size += u64::from(e.size);
+        u.live += u64::from(e.loc.len);
+        u.raw_live += u64::from(e.raw_len);
+        self.count += 1;
+        self.total_size += u64::from(e.size);
+    }
+
+    /// Accounts for a copy that stopped being live (deleted or superseded).
+    fn drop_use(&mut self, e: &Entry) {
+        if let Some(u) = self.segs.get_mut(&e.loc.seg) {
+            u.count -= 1;
+            u.size -= u64::from(e.size);
+            u.live -= u64::from(e.loc.len);
+            u.raw_live -= u64::from(e.raw_len);
+            u.dead_entries += u64::from(e.loc.len);
+        }
+        self.count -= 1;
+        self.total_size -= u64::from(e.size);
+    }
+
+    /// Applies one logged operation of segment `seg` that no table covers.
+    /// Replaying a log applies every operation in order; live writes apply
+    /// theirs after they are on disk.
     pub(crate) fn apply(&mut self, seg: u64, op: &Op) -> Result<()> {
         match op {
             Op::Put(p) => self.put(seg, p),
-            Op::Delete(h) => {
-                self.delete(h);
+            Op::Delete(h, off) => {
+                self.delete(h, (seg, *off))?;
                 Ok(())
             }
             Op::Head(h) => {
                 // A head names a stored block; anything else reads as "no head".
-                self.head = h.filter(|h| self.contains(h));
+                self.head = match h {
+                    Some(h) if self.contains(h)? => Some(*h),
+                    _ => None,
+                };
                 Ok(())
             }
         }
@@ -220,60 +427,165 @@ impl Index {
 
     fn put(&mut self, seg: u64, p: &PutOp) -> Result<()> {
         let loc = Loc::at(seg, p.off, p.len);
-        if let Some(index) = self.by_hash.get(&p.hash, &self.by_index) {
-            // The same block again (a compaction's copy replayed after the original
-            // survived a crash): the newer copy wins; the older one is dead.
-            self.relocate(index, loc);
-            return Ok(());
-        }
-        if let Some(other) = self.by_index.get(&p.index) {
+        let (key, ty) = self.ids(&p.key, &p.ty);
+        let entry = Entry {
+            hash: p.hash,
+            ts: p.ts,
+            size: p.size,
+            raw_len: p.raw_len,
+            key,
+            ty,
+            loc,
+        };
+        if let Some((_, old)) = self.get(&p.hash)? {
+            // The same block again (a copy replayed after its original): the
+            // newer copy wins; the older one is dead.
+            self.supersede(&old, loc.pos());
+        } else if let Some(other) = self.at(p.index)? {
             return Err(StorageError::corrupted(format!(
                 "fs: log puts block {} at index {} which block {} already holds",
                 p.hash, p.index, other.hash
             )));
         }
-        let (key, ty) = self.ids(&p.key, &p.ty);
-        self.by_hash.insert(&p.hash, p.index);
-        self.by_time.insert((p.ts, p.index));
-        self.total_size += u64::from(p.size);
-        let u = self.segs.entry(seg).or_default();
-        u.live += u64::from(p.len);
-        u.raw_live += u64::from(p.raw_len);
-        self.by_index
-            .insert(p.index, Entry::of(seg, &RawPut::with_ids(p, key, ty)));
+        self.add_use(seg, &entry);
+        self.mem.insert(p.index, entry);
         Ok(())
     }
 
-    fn seg_dead(&mut self, loc: Loc, raw: u64) {
-        if let Some(u) = self.segs.get_mut(&loc.seg) {
-            u.live -= u64::from(loc.len);
-            u.raw_live -= raw;
-            u.dead_entries += u64::from(loc.len);
+    /// Makes a live copy dead as of position `pos`.
+    fn supersede(&mut self, old: &Entry, pos: (u64, u64)) {
+        if self.mem.remove(&old.hash).is_none() {
+            self.dead.insert(old.hash, pos);
         }
+        self.drop_use(old);
     }
 
-    /// Removes a block; returns its entry.
-    pub(crate) fn delete(&mut self, hash: &BlockHash) -> Option<Entry> {
-        let index = self.by_hash.remove(hash, &self.by_index)?;
-        let e = self.by_index.remove(&index).expect("indexed");
-        self.by_time.remove(&(e.ts, index));
-        self.total_size -= u64::from(e.size);
-        self.seg_dead(e.loc, u64::from(e.raw_len));
+    /// Removes a block by a deletion at `pos`; returns its entry.
+    pub(crate) fn delete(&mut self, hash: &BlockHash, pos: (u64, u64)) -> Result<Option<Entry>> {
+        let Some((_, e)) = self.get(hash)? else {
+            return Ok(None);
+        };
+        self.supersede(&e, pos);
         if self.head == Some(*hash) {
             self.head = None;
         }
-        Some(e)
+        Ok(Some(e))
     }
 
-    /// Moves a live entry to a new copy of it; the old bytes are dead.
-    pub(crate) fn relocate(&mut self, index: u64, loc: Loc) {
-        let e = self.by_index.get_mut(&index).expect("indexed");
-        let raw = u64::from(e.raw_len);
-        let old = std::mem::replace(&mut e.loc, loc);
-        self.seg_dead(old, raw);
-        let u = self.segs.entry(loc.seg).or_default();
-        u.live += u64::from(loc.len);
-        u.raw_live += raw;
+    /// Adds the table of the next segment (tables are added in log order, each
+    /// before any operation of its segment that it does not cover): its sums,
+    /// its deletions resolved against what came before, and its head.
+    pub(crate) fn add_table(&mut self, table: Arc<Table>) -> Result<()> {
+        let seg = table.seg;
+        let layer = self.layer(table);
+        let h = &layer.table.header;
+        let u = self.segs.entry(seg).or_default();
+        u.count += u64::from(h.sum.entries);
+        u.size += h.sum.total_size;
+        u.live += h.sum.live;
+        u.raw_live += h.sum.raw_live;
+        self.count += u64::from(h.sum.entries);
+        self.total_size += h.sum.total_size;
+        let deletes = h.deletes.clone();
+        let head = h.head;
+        self.layers.insert(seg, layer);
+        for (hash, off) in deletes {
+            // The newest copy written before the deletion: in this table, in
+            // memory (tails of older segments), or in an older table.
+            let own = &self.layers[&seg];
+            let mut victim = own.table.find(&hash, off)?.map(|(_, e)| own.entry(&e));
+            if victim.is_none() {
+                victim = self.mem.get(&hash).map(|(_, e)| e);
+            }
+            if victim.is_none() {
+                for layer in self.layers.range(..seg).rev().map(|(_, l)| l) {
+                    if let Some((_, e)) = layer.table.find(&hash, u64::MAX)? {
+                        victim = Some(layer.entry(&e));
+                        break;
+                    }
+                }
+            }
+            if let Some(v) = victim
+                && self.live(&v)
+                && v.loc.pos() < (seg, off)
+            {
+                self.supersede(&v, (seg, off));
+            }
+        }
+        self.head = head;
+        Ok(())
+    }
+
+    fn layer(&mut self, table: Arc<Table>) -> Layer {
+        let keys = table.header.keys.iter().map(|k| self.keys.id(k)).collect();
+        let types = table
+            .header
+            .types
+            .iter()
+            .map(|t| self.types.id(t))
+            .collect();
+        Layer { table, keys, types }
+    }
+
+    /// The table of segment `seg` now covers every operation of it that was in
+    /// memory (a seal or a close): the table replaces them.
+    pub(crate) fn replace_table(&mut self, table: Arc<Table>) {
+        let seg = table.seg;
+        let moving: Vec<(u64, BlockHash)> = self
+            .mem
+            .by_index
+            .iter()
+            .filter(|(_, e)| e.loc.seg == seg)
+            .map(|(i, e)| (*i, e.hash))
+            .collect();
+        for (_, h) in moving {
+            self.mem.remove(&h);
+        }
+        let layer = self.layer(table);
+        self.layers.insert(seg, layer);
+    }
+
+    /// What a new table of segment `seg` holds: the puts and deletions of its
+    /// current table (if any), then its puts in memory. The caller adds the
+    /// deletions logged since.
+    pub(crate) fn segment_contents(&self, seg: u64) -> Result<(Vec<PutOp>, Deletes)> {
+        let (mut puts, mut deletes) = (Vec::new(), Vec::new());
+        if let Some(layer) = self.layers.get(&seg) {
+            for e in layer.table.all()? {
+                puts.push(self.put_op(e.index, &layer.entry(&e)));
+            }
+            deletes.extend_from_slice(&layer.table.header.deletes);
+        }
+        puts.extend(
+            self.mem
+                .by_index
+                .iter()
+                .filter(|(_, e)| e.loc.seg == seg)
+                .map(|(i, e)| self.put_op(*i, e)),
+        );
+        Ok((puts, deletes))
+    }
+
+    /// Forgets segments a compaction replaced (their blocks are in the
+    /// copies' tables, added after).
+    pub(crate) fn remove_segments(&mut self, ids: &[u64]) {
+        for id in ids {
+            self.layers.remove(id);
+            if let Some(u) = self.segs.remove(id) {
+                self.count -= u.count;
+                self.total_size -= u.size;
+            }
+        }
+        let gone: Vec<BlockHash> = self
+            .mem
+            .by_index
+            .values()
+            .filter(|e| ids.contains(&e.loc.seg))
+            .map(|e| e.hash)
+            .collect();
+        for h in gone {
+            self.mem.remove(&h);
+        }
     }
 
     /// The metadata `list_blocks` returns for an entry.
@@ -288,21 +600,115 @@ impl Index {
         }
     }
 
+    /// Live entries with `lo <= index <= hi` in index order (reversed if `rev`).
+    fn by_index(&self, lo: u64, hi: u64, rev: bool) -> Result<Merge<'_>> {
+        let mut cursors = Vec::new();
+        if lo > hi {
+            return Merge::new(cursors, false, rev);
+        }
+        let mem: Box<dyn Iterator<Item = (u64, Entry)>> = if rev {
+            Box::new(
+                self.mem
+                    .by_index
+                    .range(lo..=hi)
+                    .rev()
+                    .map(|(i, e)| (*i, *e)),
+            )
+        } else {
+            Box::new(self.mem.by_index.range(lo..=hi).map(|(i, e)| (*i, *e)))
+        };
+        cursors.push(Cursor::Mem(mem));
+        for layer in self.layers.values() {
+            let ranks = layer.table.index_range(lo, hi)?;
+            if !ranks.is_empty() {
+                cursors.push(Cursor::Table {
+                    layer,
+                    ranks,
+                    by_time: false,
+                    rev,
+                });
+            }
+        }
+        Merge::new(cursors, false, rev)
+    }
+
+    /// Live entries with `start <= (ts, index) <= end` in time order.
+    fn by_time(&self, start: (u64, u64), end: (u64, u64), rev: bool) -> Result<Merge<'_>> {
+        let mut cursors = Vec::new();
+        if start > end {
+            return Merge::new(cursors, true, rev);
+        }
+        let mem = self
+            .mem
+            .by_time
+            .range(start..=end)
+            .map(|(_, i)| (*i, self.mem.by_index[i]));
+        cursors.push(Cursor::Mem(if rev {
+            Box::new(mem.rev())
+        } else {
+            Box::new(mem)
+        }));
+        for layer in self.layers.values() {
+            let s = &layer.table.header.sum;
+            if layer.table.len() == 0 || s.max_ts < start.0 || s.min_ts > end.0 {
+                continue;
+            }
+            let a = layer.table.time_lower_bound(start)?;
+            let b = match end.1.checked_add(1) {
+                Some(next) => layer.table.time_lower_bound((end.0, next))?,
+                None => match end.0.checked_add(1) {
+                    Some(t) => layer.table.time_lower_bound((t, 0))?,
+                    None => layer.table.len(),
+                },
+            };
+            if a < b {
+                cursors.push(Cursor::Table {
+                    layer,
+                    ranks: a..b,
+                    by_time: true,
+                    rev,
+                });
+            }
+        }
+        Merge::new(cursors, true, rev)
+    }
+
+    /// Live blocks with `start <= index <= end`, in index order.
+    pub(crate) fn range(&self, start: u64, end: u64) -> Result<Vec<(u64, Entry)>> {
+        let mut m = self.by_index(start, end, false)?;
+        let mut out = Vec::new();
+        while let Some((i, e)) = m.next()? {
+            if self.live(&e) {
+                out.push((i, e));
+            }
+        }
+        Ok(out)
+    }
+
     /// Oldest and newest timestamps.
-    pub(crate) fn time_bounds(&self) -> Option<(u64, u64)> {
-        Some((self.by_time.first()?.0, self.by_time.last()?.0))
+    pub(crate) fn time_bounds(&self) -> Result<Option<(u64, u64)>> {
+        let first = |rev| -> Result<Option<u64>> {
+            let mut m = self.by_time((0, 0), (u64::MAX, u64::MAX), rev)?;
+            while let Some((_, e)) = m.next()? {
+                if self.live(&e) {
+                    return Ok(Some(e.ts));
+                }
+            }
+            Ok(None)
+        };
+        Ok(first(false)?.zip(first(true)?))
     }
 
     /// `list_blocks`: walks only the part of the ordered index the query needs.
-    pub(crate) fn list(&self, o: &ListOptions) -> Vec<BlockMetadata> {
+    pub(crate) fn list(&self, o: &ListOptions) -> Result<Vec<BlockMetadata>> {
         let Some(m) = o.matcher() else {
-            return Vec::new();
+            return Ok(Vec::new());
         };
         let ((tlo, thi), (lo, hi), (tstart, tend)) = (m.times(), m.indices(), m.time_keys());
-        let skip = usize::try_from(o.offset.unwrap_or(0)).unwrap_or(usize::MAX);
-        let take = usize::try_from(o.limit.unwrap_or(u64::MAX)).unwrap_or(usize::MAX);
+        let mut skip = o.offset.unwrap_or(0);
+        let mut take = o.limit.unwrap_or(u64::MAX);
         if take == 0 {
-            return Vec::new();
+            return Ok(Vec::new());
         }
         let f = o.filter.as_ref();
         // Resolve filters to interned ids once: an unknown signer or type matches
@@ -311,228 +717,43 @@ impl Index {
             None => None,
             Some(k) => match self.keys.ids.get(k) {
                 Some(id) => Some(*id),
-                None => return Vec::new(),
+                None => return Ok(Vec::new()),
             },
         };
         let ty = match f.and_then(|f| f.payload_type.as_deref()) {
             None => None,
             Some(t) => match self.types.ids.get(t) {
                 Some(id) => Some(*id),
-                None => return Vec::new(),
+                None => return Ok(Vec::new()),
             },
         };
-        let keep = |e: &Entry| {
+        let keep = |i: u64, e: &Entry| {
             e.ts >= tlo
                 && e.ts <= thi
+                && (lo..=hi).contains(&i)
                 && key.is_none_or(|k| k == e.key)
                 && ty.is_none_or(|t| t == e.ty)
+                && self.live(e)
         };
-        let meta = |(i, e): (&u64, &Entry)| self.metadata(*i, e);
-        match o.order {
-            SortOrder::Ascending | SortOrder::ByIndex => self
-                .by_index
-                .range(lo..=hi)
-                .filter(|(_, e)| keep(e))
-                .skip(skip)
-                .take(take)
-                .map(meta)
-                .collect(),
-            SortOrder::Descending => self
-                .by_index
-                .range(lo..=hi)
-                .rev()
-                .filter(|(_, e)| keep(e))
-                .skip(skip)
-                .take(take)
-                .map(meta)
-                .collect(),
-            SortOrder::ByTimestamp => self
-                .by_time
-                .range(tstart..=tend)
-                .filter(|(_, i)| (lo..=hi).contains(i))
-                .map(|(_, i)| (i, &self.by_index[i]))
-                .filter(|(_, e)| keep(e))
-                .skip(skip)
-                .take(take)
-                .map(meta)
-                .collect(),
-        }
-    }
-}
-
-/// What the helper thread of [`Bulk`] receives: `(hash prefix, index, timestamp)`.
-type Keys = Vec<(u64, u64, u64)>;
-
-/// What it returns: the hash and time indexes, or `None` if they need a replay.
-type Helped = Option<(HashIndex, BTreeSet<(u64, u64)>)>;
-
-/// Builds an [`Index`] in bulk while a store opens.
-///
-/// A log without deletions (the common case: chains are appended) needs no
-/// replay. Entries are collected once, and the ordered map is built from their
-/// sorted runs. Meanwhile a helper thread fills the hash index and the time index
-/// from what has been parsed so far, so opening uses both cores.
-///
-/// The caller replays the log operation by operation instead when any of these
-/// turns up: a deletion, a malformed index operation, a block or index seen twice
-/// (the copies of a compaction replayed after their originals, or damage), or two
-/// hashes sharing a 64-bit prefix. The replay handles superseded copies and
-/// reports real conflicts.
-pub(crate) struct Bulk {
-    ix: Index,
-    puts: Vec<(u64, Entry)>,
-    head: Option<BlockHash>,
-    chunk: Keys,
-    tx: Option<std::sync::mpsc::SyncSender<Keys>>,
-    helper: Option<std::thread::JoinHandle<Helped>>,
-}
-
-/// Entries handed to the helper at a time.
-const CHUNK: usize = 1 << 16;
-
-impl Bulk {
-    /// A builder expecting about `capacity` blocks.
-    pub(crate) fn new(capacity: usize) -> Self {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Keys>(8);
-        let helper = std::thread::Builder::new()
-            .name("olocus-fs-open".into())
-            .spawn(move || {
-                let mut hashes = HashIndex::with_capacity(capacity);
-                let mut times = Vec::with_capacity(capacity);
-                let mut ok = true;
-                for chunk in rx {
-                    for (p, index, ts) in chunk {
-                        // Two hashes with one prefix cannot be told apart here.
-                        if ok && hashes.0.find(p, |&(q, _)| q == p).is_some() {
-                            ok = false;
-                        }
-                        if ok {
-                            hashes.0.insert_unique(p, (p, index), |&(q, _)| q);
-                            times.push((ts, index));
-                        }
-                    }
-                }
-                ok.then(|| (hashes, times.into_iter().collect()))
-            })
-            .ok();
-        Self {
-            ix: Index::default(),
-            puts: Vec::with_capacity(capacity),
-            head: None,
-            chunk: Vec::with_capacity(CHUNK),
-            tx: helper.is_some().then_some(tx),
-            helper,
-        }
-    }
-
-    fn push(&mut self, index: u64, e: Entry) {
-        self.chunk.push((prefix(&e.hash), index, e.ts));
-        if self.chunk.len() == CHUNK {
-            self.send();
-        }
-        self.puts.push((index, e));
-    }
-
-    fn send(&mut self) {
-        let chunk = std::mem::replace(&mut self.chunk, Vec::with_capacity(CHUNK));
-        if let Some(tx) = &self.tx
-            && tx.send(chunk).is_err()
+        let mut merged = match o.order {
+            SortOrder::Ascending | SortOrder::ByIndex => self.by_index(lo, hi, false)?,
+            SortOrder::Descending => self.by_index(lo, hi, true)?,
+            SortOrder::ByTimestamp => self.by_time(tstart, tend, false)?,
+        };
+        let mut out = Vec::new();
+        while take > 0
+            && let Some((i, e)) = merged.next()?
         {
-            self.tx = None; // the helper is gone; `finish` reports it
-        }
-    }
-
-    /// Adds an index file's operations; `false` if the bulk path cannot take them.
-    pub(crate) fn add_indexed(
-        &mut self,
-        seg: u64,
-        h: &IndexHeader,
-        ops: impl Iterator<Item = Option<RawOp>>,
-    ) -> bool {
-        // The file's key and type ids map to global ones once per file.
-        let kmap: Vec<u32> = h.keys.iter().map(|k| self.ix.keys.id(k)).collect();
-        let tmap: Vec<u32> = h.types.iter().map(|t| self.ix.types.id(t)).collect();
-        let mut usage = SegUse::default();
-        for op in ops {
-            match op {
-                Some(RawOp::Put(p)) => {
-                    let global = RawPut {
-                        key: kmap[p.key as usize],
-                        ty: tmap[p.ty as usize],
-                        ..p
-                    };
-                    self.put(seg, &mut usage, &global);
-                }
-                Some(RawOp::Head(head)) => self.head = head,
-                Some(RawOp::Delete(_)) | None => return false,
+            if !keep(i, &e) {
+                continue;
             }
-        }
-        self.add_usage(seg, usage);
-        true
-    }
-
-    /// Adds operations decoded from a segment's unindexed tail; `false` if the
-    /// bulk path cannot take them.
-    pub(crate) fn add_tail(&mut self, seg: u64, ops: &[Op]) -> bool {
-        let mut usage = SegUse::default();
-        for op in ops {
-            match op {
-                Op::Put(p) => {
-                    let (key, ty) = self.ix.ids(&p.key, &p.ty);
-                    self.put(seg, &mut usage, &RawPut::with_ids(p, key, ty));
-                }
-                Op::Head(head) => self.head = *head,
-                Op::Delete(_) => return false,
+            if skip > 0 {
+                skip -= 1;
+                continue;
             }
+            out.push(self.metadata(i, &e));
+            take -= 1;
         }
-        self.add_usage(seg, usage);
-        true
-    }
-
-    /// Collects one put whose signer and type are global ids.
-    fn put(&mut self, seg: u64, usage: &mut SegUse, p: &RawPut) {
-        usage.live += u64::from(p.len);
-        usage.raw_live += u64::from(p.raw_len);
-        self.ix.total_size += u64::from(p.size);
-        self.push(p.index, Entry::of(seg, p));
-    }
-
-    fn add_usage(&mut self, seg: u64, usage: SegUse) {
-        if usage.live > 0 {
-            let u = self.ix.segs.entry(seg).or_default();
-            u.live += usage.live;
-            u.raw_live += usage.raw_live;
-        }
-    }
-
-    /// The index; `None` if the log needs a replay after all.
-    pub(crate) fn finish(mut self) -> Option<Index> {
-        self.send();
-        self.tx = None; // ends the helper's input
-        let mut ix = std::mem::take(&mut self.ix);
-        let puts = std::mem::take(&mut self.puts);
-        let count = puts.len();
-        // While the helper finishes: the ordered map, from sorted runs (a log is
-        // appended in index order, mostly), near-linear.
-        ix.by_index = puts.into_iter().collect();
-        let (hashes, by_time) = self.helper.take()?.join().ok()??;
-        if ix.by_index.len() != count || hashes.len() != count {
-            return None; // an index or a block twice
-        }
-        ix.by_hash = hashes;
-        ix.by_time = by_time;
-        ix.head = self.head.filter(|h| ix.contains(h));
-        Some(ix)
-    }
-}
-
-impl Drop for Bulk {
-    fn drop(&mut self) {
-        // An abandoned load: end the helper's input and wait for it, so no thread
-        // outlives the open.
-        self.tx = None;
-        if let Some(h) = self.helper.take() {
-            let _ = h.join();
-        }
+        Ok(out)
     }
 }

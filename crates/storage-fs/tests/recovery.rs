@@ -145,14 +145,52 @@ async fn damaged_index_file_is_rebuilt_from_the_log() {
     s.close().await.unwrap();
     drop(s);
 
-    let mut bytes = std::fs::read(&idx[0]).unwrap();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 1;
+    // A damaged header, and a missing file: the open reads those segments
+    // from the log and writes their tables again.
+    let pristine: Vec<Vec<u8>> = idx.iter().map(|p| std::fs::read(p).unwrap()).collect();
+    let mut bytes = pristine[0].clone();
+    bytes[20] ^= 1;
     std::fs::write(&idx[0], bytes).unwrap();
     std::fs::remove_file(&idx[1]).unwrap();
     let s = open(dir.path());
     assert!(s.recovery().scanned_bytes > 0);
     assert_eq!(contents(&s).await, before);
+    s.close().await.unwrap();
+    drop(s);
+    assert_eq!(std::fs::read(&idx[0]).unwrap(), pristine[0]);
+    assert_eq!(std::fs::read(&idx[1]).unwrap(), pristine[1]);
+
+    // A damaged page is found when it is read: that read fails as corrupted,
+    // the file is removed, and the next open rebuilds it. (Block 7's deletion
+    // reads hash pages while opening, but no entry page of the second table.)
+    let mut bytes = pristine[1].clone();
+    bytes[4096 + 100] ^= 1; // in its first page of entries
+    std::fs::write(&idx[1], bytes).unwrap();
+    let s = open(dir.path());
+    assert_eq!(s.recovery().scanned_bytes, 0);
+    let err = s.get_blocks_by_range(0, u64::MAX >> 1).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Corrupted, "{err}");
+    assert!(err.to_string().contains("index file"), "{err}");
+    assert!(!idx[1].exists());
+    drop(s);
+    let s = open(dir.path());
+    assert!(s.recovery().scanned_bytes > 0);
+    assert_eq!(contents(&s).await, before);
+    s.close().await.unwrap();
+    drop(s);
+    assert_eq!(std::fs::read(&idx[1]).unwrap(), pristine[1]);
+
+    // Found by the open itself (resolving block 7's deletion reads the first
+    // table's hash pages): the open reads that segment from the log instead.
+    let mut bytes = pristine[0].clone();
+    let hashes = bytes.len() - 2 * 4096; // one page each of hashes and times
+    bytes[hashes + 10] ^= 1;
+    std::fs::write(&idx[0], bytes).unwrap();
+    let s = open(dir.path());
+    assert!(s.recovery().scanned_bytes > 0);
+    assert_eq!(contents(&s).await, before);
+    s.close().await.unwrap();
+    assert_eq!(std::fs::read(&idx[0]).unwrap(), pristine[0]);
 }
 
 #[tokio::test]

@@ -9,10 +9,10 @@ impl Inner {
     /// the configured compression), then removes orphaned files.
     ///
     /// The copies go to new segments after the active one, followed by the current
-    /// head; only once they are synced are the old segments deleted, oldest first.
-    /// Replaying what is left after a crash at any point gives the same store: a
-    /// copy replayed after its original simply supersedes it, and a delete is only
-    /// dropped together with every older copy of its block.
+    /// head; once they and their tables are synced, the manifest is replaced to
+    /// list them instead of the old segments (the commit point), and then the
+    /// old segments are deleted. A crash at any point leaves a store that opens
+    /// to the same contents.
     pub(crate) fn rewrite(&self, all: bool) -> Result<()> {
         let mut w = lock(&self.writer);
         w.usable()?;
@@ -46,20 +46,14 @@ impl Inner {
             let st = read_state(&self.state);
             let live: Vec<(Loc, FileRef, PutOp)> = st
                 .index
-                .by_index
-                .iter()
+                .range(0, u64::MAX)?
+                .into_iter()
                 .filter(|(_, e)| e.loc.seg <= end)
                 .map(|(i, e)| {
+                    // `off` is set where the copy lands.
                     let op = PutOp {
-                        off: 0, // set where the copy lands
-                        len: e.loc.len,
-                        raw_len: e.raw_len,
-                        index: *i,
-                        ts: e.ts,
-                        size: e.size,
-                        hash: e.hash,
-                        key: st.index.key(e.key),
-                        ty: st.index.ty(e.ty).clone(),
+                        off: 0,
+                        ..st.index.put_op(i, &e)
                     };
                     Ok((e.loc, self.file_of(&st, e.loc.seg)?, op))
                 })
@@ -74,8 +68,7 @@ impl Inner {
             .collect();
 
         // Write the copies; damage is never copied forward.
-        let mut out = Output::new(self, w.seg + 1)?;
-        let mut moved = Vec::with_capacity(live.len());
+        let mut out = Output::new(self, w.seg + 1, head)?;
         for (loc, file, mut op) in live {
             let mut entry = self.read_entry(&file, loc)?;
             if recode {
@@ -84,16 +77,15 @@ impl Inner {
             let (_, _, raw_len) = format::split_entry(&entry, &op.hash)?;
             op.len = entry.len() as u32;
             op.raw_len = raw_len;
-            let index = op.index;
-            moved.push((index, out.put(self, &entry, op)?));
+            out.put(self, &entry, op)?;
         }
-        out.head(self, head)?;
+        out.head(self)?;
         let written = out.finish(self)?;
 
         // New writes go to a segment after the copies.
-        let next = written.last().map_or(w.seg, |(id, _, _)| *id) + 1;
+        let next = written.last().map_or(w.seg, |(id, _, _, _)| *id) + 1;
         let before = w.seg;
-        let unused = w.len == SEG_HEADER && w.ops.is_empty();
+        let unused = w.len == SEG_HEADER;
         if unused {
             // Nothing was written to it (e.g. it was started by the roll above).
             w.segments.remove(&before);
@@ -104,7 +96,7 @@ impl Inner {
         for id in &old {
             w.segments.remove(id);
         }
-        for (id, _, len) in &written {
+        for (id, _, len, _) in &written {
             w.segments.insert(*id, *len);
         }
         // The commit point: from here on the copies are the store, and the old
@@ -112,18 +104,17 @@ impl Inner {
         write_manifest(&self.dir, &w.segments)?;
         {
             let mut st = write_state(&self.state);
-            for (id, file, _) in written {
-                st.files.insert(id, file);
+            st.index.remove_segments(&old);
+            if unused {
+                st.files.remove(&before);
+                st.index.remove_segments(&[before]);
             }
-            for (index, loc) in moved {
-                st.index.relocate(index, loc);
+            for (id, file, _, table) in written {
+                st.files.insert(id, file);
+                st.index.add_table(table)?;
             }
             for id in &old {
                 st.files.remove(id);
-                st.index.segs.remove(id);
-            }
-            if unused {
-                st.files.remove(&before);
             }
         }
         if unused {
@@ -155,28 +146,33 @@ impl Inner {
     }
 }
 
+/// A segment a compaction wrote: id, file, length, table.
+pub(super) type Sealed = (u64, FileRef, u64, Arc<Table>);
+
 /// Segments written by a compaction.
 pub(super) struct Output {
     id: u64,
     file: FileRef,
     len: u64,
-    ops: Vec<Op>,
+    puts: Vec<PutOp>,
+    /// The store's head (what the copies' tables record).
+    head: Option<BlockHash>,
     buf: Vec<u8>,
     entries: u32,
-    /// Sealed segments: id, file, length.
-    done: Vec<(u64, FileRef, u64)>,
+    done: Vec<Sealed>,
 }
 
 /// Flush a compaction record at this size.
 pub(super) const OUTPUT_RECORD: usize = 1 << 20;
 
 impl Output {
-    pub(super) fn new(inner: &Inner, id: u64) -> Result<Self> {
+    pub(super) fn new(inner: &Inner, id: u64, head: Option<BlockHash>) -> Result<Self> {
         Ok(Self {
             id,
             file: create_segment(&inner.dir, id)?,
             len: SEG_HEADER,
-            ops: Vec::new(),
+            puts: Vec::new(),
+            head,
             buf: Vec::new(),
             entries: 0,
             done: Vec::new(),
@@ -201,7 +197,7 @@ impl Output {
         self.buf.extend_from_slice(entry);
         self.entries += 1;
         let loc = Loc::at(self.id, op.off, op.len);
-        self.ops.push(Op::Put(op));
+        self.puts.push(op);
         Ok(loc)
     }
 
@@ -234,24 +230,27 @@ impl Output {
     }
 
     pub(super) fn seal(&mut self, inner: &Inner) -> Result<()> {
-        seal_segment(&inner.dir, self.id, &self.file, self.len, &self.ops)?;
-        self.ops.clear();
-        self.done.push((self.id, self.file.clone(), self.len));
+        let c = Contents {
+            puts: std::mem::take(&mut self.puts),
+            deletes: Vec::new(),
+            head: self.head,
+        };
+        let t = seal_segment(&inner.dir, &inner.cache, self.id, &self.file, self.len, &c)?;
+        self.done.push((self.id, self.file.clone(), self.len, t));
         Ok(())
     }
 
-    pub(super) fn head(&mut self, inner: &Inner, head: Option<BlockHash>) -> Result<()> {
+    /// Logs the head after the copies (for a replay of the log without tables).
+    pub(super) fn head(&mut self, inner: &Inner) -> Result<()> {
         self.flush(inner)?;
         let start = format::begin_record(&mut self.buf);
         self.buf
-            .extend_from_slice(&format::head_body(head.as_ref()));
+            .extend_from_slice(&format::head_body(self.head.as_ref()));
         format::finish_record(&mut self.buf, start, KIND_HEAD);
-        self.write(inner)?;
-        self.ops.push(Op::Head(head));
-        Ok(())
+        self.write(inner)
     }
 
-    pub(super) fn finish(mut self, inner: &Inner) -> Result<Vec<(u64, FileRef, u64)>> {
+    pub(super) fn finish(mut self, inner: &Inner) -> Result<Vec<Sealed>> {
         self.flush(inner)?;
         self.seal(inner)?;
         sync_dir(&inner.dir)?;

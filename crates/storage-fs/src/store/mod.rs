@@ -12,8 +12,9 @@ use storage_core::{Block, BlockHash, OpenMode, Result, StorageError};
 use crate::format::{
     self, KIND_DELETE, KIND_HEAD, KIND_PUT, MAX_RECORD_BODY, Op, PutOp, REC_HEADER, SEG_HEADER,
 };
-use crate::index::{Bulk, Index, Loc};
+use crate::index::{Index, Loc};
 use crate::io::{Vfs, VfsFile};
+use crate::table::{self, PageCache, Table};
 use crate::{Durability, FsConfig};
 
 mod compact;
@@ -117,26 +118,99 @@ fn sync_dir(dir: &Dir) -> Result<()> {
         .map_err(|e| io(format!("syncing directory {}", dir.path.display()), e))
 }
 
-/// Writes segment `id`'s index atomically (temp file, sync, rename).
-fn write_index(dir: &Dir, id: u64, covered: u64, ops: &[Op]) -> Result<()> {
+/// What a table of a segment holds: its puts, its deletions (hash, record
+/// offset) and the head once they are applied.
+pub(crate) struct Contents {
+    pub puts: Vec<PutOp>,
+    pub deletes: Vec<(BlockHash, u64)>,
+    pub head: Option<BlockHash>,
+}
+
+/// Writes segment `id`'s table atomically (temp file, sync, rename) and opens it.
+fn write_table(
+    dir: &Dir,
+    cache: &Arc<PageCache>,
+    id: u64,
+    covered: u64,
+    c: &Contents,
+) -> Result<Arc<Table>> {
     let path = dir.idx(id);
     let tmp = path.with_extension("idx.tmp");
-    let bytes = format::encode_index(id, covered, ops);
-    let write = || -> std::io::Result<()> {
+    let bytes = table::encode_table(id, covered, &c.puts, &c.deletes, c.head);
+    let write = || -> std::io::Result<FileRef> {
         let f = dir.vfs.create(&tmp, false)?;
         f.write_all_at(&bytes, 0)?;
         f.sync_data()?;
-        dir.vfs.rename(&tmp, &path)
+        dir.vfs.rename(&tmp, &path)?;
+        Ok(f)
     };
-    write().map_err(|e| io(format!("writing index {}", path.display()), e))
+    let file = write().map_err(|e| io(format!("writing index {}", path.display()), e))?;
+    let header = table::parse_table_header(&bytes, id).ok_or_else(|| {
+        StorageError::corrupted(format!("fs: index {} did not read back", path.display()))
+    })?;
+    Ok(Arc::new(Table::new(
+        id,
+        header,
+        file,
+        path,
+        cache.clone(),
+        Some(dir.vfs.clone()),
+    )))
 }
 
-/// Seals segment `id`: syncs its first `len` bytes, then writes its index file
+/// Opens segment `id`'s table, if it has a whole one of this layout; `None`
+/// when it has none, or one that is damaged or of the first layout (the
+/// segment is then read from its log).
+fn open_table(
+    dir: &Dir,
+    cache: &Arc<PageCache>,
+    id: u64,
+    read_only: bool,
+) -> Result<Option<Arc<Table>>> {
+    let path = dir.idx(id);
+    let file = match dir.vfs.open(&path, false) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(format!("opening {}", path.display()), e)),
+    };
+    let len = file
+        .len()
+        .map_err(|e| io(format!("reading metadata of {}", path.display()), e))?;
+    let mut first = vec![0u8; (len as usize).min(table::PAGE)];
+    file.read_exact_at(&mut first, 0)
+        .map_err(|e| io(format!("reading {}", path.display()), e))?;
+    let Some(hlen) = table::header_len(&first) else {
+        return Ok(None);
+    };
+    if hlen as u64 > len {
+        return Ok(None);
+    }
+    if hlen > first.len() {
+        first.resize(hlen, 0);
+        file.read_exact_at(&mut first, 0)
+            .map_err(|e| io(format!("reading {}", path.display()), e))?;
+    }
+    Ok(table::parse_table_header(&first, id)
+        .filter(|h| h.file_len == len && h.covered >= SEG_HEADER)
+        .map(|h| {
+            let remover = (!read_only).then(|| dir.vfs.clone());
+            Arc::new(Table::new(id, h, file, path, cache.clone(), remover))
+        }))
+}
+
+/// Seals segment `id`: syncs its first `len` bytes, then writes its table
 /// covering them.
-fn seal_segment(dir: &Dir, id: u64, file: &FileRef, len: u64, ops: &[Op]) -> Result<()> {
+fn seal_segment(
+    dir: &Dir,
+    cache: &Arc<PageCache>,
+    id: u64,
+    file: &FileRef,
+    len: u64,
+    c: &Contents,
+) -> Result<Arc<Table>> {
     file.sync_data()
         .map_err(|e| io(format!("syncing {}", dir.seg(id).display()), e))?;
-    write_index(dir, id, len, ops)
+    write_table(dir, cache, id, len, c)
 }
 
 fn create_segment(dir: &Dir, id: u64) -> Result<FileRef> {
@@ -183,8 +257,8 @@ pub(crate) struct Writer {
     pub file: FileRef,
     /// Bytes in the active segment (its end offset).
     pub len: u64,
-    /// Operations in the active segment, for its index file.
-    pub ops: Vec<Op>,
+    /// Deletions in the active segment that its table does not hold yet.
+    pub deletes: Vec<(BlockHash, u64)>,
     buf: Vec<u8>,
     /// Set when a failed write could not be undone; the store refuses writes.
     broken: Option<String>,
@@ -216,6 +290,8 @@ struct Stop {
 pub(crate) struct Inner {
     pub dir: Dir,
     pub cfg: FsConfig,
+    /// Table pages read so far.
+    pub cache: Arc<PageCache>,
     pub state: RwLock<State>,
     pub writer: Mutex<Writer>,
     durable: Mutex<DurableState>,

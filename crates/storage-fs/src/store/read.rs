@@ -13,7 +13,7 @@ impl Inner {
     pub(crate) fn retrieve(&self, hash: &BlockHash) -> Result<Option<Block>> {
         let (file, loc) = {
             let st = read_state(&self.state);
-            let Some(e) = st.index.get(hash) else {
+            let Some((_, e)) = st.index.get(hash)? else {
                 return Ok(None);
             };
             (self.file_of(&st, e.loc.seg)?, e.loc)
@@ -33,8 +33,8 @@ impl Inner {
         let wanted: Vec<(BlockHash, Loc, FileRef)> = {
             let st = read_state(&self.state);
             st.index
-                .by_index
-                .range(start..=end)
+                .range(start, end)?
+                .into_iter()
                 .map(|(_, e)| Ok((e.hash, e.loc, self.file_of(&st, e.loc.seg)?)))
                 .collect::<Result<_>>()?
         };

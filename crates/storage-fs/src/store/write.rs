@@ -51,10 +51,13 @@ impl Writer {
         write_manifest(&inner.dir, &self.segments)
     }
 
-    /// Syncs the active segment and writes its index file; the manifest records
-    /// it as sealed at its length once the caller writes it.
+    /// Syncs the active segment and writes its table; the manifest records it
+    /// as sealed at its length once the caller writes it.
     pub(super) fn seal(&mut self, inner: &Inner) -> Result<()> {
-        seal_segment(&inner.dir, self.seg, &self.file, self.len, &self.ops)?;
+        let c = inner.contents(self)?;
+        let t = seal_segment(&inner.dir, &inner.cache, self.seg, &self.file, self.len, &c)?;
+        write_state(&inner.state).index.replace_table(t);
+        self.deletes.clear();
         inner.mark_synced((self.seg, self.len));
         self.segments.insert(self.seg, self.len);
         Ok(())
@@ -67,7 +70,7 @@ impl Writer {
         self.seg = id;
         self.file = file;
         self.len = SEG_HEADER;
-        self.ops.clear();
+        self.deletes.clear();
         self.segments.insert(id, 0);
         Ok(())
     }
@@ -96,6 +99,18 @@ pub(super) fn write_mark(
 }
 
 impl Inner {
+    /// What the active segment's table holds once it covers all of it.
+    pub(super) fn contents(&self, w: &Writer) -> Result<Contents> {
+        let st = read_state(&self.state);
+        let (puts, mut deletes) = st.index.segment_contents(w.seg)?;
+        deletes.extend_from_slice(&w.deletes);
+        Ok(Contents {
+            puts,
+            deletes,
+            head: st.index.head,
+        })
+    }
+
     pub(super) fn mark_synced(&self, pos: (u64, u64)) {
         let mut d = lock(&self.durable);
         if pos > d.synced {
@@ -203,9 +218,9 @@ impl Inner {
             storage_core::raw::admit(
                 blocks,
                 &mut storage_core::raw::ChainViewFn(
-                    |i| Ok(st.index.at(i).map(|e| e.hash)),
+                    |i| Ok(st.index.at(i)?.map(|e| e.hash)),
                     |i| {
-                        let Some(e) = st.index.at(i) else {
+                        let Some(e) = st.index.at(i)? else {
                             return Ok(None);
                         };
                         // Only when filling a gap before a stored block: read it.
@@ -249,16 +264,17 @@ impl Inner {
                 st.index.apply(seg, op)?;
             }
         }
-        w.ops.extend(ops);
         let end = (w.seg, w.len);
         drop(w);
         self.after_write(end)
     }
 
-    /// Logs a delete or head change (after `check` passes under the writer lock).
+    /// Logs a delete (`Some(hash)` in `delete`) or a head change (after
+    /// `check` passes under the writer lock).
     pub(super) fn log_op(
         &self,
-        op: Op,
+        delete: Option<BlockHash>,
+        head: Option<BlockHash>,
         check: impl FnOnce(&Index) -> Result<bool>,
     ) -> Result<bool> {
         let mut w = lock(&self.writer);
@@ -268,21 +284,26 @@ impl Inner {
         }
         let mut buf = Vec::with_capacity(REC_HEADER + 33);
         let start = format::begin_record(&mut buf);
-        let kind = match &op {
-            Op::Delete(h) => {
+        let kind = match &delete {
+            Some(h) => {
                 buf.extend_from_slice(h.as_bytes());
                 KIND_DELETE
             }
-            Op::Head(h) => {
-                buf.extend_from_slice(&format::head_body(h.as_ref()));
+            None => {
+                buf.extend_from_slice(&format::head_body(head.as_ref()));
                 KIND_HEAD
             }
-            Op::Put(_) => unreachable!("puts go through store"),
         };
         format::finish_record(&mut buf, start, kind);
-        let (seg, _) = w.append(self, &buf)?;
+        let (seg, off) = w.append(self, &buf)?;
+        let op = match delete {
+            Some(h) => {
+                w.deletes.push((h, off));
+                Op::Delete(h, off)
+            }
+            None => Op::Head(head),
+        };
         write_state(&self.state).index.apply(seg, &op)?;
-        w.ops.push(op);
         let end = (w.seg, w.len);
         drop(w);
         self.after_write(end)?;
@@ -290,12 +311,12 @@ impl Inner {
     }
 
     pub(crate) fn delete(&self, hash: &BlockHash) -> Result<bool> {
-        self.log_op(Op::Delete(*hash), |ix| Ok(ix.contains(hash)))
+        self.log_op(Some(*hash), None, |ix| ix.contains(hash))
     }
 
     pub(crate) fn set_head(&self, hash: &BlockHash) -> Result<()> {
-        self.log_op(Op::Head(Some(*hash)), |ix| {
-            if !ix.contains(hash) {
+        self.log_op(None, Some(*hash), |ix| {
+            if !ix.contains(hash)? {
                 return Err(StorageError::BlockNotFound { hash: *hash });
             }
             Ok(ix.head != Some(*hash))
@@ -303,7 +324,7 @@ impl Inner {
         .map(|_| ())
     }
 
-    /// Syncs, writes the active segment's index and stops the sync thread.
+    /// Syncs, writes the active segment's table and stops the sync thread.
     pub(crate) fn close(&self) -> Result<()> {
         *lock(&self.stop.stopped) = true;
         self.stop.cv.notify_all();
@@ -313,7 +334,10 @@ impl Inner {
             return Ok(());
         }
         self.sync_and_mark(&w)?;
-        write_index(&self.dir, w.seg, w.len, &w.ops)?;
+        let c = self.contents(&w)?;
+        let t = write_table(&self.dir, &self.cache, w.seg, w.len, &c)?;
+        write_state(&self.state).index.replace_table(t);
+        w.deletes.clear();
         w.dirty = false;
         Ok(())
     }
