@@ -31,7 +31,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkGroup, Criterion, Throughput, measurement::WallTime};
-use olocus_benches::spec::{BIG, BIG_QUICK, CONCURRENT_WRITERS, FULL, Op, Subject};
+use olocus_benches::spec::{
+    BIG, BIG_QUICK, CONCURRENT_WRITERS, FULL, HUGE, HUGE_QUICK, Op, Subject,
+};
 use olocus_benches::{BULK_TYPE, bulk_blocks, raw};
 use storage_conformance::data::{self, READING};
 use storage_core::{Block, CompressionType, ListOptions, SortOrder, StorageBackend};
@@ -44,6 +46,8 @@ struct Setup {
     dir: tempfile::TempDir,
     small: Arc<Vec<Block>>,
     big: u64,
+    /// Blocks of the `cold_open_10m` store.
+    huge: u64,
     /// Where the figures criterion does not keep go (`OLOCUS_BENCH_OUT`).
     out: Option<PathBuf>,
 }
@@ -413,6 +417,121 @@ fn cold_open(env: &Setup, s: Subject, path: &Path, probe: &storage_core::BlockHa
     })
 }
 
+/// Builds the `cold_open_10m` store of `n` blocks at `path` for `s` (untimed),
+/// generating the chain in slices so the blocks never all sit in memory.
+/// Returns the hashes of every 1,000th block, to read.
+fn build_huge(env: &Setup, s: Subject, path: &Path, n: u64) -> Vec<storage_core::BlockHash> {
+    remove(path);
+    let mut chain = olocus_benches::BulkChain::new(650);
+    let mut probes = Vec::new();
+    let mut slices = (0..n).step_by(100_000).map(move |start| {
+        let part = chain.take((n - start).min(100_000));
+        (start, part)
+    });
+    let mut keep = |start: u64, part: &[Block]| {
+        for (k, b) in part.iter().enumerate() {
+            if (start + k as u64).is_multiple_of(1_000) {
+                probes.push(b.hash());
+            }
+        }
+    };
+    #[cfg(feature = "peers")]
+    if s.is_peer() {
+        let mut p = olocus_benches::peers::open(s, path, false);
+        for (start, part) in slices.by_ref() {
+            for chunk in part.chunks(1_000) {
+                p.store(chunk);
+            }
+            keep(start, &part);
+        }
+        p.close();
+        return probes;
+    }
+    env.rt.block_on(async {
+        let store = open_ours(s, path, false).await;
+        for (start, part) in slices.by_ref() {
+            for chunk in part.chunks(1_000) {
+                store.store_blocks(chunk).await.expect("ingest");
+            }
+            keep(start, &part);
+        }
+        store.close().await.expect("close");
+    });
+    probes
+}
+
+/// Set in a child process: open a store, read one block, print the resident
+/// set (`<subject>\t<path>\t<hash>`).
+const RESIDENT_PROBE: &str = "OLOCUS_BENCH_RESIDENT_PROBE";
+
+/// The resident memory (KiB) of a fresh process after it opened the store of
+/// `s` at `path` and read `probe`: this binary again, in probe mode.
+fn resident_after_open(s: Subject, path: &Path, probe: &storage_core::BlockHash) -> u64 {
+    let exe = std::env::current_exe().expect("this binary");
+    let out = std::process::Command::new(exe)
+        .env(
+            RESIDENT_PROBE,
+            format!("{}\t{}\t{probe}", s.name(), path.display()),
+        )
+        .output()
+        .expect("the probe process");
+    assert!(
+        out.status.success(),
+        "probe: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("the probe prints KiB")
+}
+
+fn resident_probe(spec: &str) {
+    let mut parts = spec.split('\t');
+    let (name, path, hash) = (
+        parts.next().expect("subject"),
+        PathBuf::from(parts.next().expect("path")),
+        parts
+            .next()
+            .expect("hash")
+            .parse::<storage_core::BlockHash>()
+            .expect("a hash"),
+    );
+    let s = *Subject::ALL
+        .iter()
+        .find(|s| s.name() == name)
+        .expect("a subject");
+    #[cfg(feature = "peers")]
+    if s.is_peer() {
+        let p = olocus_benches::peers::open(s, &path, false);
+        std::hint::black_box(p.retrieve(&hash));
+        println!("{}", resident_kib());
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let store = open_ours(s, &path, false).await;
+        let got = store.retrieve_block(&hash).await.expect("retrieve");
+        assert!(got.is_some(), "the probe block is stored");
+        println!("{}", resident_kib());
+    });
+}
+
+/// This process's resident set (`VmRSS`), in KiB.
+fn resident_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .expect("VmRSS in /proc/self/status")
+}
+
 // ---------------------------------------------------------------------------
 // Raw engines
 // ---------------------------------------------------------------------------
@@ -763,6 +882,7 @@ fn matrix(c: &mut Criterion) {
         dir: tempfile::tempdir().expect("temp dir"),
         small: data::chain_with_note(FULL, 610),
         big: if quick { BIG_QUICK } else { BIG },
+        huge: if quick { HUGE_QUICK } else { HUGE },
         out: std::env::var_os("OLOCUS_BENCH_OUT").map(PathBuf::from),
     };
     let (warm, measure) = if quick {
@@ -810,7 +930,12 @@ fn matrix(c: &mut Criterion) {
         let mut g = c.benchmark_group(op.name());
         g.throughput(Throughput::Elements(op.elements(env.big)));
         g.warm_up_time(warm).measurement_time(measure);
-        if quick || matches!(op, Op::Ingest | Op::ColdOpen | Op::Range10k) {
+        if quick
+            || matches!(
+                op,
+                Op::Ingest | Op::ColdOpen | Op::ColdOpen10m | Op::Range10k
+            )
+        {
             g.sample_size(10);
         }
         for &s in subjects.iter().filter(|s| op.applies_to(**s)) {
@@ -882,6 +1007,30 @@ fn matrix(c: &mut Criterion) {
                         });
                     });
                 }
+                Op::ColdOpen10m => {
+                    let path = env.dir.path().join(format!("huge-{}", s.name()));
+                    let probes = build_huge(&env, s, &path, env.huge);
+                    g.bench_function(s.name(), |b| {
+                        b.iter_custom(|iters| {
+                            let mut total = Duration::ZERO;
+                            for i in 0..iters {
+                                let probe = probes[(i as usize * STRIDE) % probes.len()];
+                                cold_dropped &= drop_page_cache();
+                                total += cold_open(&env, s, &path, &probe);
+                            }
+                            total
+                        });
+                    });
+                    cold_dropped &= drop_page_cache();
+                    let kib = resident_after_open(s, &path, &probes[probes.len() / 2]);
+                    record(
+                        &env,
+                        &format!("resident/{}", s.name()),
+                        serde_json::json!({ "kib": kib, "blocks": env.huge }),
+                    );
+                    // ~9 GB per store at 10M blocks: gone before the next one.
+                    remove(&path);
+                }
             }
         }
         g.finish();
@@ -925,7 +1074,7 @@ fn matrix(c: &mut Criterion) {
             });
         }
     }
-    if ops.contains(&Op::ColdOpen) {
+    if ops.contains(&Op::ColdOpen) || ops.contains(&Op::ColdOpen10m) {
         record(
             &env,
             "cold_open",
@@ -943,6 +1092,10 @@ fn matrix(c: &mut Criterion) {
 }
 
 fn main() {
+    if let Ok(probe) = std::env::var(RESIDENT_PROBE) {
+        resident_probe(&probe);
+        return;
+    }
     let mut c = Criterion::default().configure_from_args();
     matrix(&mut c);
     c.final_summary();

@@ -43,14 +43,46 @@ fn main() {
     }
     rt.block_on(store.close()).expect("close");
     drop(store);
-    for _ in 0..opens {
+    // Blocks to read: hashes from the first 20,000, spread by a stride.
+    let probes: Vec<_> = BulkChain::new(650)
+        .take(n.min(20_000))
+        .iter()
+        .map(|b| b.hash())
+        .collect();
+    let baseline = resident_kib();
+    for i in 0..opens {
+        // Cold: the page cache dropped, where the machine permits it.
+        let dropped = std::process::Command::new("sync")
+            .status()
+            .is_ok_and(|s| s.success())
+            && std::fs::write("/proc/sys/vm/drop_caches", "1").is_ok();
+        let probe = probes[(i as usize * 7919) % probes.len()];
         let started = Instant::now();
         let store = FilesystemBackend::open(config.clone()).expect("cold open");
+        let opened = started.elapsed();
+        let got = rt.block_on(store.retrieve_block(&probe)).expect("read");
         let took = started.elapsed();
+        assert!(got.is_some());
         println!(
-            "opened {} blocks in {took:?} (scanned {} bytes)",
+            "opened {} blocks in {opened:?}, first read after {took:?} (page cache dropped: \
+             {dropped}; scanned {} bytes; resident {} KiB, {} KiB before opening)",
             rt.block_on(store.count_blocks()).expect("count"),
-            store.recovery().scanned_bytes
+            store.recovery().scanned_bytes,
+            resident_kib(),
+            baseline
         );
+        drop(store);
     }
+}
+
+/// This process's resident memory (`VmRSS`), in KiB.
+fn resident_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
 }

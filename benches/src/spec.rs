@@ -175,11 +175,15 @@ pub enum Op {
     /// Open a closed store of the ingest's size, with the page cache dropped
     /// where the machine permits it, and read one block.
     ColdOpen,
+    /// The same with a store of 10M blocks (1M quick), built for the row and
+    /// deleted after it; also records the resident memory of a process that
+    /// opened it and read one block.
+    ColdOpen10m,
 }
 
 impl Op {
     /// Every operation, in report order.
-    pub const ALL: [Op; 11] = [
+    pub const ALL: [Op; 12] = [
         Op::StoreOne,
         Op::StoreBatch100,
         Op::StoreOneDurable,
@@ -191,6 +195,7 @@ impl Op {
         Op::Range10k,
         Op::Ingest,
         Op::ColdOpen,
+        Op::ColdOpen10m,
     ];
 
     /// Its name in benchmark ids (the criterion group), `--op` and the report.
@@ -207,6 +212,7 @@ impl Op {
             Op::Range10k => "range_10k",
             Op::Ingest => "ingest",
             Op::ColdOpen => "cold_open",
+            Op::ColdOpen10m => "cold_open_10m",
         }
     }
 
@@ -218,7 +224,11 @@ impl Op {
     /// Blocks one iteration handles (the criterion throughput).
     pub fn elements(self, big: u64) -> u64 {
         match self {
-            Op::StoreOne | Op::StoreOneDurable | Op::RetrieveOne | Op::ColdOpen => 1,
+            Op::StoreOne
+            | Op::StoreOneDurable
+            | Op::RetrieveOne
+            | Op::ColdOpen
+            | Op::ColdOpen10m => 1,
             Op::StoreBatch100
             | Op::StoreBatch100Durable
             | Op::List100
@@ -231,6 +241,11 @@ impl Op {
 
     /// Whether `subject` can run this operation.
     pub fn applies_to(self, subject: Subject) -> bool {
+        if self == Op::ColdOpen10m {
+            // The store whose open time and memory must not grow with its size,
+            // beside the peers.
+            return subject == Subject::Fs || subject.is_peer();
+        }
         if subject.is_peer() {
             // What a user compares when picking a store: batched writes plain
             // and synced, reads, a whole ingest, and opening it again.
@@ -281,6 +296,8 @@ impl Op {
             // The cache changes reads only; its writes and ingest are SQLite's.
             Op::StoreOne | Op::StoreBatch100 | Op::Ingest => subject != Subject::CacheSqlite,
             Op::RetrieveOne | Op::RetrieveConcurrent100 | Op::List100 | Op::Range10k => true,
+            // Decided above.
+            Op::ColdOpen10m => subject == Subject::Fs,
         }
     }
 }
@@ -332,6 +349,7 @@ pub fn goals(subject: Subject, op: Op) -> (Option<Goal>, Option<Goal>) {
         (Op::Ingest, Sqlite) => (None, Some(MinPerSec(100e3))),
         // Open and read one block of a 1M-block store, page cache dropped.
         (Op::ColdOpen, Fs) => (None, Some(ms(20.0))),
+        (Op::ColdOpen10m, Fs) => (None, Some(ms(50.0))),
         // Issue 12's targets against the local cluster.
         (Op::Ingest, Object) => (None, Some(MinPerSec(20e3))),
         (Op::RetrieveConcurrent100, Object) => (None, Some(ms(50.0))),
@@ -402,3 +420,9 @@ pub const FULL: usize = 20_000;
 pub const BIG: u64 = 1_000_000;
 /// Blocks ingested (and cold-opened) in a `--quick` run.
 pub const BIG_QUICK: u64 = 100_000;
+
+/// Blocks in the store of `cold_open_10m`.
+pub const HUGE: u64 = 10_000_000;
+
+/// The same in a quick run.
+pub const HUGE_QUICK: u64 = 1_000_000;

@@ -17,8 +17,8 @@ use serde_json::Value;
 mod spec;
 
 use spec::{
-    BIG, BIG_QUICK, Goal, MAX_RAW_RATIO, Op, PeerGoal, PeerRef, Subject, goals, max_raw_ratio,
-    peer_goal,
+    BIG, BIG_QUICK, Goal, HUGE, HUGE_QUICK, MAX_RAW_RATIO, Op, PeerGoal, PeerRef, Subject, goals,
+    max_raw_ratio, peer_goal,
 };
 
 /// What `cargo xtask bench` was asked for.
@@ -97,8 +97,11 @@ pub(crate) fn run(root: &Path, o: Options) -> Result<(), String> {
                     let _ = std::fs::remove_file(extras.join(format!("disk/{}.json", s.name())));
                 }
             }
-            if *op == Op::ColdOpen {
+            if matches!(op, Op::ColdOpen | Op::ColdOpen10m) {
                 let _ = std::fs::remove_file(extras.join("cold_open.json"));
+            }
+            if *op == Op::ColdOpen10m {
+                let _ = std::fs::remove_dir_all(extras.join("resident"));
             }
         }
         // The object-store rows run against the local SeaweedFS cluster (the one
@@ -380,6 +383,9 @@ fn verdict(cells: &[Cell], c: &Cell) -> Verdict {
 struct Extras {
     disk: Vec<(Subject, f64)>,
     page_cache_dropped: Option<bool>,
+    /// Resident memory after opening the `cold_open_10m` store and reading
+    /// one block: (subject, KiB, blocks).
+    resident: Vec<(Subject, u64, u64)>,
 }
 
 fn read_extras(dir: &Path) -> Extras {
@@ -390,6 +396,13 @@ fn read_extras(dir: &Path) -> Extras {
             && blocks > 0
         {
             e.disk.push((s, bytes as f64 / blocks as f64));
+        }
+    }
+    for s in Subject::ALL {
+        if let Some(v) = read_json(&dir.join(format!("resident/{}.json", s.name())))
+            && let (Some(kib), Some(blocks)) = (v["kib"].as_u64(), v["blocks"].as_u64())
+        {
+            e.resident.push((s, kib, blocks));
         }
     }
     e.page_cache_dropped =
@@ -413,9 +426,15 @@ fn report(
         if quick { " --quick" } else { "" },
         if peers { " --peers" } else { "" },
         if quick {
-            format!("quick run: 1 s per measurement, ingest and cold open of {BIG_QUICK} blocks")
+            format!(
+                "quick run: 1 s per measurement, ingest and cold open of {BIG_QUICK} blocks, \
+                 `cold_open_10m` of {HUGE_QUICK}"
+            )
         } else {
-            format!("5 s per measurement, ingest and cold open of {BIG} blocks")
+            format!(
+                "5 s per measurement, ingest and cold open of {BIG} blocks, `cold_open_10m` \
+                 of {HUGE}"
+            )
         },
         machine["cpu"],
         machine["cores"],
@@ -449,7 +468,10 @@ fn report(
              returns, and lists by walking its index and decoding each block's fields.\n"
         );
     }
-    if cells.iter().any(|c| c.op == Op::ColdOpen) {
+    if cells
+        .iter()
+        .any(|c| matches!(c.op, Op::ColdOpen | Op::ColdOpen10m))
+    {
         let _ = writeln!(
             r,
             "Cold opens: {}\n",
@@ -550,6 +572,30 @@ fn report(
                     per / min,
                     p.name()
                 ))
+            );
+        }
+        let _ = writeln!(r);
+    }
+    if !extras.resident.is_empty() {
+        let _ = writeln!(
+            r,
+            "## Resident memory after opening\n\nA fresh process opens the `cold_open_10m` \
+             store and reads one block; its resident set (`VmRSS`) then. Target for `fs`: \
+             ≤ 64 MiB.\n"
+        );
+        let _ = writeln!(r, "| backend | blocks | resident | met |");
+        let _ = writeln!(r, "|---|---|---|---|");
+        for (s, kib, blocks) in &extras.resident {
+            let met = if *s == Subject::Fs {
+                if *kib <= 64 * 1024 { "✓" } else { "✗" }
+            } else {
+                "—"
+            };
+            let _ = writeln!(
+                r,
+                "| {} | {blocks} | {:.1} MiB | {met} |",
+                s.name(),
+                *kib as f64 / 1024.0
             );
         }
         let _ = writeln!(r);
@@ -661,7 +707,7 @@ fn draw<DB: DrawingBackend>(
         });
         let (lo, hi) = (lo.max(1.0) / 3.0, hi * 6.0);
         let n = rows.len() as i32;
-        let unit = if *op == Op::ColdOpen {
+        let unit = if matches!(op, Op::ColdOpen | Op::ColdOpen10m) {
             "per open"
         } else {
             "per block"
