@@ -437,15 +437,19 @@ impl Index {
             ty,
             loc,
         };
-        if let Some((_, old)) = self.get(&p.hash)? {
+        // A hash covers the index, so the block can only be stored at its own
+        // index: one lookup by index (cheap, by the tables' ranges) answers both
+        // questions.
+        if let Some(old) = self.at(p.index)? {
+            if old.hash != p.hash {
+                return Err(StorageError::corrupted(format!(
+                    "fs: log puts block {} at index {} which block {} already holds",
+                    p.hash, p.index, old.hash
+                )));
+            }
             // The same block again (a copy replayed after its original): the
             // newer copy wins; the older one is dead.
             self.supersede(&old, loc.pos());
-        } else if let Some(other) = self.at(p.index)? {
-            return Err(StorageError::corrupted(format!(
-                "fs: log puts block {} at index {} which block {} already holds",
-                p.hash, p.index, other.hash
-            )));
         }
         self.add_use(seg, &entry);
         self.mem.insert(p.index, entry);

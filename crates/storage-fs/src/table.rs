@@ -527,17 +527,6 @@ impl Table {
         Ok(e)
     }
 
-    fn slot(&self, i: u32) -> Result<(u64, u32)> {
-        let per = PER_SLOT_PAGE as u32;
-        let page = self.page(Section::Hashes, i / per)?;
-        let b = &page[(i % per) as usize * SLOT..][..SLOT];
-        let pos = u32::from_le_bytes(b[8..12].try_into().expect("4"));
-        if pos >= self.len() {
-            return Err(self.damaged(Section::Hashes, i / per, "a position out of range"));
-        }
-        Ok((u64::from_le_bytes(b[..8].try_into().expect("8")), pos))
-    }
-
     /// The newest copy of block `hash` in this table written before offset
     /// `before`, with its position.
     pub(crate) fn find(&self, hash: &BlockHash, before: u64) -> Result<Option<(u32, TableEntry)>> {
@@ -546,45 +535,54 @@ impl Table {
             return Ok(None);
         }
         let p = prefix(hash);
-        // Hashes are uniform: the slot is near `p / 2^64` of the way through.
-        let guess = ((u128::from(p) * u128::from(n)) >> 64) as u32;
-        // The first slot whose prefix is not below `p`: gallop from the guess,
-        // then bisect.
-        let (mut lo, mut hi) = if self.slot(guess)?.0 < p {
-            let (mut lo, mut step) = (guess + 1, 1u32);
-            loop {
-                let probe = lo.saturating_add(step).min(n);
-                if probe == n || self.slot(probe)?.0 >= p {
-                    break (lo, probe);
-                }
-                lo = probe + 1;
-                step = step.saturating_mul(2);
-            }
-        } else {
-            let (mut hi, mut step) = (guess, 1u32);
-            loop {
-                let probe = hi.saturating_sub(step);
-                if probe == 0 || self.slot(probe - 1)?.0 < p {
-                    break (probe, hi);
-                }
-                hi = probe;
-                step = step.saturating_mul(2);
-            }
+        let per = PER_SLOT_PAGE as u32;
+        let last_page = (n - 1) / per;
+        let slots_in = |page: u32| (n - page * per).min(per) as usize;
+        let prefix_at = |b: &[u8], k: usize| {
+            u64::from_le_bytes(b[k * SLOT..k * SLOT + 8].try_into().expect("8"))
         };
+        // Hashes are uniform: the slot is near `p / 2^64` of the way through.
+        // Start at that page and walk to the one holding the first slot whose
+        // prefix is not below `p` (nearly always no step at all).
+        let mut page = ((((u128::from(p) * u128::from(n)) >> 64) as u32) / per).min(last_page);
+        let mut b = loop {
+            let b = self.page(Section::Hashes, page)?;
+            if prefix_at(&b, slots_in(page) - 1) < p && page < last_page {
+                page += 1;
+                continue;
+            }
+            if page > 0 && prefix_at(&b, 0) >= p {
+                let prev = self.page(Section::Hashes, page - 1)?;
+                if prefix_at(&prev, per as usize - 1) >= p {
+                    page -= 1;
+                    continue;
+                }
+            }
+            break b;
+        };
+        let (mut lo, mut hi) = (0usize, slots_in(page));
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            if self.slot(mid)?.0 < p {
+            if prefix_at(&b, mid) < p {
                 lo = mid + 1;
             } else {
                 hi = mid;
             }
         }
+        let mut at = page * per + lo as u32;
         let mut best: Option<(u32, TableEntry)> = None;
-        let mut i = lo;
-        while i < n {
-            let (q, pos) = self.slot(i)?;
-            if q != p {
+        while at < n {
+            if at.is_multiple_of(per) && at / per != page {
+                page = at / per;
+                b = self.page(Section::Hashes, page)?;
+            }
+            let k = (at % per) as usize;
+            if prefix_at(&b, k) != p {
                 break;
+            }
+            let pos = u32::from_le_bytes(b[k * SLOT + 8..k * SLOT + 12].try_into().expect("4"));
+            if pos >= n {
+                return Err(self.damaged(Section::Hashes, page, "a position out of range"));
             }
             let e = self.entry(pos)?;
             if e.hash == *hash
@@ -593,7 +591,7 @@ impl Table {
             {
                 best = Some((pos, e));
             }
-            i += 1;
+            at += 1;
         }
         Ok(best)
     }
