@@ -62,42 +62,25 @@ pub(crate) struct Entry {
     pub loc: Loc,
 }
 
-/// Hash → chain index of the in-memory part. Slots hold only `(hash prefix,
-/// index)`: the full hash lives in the entry, which every lookup compares.
+/// Hash → (chain index, entry) of the in-memory part: a lookup by hash reads
+/// one slot (the part is at most a segment's worth, so keeping the entry twice,
+/// here and in the ordered map, costs little).
 #[derive(Debug, Default)]
-struct HashIndex(hashbrown::HashTable<(u64, u64)>);
+struct HashIndex(hashbrown::HashTable<(u64, Entry)>);
 
 impl HashIndex {
-    /// The entry of `h`, looked up once in `by_index`.
-    fn get(&self, h: &BlockHash, by_index: &BTreeMap<u64, Entry>) -> Option<(u64, Entry)> {
-        let p = prefix(h);
-        let mut found = None;
-        self.0.find(p, |&(q, i)| {
-            if q != p {
-                return false;
-            }
-            match by_index.get(&i) {
-                Some(e) if e.hash == *h => {
-                    found = Some((i, *e));
-                    true
-                }
-                _ => false,
-            }
-        });
-        found
+    fn get(&self, h: &BlockHash) -> Option<(u64, Entry)> {
+        self.0.find(prefix(h), |(_, e)| e.hash == *h).copied()
     }
 
-    fn insert(&mut self, h: &BlockHash, index: u64) {
-        let p = prefix(h);
-        self.0.insert_unique(p, (p, index), |&(q, _)| q);
+    fn insert(&mut self, index: u64, e: Entry) {
+        self.0
+            .insert_unique(prefix(&e.hash), (index, e), |(_, e)| prefix(&e.hash));
     }
 
-    fn remove(&mut self, h: &BlockHash, by_index: &BTreeMap<u64, Entry>) -> Option<u64> {
-        let p = prefix(h);
-        match self.0.find_entry(p, |&(q, i)| {
-            q == p && by_index.get(&i).is_some_and(|e| e.hash == *h)
-        }) {
-            Ok(slot) => Some(slot.remove().0.1),
+    fn remove(&mut self, h: &BlockHash) -> Option<(u64, Entry)> {
+        match self.0.find_entry(prefix(h), |(_, e)| e.hash == *h) {
+            Ok(slot) => Some(slot.remove().0),
             Err(_) => None,
         }
     }
@@ -114,18 +97,18 @@ struct Mem {
 
 impl Mem {
     fn get(&self, h: &BlockHash) -> Option<(u64, Entry)> {
-        self.by_hash.get(h, &self.by_index)
+        self.by_hash.get(h)
     }
 
     fn insert(&mut self, index: u64, e: Entry) {
-        self.by_hash.insert(&e.hash, index);
+        self.by_hash.insert(index, e);
         self.by_time.insert((e.ts, index));
         self.by_index.insert(index, e);
     }
 
     fn remove(&mut self, h: &BlockHash) -> Option<(u64, Entry)> {
-        let i = self.by_hash.remove(h, &self.by_index)?;
-        let e = self.by_index.remove(&i).expect("indexed");
+        let (i, e) = self.by_hash.remove(h)?;
+        self.by_index.remove(&i);
         self.by_time.remove(&(e.ts, i));
         Some((i, e))
     }

@@ -47,7 +47,7 @@
 //!   an index file says, the blocks lost. [`salvage`] then copies what is intact
 //!   into a new store and reports exactly which indices were lost.
 //! - **Memory.** What no table covers yet (the active segment's writes since its
-//!   table, about 130 bytes per block, at most one segment's worth), the
+//!   table, about 200 bytes per block, at most one segment's worth), the
 //!   deletions that removed a table's blocks, and the page cache stay in RAM;
 //!   nothing per stored block. A store of ten million blocks opens in well
 //!   under 64 MiB.
