@@ -185,7 +185,7 @@ pub(crate) struct Index {
     mem: Mem,
     layers: BTreeMap<u64, Layer>,
     /// Hash → position of the latest deletion that removed a copy in a table.
-    dead: HashMap<BlockHash, (u64, u64)>,
+    dead: HashMap<BlockHash, (u64, u64), storage_core::BlockHashBuildHasher>,
     keys: Interner<PublicKey>,
     types: Interner<Arc<str>>,
     pub head: Option<BlockHash>,
@@ -257,6 +257,15 @@ impl<'a> Merge<'a> {
     }
 
     fn next(&mut self) -> Result<Option<(u64, Entry)>> {
+        if let [cursor] = &mut self.cursors[..] {
+            // One source (the common case: what is listed lies in one table,
+            // or in memory): nothing to merge.
+            let out = self.heads[0].take();
+            if out.is_some() {
+                self.heads[0] = cursor.next()?;
+            }
+            return Ok(out);
+        }
         let key = |h: &(u64, Entry)| {
             if self.by_time {
                 (h.1.ts, h.0, h.1.loc.pos())
@@ -290,7 +299,7 @@ impl Index {
     fn live(&self, e: &Entry) -> bool {
         // A deletion's record never shares an entry's offset; a superseding
         // copy marks its own position, at which it is live.
-        self.dead.get(&e.hash).is_none_or(|d| *d <= e.loc.pos())
+        self.dead.is_empty() || self.dead.get(&e.hash).is_none_or(|d| *d <= e.loc.pos())
     }
 
     /// The live copy of a block (newest copy first: a dead newest copy means
@@ -518,15 +527,21 @@ impl Index {
     /// memory (a seal or a close): the table replaces them.
     pub(crate) fn replace_table(&mut self, table: Arc<Table>) {
         let seg = table.seg;
-        let moving: Vec<(u64, BlockHash)> = self
-            .mem
-            .by_index
-            .iter()
-            .filter(|(_, e)| e.loc.seg == seg)
-            .map(|(i, e)| (*i, e.hash))
-            .collect();
-        for (_, h) in moving {
-            self.mem.remove(&h);
+        if self.mem.by_index.values().all(|e| e.loc.seg == seg) {
+            // Everything in memory moves (the usual case: only the active
+            // segment is there): drop it at once.
+            self.mem = Mem::default();
+        } else {
+            let moving: Vec<BlockHash> = self
+                .mem
+                .by_index
+                .values()
+                .filter(|e| e.loc.seg == seg)
+                .map(|e| e.hash)
+                .collect();
+            for h in moving {
+                self.mem.remove(&h);
+            }
         }
         let layer = self.layer(table);
         self.layers.insert(seg, layer);
@@ -604,7 +619,9 @@ impl Index {
         } else {
             Box::new(self.mem.by_index.range(lo..=hi).map(|(i, e)| (*i, *e)))
         };
-        cursors.push(Cursor::Mem(mem));
+        if self.mem.by_index.range(lo..=hi).next().is_some() {
+            cursors.push(Cursor::Mem(mem));
+        }
         for layer in self.layers.values() {
             let ranks = layer.table.index_range(lo, hi)?;
             if !ranks.is_empty() {
@@ -630,11 +647,13 @@ impl Index {
             .by_time
             .range(start..=end)
             .map(|(_, i)| (*i, self.mem.by_index[i]));
-        cursors.push(Cursor::Mem(if rev {
-            Box::new(mem.rev())
-        } else {
-            Box::new(mem)
-        }));
+        if self.mem.by_time.range(start..=end).next().is_some() {
+            cursors.push(Cursor::Mem(if rev {
+                Box::new(mem.rev())
+            } else {
+                Box::new(mem)
+            }));
+        }
         for layer in self.layers.values() {
             let s = &layer.table.header.sum;
             if layer.table.len() == 0 || s.max_ts < start.0 || s.min_ts > end.0 {

@@ -141,17 +141,26 @@ pub(crate) fn encode_table(
     let mut key_ids: std::collections::HashMap<PublicKey, u32> = Default::default();
     let mut types: Vec<Arc<str>> = Vec::new();
     let mut type_ids: std::collections::HashMap<Arc<str>, u32> = Default::default();
+    // Neighbouring blocks mostly share signer and type: look up only changes.
+    let mut last: Option<(&PublicKey, u32, &Arc<str>, u32)> = None;
     let mut entries: Vec<TableEntry> = puts
         .iter()
         .map(|p| {
-            let key = *key_ids.entry(p.key).or_insert_with(|| {
-                keys.push(p.key);
-                keys.len() as u32 - 1
-            });
-            let ty = *type_ids.entry(p.ty.clone()).or_insert_with(|| {
-                types.push(p.ty.clone());
-                types.len() as u32 - 1
-            });
+            let (key, ty) = match last {
+                Some((k, kid, t, tid)) if *k == p.key && **t == *p.ty => (kid, tid),
+                _ => {
+                    let key = *key_ids.entry(p.key).or_insert_with(|| {
+                        keys.push(p.key);
+                        keys.len() as u32 - 1
+                    });
+                    let ty = *type_ids.entry(p.ty.clone()).or_insert_with(|| {
+                        types.push(p.ty.clone());
+                        types.len() as u32 - 1
+                    });
+                    (key, ty)
+                }
+            };
+            last = Some((&p.key, key, &p.ty, ty));
             TableEntry {
                 index: p.index,
                 ts: p.ts,
