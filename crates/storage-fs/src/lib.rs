@@ -33,7 +33,9 @@
 //!   few milliseconds, ten million in about as many. Lookups, listings and
 //!   ranges read the pages they need, each checked against its own CRC, through
 //!   a cache of [`FsConfig::index_cache`] bytes. After a crash only the bytes
-//!   past the last table are decoded.
+//!   past the last table are decoded. A table is written only over synced
+//!   bytes, so it also marks them durable: a segment found shorter than its
+//!   table covers has lost data (an error naming the blocks), never a torn tail.
 //! - **Torn tails are cut; lost data is reported.** The store remembers what it
 //!   made durable: the `MANIFEST` lists every segment with the length it was sealed
 //!   at, and the active segment's header holds the length the last sync made
