@@ -107,7 +107,6 @@ impl Inner {
             st.index.remove_segments(&old);
             if unused {
                 st.files.remove(&before);
-                st.index.remove_segments(&[before]);
             }
             for (id, file, _, table) in written {
                 st.files.insert(id, file);

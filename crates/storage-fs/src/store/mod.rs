@@ -66,10 +66,9 @@ fn write_manifest(dir: &Dir, segments: &BTreeMap<u64, u64>) -> Result<()> {
     sync_dir(dir)
 }
 
-/// Reads the manifest: `None` when there is none; damage is `Corrupted`.
-fn read_manifest(dir: &Dir) -> Result<Option<Vec<(u64, u64)>>> {
-    let path = dir.path.join(MANIFEST);
-    let file = match dir.vfs.open(&path, false) {
+/// Opens a store file for reading, with its length; `None` if it is missing.
+fn open_if_exists(dir: &Dir, path: &Path) -> Result<Option<(FileRef, u64)>> {
+    let file = match dir.vfs.open(path, false) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io(format!("opening {}", path.display()), e)),
@@ -77,6 +76,15 @@ fn read_manifest(dir: &Dir) -> Result<Option<Vec<(u64, u64)>>> {
     let len = file
         .len()
         .map_err(|e| io(format!("reading metadata of {}", path.display()), e))?;
+    Ok(Some((file, len)))
+}
+
+/// Reads the manifest: `None` when there is none; damage is `Corrupted`.
+fn read_manifest(dir: &Dir) -> Result<Option<Vec<(u64, u64)>>> {
+    let path = dir.path.join(MANIFEST);
+    let Some((file, len)) = open_if_exists(dir, &path)? else {
+        return Ok(None);
+    };
     let bytes = read_exact(&*file, 0, len as usize, &|| path.display().to_string())?;
     format::parse_manifest(&bytes).map(Some).ok_or_else(|| {
         StorageError::corrupted(format!(
@@ -168,14 +176,9 @@ fn open_table(
     read_only: bool,
 ) -> Result<Option<Arc<Table>>> {
     let path = dir.idx(id);
-    let file = match dir.vfs.open(&path, false) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io(format!("opening {}", path.display()), e)),
+    let Some((file, len)) = open_if_exists(dir, &path)? else {
+        return Ok(None);
     };
-    let len = file
-        .len()
-        .map_err(|e| io(format!("reading metadata of {}", path.display()), e))?;
     let mut first = vec![0u8; (len as usize).min(table::PAGE)];
     file.read_exact_at(&mut first, 0)
         .map_err(|e| io(format!("reading {}", path.display()), e))?;
