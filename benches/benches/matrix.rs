@@ -34,7 +34,7 @@ use criterion::{BenchmarkGroup, Criterion, Throughput, measurement::WallTime};
 use olocus_benches::spec::{
     BIG, BIG_QUICK, CONCURRENT_WRITERS, FULL, HUGE, HUGE_QUICK, Op, Subject,
 };
-use olocus_benches::{BULK_TYPE, bulk_blocks, raw};
+use olocus_benches::{BULK_TYPE, bulk_blocks, drop_page_cache, raw, resident_kib};
 use storage_conformance::data::{self, READING};
 use storage_core::{Block, CompressionType, ListOptions, SortOrder, StorageBackend};
 
@@ -78,16 +78,6 @@ fn disk_bytes(path: &Path) -> u64 {
             .iter()
             .map(|ext| walk(&path.with_extension(ext)))
             .sum::<u64>()
-}
-
-/// Writes dirty pages out and drops the page cache, so the next open reads from
-/// the disk; false where the machine does not permit it (not root, or a
-/// read-only `/proc`).
-fn drop_page_cache() -> bool {
-    std::process::Command::new("sync")
-        .status()
-        .is_ok_and(|s| s.success())
-        && std::fs::write("/proc/sys/vm/drop_caches", "1").is_ok()
 }
 
 fn list_options(i: u64) -> ListOptions {
@@ -505,7 +495,7 @@ fn resident_probe(spec: &str) {
     if s.is_peer() {
         let p = olocus_benches::peers::open(s, &path, false);
         std::hint::black_box(p.retrieve(&hash));
-        println!("{}", resident_kib());
+        println!("{}", resident_kib().expect("VmRSS in /proc/self/status"));
         return;
     }
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -516,20 +506,8 @@ fn resident_probe(spec: &str) {
         let store = open_ours(s, &path, false).await;
         let got = store.retrieve_block(&hash).await.expect("retrieve");
         assert!(got.is_some(), "the probe block is stored");
-        println!("{}", resident_kib());
+        println!("{}", resident_kib().expect("VmRSS in /proc/self/status"));
     });
-}
-
-/// This process's resident set (`VmRSS`), in KiB.
-fn resident_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .expect("VmRSS in /proc/self/status")
 }
 
 // ---------------------------------------------------------------------------

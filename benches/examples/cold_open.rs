@@ -49,13 +49,10 @@ fn main() {
         .iter()
         .map(|b| b.hash())
         .collect();
-    let baseline = resident_kib();
+    let baseline = olocus_benches::resident_kib().unwrap_or(0);
     for i in 0..opens {
         // Cold: the page cache dropped, where the machine permits it.
-        let dropped = std::process::Command::new("sync")
-            .status()
-            .is_ok_and(|s| s.success())
-            && std::fs::write("/proc/sys/vm/drop_caches", "1").is_ok();
+        let dropped = olocus_benches::drop_page_cache();
         let probe = probes[(i as usize * 7919) % probes.len()];
         let started = Instant::now();
         let store = FilesystemBackend::open(config.clone()).expect("cold open");
@@ -68,21 +65,9 @@ fn main() {
              {dropped}; scanned {} bytes; resident {} KiB, {} KiB before opening)",
             rt.block_on(store.count_blocks()).expect("count"),
             store.recovery().scanned_bytes,
-            resident_kib(),
+            olocus_benches::resident_kib().unwrap_or(0),
             baseline
         );
         drop(store);
     }
-}
-
-/// This process's resident memory (`VmRSS`), in KiB.
-fn resident_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
 }

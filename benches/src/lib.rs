@@ -74,3 +74,23 @@ fn bulk_block(i: u64, prev: Option<BlockHash>, payload_len: usize, key: &Signing
     let ts: SystemTime = system_time_from_unix_nanos(1_700_000_000_000_000_000 + i * 1_000);
     Block::sign_raw(i, ts, prev, BULK_TYPE, payload, key).expect("valid bench block")
 }
+
+/// This process's resident set (`VmRSS` in `/proc/self/status`), in KiB;
+/// `None` where the system does not say.
+pub fn resident_kib() -> Option<u64> {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Writes dirty pages out and drops the page cache, so the next open reads from
+/// the disk; false where the machine does not permit it (not root, or a
+/// read-only `/proc`).
+pub fn drop_page_cache() -> bool {
+    std::process::Command::new("sync")
+        .status()
+        .is_ok_and(|s| s.success())
+        && std::fs::write("/proc/sys/vm/drop_caches", "1").is_ok()
+}
